@@ -1,0 +1,108 @@
+use super::*;
+
+#[test]
+fn embedded_default_is_the_default_config() {
+    let cfg = check_text(DEFAULT_TOML, "default.toml", &[]).expect("default config is valid");
+    assert_eq!(cfg, Config::default());
+}
+
+/// Every field of the config appears in the commented default, so none goes undocumented.
+#[test]
+fn default_toml_documents_every_field() {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(map) = v {
+            for (k, v) in map {
+                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                if v.is_object() {
+                    walk(&path, v, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+    let mut fields = Vec::new();
+    walk("", &serde_json::to_value(Config::default()).unwrap(), &mut fields);
+    let mut section = String::new();
+    let mut documented = Vec::new();
+    for line in DEFAULT_TOML.lines() {
+        let l = line.trim_start_matches('#').trim();
+        if l.starts_with('[') {
+            section = l.trim_matches(|c| c == '[' || c == ']').to_string();
+        } else if let Some((k, _)) = l.split_once(" = ") {
+            if !k.contains(' ') {
+                documented.push(format!("{section}.{k}"));
+            }
+        }
+    }
+    for f in fields {
+        assert!(documented.contains(&f), "field {f} is missing from default.toml");
+    }
+}
+
+#[test]
+fn reports_every_problem_with_its_line() {
+    let text = "[log]\nlevel = \"loud!!\"\nmax_files = \"five\"\n\n[control]\nsocket_mode = \"0777\"\nbogus = 1\n\n[nope]\nx = 1\n";
+    let err = check_text(text, "bad.toml", &[]).unwrap_err();
+    let lines = err.lines();
+    // Deserialization problems in two sections and an unknown section, all at once.
+    assert!(lines.iter().any(|l| l.starts_with("bad.toml:3:") && l.contains("log.max_files")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.starts_with("bad.toml:7:") && l.contains("control.bogus") && l.contains("unknown field")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.starts_with("bad.toml:9:") && l.contains("unknown section `nope`")), "{lines:#?}");
+}
+
+#[test]
+fn semantic_problems_are_located_by_path() {
+    let text = "[log]\nlevel = \"loud!!\"\n\n[control]\nsocket_mode = \"0777\"\n";
+    let err = check_text(text, "bad.toml", &[]).unwrap_err();
+    let lines = err.lines();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[0].starts_with("bad.toml:2:1: log.level: invalid log filter"), "{lines:#?}");
+    assert!(lines[1].starts_with("bad.toml:5:1: control.socket_mode:"), "{lines:#?}");
+}
+
+#[test]
+fn syntax_errors_have_lines() {
+    let err = check_text("[log]\nlevel = \n", "x.toml", &[]).unwrap_err();
+    assert!(err.lines()[0].starts_with("x.toml:2:"), "{:?}", err.lines());
+}
+
+#[test]
+fn env_and_flags_override_the_file_in_order() {
+    let env = Override::from_env(vec![
+        ("MAJORDOMO_LOG__LEVEL".to_string(), "debug".to_string()),
+        ("MAJORDOMO_LOG__MAX_FILES".to_string(), "9".to_string()),
+        ("MAJORDOMO_DAEMON__GRACE_PERIOD".to_string(), "3s".to_string()),
+        ("MAJORDOMO_HOME".to_string(), "/ignored".to_string()),
+    ]);
+    assert_eq!(env.len(), 3);
+    let mut all = env.clone();
+    all.push(Override::flag("--log-level", &["log", "level"], "trace"));
+    let cfg = check_text("[log]\nlevel = \"warn\"\n", "f.toml", &all).unwrap();
+    assert_eq!(cfg.log.level, "trace");
+    assert_eq!(cfg.log.max_files, 9);
+    assert_eq!(cfg.daemon.grace_period, Dur::secs(3));
+    let cfg = check_text("[log]\nlevel = \"warn\"\n", "f.toml", &env).unwrap();
+    assert_eq!(cfg.log.level, "debug");
+}
+
+#[test]
+fn bad_overrides_name_their_variable() {
+    let env = Override::from_env(vec![
+        ("MAJORDOMO_LOG__MAX_FILES".to_string(), "lots".to_string()),
+        ("MAJORDOMO_BOGUS__X".to_string(), "1".to_string()),
+    ]);
+    let err = check_text("", "f.toml", &env).unwrap_err();
+    let lines = err.lines();
+    assert!(lines.iter().any(|l| l.starts_with("environment variable MAJORDOMO_LOG__MAX_FILES: log.max_files:")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.starts_with("environment variable MAJORDOMO_BOGUS__X:") && l.contains("unknown section")), "{lines:#?}");
+}
+
+#[test]
+fn secrets_are_redacted_when_serialized() {
+    let cfg = check_text("[control]\ntoken = \"s3cret\"\n", "f.toml", &[]).unwrap();
+    assert_eq!(cfg.control.token.as_ref().map(|t| t.expose()), Some("s3cret"));
+    let json = serde_json::to_string(&cfg).unwrap();
+    assert!(!json.contains("s3cret"));
+    assert!(!format!("{cfg:?}").contains("s3cret"));
+}

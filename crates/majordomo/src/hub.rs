@@ -1,0 +1,124 @@
+//! The internal event hub.
+//!
+//! Subsystems never call each other: they publish typed [`Event`]s here, and whoever cares
+//! (logs, counters, the bus's `$sys.*` topics, alerts, the dashboard) subscribes. [`Hub::emit`] is
+//! the one place where an event is logged and counted.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Everything that happens inside the daemon that someone else may want to know.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    DaemonStarted {
+        instance: String,
+        pid: u32,
+    },
+    DaemonStopping {
+        reason: String,
+    },
+    ConfigReloaded {
+        generation: u64,
+        trigger: String,
+        restarted: Vec<String>,
+    },
+    ConfigRejected {
+        trigger: String,
+        errors: Vec<String>,
+    },
+    SubsystemState {
+        name: String,
+        state: String,
+        detail: Option<String>,
+    },
+}
+
+impl Event {
+    /// A stable name, used for counters and as the last part of the bus topic.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::DaemonStarted { .. } => "daemon.started",
+            Event::DaemonStopping { .. } => "daemon.stopping",
+            Event::ConfigReloaded { .. } => "config.reloaded",
+            Event::ConfigRejected { .. } => "config.rejected",
+            Event::SubsystemState { .. } => "subsystem.state",
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            Event::DaemonStarted { instance, pid } => {
+                tracing::info!(%instance, pid, "daemon started")
+            }
+            Event::DaemonStopping { reason } => tracing::info!(%reason, "daemon stopping"),
+            Event::ConfigReloaded {
+                generation,
+                trigger,
+                restarted,
+            } => tracing::info!(generation, %trigger, ?restarted, "config reloaded"),
+            Event::ConfigRejected { trigger, errors } => {
+                tracing::error!(%trigger, problems = errors.len(), "new config refused; the running config stays in force");
+                for e in errors {
+                    tracing::error!("  {e}");
+                }
+            }
+            Event::SubsystemState {
+                name,
+                state,
+                detail,
+            } => match state.as_str() {
+                "failed" => tracing::error!(subsystem = %name, detail = detail.as_deref().unwrap_or(""), "subsystem failed"),
+                _ => tracing::debug!(subsystem = %name, %state, "subsystem state"),
+            },
+        }
+    }
+}
+
+/// Cheap to clone; every clone publishes to the same subscribers.
+#[derive(Clone)]
+pub struct Hub {
+    tx: broadcast::Sender<Arc<Event>>,
+    counts: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(4096);
+        Self {
+            tx,
+            counts: Arc::default(),
+        }
+    }
+
+    /// Logs, counts and publishes an event. Never blocks: a subscriber that lags loses the
+    /// oldest events and is told how many (tokio's broadcast semantics).
+    pub fn emit(&self, event: Event) {
+        event.log();
+        if let Ok(mut counts) = self.counts.lock() {
+            *counts.entry(event.kind()).or_default() += 1;
+        }
+        let _ = self.tx.send(Arc::new(event));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+
+    /// How many events of each kind were emitted since start.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.counts
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+            .unwrap_or_default()
+    }
+}

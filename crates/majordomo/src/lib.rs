@@ -1,0 +1,17 @@
+//! majordomo: one small binary that gives any application its background-service layer.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map of these modules.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod hub;
+pub mod lifecycle;
+pub mod lock;
+pub mod logging;
+pub mod paths;
+#[allow(unsafe_code)]
+pub mod platform;
+pub mod watch;

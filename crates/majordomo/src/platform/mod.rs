@@ -1,0 +1,24 @@
+//! Operating-system specifics: signals, the service manager's notify protocol, and the
+//! environment the daemon must not pass on. Each behind one function, with `#[cfg] mod imp`.
+
+mod notify;
+mod signals;
+
+pub use notify::{Notifier, take_service_env};
+pub use signals::{Signal, Signals};
+
+/// Whether stderr is connected to the systemd journal (JOURNAL_STREAM names its device:inode).
+#[cfg(target_os = "linux")]
+pub fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    let Ok(var) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = var.split_once(':') else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
+}

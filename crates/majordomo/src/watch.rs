@@ -1,0 +1,95 @@
+//! The `config-watch` subsystem: reloads when the config file changes.
+//!
+//! It watches the file's folder, not the file, so that editors that save by writing a new file
+//! and renaming it over the old one are seen, and a file created after start-up is too. Events
+//! are debounced; the reload itself goes through the daemon's main loop like any other, which
+//! skips it when the text did not change.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::daemon::Request;
+use crate::lifecycle::{BoxFuture, Change, Ctx, Subsystem};
+
+pub struct ConfigWatch;
+
+impl Subsystem for ConfigWatch {
+    fn name(&self) -> &'static str {
+        "config-watch"
+    }
+
+    fn enabled(&self, config: &Config) -> bool {
+        config.daemon.watch_config
+    }
+
+    fn change(&self, old: &Config, new: &Config) -> Change {
+        if old.daemon.watch_debounce != new.daemon.watch_debounce {
+            Change::Restart
+        } else {
+            Change::None
+        }
+    }
+
+    fn run(&self, ctx: Ctx) -> BoxFuture {
+        Box::pin(async move {
+            let file = ctx.shared.config_path.clone();
+            let debounce = ctx.config.borrow().daemon.watch_debounce.get();
+            let Some(dir) = file.parent().map(PathBuf::from) else {
+                return Err(format!("{} has no folder to watch", file.display()));
+            };
+            let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+            let name = file.file_name().map(|n| n.to_os_string());
+            let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                let relevant = match &res {
+                    Ok(ev) => ev.need_rescan() || ev.paths.iter().any(|p| p.file_name() == name.as_deref()),
+                    // An error may mean missed events: check the file.
+                    Err(_) => true,
+                };
+                if relevant {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(|e| format!("cannot start the file watcher: {e}"))?;
+            // The folder may not exist yet (no config file written so far): wait for it.
+            loop {
+                match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => break,
+                    Err(_) => {
+                        ctx.detail(format!("waiting for {} to exist", dir.display()));
+                        tokio::select! {
+                            _ = ctx.token.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        }
+                    }
+                }
+            }
+            ctx.detail(format!("watching {}", file.display()));
+            loop {
+                tokio::select! {
+                    _ = ctx.token.cancelled() => return Ok(()),
+                    ev = rx.recv() => if ev.is_none() { return Ok(()) },
+                }
+                // Debounce: wait until the file has been quiet for `debounce`.
+                loop {
+                    tokio::select! {
+                        _ = ctx.token.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(debounce) => break,
+                        ev = rx.recv() => if ev.is_none() { return Ok(()) },
+                    }
+                }
+                let _ = ctx
+                    .shared
+                    .requests
+                    .send(Request::Reload {
+                        trigger: "file-change",
+                        reply: None,
+                    })
+                    .await;
+            }
+        })
+    }
+}

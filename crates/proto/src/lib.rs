@@ -1,0 +1,28 @@
+//! Wire types and codecs of majordomo's local socket.
+//!
+//! This crate performs no I/O. It defines what travels over the instance socket (a Unix domain
+//! socket, or a named pipe on Windows): newline-delimited JSON requests and replies, the line
+//! framing codec, and the compatibility aliases accepted from older clients.
+//!
+//! Every line a client sends is one JSON object. Requests carry an optional `id` (any JSON
+//! scalar, echoed in the reply) and a `cmd`:
+//!
+//! ```json
+//! {"id":1,"cmd":"status"}
+//! {"id":1,"ok":{"pid":4242,"instance":"default",...}}
+//! {"id":2,"cmd":"nope"}
+//! {"id":2,"error":{"code":"unknown_command","message":"..."}}
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod control;
+
+pub use codec::{FrameError, LineCodec};
+pub use control::*;
+
+/// The protocol version a daemon speaks; bumped on incompatible changes to the wire format.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default limit on one line (one frame), in bytes, newline excluded.
+pub const DEFAULT_MAX_LINE: usize = 1024 * 1024;
