@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use majordomo_proto::{
-    Command, ErrorBody, Hello, LineCodec, PROTOCOL_VERSION, ReloadOutcome, Reply, ReplyBody,
-    Status,
+    Command, ErrorBody, Hello, LineCodec, PROTOCOL_VERSION, ReloadOutcome, Reply, ReplyBody, Status,
 };
 use serde_json::Value;
 use tokio_util::codec::Framed;
@@ -184,12 +183,32 @@ impl Client {
         }
     }
 
-    /// Sends a command and waits for its reply's `ok` value.
+    /// Sends a core command and waits for its reply's `ok` value.
     pub async fn call(&mut self, cmd: Command) -> Result<Value, ClientError> {
+        let request = serde_json::to_value(&cmd)
+            .map_err(|e| ClientError::Protocol(format!("request not serializable: {e}")))?;
+        self.request(request).await
+    }
+
+    /// Sends any command by name, with `args` (a JSON object, or null) as its arguments, and
+    /// waits for its reply's `ok` value. This is how subsystem commands (`ps`, ...) are called.
+    pub async fn call_named(&mut self, cmd: &str, args: Value) -> Result<Value, ClientError> {
+        let mut request = match args {
+            Value::Object(map) => map,
+            Value::Null => serde_json::Map::new(),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "arguments of {cmd:?} must be a JSON object, got {other}"
+                )));
+            }
+        };
+        request.insert("cmd".into(), Value::from(cmd));
+        self.request(Value::Object(request)).await
+    }
+
+    async fn request(&mut self, mut request: Value) -> Result<Value, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let mut request = serde_json::to_value(&cmd)
-            .map_err(|e| ClientError::Protocol(format!("request not serializable: {e}")))?;
         if let Value::Object(map) = &mut request {
             map.insert("id".into(), Value::from(id));
         }

@@ -66,6 +66,15 @@ pub enum Cmd {
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Send any socket command and print its reply, e.g. `majordomo call status` or
+    /// `majordomo call ps '{"name":"api"}'`.
+    Call {
+        /// The command name (`cmd`).
+        cmd: String,
+        /// Its arguments as a JSON object.
+        #[arg(default_value = "{}")]
+        args: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -103,7 +112,11 @@ pub fn main(notifier: Notifier) -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -128,7 +141,11 @@ pub fn main(notifier: Notifier) -> ExitCode {
         Cmd::Run(flags) => {
             let mut overrides = Override::from_env(std::env::vars());
             if let Some(level) = &flags.log_level {
-                overrides.push(Override::flag("--log-level", &["log", "level"], level.clone()));
+                overrides.push(Override::flag(
+                    "--log-level",
+                    &["log", "level"],
+                    level.clone(),
+                ));
             }
             if let Some(f) = flags.log_format {
                 let f = match f {
@@ -167,7 +184,9 @@ fn config_check(cli: &Cli, layout: &Layout, file: Option<&str>) -> ExitCode {
             ("<stdin>".to_string(), s)
         }
         other => {
-            let path = other.map(PathBuf::from).unwrap_or_else(|| layout.config_file.clone());
+            let path = other
+                .map(PathBuf::from)
+                .unwrap_or_else(|| layout.config_file.clone());
             match std::fs::read_to_string(&path) {
                 Ok(s) => (path.display().to_string(), s),
                 Err(e) => {
@@ -189,7 +208,10 @@ fn config_check(cli: &Cli, layout: &Layout, file: Option<&str>) -> ExitCode {
         }
         Err(problems) => {
             if cli.json {
-                println!("{}", serde_json::json!({"ok": false, "file": label, "problems": problems.lines()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "file": label, "problems": problems.lines()})
+                );
             } else {
                 eprint!("{problems}");
             }
@@ -211,7 +233,10 @@ fn socket_for(cli: &Cli, layout: &Layout) -> PathBuf {
 }
 
 fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("majordomo: cannot start the async runtime: {e}");
@@ -229,7 +254,10 @@ fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
                 _ => exit::FAILURE,
             };
             if cli.json {
-                println!("{}", serde_json::json!({"ok": false, "error": e.to_string()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "error": e.to_string()})
+                );
             } else {
                 eprintln!("majordomo: {e}");
                 if let ClientError::Remote(body) = &e
@@ -262,9 +290,16 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
             client.ping().await?;
             let rtt = t.elapsed();
             if cli.json {
-                println!("{}", serde_json::json!({"ok": true, "rtt_us": rtt.as_micros() as u64}));
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "rtt_us": rtt.as_micros() as u64})
+                );
             } else {
-                println!("pong from {} in {:.2} ms", opts.socket().display(), rtt.as_secs_f64() * 1e3);
+                println!(
+                    "pong from {} in {:.2} ms",
+                    opts.socket().display(),
+                    rtt.as_secs_f64() * 1e3
+                );
             }
         }
         Cmd::Reload => {
@@ -285,7 +320,10 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
             if cli.json {
                 println!("{}", serde_json::json!({"ok": true, "pid": pid}));
             } else {
-                println!("stopped{}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default());
+                println!(
+                    "stopped{}",
+                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                );
             }
         }
         Cmd::Config(ConfigCmd::Show) => {
@@ -297,6 +335,17 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
                     Ok(t) => print!("{t}"),
                     Err(_) => println!("{v:#}"),
                 }
+            }
+        }
+        Cmd::Call { cmd, args } => {
+            let args: serde_json::Value = serde_json::from_str(args).map_err(|e| {
+                ClientError::Protocol(format!("arguments must be a JSON object: {e}"))
+            })?;
+            let v = client.call_named(cmd, args).await?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!("{v:#}");
             }
         }
         // `run` and the offline `config` verbs are dispatched in `main` and never get here.
@@ -328,7 +377,10 @@ fn print_status(s: &Status) {
         s.pid,
         fmt_secs(s.uptime_s)
     );
-    println!("  config  {} ({}, generation {})", s.config_path, s.config_source, s.config_generation);
+    println!(
+        "  config  {} ({}, generation {})",
+        s.config_path, s.config_source, s.config_generation
+    );
     println!("  socket  {}", s.socket);
     println!("  state   {}", s.state_dir);
     println!("  logs    {}", s.log_dir);

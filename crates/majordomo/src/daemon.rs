@@ -51,6 +51,8 @@ pub struct Shared {
     pub config_path: PathBuf,
     pub hub: Hub,
     pub board: StatusBoard,
+    /// Socket commands that subsystems registered.
+    pub commands: crate::commands::Commands,
     pub requests: mpsc::Sender<Request>,
     started: Instant,
     started_at: SystemTime,
@@ -76,7 +78,12 @@ impl Shared {
 
     pub fn status(&self) -> Status {
         let (cfg, generation, source, last_reload) = match self.state.lock() {
-            Ok(s) => (s.config.clone(), s.generation, s.source.clone(), s.last_reload.clone()),
+            Ok(s) => (
+                s.config.clone(),
+                s.generation,
+                s.source.clone(),
+                s.last_reload.clone(),
+            ),
             Err(_) => (Arc::default(), 0, Source::Embedded, None),
         };
         let eff = self.layout.clone().with_overrides(&cfg.paths);
@@ -101,7 +108,11 @@ impl Shared {
     }
 
     /// Asks the main loop for a reload and waits for its outcome.
-    pub async fn reload(&self, trigger: &'static str, force: bool) -> Result<ReloadOutcome, ReloadOutcome> {
+    pub async fn reload(
+        &self,
+        trigger: &'static str,
+        force: bool,
+    ) -> Result<ReloadOutcome, ReloadOutcome> {
         let (tx, rx) = oneshot::channel();
         let req = if force {
             Request::Restart { reply: tx }
@@ -206,7 +217,10 @@ async fn main_loop(args: RunArgs, loaded: Loaded, log: Arc<LogHandle>) -> u8 {
     let eff = layout.clone().with_overrides(&loaded.config.paths);
     for dir in [&eff.state_dir, &eff.log_dir] {
         if let Err(e) = std::fs::create_dir_all(dir) {
-            eprintln!("majordomo: cannot create {}: {e}; check permissions or use --home DIR", dir.display());
+            eprintln!(
+                "majordomo: cannot create {}: {e}; check permissions or use --home DIR",
+                dir.display()
+            );
             return exit::FAILURE;
         }
     }
@@ -225,6 +239,7 @@ async fn main_loop(args: RunArgs, loaded: Loaded, log: Arc<LogHandle>) -> u8 {
         layout: layout.clone(),
         board: StatusBoard::new(hub.clone()),
         hub: hub.clone(),
+        commands: Default::default(),
         requests: req_tx,
         started: Instant::now(),
         started_at: SystemTime::now(),
@@ -254,7 +269,10 @@ async fn main_loop(args: RunArgs, loaded: Loaded, log: Arc<LogHandle>) -> u8 {
 
     // Start-up is an apply from nothing.
     daemon.registry.apply(None, config.clone(), false).await;
-    daemon.registry.wait_started(config.daemon.grace_period.get()).await;
+    daemon
+        .registry
+        .wait_started(config.daemon.grace_period.get())
+        .await;
     if let Some(failed) = failed_subsystem(&shared) {
         eprintln!("majordomo: cannot start: {failed}");
         root.cancel();
@@ -364,7 +382,11 @@ fn crate_journal() -> bool {
 }
 
 impl Daemon {
-    async fn reload(&mut self, trigger: &'static str, force: bool) -> Result<ReloadOutcome, ReloadOutcome> {
+    async fn reload(
+        &mut self,
+        trigger: &'static str,
+        force: bool,
+    ) -> Result<ReloadOutcome, ReloadOutcome> {
         self.notifier.reloading();
         let result = config::load(&self.shared.config_path, &self.overrides);
         let (old, generation, digest) = match self.shared.state.lock() {

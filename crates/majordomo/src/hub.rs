@@ -71,7 +71,9 @@ impl Event {
                 state,
                 detail,
             } => match state.as_str() {
-                "failed" => tracing::error!(subsystem = %name, detail = detail.as_deref().unwrap_or(""), "subsystem failed"),
+                "failed" => {
+                    tracing::error!(subsystem = %name, detail = detail.as_deref().unwrap_or(""), "subsystem failed")
+                }
                 _ => tracing::debug!(subsystem = %name, %state, "subsystem state"),
             },
         }

@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;

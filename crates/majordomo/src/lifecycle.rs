@@ -67,9 +67,21 @@ impl Ctx {
         self.shared.board.set(self.name, "running", None);
     }
 
+    /// Registers a socket command owned by this subsystem; it is removed when the subsystem stops.
+    pub fn command<F, Fut>(&self, name: &str, f: F)
+    where
+        F: Fn(crate::commands::Args) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = crate::commands::Reply> + Send + 'static,
+    {
+        let handler: crate::commands::Handler = Arc::new(move |args| Box::pin(f(args)));
+        self.shared.commands.register(self.name, name, handler);
+    }
+
     /// Updates the human-readable detail shown by `status`.
     pub fn detail(&self, detail: impl Into<String>) {
-        self.shared.board.set(self.name, "running", Some(detail.into()));
+        self.shared
+            .board
+            .set(self.name, "running", Some(detail.into()));
     }
 }
 
@@ -96,7 +108,9 @@ impl StatusBoard {
 
     pub fn set(&self, name: &'static str, state: &'static str, detail: Option<String>) {
         let changed = {
-            let Ok(mut map) = self.inner.lock() else { return };
+            let Ok(mut map) = self.inner.lock() else {
+                return;
+            };
             let entry = map.entry(name).or_insert(Entry {
                 state: "",
                 detail: None,
@@ -244,7 +258,9 @@ impl Registry {
         let span = tracing::info_span!("subsystem", name);
         let handle = self.tracker.spawn(
             async move {
-                match fut.await {
+                let result = fut.await;
+                board.commands.unregister_owner(name);
+                match result {
                     Ok(()) => board.board.set(name, "stopped", None),
                     Err(reason) => board.board.set(name, "failed", Some(reason)),
                 }
@@ -260,7 +276,11 @@ impl Registry {
             r.token.cancel();
             let abort = r.handle.abort_handle();
             if tokio::time::timeout(grace, r.handle).await.is_err() {
-                tracing::warn!(subsystem = name, ?grace, "did not stop within the grace period; aborted");
+                tracing::warn!(
+                    subsystem = name,
+                    ?grace,
+                    "did not stop within the grace period; aborted"
+                );
                 abort.abort();
             }
         }

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("instance '{instance}' is already running (pid {pid}); stop it with `majordomo shutdown{flag}` or use another --instance")]
+    #[error(
+        "instance '{instance}' is already running (pid {pid}); stop it with `majordomo shutdown{flag}` or use another --instance"
+    )]
     Held {
         instance: String,
         pid: String,

@@ -18,8 +18,18 @@ use tracing_subscriber::{EnvFilter, Registry, reload};
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::lifecycle::{BoxFuture, Change, Ctx, Subsystem};
 
-/// Parses a level or filter directive string.
+/// Parses a level or filter directive string. Unlike a bare `EnvFilter`, a directive without
+/// `=` must be a level: `verbose` is a typo, not a target named "verbose".
 pub fn parse_filter(s: &str) -> Result<EnvFilter, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for directive in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{directive:?} is not a level ({})",
+                LEVELS.join(", ")
+            ));
+        }
+    }
     EnvFilter::builder()
         .with_regex(false)
         .parse(s)
@@ -202,7 +212,11 @@ impl Subsystem for Log {
                 let dir = ctx.shared.layout.clone().with_overrides(&cfg.paths).log_dir;
                 match handle.apply(&cfg.log, &dir) {
                     Ok(()) => ctx.detail(if cfg.log.file {
-                        format!("{} → {}", cfg.log.level, dir.join("majordomo.log").display())
+                        format!(
+                            "{} → {}",
+                            cfg.log.level,
+                            dir.join("majordomo.log").display()
+                        )
                     } else {
                         cfg.log.level.clone()
                     }),

@@ -248,7 +248,13 @@ mod imp {
                 let user = std::env::var("USERNAME").unwrap_or_else(|_| "user".into());
                 let user: String = user
                     .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() {
+                            c.to_ascii_lowercase()
+                        } else {
+                            '_'
+                        }
+                    })
                     .collect();
                 per_dir(base, format!(r"\\.\pipe\majordomo-{user}-{instance}"))
             }
@@ -269,7 +275,10 @@ mod imp {
     pub(super) fn home_socket(root: &Path, instance: &str) -> PathBuf {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         root.hash(&mut h);
-        PathBuf::from(format!(r"\\.\pipe\majordomo-{:016x}-{instance}", h.finish()))
+        PathBuf::from(format!(
+            r"\\.\pipe\majordomo-{:016x}-{instance}",
+            h.finish()
+        ))
     }
 }
 

@@ -17,6 +17,22 @@ use crate::lifecycle::{BoxFuture, Change, Ctx, Subsystem};
 
 pub struct ConfigWatch;
 
+/// A file changed under the watcher faster than the debounce this many times in a row is
+/// reloaded anyway.
+const MAX_DEBOUNCES: u32 = 20;
+
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Modify(_)
+            | EventKind::Remove(_)
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
+}
+
 impl Subsystem for ConfigWatch {
     fn name(&self) -> &'static str {
         "config-watch"
@@ -43,17 +59,23 @@ impl Subsystem for ConfigWatch {
             };
             let (tx, mut rx) = mpsc::unbounded_channel::<()>();
             let name = file.file_name().map(|n| n.to_os_string());
-            let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                let relevant = match &res {
-                    Ok(ev) => ev.need_rescan() || ev.paths.iter().any(|p| p.file_name() == name.as_deref()),
-                    // An error may mean missed events: check the file.
-                    Err(_) => true,
-                };
-                if relevant {
-                    let _ = tx.send(());
-                }
-            })
-            .map_err(|e| format!("cannot start the file watcher: {e}"))?;
+            let mut watcher =
+                notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                    let relevant = match &res {
+                        // Reads of the file (every CLI call reads it) are not changes.
+                        Ok(ev) => {
+                            ev.need_rescan()
+                                || (is_change(&ev.kind)
+                                    && ev.paths.iter().any(|p| p.file_name() == name.as_deref()))
+                        }
+                        // An error may mean missed events: check the file.
+                        Err(_) => true,
+                    };
+                    if relevant {
+                        let _ = tx.send(());
+                    }
+                })
+                .map_err(|e| format!("cannot start the file watcher: {e}"))?;
             // The folder may not exist yet (no config file written so far): wait for it.
             loop {
                 match watcher.watch(&dir, RecursiveMode::NonRecursive) {
@@ -68,27 +90,36 @@ impl Subsystem for ConfigWatch {
                 }
             }
             ctx.detail(format!("watching {}", file.display()));
+            // A change between loading the config and arming the watcher would be missed:
+            // check once now (a no-op when the text is unchanged).
+            let mut pending = true;
             loop {
+                if std::mem::take(&mut pending) {
+                    let _ = ctx
+                        .shared
+                        .requests
+                        .send(Request::Reload {
+                            trigger: "file-change",
+                            reply: None,
+                        })
+                        .await;
+                }
                 tokio::select! {
                     _ = ctx.token.cancelled() => return Ok(()),
                     ev = rx.recv() => if ev.is_none() { return Ok(()) },
                 }
-                // Debounce: wait until the file has been quiet for `debounce`.
+                // Debounce: wait until the file has been quiet for `debounce`, but no longer than
+                // `MAX_DEBOUNCES` of it, so a file rewritten without pause is still reloaded.
+                let latest = tokio::time::Instant::now() + debounce * MAX_DEBOUNCES;
                 loop {
                     tokio::select! {
                         _ = ctx.token.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(debounce) => break,
+                        _ = tokio::time::sleep_until(latest) => break,
                         ev = rx.recv() => if ev.is_none() { return Ok(()) },
                     }
                 }
-                let _ = ctx
-                    .shared
-                    .requests
-                    .send(Request::Reload {
-                        trigger: "file-change",
-                        reply: None,
-                    })
-                    .await;
+                pending = true;
             }
         })
     }

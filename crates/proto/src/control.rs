@@ -63,10 +63,23 @@ impl CompatCommand {
 /// One parsed line from a client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
-    Request { id: Option<Value>, cmd: Command },
+    Request {
+        id: Option<Value>,
+        cmd: Command,
+    },
+    /// A command the core does not define; subsystems register these (`ps`, `queue.ls`, ...).
+    /// `args` is the request object without `id` and `cmd`.
+    Ext {
+        id: Option<Value>,
+        cmd: String,
+        args: Map<String, Value>,
+    },
     Compat(CompatCommand),
     /// The line could not be understood; `id` is echoed if it could be read.
-    Invalid { id: Option<Value>, error: ErrorBody },
+    Invalid {
+        id: Option<Value>,
+        error: ErrorBody,
+    },
 }
 
 /// Parses one line. Never panics, whatever the bytes.
@@ -111,21 +124,15 @@ pub fn parse_line(line: &[u8]) -> Incoming {
         };
     }
     match map.get("cmd") {
+        Some(Value::String(name)) if !Command::NAMES.contains(&name.as_str()) => {
+            let cmd = name.clone();
+            map.remove("cmd");
+            Incoming::Ext { id, cmd, args: map }
+        }
         Some(Value::String(name)) => {
-            let known = Command::NAMES.contains(&name.as_str());
             let name = name.clone();
             match serde_json::from_value::<Command>(Value::Object(map)) {
                 Ok(cmd) => Incoming::Request { id, cmd },
-                Err(_) if !known => Incoming::Invalid {
-                    id,
-                    error: ErrorBody::new(
-                        ErrorCode::UnknownCommand,
-                        format!(
-                            "unknown command {name:?}; known commands: {}",
-                            Command::NAMES.join(", ")
-                        ),
-                    ),
-                },
                 Err(e) => Incoming::Invalid {
                     id,
                     error: ErrorBody::new(
@@ -248,9 +255,8 @@ pub enum ReplyBody {
 
 impl Reply {
     pub fn ok(id: Option<Value>, value: impl Serialize) -> Self {
-        let value = serde_json::to_value(value).unwrap_or_else(|e| {
-            Value::String(format!("reply could not be serialized: {e}"))
-        });
+        let value = serde_json::to_value(value)
+            .unwrap_or_else(|e| Value::String(format!("reply could not be serialized: {e}")));
         Self {
             id,
             body: ReplyBody::Ok(value),
@@ -267,7 +273,9 @@ impl Reply {
     /// One line of JSON, without its newline.
     pub fn to_line(&self) -> Vec<u8> {
         // Serializing a Reply cannot fail: every member is a JSON value or a plain struct.
-        serde_json::to_vec(self).unwrap_or_else(|_| br#"{"error":{"code":"internal","message":"reply serialization failed"}}"#.to_vec())
+        serde_json::to_vec(self).unwrap_or_else(|_| {
+            br#"{"error":{"code":"internal","message":"reply serialization failed"}}"#.to_vec()
+        })
     }
 }
 
@@ -376,16 +384,24 @@ mod tests {
         };
         assert_eq!(code(b"{not json"), ErrorCode::BadJson);
         assert_eq!(code(b"[1,2]"), ErrorCode::BadRequest);
-        assert_eq!(code(br#"{"id":1,"cmd":"frobnicate"}"#), ErrorCode::UnknownCommand);
+        assert_eq!(code(br#"{"id":1,"cmd":7}"#), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"id":1}"#), ErrorCode::BadRequest);
-        assert_eq!(code(br#"{"id":{"a":1},"cmd":"ping"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(br#"{"id":{"a":1},"cmd":"ping"}"#),
+            ErrorCode::BadRequest
+        );
         assert_eq!(code(br#"{"command":"dance"}"#), ErrorCode::UnknownCommand);
     }
 
     #[test]
-    fn unknown_command_echoes_id() {
-        match parse_line(br#"{"id":"x","cmd":"nope"}"#) {
-            Incoming::Invalid { id, .. } => assert_eq!(id, Some(json!("x"))),
+    fn other_commands_are_extensions_with_their_args() {
+        match parse_line(br#"{"id":"x","cmd":"ps","name":"api"}"#) {
+            Incoming::Ext { id, cmd, args } => {
+                assert_eq!(id, Some(json!("x")));
+                assert_eq!(cmd, "ps");
+                assert_eq!(args.get("name"), Some(&json!("api")));
+                assert!(!args.contains_key("cmd"));
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -125,7 +125,11 @@ pub struct Problem {
 
 impl Problem {
     /// A problem found by validation, at a field path; located later.
-    pub fn at(path: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub fn at(
+        path: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         Self {
             path: path.into(),
             message: message.into(),
@@ -265,14 +269,34 @@ pub fn check_text(text: &str, label: &str, overrides: &[Override]) -> Result<Con
     }
     let snapshot = root.clone();
     let config = build(root, &mut list);
-    if list.is_empty() {
-        config.validate(&mut list);
-    }
+    locate(&mut list, text, &snapshot, overrides);
+    // Semantic checks run even when some section failed to deserialize, so that every problem
+    // is reported at once; only those about a section that already failed are dropped (its
+    // values are defaults, not what the user wrote).
+    let failed: Vec<String> = list
+        .iter()
+        .map(|p| section_of(&p.path).to_string())
+        .collect();
+    let mut semantic = Vec::new();
+    config.validate(&mut semantic);
+    semantic.retain(|p| !failed.iter().any(|f| f == section_of(&p.path)));
+    locate(&mut semantic, text, &snapshot, overrides);
+    list.extend(semantic);
     if list.is_empty() {
         return Ok(config);
     }
-    locate(&mut list, text, &snapshot, overrides);
+    // In reading order: the file top to bottom, then overrides.
+    list.sort_by_key(|p| match &p.location {
+        Some(Location::File { line, col }) => (0, *line, *col),
+        Some(Location::Override(_)) => (1, 0, 0),
+        None => (2, 0, 0),
+    });
     Err(problems(list))
+}
+
+/// `program` for `program[2].args`, `log` for `log.level`.
+fn section_of(path: &str) -> &str {
+    path.split(['.', '[']).next().unwrap_or(path)
 }
 
 /// The sentinel span of the `i`th override: one byte past the end of the file, per override.
@@ -286,10 +310,17 @@ type Value<'i> = Spanned<DeValue<'i>>;
 fn graft<'i>(root: &mut DeTable<'i>, ov: &'i Override, span: Range<usize>) -> Result<(), Problem> {
     let value = match DeValue::parse(&ov.raw) {
         Ok(v) => respan(v.into_inner(), &span),
-        Err(_) => Spanned::new(span.clone(), DeValue::String(Cow::Borrowed(ov.raw.as_str()))),
+        Err(_) => Spanned::new(
+            span.clone(),
+            DeValue::String(Cow::Borrowed(ov.raw.as_str())),
+        ),
     };
     let Some((last, parents)) = ov.path.split_last() else {
-        return Err(Problem::spanned(Some(span), "empty field path", "name a section and a field"));
+        return Err(Problem::spanned(
+            Some(span),
+            "empty field path",
+            "name a section and a field",
+        ));
     };
     let mut table = root;
     for seg in parents {
@@ -364,10 +395,47 @@ fn build(root: DeTable<'_>, problems: &mut Vec<Problem>) -> Config {
 
 const SECTIONS: &[&str] = &["daemon", "log", "control", "paths"];
 
+/// Deserializes one section. serde stops at the first error, so after each error the offending
+/// entry is removed and the section tried again: every error in the section is reported.
 fn one<T: DeserializeOwned>(slot: &mut T, value: Value<'_>, problems: &mut Vec<Problem>) {
-    match T::deserialize(ValueDeserializer::from(value)) {
-        Ok(v) => *slot = v,
-        Err(e) => problems.push(from_toml(&e)),
+    let mut value = value;
+    for _ in 0..64 {
+        match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(v) => {
+                *slot = v;
+                return;
+            }
+            Err(e) => {
+                let removed = e.span().is_some_and(|span| remove_at(&mut value, &span));
+                problems.push(from_toml(&e));
+                if !removed {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Removes the deepest table entry whose key or value contains `span`.
+fn remove_at(value: &mut Value<'_>, span: &Range<usize>) -> bool {
+    match value.get_mut() {
+        DeValue::Table(t) => {
+            let mut hit = None;
+            for (k, v) in t.iter_mut() {
+                if remove_at(v, span) {
+                    return true;
+                }
+                if hit.is_none() && (contains(&k.span(), span) || contains(&v.span(), span)) {
+                    hit = Some(k.as_ref().to_string());
+                }
+            }
+            match hit {
+                Some(k) => t.remove(k.as_str()).is_some(),
+                None => false,
+            }
+        }
+        DeValue::Array(a) => a.iter_mut().any(|item| remove_at(item, span)),
+        _ => false,
     }
 }
 
@@ -378,10 +446,9 @@ fn many<T: DeserializeOwned>(slot: &mut Vec<T>, value: Value<'_>, problems: &mut
     match value.into_inner() {
         DeValue::Array(items) => {
             for item in items.iter().cloned() {
-                match T::deserialize(ValueDeserializer::from(item)) {
-                    Ok(v) => slot.push(v),
-                    Err(e) => problems.push(from_toml(&e)),
-                }
+                let mut parsed = None;
+                one(&mut parsed, item, problems);
+                slot.extend(parsed);
             }
         }
         _ => problems.push(Problem::spanned(
@@ -433,34 +500,45 @@ fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
     outer.start <= inner.start && inner.end <= outer.end && outer.start != outer.end
 }
 
-/// The field path whose key or value contains `span`, innermost last.
+/// The field path whose key or value contains `span`, deepest match first. Tables defined by a
+/// `[header]` have the header as their span, so children are searched whatever the parent's span.
 fn path_at(table: &DeTable<'_>, span: &Range<usize>, out: &mut Vec<String>) {
-    for (k, v) in table.iter() {
-        if contains(&k.span(), span) {
-            out.push(format!(".{}", k.as_ref()));
-            return;
-        }
-        if contains(&v.span(), span) {
-            out.push(format!(".{}", k.as_ref()));
-            value_path(v, span, out);
-            return;
-        }
+    if let Some(found) = find_in_table(table, span) {
+        out.extend(found);
     }
 }
 
-fn value_path(v: &Value<'_>, span: &Range<usize>, out: &mut Vec<String>) {
+fn find_in_table(table: &DeTable<'_>, span: &Range<usize>) -> Option<Vec<String>> {
+    for (k, v) in table.iter() {
+        if let Some(mut deeper) = find_in_value(v, span) {
+            deeper.insert(0, format!(".{}", k.as_ref()));
+            return Some(deeper);
+        }
+    }
+    for (k, v) in table.iter() {
+        if contains(&k.span(), span) || contains(&v.span(), span) {
+            return Some(vec![format!(".{}", k.as_ref())]);
+        }
+    }
+    None
+}
+
+/// Segments below `v` (not including `v` itself) that contain `span`.
+fn find_in_value(v: &Value<'_>, span: &Range<usize>) -> Option<Vec<String>> {
     match v.as_ref() {
-        DeValue::Table(t) => path_at(t, span, out),
+        DeValue::Table(t) => find_in_table(t, span),
         DeValue::Array(a) => {
             for (i, item) in a.iter().enumerate() {
-                if contains(&item.span(), span) {
-                    out.push(format!("[{i}]"));
-                    value_path(item, span, out);
-                    return;
+                if let Some(mut deeper) = find_in_value(item, span) {
+                    deeper.insert(0, format!("[{i}]"));
+                    return Some(deeper);
                 }
             }
+            a.iter()
+                .position(|item| contains(&item.span(), span))
+                .map(|i| vec![format!("[{i}]")])
         }
-        _ => {}
+        _ => None,
     }
 }
 
@@ -479,7 +557,9 @@ fn span_of(root: &DeTable<'_>, path: &str) -> Option<Range<usize>> {
             (_, Some(DeValue::Table(t))) => t,
             _ => break,
         };
-        let Some((k, v)) = t.get_key_value(name) else { break };
+        let Some((k, v)) = t.get_key_value(name) else {
+            break;
+        };
         best = Some(k.span());
         current = Some(v);
         table = None;

@@ -161,7 +161,10 @@ impl Config {
                 if bits & 0o007 != 0 {
                     problems.push(Problem::at(
                         "control.socket_mode",
-                        format!("{:?} would let every local user control this instance", self.control.socket_mode),
+                        format!(
+                            "{:?} would let every local user control this instance",
+                            self.control.socket_mode
+                        ),
                         "use \"0600\", or \"0660\" with socket_group",
                     ));
                 }

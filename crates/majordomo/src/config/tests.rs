@@ -12,7 +12,11 @@ fn default_toml_documents_every_field() {
     fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
         if let serde_json::Value::Object(map) = v {
             for (k, v) in map {
-                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 if v.is_object() {
                     walk(&path, v, out);
                 } else {
@@ -22,21 +26,28 @@ fn default_toml_documents_every_field() {
         }
     }
     let mut fields = Vec::new();
-    walk("", &serde_json::to_value(Config::default()).unwrap(), &mut fields);
+    walk(
+        "",
+        &serde_json::to_value(Config::default()).unwrap(),
+        &mut fields,
+    );
     let mut section = String::new();
     let mut documented = Vec::new();
     for line in DEFAULT_TOML.lines() {
         let l = line.trim_start_matches('#').trim();
         if l.starts_with('[') {
             section = l.trim_matches(|c| c == '[' || c == ']').to_string();
-        } else if let Some((k, _)) = l.split_once(" = ") {
-            if !k.contains(' ') {
-                documented.push(format!("{section}.{k}"));
-            }
+        } else if let Some((k, _)) = l.split_once(" = ")
+            && !k.contains(' ')
+        {
+            documented.push(format!("{section}.{k}"));
         }
     }
     for f in fields {
-        assert!(documented.contains(&f), "field {f} is missing from default.toml");
+        assert!(
+            documented.contains(&f),
+            "field {f} is missing from default.toml"
+        );
     }
 }
 
@@ -46,9 +57,24 @@ fn reports_every_problem_with_its_line() {
     let err = check_text(text, "bad.toml", &[]).unwrap_err();
     let lines = err.lines();
     // Deserialization problems in two sections and an unknown section, all at once.
-    assert!(lines.iter().any(|l| l.starts_with("bad.toml:3:") && l.contains("log.max_files")), "{lines:#?}");
-    assert!(lines.iter().any(|l| l.starts_with("bad.toml:7:") && l.contains("control.bogus") && l.contains("unknown field")), "{lines:#?}");
-    assert!(lines.iter().any(|l| l.starts_with("bad.toml:9:") && l.contains("unknown section `nope`")), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("bad.toml:3:") && l.contains("log.max_files")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("bad.toml:7:")
+            && l.contains("control.bogus")
+            && l.contains("unknown field")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("bad.toml:9:") && l.contains("unknown section `nope`")),
+        "{lines:#?}"
+    );
 }
 
 #[test]
@@ -57,8 +83,14 @@ fn semantic_problems_are_located_by_path() {
     let err = check_text(text, "bad.toml", &[]).unwrap_err();
     let lines = err.lines();
     assert_eq!(lines.len(), 2, "{lines:#?}");
-    assert!(lines[0].starts_with("bad.toml:2:1: log.level: invalid log filter"), "{lines:#?}");
-    assert!(lines[1].starts_with("bad.toml:5:1: control.socket_mode:"), "{lines:#?}");
+    assert!(
+        lines[0].starts_with("bad.toml:2:1: log.level: invalid log filter"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].starts_with("bad.toml:5:1: control.socket_mode:"),
+        "{lines:#?}"
+    );
 }
 
 #[test]
@@ -72,7 +104,10 @@ fn env_and_flags_override_the_file_in_order() {
     let env = Override::from_env(vec![
         ("MAJORDOMO_LOG__LEVEL".to_string(), "debug".to_string()),
         ("MAJORDOMO_LOG__MAX_FILES".to_string(), "9".to_string()),
-        ("MAJORDOMO_DAEMON__GRACE_PERIOD".to_string(), "3s".to_string()),
+        (
+            "MAJORDOMO_DAEMON__GRACE_PERIOD".to_string(),
+            "3s".to_string(),
+        ),
         ("MAJORDOMO_HOME".to_string(), "/ignored".to_string()),
     ]);
     assert_eq!(env.len(), 3);
@@ -95,13 +130,22 @@ fn bad_overrides_name_their_variable() {
     let err = check_text("", "f.toml", &env).unwrap_err();
     let lines = err.lines();
     assert!(lines.iter().any(|l| l.starts_with("environment variable MAJORDOMO_LOG__MAX_FILES: log.max_files:")), "{lines:#?}");
-    assert!(lines.iter().any(|l| l.starts_with("environment variable MAJORDOMO_BOGUS__X:") && l.contains("unknown section")), "{lines:#?}");
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with("environment variable MAJORDOMO_BOGUS__X:")
+                && l.contains("unknown section")
+        ),
+        "{lines:#?}"
+    );
 }
 
 #[test]
 fn secrets_are_redacted_when_serialized() {
     let cfg = check_text("[control]\ntoken = \"s3cret\"\n", "f.toml", &[]).unwrap();
-    assert_eq!(cfg.control.token.as_ref().map(|t| t.expose()), Some("s3cret"));
+    assert_eq!(
+        cfg.control.token.as_ref().map(|t| t.expose()),
+        Some("s3cret")
+    );
     let json = serde_json::to_string(&cfg).unwrap();
     assert!(!json.contains("s3cret"));
     assert!(!format!("{cfg:?}").contains("s3cret"));

@@ -88,10 +88,10 @@ impl Subsystem for Control {
                     token: ctx.token.clone(),
                     open: open.clone(),
                 };
-                let span = tracing::debug_span!("conn", id = next_conn, uid = peer.uid, pid = peer.pid);
-                ctx.tracker.spawn(
-                    async move { serve(conn, peer, cfg, conn_ctx).await }.instrument(span),
-                );
+                let span =
+                    tracing::debug_span!("conn", id = next_conn, uid = peer.uid, pid = peer.pid);
+                ctx.tracker
+                    .spawn(async move { serve(conn, peer, cfg, conn_ctx).await }.instrument(span));
             }
             Ok(())
         })
@@ -131,7 +131,11 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
         return;
     }
     if !peer_allowed(&peer, &cfg) {
-        tracing::warn!(uid = peer.uid, pid = peer.pid, "connection refused: user not allowed");
+        tracing::warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            "connection refused: user not allowed"
+        );
         let mut line = refuse(
             ErrorCode::Forbidden,
             format!(
@@ -157,7 +161,9 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
             Some(Err(majordomo_proto::FrameError::TooLong { limit })) => {
                 let reply = refuse(
                     ErrorCode::TooLarge,
-                    format!("line longer than {limit} bytes ([control] max_line); closing the connection"),
+                    format!(
+                        "line longer than {limit} bytes ([control] max_line); closing the connection"
+                    ),
                 );
                 let _ = framed.send(reply).await;
                 break;
@@ -185,13 +191,16 @@ fn peer_allowed(peer: &Peer, cfg: &Config) -> bool {
         if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
             return true;
         }
-        cfg.control.allowed_users.iter().any(|u| match u.parse::<u32>() {
-            Ok(n) => n == uid,
-            Err(_) => nix::unistd::User::from_name(u)
-                .ok()
-                .flatten()
-                .is_some_and(|user| user.uid.as_raw() == uid),
-        })
+        cfg.control
+            .allowed_users
+            .iter()
+            .any(|u| match u.parse::<u32>() {
+                Ok(n) => n == uid,
+                Err(_) => nix::unistd::User::from_name(u)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|user| user.uid.as_raw() == uid),
+            })
     }
     #[cfg(not(unix))]
     {
@@ -240,11 +249,20 @@ async fn handle(ctx: &ConnCtx, cfg: &Config, incoming: Incoming, authed: &mut bo
     };
     match incoming {
         Incoming::Invalid { id, error } => Outcome::reply(Reply::error(id, error)),
+        Incoming::Ext { id, .. } if !*authed => forbidden(id),
+        Incoming::Ext { id, cmd, args } => {
+            Outcome::reply(match shared.commands.dispatch(&cmd, args).await {
+                Ok(v) => Reply::ok(id, v),
+                Err(e) => Reply::error(id, e),
+            })
+        }
         Incoming::Request { id, cmd } => {
             if let Command::Hello { token, .. } = &cmd
                 && let Some(expected) = &cfg.control.token
             {
-                *authed = token.as_deref().is_some_and(|t| tokens_match(expected.expose(), t));
+                *authed = token
+                    .as_deref()
+                    .is_some_and(|t| tokens_match(expected.expose(), t));
                 if !*authed {
                     return Outcome::reply(Reply::error(
                         id,

@@ -52,7 +52,8 @@ mod imp {
             ));
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| annotate(e, dir, "create the socket folder"))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| annotate(e, dir, "create the socket folder"))?;
         }
         let tmp = tmp_path(path);
         let _ = std::fs::remove_file(&tmp);
@@ -64,13 +65,17 @@ mod imp {
                 .ok()
                 .flatten()
                 .ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, format!("unknown group {group:?} in [control] socket_group"))
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("unknown group {group:?} in [control] socket_group"),
+                    )
                 })?
                 .gid;
             nix::unistd::chown(&tmp, None, Some(gid))
                 .map_err(|e| annotate(io::Error::from(e), &tmp, "change the group of"))?;
         }
-        std::fs::rename(&tmp, path).map_err(|e| annotate(e, path, "move the socket into place at"))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| annotate(e, path, "move the socket into place at"))?;
         Ok(Listener {
             inner,
             path: path.clone(),

@@ -37,7 +37,9 @@ impl Notifier {
 
     /// Half the watchdog timeout, as systemd recommends, when a watchdog is armed.
     pub fn watchdog_interval(&self) -> Option<Duration> {
-        self.watchdog.filter(|_| self.socket.is_some()).map(|w| w / 2)
+        self.watchdog
+            .filter(|_| self.socket.is_some())
+            .map(|w| w / 2)
     }
 
     pub fn ready(&self, status: &str) {
@@ -45,7 +47,10 @@ impl Notifier {
     }
 
     pub fn reloading(&self) {
-        self.send(&format!("RELOADING=1\nMONOTONIC_USEC={}", imp::monotonic_usec()));
+        self.send(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            imp::monotonic_usec()
+        ));
     }
 
     pub fn stopping(&self) {

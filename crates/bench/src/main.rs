@@ -1,0 +1,38 @@
+//! `majordomo-bench NAME`: one benchmark per subsystem, each comparing majordomo with a baseline
+//! or a peer measured in the same run. Each prints a readable table and ends with one JSON line
+//! holding its figures, and finishes within 5 minutes.
+//!
+//! Build everything first: `cargo build --release --workspace`, then
+//! `./target/release/majordomo-bench control`.
+#![forbid(unsafe_code)]
+
+mod control;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "majordomo-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Control-socket request/reply round trip against a raw Unix-socket ping-pong.
+    Control(control::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match cli.bench {
+            Bench::Control(a) => control::run(a).await,
+        }
+    })
+}
