@@ -6,11 +6,23 @@
 //! `./target/release/majordomo-bench control`.
 #![forbid(unsafe_code)]
 
+#[cfg(unix)]
 mod control;
+#[cfg(unix)]
 mod util;
 
+#[cfg(not(unix))]
+fn main() {
+    eprintln!(
+        "majordomo-bench runs on Unix: the peers it measures against (nats-server, supervisord, node_exporter) are Unix programs"
+    );
+    std::process::exit(1);
+}
+
+#[cfg(unix)]
 use clap::{Parser, Subcommand};
 
+#[cfg(unix)]
 #[derive(Parser)]
 #[command(name = "majordomo-bench", version, about)]
 struct Cli {
@@ -18,12 +30,14 @@ struct Cli {
     bench: Bench,
 }
 
+#[cfg(unix)]
 #[derive(Subcommand)]
 enum Bench {
     /// Control-socket request/reply round trip against a raw Unix-socket ping-pong.
     Control(control::Args),
 }
 
+#[cfg(unix)]
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()

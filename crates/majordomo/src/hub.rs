@@ -35,6 +35,27 @@ pub enum Event {
         state: String,
         detail: Option<String>,
     },
+    /// A bus endpoint registered (the bus emits it; the supervisor's `ready = "bus"` waits for it).
+    EndpointUp {
+        id: String,
+    },
+    /// A bus endpoint went away (disconnect, take-over).
+    EndpointDown {
+        id: String,
+        reason: String,
+    },
+    /// A supervised program changed state (the supervisor emits it on every transition; the
+    /// monitor, alerts and the bus's system topics read it).
+    ProgramState {
+        name: String,
+        /// `starting`, `running`, `ready`, `backoff`, `stopping`, `exited`, `stopped`, `failed`.
+        state: String,
+        pid: Option<u32>,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        restarts: u64,
+        detail: Option<String>,
+    },
 }
 
 impl Event {
@@ -46,6 +67,9 @@ impl Event {
             Event::ConfigReloaded { .. } => "config.reloaded",
             Event::ConfigRejected { .. } => "config.rejected",
             Event::SubsystemState { .. } => "subsystem.state",
+            Event::EndpointUp { .. } => "endpoint.up",
+            Event::EndpointDown { .. } => "endpoint.down",
+            Event::ProgramState { .. } => "program.state",
         }
     }
 
@@ -75,6 +99,27 @@ impl Event {
                     tracing::error!(subsystem = %name, detail = detail.as_deref().unwrap_or(""), "subsystem failed")
                 }
                 _ => tracing::debug!(subsystem = %name, %state, "subsystem state"),
+            },
+            Event::EndpointUp { id } => tracing::debug!(endpoint = %id, "endpoint up"),
+            Event::EndpointDown { id, reason } => {
+                tracing::debug!(endpoint = %id, %reason, "endpoint down")
+            }
+            Event::ProgramState {
+                name,
+                state,
+                pid,
+                exit_code,
+                signal,
+                restarts,
+                detail,
+            } => match state.as_str() {
+                "failed" => {
+                    tracing::error!(program = %name, ?exit_code, ?signal, restarts, detail = detail.as_deref().unwrap_or(""), "program failed")
+                }
+                "exited" | "backoff" => {
+                    tracing::warn!(program = %name, ?pid, ?exit_code, ?signal, restarts, "program {state}")
+                }
+                _ => tracing::info!(program = %name, ?pid, restarts, "program {state}"),
             },
         }
     }
