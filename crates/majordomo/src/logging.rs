@@ -18,6 +18,9 @@ use tracing_subscriber::{EnvFilter, Registry, reload};
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::lifecycle::{BoxFuture, Change, Ctx, Subsystem};
 
+/// Lines the file writer queues before it starts dropping (see [`LogHandle::apply`]).
+const LOG_QUEUE_LINES: usize = 4096;
+
 /// Parses a level or filter directive string. Unlike a bare `EnvFilter`, a directive without
 /// `=` must be a level: `verbose` is a typo, not a target named "verbose".
 pub fn parse_filter(s: &str) -> Result<EnvFilter, String> {
@@ -168,7 +171,14 @@ impl LogHandle {
             Compression::None,
             None,
         );
-        let (writer, guard) = tracing_appender::non_blocking(rotate);
+        // The default queue holds 128,000 lines and initialises every slot up front (about
+        // 4 MB resident); 4,096 lines absorb any burst a daemon log sees. When it is full,
+        // lines are dropped (and counted by tracing-appender) rather than blocking the daemon.
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .buffered_lines_limit(LOG_QUEUE_LINES)
+            .lossy(true)
+            .thread_name("majordomo-log")
+            .finish(rotate);
         *current = Some(Active {
             format: cfg.format,
             path,
