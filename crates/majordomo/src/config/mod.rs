@@ -175,6 +175,29 @@ impl Config {
                 "write an octal mode that keeps owner read/write, like \"0600\" or \"0660\"",
             )),
         }
+        #[cfg(unix)]
+        {
+            for (i, user) in self.control.allowed_users.iter().enumerate() {
+                let known = user.parse::<u32>().is_ok()
+                    || matches!(nix::unistd::User::from_name(user), Ok(Some(_)));
+                if !known {
+                    problems.push(Problem::at(
+                        format!("control.allowed_users[{i}]"),
+                        format!("no user named {user:?} on this system"),
+                        "use an existing user name or a numeric uid",
+                    ));
+                }
+            }
+            if let Some(group) = &self.control.socket_group
+                && !matches!(nix::unistd::Group::from_name(group), Ok(Some(_)))
+            {
+                problems.push(Problem::at(
+                    "control.socket_group",
+                    format!("no group named {group:?} on this system"),
+                    "create the group, or remove socket_group to keep the socket private (0600)",
+                ));
+            }
+        }
         if self.control.max_line.bytes() < 1024 {
             problems.push(Problem::at(
                 "control.max_line",

@@ -150,3 +150,20 @@ fn secrets_are_redacted_when_serialized() {
     assert!(!json.contains("s3cret"));
     assert!(!format!("{cfg:?}").contains("s3cret"));
 }
+
+#[cfg(unix)]
+#[test]
+fn unknown_users_and_groups_are_config_errors() {
+    let text = "[control]\nallowed_users = [\"root\", \"1234\", \"no-such-user-xyz\"]\nsocket_group = \"no-such-group-xyz\"\nsocket_mode = \"0660\"\n";
+    let err = check_text(text, "f.toml", &[]).unwrap_err();
+    let lines = err.lines();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("f.toml:2:") && lines[0].contains("control.allowed_users[2]"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].starts_with("f.toml:3:") && lines[1].contains("control.socket_group"),
+        "{lines:#?}"
+    );
+}
