@@ -75,6 +75,15 @@ pub enum Cmd {
         #[arg(default_value = "{}")]
         args: String,
     },
+    /// Install, remove and control the instance as an OS service (systemd, launchd, Windows SCM).
+    #[command(subcommand)]
+    Service(crate::service::ServiceCmd),
+    /// Backup trigger: if the instance does not answer, start it through the service manager
+    /// and record that it did (run by the timer that `service install --with-backup-timer` adds).
+    Check,
+    /// Check config, folders, socket, service, desktop session, virtio ports, disk, clock and
+    /// permissions: each OK/WARN/FAIL with a fix; exits 1 when any FAILs.
+    Doctor,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +178,9 @@ pub fn main(notifier: Notifier) -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Config(ConfigCmd::Check { file }) => config_check(&cli, &layout, file.as_deref()),
+        Cmd::Service(cmd) => crate::service::main(&cli, cmd),
+        Cmd::Check => crate::service::check::main(&cli),
+        Cmd::Doctor => crate::service::doctor::main(&cli, &layout),
         _ => client_main(&cli, &layout),
     }
 }
@@ -349,7 +361,9 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
             }
         }
         // `run` and the offline `config` verbs are dispatched in `main` and never get here.
-        Cmd::Run(_) | Cmd::Config(_) => return Ok(exit::USAGE),
+        Cmd::Run(_) | Cmd::Config(_) | Cmd::Service(_) | Cmd::Check | Cmd::Doctor => {
+            return Ok(exit::USAGE);
+        }
     }
     Ok(exit::OK)
 }
