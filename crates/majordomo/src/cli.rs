@@ -167,11 +167,12 @@ pub fn main(notifier: Notifier) -> ExitCode {
                     .unwrap_or_default();
                 overrides.push(Override::flag("--log-format", &["log", "format"], raw));
             }
-            daemon::run(daemon::RunArgs {
+            let args = daemon::RunArgs {
                 layout,
                 overrides,
                 notifier,
-            })
+            };
+            run_daemon(args)
         }
         Cmd::Config(ConfigCmd::Default) => {
             print!("{}", config::DEFAULT_TOML);
@@ -183,6 +184,27 @@ pub fn main(notifier: Notifier) -> ExitCode {
         Cmd::Doctor => crate::service::doctor::main(&cli, &layout),
         _ => client_main(&cli, &layout),
     }
+}
+
+/// Runs the daemon: on Windows under the SCM when it started the process, else in the foreground.
+#[cfg(windows)]
+fn run_daemon(args: daemon::RunArgs) -> ExitCode {
+    use crate::platform::winsvc::{Outcome, dispatch};
+    let name = format!("majordomo-{}", args.layout.instance);
+    match dispatch(&name, Box::new(move || daemon::run_code(args))) {
+        Ok(Outcome::Service(code)) => ExitCode::from(code),
+        Ok(Outcome::Console(body)) => ExitCode::from(body()),
+        Err(e) => {
+            eprintln!("majordomo: {e}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+/// Runs the daemon in the foreground.
+#[cfg(not(windows))]
+fn run_daemon(args: daemon::RunArgs) -> ExitCode {
+    daemon::run(args)
 }
 
 fn config_check(cli: &Cli, layout: &Layout, file: Option<&str>) -> ExitCode {

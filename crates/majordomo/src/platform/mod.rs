@@ -2,12 +2,12 @@
 //! environment the daemon must not pass on. Each behind one function, with `#[cfg] mod imp`.
 
 mod disk;
+#[cfg(windows)]
+pub mod eventlog;
 mod notify;
 mod signals;
 #[cfg(windows)]
 pub mod winsvc;
-#[cfg(windows)]
-pub mod eventlog;
 
 pub use disk::disk_space;
 pub use notify::{Notifier, take_service_env};

@@ -136,7 +136,10 @@ pub fn main(cli: &Cli) -> ExitCode {
         Ok(pid) => {
             record.checks_ok += 1;
             if cli.json {
-                println!("{}", serde_json::json!({"ok": true, "answers": true, "pid": pid}));
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "answers": true, "pid": pid})
+                );
             } else {
                 println!("instance '{}' answers (pid {pid})", t.instance);
             }

@@ -111,7 +111,10 @@ pub fn run_checks(cli: &Cli, layout: &Layout) -> Vec<Check> {
     let cfg = match &loaded {
         Ok(l) => {
             out.push(match l.source {
-                Source::File => ok("config", format!("{} is valid", layout.config_file.display())),
+                Source::File => ok(
+                    "config",
+                    format!("{} is valid", layout.config_file.display()),
+                ),
                 Source::Embedded => warn(
                     "config",
                     format!(
@@ -156,12 +159,10 @@ pub fn run_checks(cli: &Cli, layout: &Layout) -> Vec<Check> {
         }
         out.push(writable(name, &dir));
     }
-    let token = cli.token.clone().or_else(|| {
-        cfg.control
-            .token
-            .as_ref()
-            .map(|t| t.expose().to_string())
-    });
+    let token = cli
+        .token
+        .clone()
+        .or_else(|| cfg.control.token.as_ref().map(|t| t.expose().to_string()));
     let answers = check::ping(&eff.socket, token);
     out.push(match &answers {
         Ok(pid) => ok(
@@ -245,14 +246,21 @@ fn service_check(t: &Target, manager_running: bool, answers: bool) -> Check {
             (_, Some(false)) if !answers => fail(
                 "service",
                 format!("{name} is installed but not running ({})", s.detail),
-                format!("start it with `majordomo service start{flags}`; its log says why it stopped"),
+                format!(
+                    "start it with `majordomo service start{flags}`; its log says why it stopped"
+                ),
             ),
             (Some(false), _) => warn(
                 "service",
                 format!("{name} is installed but not enabled at boot ({})", s.detail),
-                format!("reinstall with `majordomo service uninstall{flags}` then `service install{flags}`"),
+                format!(
+                    "reinstall with `majordomo service uninstall{flags}` then `service install{flags}`"
+                ),
             ),
-            _ => ok("service", format!("{name} installed, enabled, {}", s.detail)),
+            _ => ok(
+                "service",
+                format!("{name} installed, enabled, {}", s.detail),
+            ),
         },
     }
 }
@@ -304,12 +312,23 @@ fn dbus_check() -> Check {
     let hint = "desktop notifications need a D-Bus session bus (a logged-in desktop user, or DBUS_SESSION_BUS_ADDRESS); \
                 a system service has none: its notifications go to the log and other notifiers";
     let Some(addr) = addr else {
-        return warn(NAME, "no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS unset, no $XDG_RUNTIME_DIR/bus)", hint);
+        return warn(
+            NAME,
+            "no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS unset, no $XDG_RUNTIME_DIR/bus)",
+            hint,
+        );
     };
     match dbus_path(&addr) {
         Some(path) => match probe_unix(&path) {
-            Ok(()) => ok(NAME, format!("D-Bus session bus answers at {}", path.display())),
-            Err(e) => warn(NAME, format!("D-Bus session bus {addr} does not accept connections: {e}"), hint),
+            Ok(()) => ok(
+                NAME,
+                format!("D-Bus session bus answers at {}", path.display()),
+            ),
+            Err(e) => warn(
+                NAME,
+                format!("D-Bus session bus {addr} does not accept connections: {e}"),
+                hint,
+            ),
         },
         None => ok(NAME, format!("D-Bus session bus at {addr} (not probed)")),
     }
@@ -351,7 +370,11 @@ fn virtio_check() -> Check {
             })
             .collect();
         if found.is_empty() {
-            warn(NAME, r"no virtio-serial port (\\.\Global\org.majordomo.0, \\.\Global\org.qemu.guest_agent.0)", hint)
+            warn(
+                NAME,
+                r"no virtio-serial port (\\.\Global\org.majordomo.0, \\.\Global\org.qemu.guest_agent.0)",
+                hint,
+            )
         } else {
             ok(NAME, format!(r"ports: \\.\Global\{}", found.join(", ")))
         }
@@ -429,10 +452,9 @@ pub fn clock_check(now: SystemTime) -> Check {
     const LATEST: u64 = 4_102_444_800; // 2100-01-01T00:00:00Z
     let hint = "set the system clock (enable NTP: `timedatectl set-ntp true`, or Windows Time); schedules and TLS depend on it";
     match now.duration_since(UNIX_EPOCH) {
-        Ok(d) if (EARLIEST..LATEST).contains(&d.as_secs()) => ok(
-            NAME,
-            format!("{}", humantime::format_rfc3339_seconds(now)),
-        ),
+        Ok(d) if (EARLIEST..LATEST).contains(&d.as_secs()) => {
+            ok(NAME, format!("{}", humantime::format_rfc3339_seconds(now)))
+        }
         Ok(d) => fail(
             NAME,
             format!(
@@ -463,7 +485,9 @@ fn permission_checks(layout: &Layout, eff: &Layout, cfg: &config::Config) -> Vec
             } else if cfg.control.token.is_some() && mode & 0o044 != 0 {
                 out.push(warn(
                     NAME,
-                    format!("{path} holds a control token and is readable by others (mode {mode:o})"),
+                    format!(
+                        "{path} holds a control token and is readable by others (mode {mode:o})"
+                    ),
                     format!("chmod go-r {path}"),
                 ));
             }
@@ -487,7 +511,10 @@ fn permission_checks(layout: &Layout, eff: &Layout, cfg: &config::Config) -> Vec
             }
         }
         if out.is_empty() {
-            out.push(ok(NAME, "config file and socket are not open to other users"));
+            out.push(ok(
+                NAME,
+                "config file and socket are not open to other users",
+            ));
         }
         out
     }

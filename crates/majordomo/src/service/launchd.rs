@@ -87,7 +87,11 @@ pub fn service_plist(t: &Target, grace: Duration) -> String {
     p.push_str(&key_string("ProcessType", "Background"));
     p.push_str(&key_string(
         "StandardErrorPath",
-        &t.layout.log_dir.join("launchd.stderr.log").display().to_string(),
+        &t.layout
+            .log_dir
+            .join("launchd.stderr.log")
+            .display()
+            .to_string(),
     ));
     p.push_str("</dict>\n</plist>\n");
     p
@@ -290,10 +294,15 @@ mod tests {
         let p = service_plist(&target(), Duration::from_secs(10));
         assert!(balanced(&p), "{p}");
         assert!(p.contains("<string>org.majordomo.web</string>"));
-        assert!(p.contains("<key>KeepAlive</key>\n  <dict>\n    <key>SuccessfulExit</key>\n    <false/>"));
+        assert!(p.contains(
+            "<key>KeepAlive</key>\n  <dict>\n    <key>SuccessfulExit</key>\n    <false/>"
+        ));
         assert!(p.contains("<key>RunAtLoad</key>\n  <true/>"));
         assert!(p.contains("<string>/cfg/a&amp;b.toml</string>"), "{p}");
-        assert!(p.contains("<integer>25</integer>"), "ExitTimeOut = grace + 15 s: {p}");
+        assert!(
+            p.contains("<integer>25</integer>"),
+            "ExitTimeOut = grace + 15 s: {p}"
+        );
         let args: Vec<&str> = p
             .lines()
             .skip_while(|l| !l.contains("ProgramArguments"))

@@ -175,6 +175,18 @@ impl Manifest {
         Ok(())
     }
 
+    /// systemd's `enable` links exist only on Unix.
+    #[cfg(not(unix))]
+    pub fn link(&mut self, link: &Path, _target: &Path) -> Result<(), Failure> {
+        Err(Failure::new(
+            exit::FAILURE,
+            format!(
+                "cannot create the link {}: symbolic links for systemd are made on Unix only",
+                link.display()
+            ),
+        ))
+    }
+
     /// Writes the manifest itself into the instance's state folder.
     pub fn save(&mut self, t: &Target) -> Result<(), Failure> {
         let path = t.staged(&t.manifest_path());

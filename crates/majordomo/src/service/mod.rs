@@ -190,9 +190,11 @@ impl Target {
     /// system or per-user places).
     pub fn from_cli(cli: &Cli, root: Option<&Path>) -> Result<Target, String> {
         if cli.home.is_some() {
-            return Err("--home is for portable and foreground instances; a service uses the \
+            return Err(
+                "--home is for portable and foreground instances; a service uses the \
                         system (--system) or per-user (--user) places"
-                .into());
+                    .into(),
+            );
         }
         Self::resolve(cli, root)
     }
@@ -483,10 +485,10 @@ fn install_scm(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
 
 fn uninstall(cli: &Cli, root: Option<&Path>) -> Result<serde_json::Value, Failure> {
     let t = Target::from_cli(cli, root).map_err(|e| Failure::new(exit::USAGE, e))?;
-    let manifest = Manifest::read(&t)?;
     if t.scope == Scope::System && t.root.is_none() && !is_privileged() {
         return Err(Failure::new(EXIT_NOPERM, refusal("removing")));
     }
+    let manifest = Manifest::read(&t)?;
     let kept = match manifest.manager.as_str() {
         "systemd" => systemd::uninstall(&t, &manifest)?,
         "launchd" => launchd::uninstall(&t, &manifest)?,
@@ -678,7 +680,10 @@ mod tests {
     #[test]
     fn staging_keeps_the_path_under_the_root() {
         assert_eq!(
-            stage(Some(Path::new("/tmp/r")), Path::new("/etc/systemd/system/x")),
+            stage(
+                Some(Path::new("/tmp/r")),
+                Path::new("/etc/systemd/system/x")
+            ),
             PathBuf::from("/tmp/r/etc/systemd/system/x")
         );
         assert_eq!(stage(None, Path::new("/etc/x")), PathBuf::from("/etc/x"));

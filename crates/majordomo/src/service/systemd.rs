@@ -92,16 +92,31 @@ fn command_line(exe: &Path, args: &[String]) -> String {
 
 /// The template unit for `scope`, running `exe`.
 pub fn template_unit(exe: &Path, scope: Scope) -> String {
-    let run = command_line(exe, &[scope.flag().into(), "--instance".into(), "%i".into(), "run".into()])
-        // `%i` is a specifier here, not a literal.
-        .replace("%%i", "%i");
+    let run = command_line(
+        exe,
+        &[
+            scope.flag().into(),
+            "--instance".into(),
+            "%i".into(),
+            "run".into(),
+        ],
+    )
+    // `%i` is a specifier here, not a literal.
+    .replace("%%i", "%i");
     let reload = command_line(
         exe,
-        &[scope.flag().into(), "--instance".into(), "%i".into(), "reload".into()],
+        &[
+            scope.flag().into(),
+            "--instance".into(),
+            "%i".into(),
+            "reload".into(),
+        ],
     )
     .replace("%%i", "%i");
     let mut u = String::new();
-    u.push_str("# Written by `majordomo service install`; `majordomo service uninstall` removes it.\n");
+    u.push_str(
+        "# Written by `majordomo service install`; `majordomo service uninstall` removes it.\n",
+    );
     u.push_str("# Per-instance settings live in majordomo@NAME.service.d/majordomo.conf.\n");
     u.push_str("[Unit]\n");
     u.push_str("Description=majordomo background-service layer (instance %i)\n");
@@ -116,7 +131,9 @@ pub fn template_unit(exe: &Path, scope: Scope) -> String {
     u.push_str("Restart=on-failure\nRestartSec=2s\n");
     u.push_str(&format!("WatchdogSec={}s\n", WATCHDOG.as_secs()));
     u.push_str("TimeoutStartSec=90s\n");
-    u.push_str("# majordomo stops its own programs first; what is left after TimeoutStopSec is killed.\n");
+    u.push_str(
+        "# majordomo stops its own programs first; what is left after TimeoutStopSec is killed.\n",
+    );
     u.push_str("KillMode=mixed\n");
     u.push_str(&format!(
         "TimeoutStopSec={}s\n",
@@ -131,7 +148,9 @@ pub fn template_unit(exe: &Path, scope: Scope) -> String {
         u.push_str("RuntimeDirectory=majordomo\nRuntimeDirectoryPreserve=yes\n");
         u.push_str("PrivateTmp=yes\n");
         u.push_str("ProtectSystem=full\n");
-        u.push_str("ProtectKernelTunables=yes\nProtectKernelModules=yes\nProtectControlGroups=yes\n");
+        u.push_str(
+            "ProtectKernelTunables=yes\nProtectKernelModules=yes\nProtectControlGroups=yes\n",
+        );
         u.push_str("RestrictSUIDSGID=yes\nRestrictRealtime=yes\nLockPersonality=yes\n");
     }
     u.push_str("\n[Install]\n");
@@ -144,8 +163,12 @@ pub fn template_unit(exe: &Path, scope: Scope) -> String {
 
 /// The per-instance drop-in: stop timeout from the instance's grace period, its config file.
 pub fn dropin(grace: Duration, config: Option<&Path>) -> String {
-    let mut d = String::from("# Written by `majordomo service install` for this instance.\n[Service]\n");
-    d.push_str(&format!("TimeoutStopSec={}s\n", (grace + STOP_MARGIN).as_secs()));
+    let mut d =
+        String::from("# Written by `majordomo service install` for this instance.\n[Service]\n");
+    d.push_str(&format!(
+        "TimeoutStopSec={}s\n",
+        (grace + STOP_MARGIN).as_secs()
+    ));
     if let Some(c) = config {
         // Environment= expands specifiers (`%`) but not variables (`$`).
         let value = format!("MAJORDOMO_CONFIG={}", c.display())
@@ -236,7 +259,12 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
         let template = t.staged(&unit_dir.join(TEMPLATE));
         m.write_file(&template, &template_unit(&t.exe, t.scope), true, false)?;
         let dropin_path = t.staged(&unit_dir.join(format!("{unit}.d")).join("majordomo.conf"));
-        m.write_file(&dropin_path, &dropin(t.grace(), t.config.as_deref()), false, false)?;
+        m.write_file(
+            &dropin_path,
+            &dropin(t.grace(), t.config.as_deref()),
+            false,
+            false,
+        )?;
         m.link(
             &t.staged(&unit_dir.join(wants).join(&unit)),
             &unit_dir.join(TEMPLATE),
@@ -338,15 +366,24 @@ pub fn action(t: &Target, action: Action) -> Result<(), Failure> {
         Action::Stop => "stop",
         Action::Restart => "restart",
     };
-    systemctl(t.scope, &[verb, &unit]).map(|_| ()).map_err(Failure::from)
+    systemctl(t.scope, &[verb, &unit])
+        .map(|_| ())
+        .map_err(Failure::from)
 }
 
 pub fn state(t: &Target) -> ManagerState {
     let unit = unit_name(&t.instance);
-    let enabled = systemctl(t.scope, &["is-enabled", &unit]).ok().map(|s| s == "enabled");
+    let enabled = systemctl(t.scope, &["is-enabled", &unit])
+        .ok()
+        .map(|s| s == "enabled");
     let show = systemctl(
         t.scope,
-        &["show", &unit, "-p", "LoadState,ActiveState,SubState,MainPID,NRestarts"],
+        &[
+            "show",
+            &unit,
+            "-p",
+            "LoadState,ActiveState,SubState,MainPID,NRestarts",
+        ],
     )
     .unwrap_or_default();
     let field = |k: &str| {
@@ -392,13 +429,19 @@ mod tests {
         }
         // StartLimit* belong to [Unit] (systemd ignores them in [Service]).
         let unit_section = &u[..u.find("[Service]").unwrap()];
-        assert!(unit_section.contains("StartLimitIntervalSec=") && unit_section.contains("StartLimitBurst="));
+        assert!(
+            unit_section.contains("StartLimitIntervalSec=")
+                && unit_section.contains("StartLimitBurst=")
+        );
     }
 
     #[test]
     fn user_unit_avoids_options_a_user_manager_cannot_apply() {
         let u = template_unit(Path::new("/opt/m d/majordomo"), Scope::User);
-        assert!(u.contains("ExecStart=\"/opt/m d/majordomo\" --user --instance %i run"), "{u}");
+        assert!(
+            u.contains("ExecStart=\"/opt/m d/majordomo\" --user --instance %i run"),
+            "{u}"
+        );
         assert!(u.contains("WantedBy=default.target"));
         assert!(!u.contains("ProtectSystem") && !u.contains("StateDirectory"));
     }
@@ -416,6 +459,9 @@ mod tests {
     fn dropin_sets_stop_timeout_above_the_grace_period() {
         let d = dropin(Duration::from_secs(20), Some(Path::new("/etc/x y.toml")));
         assert!(d.contains("TimeoutStopSec=35s"), "{d}");
-        assert!(d.contains("Environment=\"MAJORDOMO_CONFIG=/etc/x y.toml\""), "{d}");
+        assert!(
+            d.contains("Environment=\"MAJORDOMO_CONFIG=/etc/x y.toml\""),
+            "{d}"
+        );
     }
 }
