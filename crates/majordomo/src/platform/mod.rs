@@ -4,6 +4,8 @@
 mod disk;
 #[cfg(windows)]
 pub mod eventlog;
+#[cfg(windows)]
+pub mod folders;
 mod notify;
 mod signals;
 #[cfg(windows)]

@@ -226,7 +226,8 @@ impl Target {
         let layout = Layout::resolve(&cli.instance, mode)?.with_config_file(config.as_deref());
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find the path of this majordomo binary: {e}"))?;
-        // A deleted-and-replaced binary shows as "... (deleted)" on Linux: use the real path.
+        // Resolve symlinks on Unix (Windows' canonical form is a `\\?\` path the SCM dislikes).
+        #[cfg(unix)]
         let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
         Ok(Target {
             instance: cli.instance.clone(),
@@ -413,6 +414,13 @@ fn install(cli: &Cli, a: &InstallArgs) -> Result<serde_json::Value, Failure> {
         None => None,
         Some(s) => Some(parse_every(s).map_err(|e| Failure::new(exit::USAGE, e))?),
     };
+    if cfg!(windows) && t.scope == Scope::User {
+        return Err(Failure::new(
+            exit::USAGE,
+            "the Windows service control manager has no per-user services: install with --system \
+             from an elevated prompt, and use --account to run the service as a particular user",
+        ));
+    }
     if t.scope == Scope::System && t.root.is_none() && !is_privileged() {
         return Err(Failure::new(EXIT_NOPERM, refusal("installing")));
     }

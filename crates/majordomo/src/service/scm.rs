@@ -32,11 +32,29 @@ fn os_code(e: &windows_service::Error) -> Option<i32> {
     }
 }
 
+/// The OS error behind `e`, which the crate's own Display hides.
+fn describe(e: &windows_service::Error) -> String {
+    match e {
+        windows_service::Error::Winapi(io) => io.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `what` is a gerund phrase: "installing", "starting", ...
 fn fail(what: &str, e: windows_service::Error) -> Failure {
     if os_code(&e) == Some(ERROR_ACCESS_DENIED) {
         return Failure::new(EXIT_NOPERM, refusal(what));
     }
-    Failure::new(exit::FAILURE, format!("cannot {what}: {e}"))
+    let detail = describe(&e);
+    Failure::new(
+        exit::FAILURE,
+        format!("the service control manager failed {what} the service: {detail}"),
+    )
+}
+
+/// Error codes of a service manager that lacks an optional setting (older Windows, Wine).
+fn unsupported(e: &windows_service::Error) -> bool {
+    matches!(os_code(e), Some(50 | 87 | 120 | 124))
 }
 
 pub fn name(t: &Target) -> String {
@@ -115,7 +133,7 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
     let configured = (|| -> Result<(), Failure> {
         let cfg = |what: &str| {
             let what = what.to_string();
-            move |e| fail(&format!("configuring the service ({what})"), e)
+            move |e| fail(&format!("configuring {what} of"), e)
         };
         service
             .set_description(format!(
@@ -123,12 +141,7 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
                 t.instance,
                 t.layout.config_file.display()
             ))
-            .map_err(cfg("description"))?;
-        if opts.start_type == StartType::DelayedAuto {
-            service
-                .set_delayed_auto_start(true)
-                .map_err(cfg("delayed start"))?;
-        }
+            .map_err(cfg("the description"))?;
         service
             .update_failure_actions(ServiceFailureActions {
                 reset_period: ServiceFailureResetPeriod::After(Duration::from_secs(86_400)),
@@ -144,13 +157,35 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
                         .collect(),
                 ),
             })
-            .map_err(cfg("recovery actions"))?;
-        service
-            .set_failure_actions_on_non_crash_failures(true)
-            .map_err(cfg("recovery on non-zero exit"))?;
-        service
-            .set_preshutdown_timeout(t.grace() + Duration::from_secs(15))
-            .map_err(cfg("preshutdown timeout"))?;
+            .map_err(cfg("the recovery actions"))?;
+        // Optional settings a service manager may lack (Wine has no failure-action flag or
+        // preshutdown timeout): noted, not fatal.
+        let mut notes = Vec::new();
+        let mut optional = |r: windows_service::Result<()>, what: &str| match r {
+            Ok(()) => Ok(()),
+            Err(e) if unsupported(&e) => {
+                notes.push(format!(
+                    "this service manager does not support {what} ({})",
+                    describe(&e)
+                ));
+                Ok(())
+            }
+            Err(e) => Err(fail(&format!("configuring {what} of"), e)),
+        };
+        if opts.start_type == StartType::DelayedAuto {
+            optional(service.set_delayed_auto_start(true), "a delayed start")?;
+        }
+        optional(
+            service.set_failure_actions_on_non_crash_failures(true),
+            "recovery on a non-zero exit",
+        )?;
+        optional(
+            service.set_preshutdown_timeout(t.grace() + Duration::from_secs(15)),
+            "a preshutdown timeout",
+        )?;
+        for n in notes {
+            eprintln!("majordomo: note: {n}");
+        }
         super::systemd::write_default_config(t, &mut m)?;
         if let Some(every) = opts.every {
             let minutes = (every.as_secs() / 60).max(1).to_string();
