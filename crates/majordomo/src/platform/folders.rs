@@ -34,3 +34,13 @@ pub fn program_data() -> Option<PathBuf> {
     unsafe { CoTaskMemFree(raw as *const _) };
     path
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn program_data_is_an_absolute_folder() {
+        let p = super::program_data().expect("the shell knows FOLDERID_ProgramData");
+        assert!(p.is_absolute(), "{}", p.display());
+        assert!(p.is_dir(), "{}", p.display());
+    }
+}

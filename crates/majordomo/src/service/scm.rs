@@ -406,3 +406,28 @@ pub fn state(t: &Target) -> ManagerState {
         ..Default::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paths::{Layout, Mode};
+    use crate::service::Scope;
+
+    #[test]
+    fn command_lines_quote_what_needs_it() {
+        let t = Target {
+            instance: "web".into(),
+            scope: Scope::System,
+            layout: Layout::resolve("web", Mode::System).unwrap(),
+            config: Some(r"C:\my dir\web.toml".into()),
+            root: None,
+            exe: r"C:\Program Files\majordomo\majordomo.exe".into(),
+        };
+        assert_eq!(
+            command_line(&t, "check"),
+            r#""C:\Program Files\majordomo\majordomo.exe" --system --instance web --config "C:\my dir\web.toml" check"#
+        );
+        assert_eq!(name(&t), "majordomo-web");
+        assert_eq!(task_name(&t), "majordomo-web-check");
+    }
+}
