@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke test of the Windows service under Wine's real service control manager:
 #   service install --start → sc query RUNNING → status through the named pipe → service stop →
-#   sc query STOPPED → service uninstall → sc query says the service is gone.
+#   sc query STOPPED → backup trigger (`check` starts the stopped service through the SCM and
+#   records it; its Task Scheduler task exists) → service uninstall → service and task are gone.
 # Usage: scripts/wine-service-smoke.sh path/to/majordomo.exe   (after sourcing windows-env.sh)
 # Every wine call has a timeout; the Wine server is killed at the end, whatever happened.
 set -uo pipefail
@@ -29,8 +30,12 @@ state() { w 30 sc query "$name" 2>&1 | tr -d '\r' | awk '/STATE/ {print $4}'; }
 timeout 30 wineserver -p >/dev/null 2>&1 || true
 w 120 wineboot -u >/dev/null 2>&1 || true
 
-echo "-- service install --start"
-w 120 "$work/majordomo.exe" service install --instance "$instance" --start || fail "install"
+prefix=${WINEPREFIX:-$HOME/.wine}
+task_file() { find "$prefix/drive_c/windows/system32" -maxdepth 2 -ipath "*/tasks/majordomo-$instance-check" 2>/dev/null | head -1; }
+
+echo "-- service install --start --with-backup-timer 5m"
+w 120 "$work/majordomo.exe" service install --instance "$instance" --start --with-backup-timer 5m || fail "install"
+[ -n "$(task_file)" ] || fail "no scheduled task majordomo-$instance-check"
 [ "$(state)" = RUNNING ] || fail "sc query after install: $(w 30 sc query "$name" 2>&1)"
 
 echo "-- status through the named pipe"
@@ -50,7 +55,16 @@ if w 20 "$work/majordomo.exe" --instance "$instance" --system ping >/dev/null 2>
   fail "the pipe still answers after stop"
 fi
 
+echo "-- backup trigger: check starts the stopped service through the SCM"
+w 120 "$work/majordomo.exe" --instance "$instance" --system check || fail "check"
+[ "$(state)" = RUNNING ] || fail "check did not start the service: $(w 30 sc query "$name" 2>&1)"
+w 60 "$work/majordomo.exe" --instance "$instance" --system ping >/dev/null || fail "no answer after check"
+w 60 "$work/majordomo.exe" --instance "$instance" --system doctor | tr -d '\r' | grep -E '^(OK|WARN) +backup trigger +started the instance 1 time' \
+  || fail "doctor does not show the backup trigger's start"
+w 120 "$work/majordomo.exe" --instance "$instance" --system check | grep -q answers || fail "second check"
+
 echo "-- service uninstall"
 w 120 "$work/majordomo.exe" service uninstall --instance "$instance" || fail "uninstall"
 if w 30 sc query "$name" >/dev/null 2>&1; then fail "the service is still registered after uninstall"; fi
+[ -z "$(task_file)" ] || fail "the scheduled task is still there after uninstall"
 echo "wine-service-smoke: OK"

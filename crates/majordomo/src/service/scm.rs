@@ -69,21 +69,33 @@ fn manager(access: ServiceManagerAccess, what: &str) -> Result<ServiceManager, F
     ServiceManager::local_computer(None::<&str>, access).map_err(|e| fail(what, e))
 }
 
-/// The command line of `exe args...`, quoted for Windows.
-fn command_line(t: &Target, verb: &str) -> String {
-    let quote = |s: &str| {
-        if s.is_empty() || s.contains([' ', '\t', '"']) {
-            format!("\"{}\"", s.replace('"', "\\\""))
-        } else {
-            s.to_string()
-        }
-    };
-    std::iter::once(t.exe.display().to_string())
-        .chain(t.base_args())
+/// Quotes one argument for a Windows command line (the rules `CommandLineToArgvW` undoes).
+fn quote(s: &str) -> String {
+    if s.is_empty() || s.contains([' ', '\t', '"']) {
+        format!("\"{}\"", s.replace('"', "\\\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The arguments of `majordomo ... VERB` for this target, quoted.
+fn args_line(t: &Target, verb: &str) -> String {
+    t.base_args()
+        .into_iter()
         .chain(std::iter::once(verb.to_string()))
         .map(|a| quote(&a))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The whole command line of `exe ... VERB`, quoted.
+#[cfg(test)]
+fn command_line(t: &Target, verb: &str) -> String {
+    format!(
+        "{} {}",
+        quote(&t.exe.display().to_string()),
+        args_line(t, verb)
+    )
 }
 
 pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
@@ -188,13 +200,8 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
         }
         super::systemd::write_default_config(t, &mut m)?;
         if let Some(every) = opts.every {
-            let minutes = (every.as_secs() / 60).max(1).to_string();
-            let tr = command_line(t, "check");
             let task = task_name(t);
-            schtasks(&[
-                "/Create", "/F", "/TN", &task, "/SC", "MINUTE", "/MO", &minutes, "/RU", "SYSTEM",
-                "/TR", &tr,
-            ])?;
+            create_task(&task, &task_xml(t, every))?;
             m.extra.push(task.clone());
             m.trigger = Some(format!(
                 "scheduled task {task} runs `majordomo check` every {}",
@@ -215,6 +222,89 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
         wait_for(t, ServiceState::Running, Duration::from_secs(60))?;
     }
     Ok(m)
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The Task Scheduler definition of the backup trigger: `majordomo check` as LocalSystem every
+/// `every`, catching up after missed runs, never two at once, at most 5 minutes each.
+pub fn task_xml(t: &Target, every: Duration) -> String {
+    let exe = t.exe.display().to_string();
+    let args = args_line(t, "check");
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-16"?>
+<Task version="1.2" xmlns="http://schemas.microsoft.com/windows/2004/02/mit/task">
+  <RegistrationInfo>
+    <Description>majordomo backup trigger: starts service {svc} when instance {i} does not answer (written by `majordomo service install --with-backup-timer`)</Description>
+  </RegistrationInfo>
+  <Triggers>
+    <TimeTrigger>
+      <Repetition>
+        <Interval>PT{m}M</Interval>
+        <StopAtDurationEnd>false</StopAtDurationEnd>
+      </Repetition>
+      <StartBoundary>2025-01-01T00:00:00</StartBoundary>
+      <Enabled>true</Enabled>
+    </TimeTrigger>
+  </Triggers>
+  <Principals>
+    <Principal id="Author">
+      <UserId>S-1-5-18</UserId>
+      <RunLevel>HighestAvailable</RunLevel>
+    </Principal>
+  </Principals>
+  <Settings>
+    <MultipleInstancesPolicy>IgnoreNew</MultipleInstancesPolicy>
+    <DisallowStartIfOnBatteries>false</DisallowStartIfOnBatteries>
+    <StopIfGoingOnBatteries>false</StopIfGoingOnBatteries>
+    <StartWhenAvailable>true</StartWhenAvailable>
+    <ExecutionTimeLimit>PT5M</ExecutionTimeLimit>
+    <Enabled>true</Enabled>
+  </Settings>
+  <Actions Context="Author">
+    <Exec>
+      <Command>{exe}</Command>
+      <Arguments>{args}</Arguments>
+    </Exec>
+  </Actions>
+</Task>
+"#,
+        svc = xml_escape(&name(t)),
+        i = xml_escape(&t.instance),
+        m = (every.as_secs() / 60).max(1),
+        exe = xml_escape(&exe),
+        args = xml_escape(&args),
+    )
+}
+
+/// Registers the task from its XML (UTF-16 with a byte-order mark, as schtasks expects).
+fn create_task(task: &str, xml: &str) -> Result<(), Failure> {
+    let path = std::env::temp_dir().join(format!("{task}.{}.xml", std::process::id()));
+    let mut bytes = vec![0xFF, 0xFE];
+    for u in xml.replace('\n', "\r\n").encode_utf16() {
+        bytes.extend_from_slice(&u.to_le_bytes());
+    }
+    std::fs::write(&path, bytes).map_err(|e| {
+        Failure::new(
+            exit::FAILURE,
+            format!("cannot write the task definition {}: {e}", path.display()),
+        )
+    })?;
+    let result = schtasks(&[
+        "/Create",
+        "/F",
+        "/TN",
+        task,
+        "/XML",
+        &path.display().to_string(),
+    ]);
+    let _ = std::fs::remove_file(&path);
+    result
 }
 
 fn schtasks(args: &[&str]) -> Result<(), Failure> {
@@ -429,5 +519,15 @@ mod tests {
         );
         assert_eq!(name(&t), "majordomo-web");
         assert_eq!(task_name(&t), "majordomo-web-check");
+        let xml = task_xml(&t, Duration::from_secs(600));
+        assert!(xml.contains("<Interval>PT10M</Interval>"), "{xml}");
+        assert!(
+            xml.contains(r"<Command>C:\Program Files\majordomo\majordomo.exe</Command>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"<Arguments>--system --instance web --config &quot;C:\my dir\web.toml&quot; check</Arguments>"#),
+            "{xml}"
+        );
     }
 }
