@@ -551,3 +551,64 @@ fn running_as_an_os_service_without_a_service_manager_is_not_supported() {
     let out = run(majordomo().args(["service", "start", "--system", "--instance", "x"]));
     assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
 }
+
+#[test]
+fn running_as_an_os_service_launchd_plists_are_valid_property_lists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    install(
+        &root,
+        "--system",
+        "web",
+        &["--manager", "launchd", "--with-backup-timer", "15m"],
+    );
+    let dir = root.join("Library/LaunchDaemons");
+    let service = dir.join("org.majordomo.web.plist");
+    let check = dir.join("org.majordomo.web.check.plist");
+    assert!(service.exists() && check.exists(), "{:?}", tree(&root));
+    // Parsed by a real property-list reader (Python's plistlib), when there is one.
+    let python = ["/usr/bin/python3", "/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    match python {
+        None => eprintln!("SKIPPED plist parsing: python3 is not installed"),
+        Some(py) => {
+            let script = r#"
+import json, plistlib, sys
+print(json.dumps([plistlib.load(open(p, "rb")) for p in sys.argv[1:]]))
+"#;
+            let out = run(Command::new(py)
+                .arg("-c")
+                .arg(script)
+                .arg(&service)
+                .arg(&check));
+            assert!(
+                out.status.success(),
+                "plistlib refused the plists: {}",
+                stderr(&out)
+            );
+            let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+            let (svc, chk) = (&v[0], &v[1]);
+            assert_eq!(svc["Label"], "org.majordomo.web");
+            assert_eq!(svc["KeepAlive"]["SuccessfulExit"], false);
+            assert_eq!(svc["RunAtLoad"], true);
+            let args: Vec<&str> = svc["ProgramArguments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect();
+            assert_eq!(&args[1..], ["--system", "--instance", "web", "run"]);
+            assert!(args[0].ends_with("majordomo"), "{args:?}");
+            assert_eq!(chk["Label"], "org.majordomo.web.check");
+            assert_eq!(chk["StartInterval"], 900);
+            assert_eq!(
+                chk["ProgramArguments"].as_array().unwrap().last().unwrap(),
+                "check"
+            );
+        }
+    }
+    uninstall(&root, "--system", "web");
+    // Install created the root itself, so uninstall removes it too.
+    assert!(!root.exists(), "left behind: {:?}", tree(&root));
+}

@@ -64,6 +64,10 @@ pub struct InstallArgs {
     /// called and no rights are needed.
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// With --root: stage the files of this service manager instead of this system's own
+    /// (e.g. launchd plists on Linux, for inspection; the paths in them are this system's).
+    #[arg(long, value_enum, requires = "root", value_name = "MANAGER")]
+    pub manager: Option<StagedManager>,
     /// Windows: when the service starts.
     #[arg(long, value_enum, default_value = "auto")]
     pub start_type: StartType,
@@ -78,6 +82,13 @@ pub struct RootArgs {
     /// The staging root given to `install --root`.
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
+}
+
+/// The file-based service managers `--root` can stage for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StagedManager {
+    Systemd,
+    Launchd,
 }
 
 /// Windows start types.
@@ -424,7 +435,12 @@ fn install(cli: &Cli, a: &InstallArgs) -> Result<serde_json::Value, Failure> {
     if t.scope == Scope::System && t.root.is_none() && !is_privileged() {
         return Err(Failure::new(EXIT_NOPERM, refusal("installing")));
     }
-    let manager = if t.root.is_some() {
+    let manager = if let Some(m) = a.manager {
+        Ok(match m {
+            StagedManager::Systemd => Manager::Systemd,
+            StagedManager::Launchd => Manager::Launchd,
+        })
+    } else if t.root.is_some() {
         Manager::for_platform()
     } else {
         Manager::detect()
