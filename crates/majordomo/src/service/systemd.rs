@@ -103,16 +103,6 @@ pub fn template_unit(exe: &Path, scope: Scope) -> String {
     )
     // `%i` is a specifier here, not a literal.
     .replace("%%i", "%i");
-    let reload = command_line(
-        exe,
-        &[
-            scope.flag().into(),
-            "--instance".into(),
-            "%i".into(),
-            "reload".into(),
-        ],
-    )
-    .replace("%%i", "%i");
     let mut u = String::new();
     u.push_str(
         "# Written by `majordomo service install`; `majordomo service uninstall` removes it.\n",
@@ -127,7 +117,9 @@ pub fn template_unit(exe: &Path, scope: Scope) -> String {
     u.push_str("[Service]\n");
     u.push_str("Type=notify\nNotifyAccess=main\n");
     u.push_str(&format!("ExecStart={run}\n"));
-    u.push_str(&format!("ExecReload={reload}\n"));
+    // SIGHUP, not `majordomo reload`: it needs no control token. A refused config is logged
+    // and the running one kept.
+    u.push_str("ExecReload=/bin/kill -HUP $MAINPID\n");
     u.push_str("Restart=on-failure\nRestartSec=2s\n");
     u.push_str(&format!("WatchdogSec={}s\n", WATCHDOG.as_secs()));
     u.push_str("TimeoutStartSec=90s\n");
