@@ -36,6 +36,8 @@ task_file() { find "$prefix/drive_c/windows/system32" -maxdepth 2 -ipath "*/task
 echo "-- service install --start --with-backup-timer 5m"
 w 120 "$work/majordomo.exe" service install --instance "$instance" --start --with-backup-timer 5m || fail "install"
 [ -n "$(task_file)" ] || fail "no scheduled task majordomo-$instance-check"
+evkey="HKLM\\SYSTEM\\CurrentControlSet\\Services\\EventLog\\Application\\$name"
+w 30 reg query "$evkey" /v EventMessageFile >/dev/null 2>&1 || fail "the Event Log source $name is not registered"
 [ "$(state)" = RUNNING ] || fail "sc query after install: $(w 30 sc query "$name" 2>&1)"
 
 echo "-- status through the named pipe"
@@ -67,4 +69,5 @@ echo "-- service uninstall"
 w 120 "$work/majordomo.exe" service uninstall --instance "$instance" || fail "uninstall"
 if w 30 sc query "$name" >/dev/null 2>&1; then fail "the service is still registered after uninstall"; fi
 [ -z "$(task_file)" ] || fail "the scheduled task is still there after uninstall"
+if w 30 reg query "$evkey" >/dev/null 2>&1; then fail "the Event Log source is still registered after uninstall"; fi
 echo "wine-service-smoke: OK"

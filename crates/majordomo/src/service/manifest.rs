@@ -50,6 +50,9 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     /// Symbolic links install made (systemd `enable`).
     pub links: Vec<PathBuf>,
+    /// Registry keys install created (Windows: the Event Log source).
+    #[serde(default)]
+    pub registry: Vec<String>,
 }
 
 /// FNV-1a 64: stable across builds, enough to notice an edited file.
@@ -91,6 +94,7 @@ impl Manifest {
             dirs: Vec::new(),
             files: Vec::new(),
             links: Vec::new(),
+            registry: Vec::new(),
         }
     }
 

@@ -195,6 +195,36 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
             service.set_preshutdown_timeout(t.grace() + Duration::from_secs(15)),
             "a preshutdown timeout",
         )?;
+        // Register the Event Log source, so the Event Viewer shows the lines without a
+        // "description cannot be found" preamble (EventCreate.exe's messages are plain "%1").
+        let key = event_source_key(&svc_name);
+        match reg(&[
+            "add",
+            &key,
+            "/v",
+            "EventMessageFile",
+            "/t",
+            "REG_EXPAND_SZ",
+            "/d",
+            r"%SystemRoot%\System32\EventCreate.exe",
+            "/f",
+        ])
+        .and_then(|()| {
+            reg(&[
+                "add",
+                &key,
+                "/v",
+                "TypesSupported",
+                "/t",
+                "REG_DWORD",
+                "/d",
+                "7",
+                "/f",
+            ])
+        }) {
+            Ok(()) => m.registry.push(key),
+            Err(e) => notes.push(format!("the Event Log source was not registered: {e}")),
+        }
         for n in notes {
             eprintln!("majordomo: note: {n}");
         }
@@ -307,6 +337,29 @@ fn create_task(task: &str, xml: &str) -> Result<(), Failure> {
     result
 }
 
+fn event_source_key(service: &str) -> String {
+    format!(r"HKLM\SYSTEM\CurrentControlSet\Services\EventLog\Application\{service}")
+}
+
+/// Runs `reg.exe`; the error says what it printed.
+fn reg(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("reg.exe")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run reg.exe: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`reg {}` failed ({}): {}{}",
+            args.first().copied().unwrap_or(""),
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 fn schtasks(args: &[&str]) -> Result<(), Failure> {
     let out = std::process::Command::new("schtasks.exe")
         .args(args)
@@ -363,6 +416,11 @@ pub fn uninstall(t: &Target, m: &Manifest) -> Result<Vec<String>, Failure> {
             kept.push(format!("(service {} was already gone)", m.service));
         }
         Err(e) => return Err(fail("removing", e)),
+    }
+    for key in &m.registry {
+        if let Err(e) = reg(&["delete", key, "/f"]) {
+            kept.push(format!("(registry key {key}: {e})"));
+        }
     }
     for task in &m.extra {
         if let Err(e) = schtasks(&["/Delete", "/F", "/TN", task]) {
