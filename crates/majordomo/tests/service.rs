@@ -491,6 +491,8 @@ fn doctor_on_a_healthy_and_on_a_broken_setup() {
 #[test]
 fn backup_trigger_check_starts_or_records() {
     let home = Home::new();
+    // A token-protected instance: `check` finds the token in the instance's config.
+    home.write_config("api", "[control]\ntoken = \"t0ps3cret\"\n");
     // Nobody answers: `check` tries to start the instance through the service manager. There is
     // no usable one here (no systemd running, or no unit installed), so the attempt fails; it is
     // recorded either way.
@@ -516,7 +518,7 @@ fn backup_trigger_check_starts_or_records() {
     assert_eq!(bt["status"], "WARN");
     assert!(bt["detail"].as_str().unwrap().contains("1 time"), "{bt}");
 
-    // The instance answers: nothing to do, counted as a good check.
+    // The instance answers (to its token): nothing to do, counted as a good check.
     let _d = home.start("api");
     let out = home.cli("api", &["check"]);
     assert!(out.status.success(), "{}", stderr(&out));

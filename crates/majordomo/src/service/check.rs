@@ -132,7 +132,7 @@ pub fn main(cli: &Cli) -> ExitCode {
     }
     let mut record = Record::read(&state_dir).unwrap_or_default();
     record.last_check_at = Some(now());
-    let code = match ping(&t.socket(), cli.token.clone()) {
+    let code = match ping(&t.socket(), t.token(cli.token.clone())) {
         Ok(pid) => {
             record.checks_ok += 1;
             if cli.json {

@@ -281,6 +281,17 @@ impl Target {
         self.layout.state_dir.join("service-manifest.json")
     }
 
+    /// The token to talk to the instance: `--token`, else the config's `[control] token` (the
+    /// service manager runs `check` as the instance's own user, who can read its config).
+    pub fn token(&self, given: Option<String>) -> Option<String> {
+        given.or_else(|| {
+            crate::config::load(&self.layout.config_file, &[])
+                .ok()
+                .and_then(|l| l.config.control.token)
+                .map(|t| t.expose().to_string())
+        })
+    }
+
     /// The socket of the instance: the config's `[paths] socket`, else the layout's.
     pub fn socket(&self) -> PathBuf {
         crate::config::load(&self.layout.config_file, &[])
@@ -620,7 +631,7 @@ fn status(cli: &Cli) -> Result<serde_json::Value, Failure> {
     let t = Target::from_cli(cli, None).map_err(|e| Failure::new(exit::USAGE, e))?;
     let manifest = Manifest::read(&t).ok();
     let state = manager_state(&t);
-    let answers = check::ping(&t.socket(), cli.token.clone());
+    let answers = check::ping(&t.socket(), t.token(cli.token.clone()));
     let record = check::Record::read(&t.layout.state_dir);
     let name = service_name(&t);
     let mut text = format!("service {name} ({} scope)\n", t.scope.label());
