@@ -75,6 +75,15 @@ pub enum Cmd {
         #[arg(default_value = "{}")]
         args: String,
     },
+    /// Install, remove and control the instance as an OS service (systemd, launchd, Windows SCM).
+    #[command(subcommand)]
+    Service(crate::service::ServiceCmd),
+    /// Backup trigger: if the instance does not answer, start it through the service manager
+    /// and record that it did (run by the timer that `service install --with-backup-timer` adds).
+    Check,
+    /// Check config, folders, socket, service, desktop session, virtio ports, disk, clock and
+    /// permissions: each OK/WARN/FAIL with a fix; exits 1 when any FAILs.
+    Doctor,
 }
 
 #[derive(Debug, Args)]
@@ -158,19 +167,44 @@ pub fn main(notifier: Notifier) -> ExitCode {
                     .unwrap_or_default();
                 overrides.push(Override::flag("--log-format", &["log", "format"], raw));
             }
-            daemon::run(daemon::RunArgs {
+            let args = daemon::RunArgs {
                 layout,
                 overrides,
                 notifier,
-            })
+            };
+            run_daemon(args)
         }
         Cmd::Config(ConfigCmd::Default) => {
             print!("{}", config::DEFAULT_TOML);
             ExitCode::SUCCESS
         }
         Cmd::Config(ConfigCmd::Check { file }) => config_check(&cli, &layout, file.as_deref()),
+        Cmd::Service(cmd) => crate::service::main(&cli, cmd),
+        Cmd::Check => crate::service::check::main(&cli),
+        Cmd::Doctor => crate::service::doctor::main(&cli, &layout),
         _ => client_main(&cli, &layout),
     }
+}
+
+/// Runs the daemon: on Windows under the SCM when it started the process, else in the foreground.
+#[cfg(windows)]
+fn run_daemon(args: daemon::RunArgs) -> ExitCode {
+    use crate::platform::winsvc::{Outcome, dispatch};
+    let name = format!("majordomo-{}", args.layout.instance);
+    match dispatch(&name, Box::new(move || daemon::run_code(args))) {
+        Ok(Outcome::Service(code)) => ExitCode::from(code),
+        Ok(Outcome::Console(body)) => ExitCode::from(body()),
+        Err(e) => {
+            eprintln!("majordomo: {e}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+/// Runs the daemon in the foreground.
+#[cfg(not(windows))]
+fn run_daemon(args: daemon::RunArgs) -> ExitCode {
+    daemon::run(args)
 }
 
 fn config_check(cli: &Cli, layout: &Layout, file: Option<&str>) -> ExitCode {
@@ -349,7 +383,9 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
             }
         }
         // `run` and the offline `config` verbs are dispatched in `main` and never get here.
-        Cmd::Run(_) | Cmd::Config(_) => return Ok(exit::USAGE),
+        Cmd::Run(_) | Cmd::Config(_) | Cmd::Service(_) | Cmd::Check | Cmd::Doctor => {
+            return Ok(exit::USAGE);
+        }
     }
     Ok(exit::OK)
 }

@@ -160,12 +160,17 @@ pub struct RunArgs {
 
 /// Runs the daemon in the foreground until it is stopped. Returns the process exit code.
 pub fn run(args: RunArgs) -> ExitCode {
+    ExitCode::from(run_code(args))
+}
+
+/// [`run`], returning the exit code as a number (the Windows SCM reports it).
+pub fn run_code(args: RunArgs) -> u8 {
     // 1. Config, without binding or creating anything.
     let loaded = match config::load(&args.layout.config_file, &args.overrides) {
         Ok(l) => l,
         Err(problems) => {
             eprint!("majordomo: cannot start: {problems}");
-            return ExitCode::from(exit::USAGE);
+            return exit::USAGE;
         }
     };
     let log = Arc::new(logging::init(&loaded.config.log.level));
@@ -178,7 +183,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => {
             eprintln!("majordomo: {e}");
-            return ExitCode::from(exit::FAILURE);
+            return exit::FAILURE;
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -190,7 +195,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("majordomo: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FAILURE);
+            return exit::FAILURE;
         }
     };
     let code = runtime.block_on(main_loop(args, loaded, log.clone()));
@@ -198,7 +203,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     log.close();
     runtime.shutdown_timeout(Duration::from_millis(200));
     drop(lock);
-    ExitCode::from(code)
+    code
 }
 
 struct Daemon {
@@ -323,7 +328,7 @@ async fn main_loop(args: RunArgs, loaded: Loaded, log: Arc<LogHandle>) -> u8 {
     // Drain.
     let grace = daemon.shared.config().daemon.grace_period.get();
     hub.emit(Event::DaemonStopping { reason });
-    daemon.notifier.stopping();
+    daemon.notifier.stopping_within(grace);
     root.cancel();
     tracker.close();
     tokio::select! {

@@ -112,6 +112,7 @@ pub fn init(level: &str) -> LogHandle {
         .with(filter)
         .with(console)
         .with(journald)
+        .with(eventlog_layer())
         .with(file_text)
         .with(file_json)
         .try_init();
@@ -133,6 +134,17 @@ fn journald_layer() -> Option<tracing_journald::Layer> {
 
 #[cfg(not(target_os = "linux"))]
 fn journald_layer() -> Option<tracing_subscriber::layer::Identity> {
+    None
+}
+
+/// The Windows Event Log, while the SCM runs the daemon.
+#[cfg(windows)]
+fn eventlog_layer() -> Option<crate::platform::eventlog::EventLogLayer> {
+    crate::platform::eventlog::layer()
+}
+
+#[cfg(not(windows))]
+fn eventlog_layer() -> Option<tracing_subscriber::layer::Identity> {
     None
 }
 

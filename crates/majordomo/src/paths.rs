@@ -234,8 +234,9 @@ mod imp {
         Ok(match mode {
             Mode::Home(dir) => home_places(dir, instance),
             Mode::System => {
-                let base = std::env::var_os("ProgramData")
-                    .map(PathBuf::from)
+                // The shell's answer first: a service's environment may differ from a console's.
+                let base = crate::platform::folders::program_data()
+                    .or_else(|| std::env::var_os("ProgramData").map(PathBuf::from))
                     .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
                     .join("majordomo")
                     .join(instance);

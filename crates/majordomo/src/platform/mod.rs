@@ -1,9 +1,17 @@
 //! Operating-system specifics: signals, the service manager's notify protocol, and the
 //! environment the daemon must not pass on. Each behind one function, with `#[cfg] mod imp`.
 
+mod disk;
+#[cfg(windows)]
+pub mod eventlog;
+#[cfg(windows)]
+pub mod folders;
 mod notify;
 mod signals;
+#[cfg(windows)]
+pub mod winsvc;
 
+pub use disk::disk_space;
 pub use notify::{Notifier, take_service_env};
 pub use signals::{Signal, Signals};
 

@@ -44,6 +44,8 @@ impl Notifier {
 
     pub fn ready(&self, status: &str) {
         self.send(&format!("READY=1\nSTATUS={status}"));
+        #[cfg(windows)]
+        super::winsvc::report_running();
     }
 
     pub fn reloading(&self) {
@@ -54,7 +56,16 @@ impl Notifier {
     }
 
     pub fn stopping(&self) {
+        self.stopping_within(Duration::from_secs(30));
+    }
+
+    /// Stopping, done within `grace` (the Windows SCM is told to wait that long, plus a margin).
+    pub fn stopping_within(&self, grace: Duration) {
         self.send("STOPPING=1\nSTATUS=stopping");
+        #[cfg(windows)]
+        super::winsvc::report_stop_pending(grace + Duration::from_secs(5));
+        #[cfg(not(windows))]
+        let _ = grace;
     }
 
     pub fn status(&self, status: &str) {

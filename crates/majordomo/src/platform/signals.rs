@@ -53,6 +53,8 @@ mod imp {
         brk: windows::CtrlBreak,
         close: windows::CtrlClose,
         shutdown: windows::CtrlShutdown,
+        /// The SCM's controls, when the service control manager runs the process.
+        scm: Option<tokio::sync::mpsc::UnboundedReceiver<Signal>>,
     }
 
     impl Signals {
@@ -62,6 +64,7 @@ mod imp {
                 brk: windows::ctrl_break()?,
                 close: windows::ctrl_close()?,
                 shutdown: windows::ctrl_shutdown()?,
+                scm: crate::platform::winsvc::take_controls(),
             })
         }
 
@@ -71,6 +74,12 @@ mod imp {
                 _ = self.brk.recv() => Signal::Interrupt,
                 _ = self.close.recv() => Signal::Terminate,
                 _ = self.shutdown.recv() => Signal::Terminate,
+                Some(sig) = async {
+                    match self.scm.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => sig,
             }
         }
     }
