@@ -15,4 +15,5 @@ pub mod logging;
 pub mod paths;
 #[allow(unsafe_code)]
 pub mod platform;
+pub mod supervisor;
 pub mod watch;

@@ -2,6 +2,7 @@
 //! environment the daemon must not pass on. Each behind one function, with `#[cfg] mod imp`.
 
 mod notify;
+pub mod process;
 mod signals;
 
 pub use notify::{Notifier, take_service_env};
