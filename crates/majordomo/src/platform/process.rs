@@ -3,8 +3,6 @@
 //! killed as a whole tree; plus the daemon's side (child subreaper, reaping adopted orphans)
 //! and per-process resource readings.
 
-use std::io;
-
 pub use imp::*;
 
 /// What a program runs as and with (resolved before the process is created).
@@ -17,9 +15,9 @@ pub struct SpawnOpts {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn unsupported(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
+fn unsupported(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
         format!("{what} is not supported on this system"),
     )
 }
@@ -189,7 +187,7 @@ mod imp {
     #[cfg(target_os = "linux")]
     fn stat_fields(pid: u32) -> Option<Vec<String>> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // `pid (comm) state ...`: comm may hold spaces and parentheses.
+        // `pid (comm) state ppid pgrp session ...`: comm may hold spaces and parentheses.
         let rest = &stat[stat.rfind(')')? + 1..];
         Some(rest.split_whitespace().map(String::from).collect())
     }
@@ -197,7 +195,7 @@ mod imp {
     #[cfg(target_os = "linux")]
     fn stat_state_sid(pid: i32) -> Option<(char, i32)> {
         let f = stat_fields(pid as u32)?;
-        Some((f.first()?.chars().next()?, f.get(4)?.parse().ok()?))
+        Some((f.first()?.chars().next()?, f.get(3)?.parse().ok()?))
     }
 
     /// Resident memory of one process, in bytes (Linux; `None` elsewhere).

@@ -73,8 +73,10 @@ pub struct Program {
 
 /// How one run ended.
 enum End {
-    /// The process ended (or never started because `pre_start` failed).
+    /// The process ended (or never started because `pre_start` failed); what is left of its
+    /// group is cleaned up after `exited` is published.
     Exit(ExitKind, Duration, Option<String>),
+    Ended(ExitKind, Duration, Group),
     /// It cannot be started at all: stays `failed` until started again.
     Failed(String),
     Stopped,
@@ -259,30 +261,45 @@ impl Program {
                     resting = State::Failed;
                 }
                 End::Exit(kind, uptime, detail) => {
-                    match self.after_exit(kind, uptime, detail, &mut rx).await {
-                        Some(Flow::Go) => {}
-                        Some(Flow::Stop) => {
-                            wanted = false;
-                            resting = State::Stopped;
-                        }
-                        Some(Flow::End) => return,
-                        None => {
-                            wanted = false;
-                            resting = self
-                                .info
-                                .lock()
-                                .map(|i| {
-                                    if i.state == State::Failed.as_str() {
-                                        State::Failed
-                                    } else {
-                                        State::Exited
-                                    }
-                                })
-                                .unwrap_or(State::Exited);
-                        }
+                    let next = self.after_exit(kind, uptime, detail, None, &mut rx).await;
+                    if self.settle(next, &mut wanted, &mut resting) {
+                        return;
+                    }
+                }
+                End::Ended(kind, uptime, group) => {
+                    let next = self
+                        .after_exit(kind, uptime, None, Some(group), &mut rx)
+                        .await;
+                    if self.settle(next, &mut wanted, &mut resting) {
+                        return;
                     }
                 }
             }
+        }
+    }
+
+    /// Applies what `after_exit` decided; true when the task must end.
+    fn settle(&self, next: Option<Flow>, wanted: &mut bool, resting: &mut State) -> bool {
+        match next {
+            Some(Flow::Go) => false,
+            Some(Flow::Stop) => {
+                *wanted = false;
+                *resting = State::Stopped;
+                false
+            }
+            Some(Flow::End) => true,
+            None => {
+                *wanted = false;
+                *resting = self.resting_state();
+                false
+            }
+        }
+    }
+
+    fn resting_state(&self) -> State {
+        match self.info.lock() {
+            Ok(i) if i.state == State::Failed.as_str() => State::Failed,
+            _ => State::Exited,
         }
     }
 
@@ -307,6 +324,7 @@ impl Program {
         kind: ExitKind,
         uptime: Duration,
         detail: Option<String>,
+        leftovers: Option<Group>,
         rx: &mut mpsc::Receiver<Cmd>,
     ) -> Option<Flow> {
         let cfg = self.cfg.clone();
@@ -324,6 +342,10 @@ impl Program {
             out.note(&detail);
         }
         self.set_exit(State::Exited, None, Some(detail.clone()), Some(kind));
+        if let Some(group) = leftovers {
+            self.clean_group(&group, Instant::now() + cfg.stop_timeout.get())
+                .await;
+        }
         if !wants_restart(&cfg, kind) {
             return None;
         }
@@ -611,8 +633,7 @@ impl Program {
                         Ok(s) => exit_kind(&s),
                         Err(_) => ExitKind::Killed,
                     };
-                    self.clean_group(&spawned.group, leftover_deadline(&cfg)).await;
-                    return End::Exit(kind, uptime, None);
+                    return End::Ended(kind, uptime, spawned.group);
                 }
                 r = maybe(&mut ready_fut), if !ready => {
                     ready_fut = None;
@@ -832,10 +853,6 @@ impl Program {
         }
         self.env.procs.sweep();
     }
-}
-
-fn leftover_deadline(cfg: &ProgramConfig) -> Instant {
-    Instant::now() + cfg.stop_timeout.get()
 }
 
 async fn kill_and_wait(spawned: &mut Spawned) {
