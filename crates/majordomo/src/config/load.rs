@@ -294,9 +294,13 @@ pub fn check_text(text: &str, label: &str, overrides: &[Override]) -> Result<Con
     Err(problems(list))
 }
 
-/// `program` for `program[2].args`, `log` for `log.level`.
+/// `log` for `log.level`; for arrays of tables the element: `program[2]` for `program[2].args`.
 fn section_of(path: &str) -> &str {
-    path.split(['.', '[']).next().unwrap_or(path)
+    let head = path.split('.').next().unwrap_or(path);
+    match head.find(']') {
+        Some(end) => &head[..=end],
+        None => head.split('[').next().unwrap_or(head),
+    }
 }
 
 /// The sentinel span of the `i`th override: one byte past the end of the file, per override.
