@@ -285,7 +285,7 @@ fn supervisord(dir: &Path, a: &Args) -> anyhow::Result<Vec<Duration>> {
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     drop(guard);
-    if r.len() < 20 {
+    if r.len() < n.min(20) {
         bail!("supervisord restarted the program only {} times", r.len());
     }
     Ok(r)

@@ -496,7 +496,7 @@ mod imp {
             if unsafe { GetProcessTimes(h, &mut c, &mut e, &mut k, &mut u) } == 0 {
                 return None;
             }
-            let t = |f: FILETIME| ((f.dwHighDateTime as u64) << 32 | f.dwLowDateTime as u64);
+            let t = |f: FILETIME| (f.dwHighDateTime as u64) << 32 | f.dwLowDateTime as u64;
             Some((t(k) + t(u)) as f64 / 1e7)
         })
     }

@@ -55,6 +55,8 @@ impl State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitKind {
     Code(i32),
+    /// Killed by this signal (Unix).
+    #[cfg_attr(not(unix), allow(dead_code))]
     Signal(i32),
     /// The supervisor killed it (failed health check, memory limit, readiness timeout).
     Killed,

@@ -43,7 +43,10 @@ impl Subsystem for Supervisor {
     }
 
     fn change(&self, old: &Config, new: &Config) -> Change {
-        if old.program != new.program || old.paths.log_dir != new.paths.log_dir {
+        if old.paths.log_dir != new.paths.log_dir || old.paths.socket != new.paths.socket {
+            // Output files and the programs' MAJORDOMO_SOCKET move: every program restarts.
+            Change::Restart
+        } else if old.program != new.program {
             Change::Live
         } else {
             Change::None

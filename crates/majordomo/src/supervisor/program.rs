@@ -571,6 +571,14 @@ impl Program {
                 Err(end) => return end,
             }
         }
+        // Endpoint events queued so far are about an earlier process: only the new one counts.
+        if let Some(events) = self.events.as_mut() {
+            while !matches!(
+                events.try_recv(),
+                Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+            ) {}
+        }
+        self.endpoint_up = false;
         let cmd = self.command(&cfg.command, &cfg.args, true);
         let mut spawned = match self.env.procs.spawn(cmd, &opts) {
             Ok(s) => s,
@@ -589,7 +597,7 @@ impl Program {
         let started = Instant::now();
         self.set_started_now();
         let mut ready = false;
-        if cfg.ready == Probe::Started || (cfg.ready == Probe::Bus && self.endpoint_up) {
+        if cfg.ready == Probe::Started {
             self.set(State::Running, pid, None);
             self.set(State::Ready, pid, None);
             ready = true;
