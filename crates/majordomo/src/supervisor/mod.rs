@@ -43,8 +43,8 @@ impl Subsystem for Supervisor {
     }
 
     fn change(&self, old: &Config, new: &Config) -> Change {
-        if old.paths.log_dir != new.paths.log_dir || old.paths.socket != new.paths.socket {
-            // Output files and the programs' MAJORDOMO_SOCKET move: every program restarts.
+        if old.paths.log_dir != new.paths.log_dir {
+            // The output files move: every program restarts.
             Change::Restart
         } else if old.program != new.program {
             Change::Live
