@@ -425,7 +425,11 @@ async fn programs_sigkill_of_the_daemon_leaves_no_orphan() {
     d.wait_exit(LONG);
     assert!(
         eventually(LONG, || (!alive(main) && !alive(child)).then_some(())).is_some(),
-        "program {main} or its child {child} outlived the killed daemon"
+        "program {main} (alive: {}) or its child {child} (alive: {}) outlived the killed daemon: {} / {}",
+        alive(main),
+        alive(child),
+        std::fs::read_to_string(format!("/proc/{main}/stat")).unwrap_or_default(),
+        std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default(),
     );
 }
 
