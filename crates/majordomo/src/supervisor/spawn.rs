@@ -30,6 +30,9 @@ impl Procs {
 
     /// Starts `cmd` in a new process group owned by the supervisor.
     pub fn spawn(&self, mut cmd: std::process::Command, opts: &SpawnOpts) -> io::Result<Spawned> {
+        // The guard must exist before the first child can have children of its own.
+        #[cfg(unix)]
+        self.ensure_guard();
         process::prepare(&mut cmd, opts);
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(false);
@@ -45,26 +48,31 @@ impl Procs {
         Ok(Spawned { child, group })
     }
 
+    /// Starts the guard process once, before the first child (Unix). Without it, programs
+    /// still die with the daemon (parent-death signal) but their own children might not; that is
+    /// logged.
+    #[cfg(unix)]
+    fn ensure_guard(&self) {
+        if let Ok(mut guard) = self.guard.lock()
+            && !guard.0
+        {
+            guard.0 = true;
+            match super::guard::GuardPipe::start() {
+                Ok(g) => guard.1 = Some(g),
+                Err(e) => tracing::warn!(error = %e, "cannot start the guard process; grandchildren of programs may outlive a killed daemon"),
+            }
+        }
+    }
+
     fn track(&self, id: i32) {
         if let Ok(mut g) = self.groups.lock() {
             g.insert(id);
         }
-        // The guard process starts with the first group (Unix). Without it, programs still die
-        // with the daemon (parent death signal) but their own children might not; that is logged.
         #[cfg(unix)]
-        if let Ok(mut guard) = self.guard.lock() {
-            if !guard.0 {
-                guard.0 = true;
-                match super::guard::GuardPipe::start() {
-                    Ok(g) => guard.1 = Some(g),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot start the guard process; grandchildren of programs may outlive a killed daemon")
-                    }
-                }
-            }
-            if let Some(pipe) = guard.1.as_mut() {
-                pipe.send('+', id);
-            }
+        if let Ok(mut guard) = self.guard.lock()
+            && let Some(pipe) = guard.1.as_mut()
+        {
+            pipe.send('+', id);
         }
     }
 
