@@ -462,6 +462,12 @@ async fn programs_bad_programs_fail_alone() {
     // `ps` shows the reason to a person too.
     let out = stdout(&home.cli("default", &["ps"]));
     assert!(out.contains("not found") && out.contains("good"), "{out}");
+    // `status` names the failed programs.
+    let status = stdout(&home.cli("default", &["status"]));
+    assert!(
+        status.contains("3 failed") && status.contains("nocwd"),
+        "{status}"
+    );
 }
 
 #[test]

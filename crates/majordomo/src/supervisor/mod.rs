@@ -111,6 +111,7 @@ async fn run(mut ctx: Ctx) -> Result<(), String> {
     m.detail();
 
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    let mut states = m.env.states.subscribe();
     #[cfg(unix)]
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
     loop {
@@ -134,7 +135,12 @@ async fn run(mut ctx: Ctx) -> Result<(), String> {
                 m.detail();
             }
             _ = child_signal => procs.reap(),
-            _ = sweep.tick() => procs.reap(),
+            _ = sweep.tick(), if !m.programs.is_empty() => procs.reap(),
+            r = states.changed() => {
+                if r.is_ok() {
+                    m.detail();
+                }
+            }
         }
     }
     let grace = ctx.shared.config().daemon.grace_period.get();
@@ -147,10 +153,31 @@ async fn run(mut ctx: Ctx) -> Result<(), String> {
 }
 
 impl Manager {
+    /// `status` shows how many programs are in which state, and names the failed ones.
     fn detail(&self) {
         let n = self.programs.len();
-        self.ctx
-            .detail(format!("{n} program{}", if n == 1 { "" } else { "s" }));
+        let states = self.env.states.borrow().clone();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in states.values() {
+            *counts.entry(s.as_str()).or_default() += 1;
+        }
+        let failed: Vec<&str> = states
+            .iter()
+            .filter(|(_, s)| **s == State::Failed)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let mut text = format!("{n} program{}", if n == 1 { "" } else { "s" });
+        if !counts.is_empty() {
+            let parts: Vec<String> = counts.iter().map(|(s, c)| format!("{c} {s}")).collect();
+            text.push_str(&format!(": {}", parts.join(", ")));
+        }
+        if !failed.is_empty() {
+            text.push_str(&format!(
+                " (failed: {}; see `majordomo ps`)",
+                failed.join(", ")
+            ));
+        }
+        self.ctx.detail(text);
     }
 
     /// Start-up and reload: stops removed and changed programs (dependents first), then starts

@@ -59,7 +59,9 @@ impl Procs {
             guard.0 = true;
             match super::guard::GuardPipe::start() {
                 Ok(g) => guard.1 = Some(g),
-                Err(e) => tracing::warn!(error = %e, "cannot start the guard process; grandchildren of programs may outlive a killed daemon"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the guard process; grandchildren of programs may outlive a killed daemon")
+                }
             }
         }
     }
