@@ -12,6 +12,9 @@ pub struct SpawnOpts {
     pub creds: Option<(u32, u32, Vec<u32>)>,
     /// File-creation mask, Unix only.
     pub umask: Option<u32>,
+    /// A pipe (the guard's, Unix) to which the child writes `+PID\n` before it runs anything,
+    /// so that its process group is known to the guard before it can have children.
+    pub announce_fd: Option<i32>,
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -39,6 +42,7 @@ mod imp {
     pub fn prepare(cmd: &mut std::process::Command, opts: &SpawnOpts) {
         let parent = std::process::id() as i32;
         let umask = opts.umask;
+        let announce = opts.announce_fd;
         let creds = opts.creds.clone().map(|(uid, gid, groups)| {
             (
                 Uid::from_raw(uid),
@@ -48,6 +52,14 @@ mod imp {
         });
         let hook = move || -> io::Result<()> {
             nix::unistd::setsid()?;
+            if let Some(fd) = announce {
+                let mut buf = [0u8; 24];
+                let n = announce_line(&mut buf, nix::unistd::getpid().as_raw());
+                // SAFETY: write(2) on a descriptor the parent keeps open for the whole spawn
+                // (the guard's pipe) from a stack buffer; async-signal-safe. A failure (guard
+                // gone) is ignored: the parent-death signal still applies.
+                let _ = unsafe { nix::libc::write(fd, buf.as_ptr().cast(), n) };
+            }
             #[cfg(target_os = "linux")]
             {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
@@ -78,6 +90,37 @@ mod imp {
         // not allocate (everything it uses was built above, before the fork) and takes no lock.
         unsafe {
             cmd.pre_exec(hook);
+        }
+    }
+
+    /// Formats `+PID\n` into `buf` without allocating (it runs between fork and exec).
+    fn announce_line(buf: &mut [u8; 24], pid: i32) -> usize {
+        let mut digits = [0u8; 12];
+        let mut v = pid.unsigned_abs();
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (v % 10) as u8;
+            len += 1;
+            v /= 10;
+            if v == 0 || len == digits.len() {
+                break;
+            }
+        }
+        buf[0] = b'+';
+        for i in 0..len {
+            buf[1 + i] = digits[len - 1 - i];
+        }
+        buf[1 + len] = b'\n';
+        len + 2
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn announce_lines_are_plus_pid_newline() {
+        let mut buf = [0u8; 24];
+        for pid in [1, 9, 10, 4194304, i32::MAX] {
+            let n = announce_line(&mut buf, pid);
+            assert_eq!(&buf[..n], format!("+{pid}\n").as_bytes());
         }
     }
 

@@ -653,5 +653,13 @@ mod tests {
                 prop_assert!(SIGNALS.contains(&n));
             }
         }
+
+        #[test]
+        fn umask_parser_is_total_and_bounded(s in "\\PC{0,8}", m in 0u32..0o1000) {
+            if let Some(v) = parse_umask(&s) {
+                prop_assert!(v <= 0o777);
+            }
+            prop_assert_eq!(parse_umask(&format!("{m:03o}")), Some(m));
+        }
     }
 }

@@ -35,11 +35,20 @@ impl GuardPipe {
         })
     }
 
+    /// The pipe's write end, for children to announce themselves before exec.
+    pub fn raw_fd(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        self.stdin.as_ref().map(|s| s.as_raw_fd())
+    }
+
     pub fn send(&mut self, op: char, pgid: i32) {
         let Some(stdin) = self.stdin.as_mut() else {
             return;
         };
-        if let Err(e) = writeln!(stdin, "{op}{pgid}")
+        // One write(2) of a short line: atomic on a pipe, never interleaved with the lines
+        // children write themselves before exec.
+        let line = format!("{op}{pgid}\n");
+        if let Err(e) = stdin.write_all(line.as_bytes())
             && !self.broken
         {
             self.broken = true;

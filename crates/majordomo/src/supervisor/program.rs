@@ -513,6 +513,7 @@ impl Program {
         Ok(SpawnOpts {
             creds,
             umask: cfg.umask.as_deref().and_then(super::config::parse_umask),
+            announce_fd: None,
         })
     }
 

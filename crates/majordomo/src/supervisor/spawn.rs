@@ -30,9 +30,13 @@ impl Procs {
 
     /// Starts `cmd` in a new process group owned by the supervisor.
     pub fn spawn(&self, mut cmd: std::process::Command, opts: &SpawnOpts) -> io::Result<Spawned> {
-        // The guard must exist before the first child can have children of its own.
+        // The guard must know the child's group before the child can have children of its own:
+        // the child announces itself on the guard's pipe before exec.
         #[cfg(unix)]
-        self.ensure_guard();
+        let opts = &SpawnOpts {
+            announce_fd: self.guard_fd(),
+            ..opts.clone()
+        };
         process::prepare(&mut cmd, opts);
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(false);
@@ -51,11 +55,13 @@ impl Procs {
     /// Starts the guard process once, before the first child (Unix). Without it, programs
     /// still die with the daemon (parent-death signal) but their own children might not; that is
     /// logged.
+    /// Starts the guard process once, before the first child (Unix), and returns the write end
+    /// of its pipe, which stays open as long as `self`. Without a guard, programs still die with
+    /// the daemon (parent-death signal) but their own children might not; that is logged.
     #[cfg(unix)]
-    fn ensure_guard(&self) {
-        if let Ok(mut guard) = self.guard.lock()
-            && !guard.0
-        {
+    fn guard_fd(&self) -> Option<i32> {
+        let mut guard = self.guard.lock().ok()?;
+        if !guard.0 {
             guard.0 = true;
             match super::guard::GuardPipe::start() {
                 Ok(g) => guard.1 = Some(g),
@@ -64,6 +70,7 @@ impl Procs {
                 }
             }
         }
+        guard.1.as_ref().and_then(|g| g.raw_fd())
     }
 
     fn track(&self, id: i32) {
