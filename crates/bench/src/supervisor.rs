@@ -35,14 +35,21 @@ pub struct Args {
     pub no_install: bool,
 }
 
+/// Restarts skipped before measuring (start-up effects); supervisord's take a second each.
 const WARMUP: usize = 10;
+const SUPERVISORD_WARMUP: usize = 2;
 
 fn program(fifo: &Path) -> String {
     format!("echo $$ > {}", fifo.display())
 }
 
 /// Reads `n` lines (after the warm-up) from the FIFO; the gaps between their arrival times.
-fn intervals(fifo: &Path, n: usize, limit: Duration) -> anyhow::Result<Vec<Duration>> {
+fn intervals(
+    fifo: &Path,
+    n: usize,
+    warmup: usize,
+    limit: Duration,
+) -> anyhow::Result<Vec<Duration>> {
     // Read and write: the FIFO never reports end-of-file between two writers.
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -66,15 +73,15 @@ fn intervals(fifo: &Path, n: usize, limit: Duration) -> anyhow::Result<Vec<Durat
         }
     });
     let deadline = Instant::now() + limit;
-    let mut times = Vec::with_capacity(n + WARMUP + 1);
-    while times.len() < n + WARMUP + 1 {
+    let mut times = Vec::with_capacity(n + warmup + 1);
+    while times.len() < n + warmup + 1 {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(t) => times.push(t),
             Err(_) => break,
         }
     }
-    let mut gaps: Vec<Duration> = times.windows(2).skip(WARMUP).map(|w| w[1] - w[0]).collect();
+    let mut gaps: Vec<Duration> = times.windows(2).skip(warmup).map(|w| w[1] - w[0]).collect();
     gaps.sort_unstable();
     Ok(gaps)
 }
@@ -97,7 +104,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let n = a.n;
     let reader = {
         let fifo = fifo.clone();
-        std::thread::spawn(move || intervals(&fifo, n, Duration::from_secs(60)))
+        std::thread::spawn(move || intervals(&fifo, n, WARMUP, Duration::from_secs(60)))
     };
     let stop = Instant::now() + Duration::from_secs(60);
     let floor_runner = std::thread::spawn(move || {
@@ -126,7 +133,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     );
     let mj = {
         let fifo = fifo.clone();
-        let reader = std::thread::spawn(move || intervals(&fifo, n, Duration::from_secs(60)));
+        let reader =
+            std::thread::spawn(move || intervals(&fifo, n, WARMUP, Duration::from_secs(60)));
         let daemon = Daemon::start(&config)?;
         let r = reader
             .join()
@@ -260,7 +268,7 @@ fn supervisord(dir: &Path, a: &Args) -> anyhow::Result<Vec<Duration>> {
         &conf,
         format!(
             "[supervisord]\nnodaemon=true\nlogfile={d}/supervisord.log\npidfile={d}/supervisord.pid\n\
-             childlogdir={d}\nloglevel=warn\n\n\
+             childlogdir={d}\nloglevel=info\n\n\
              [program:flap]\ncommand=/bin/sh -c '{script}'\nautostart=true\nautorestart=true\n\
              startsecs=0\nstartretries=1000000\nstdout_logfile={d}/flap.log\nredirect_stderr=true\n",
             script = program(&fifo)
@@ -270,7 +278,7 @@ fn supervisord(dir: &Path, a: &Args) -> anyhow::Result<Vec<Duration>> {
     let limit = Duration::from_secs(a.supervisord_secs);
     let reader = {
         let fifo = fifo.clone();
-        std::thread::spawn(move || intervals(&fifo, n, limit))
+        std::thread::spawn(move || intervals(&fifo, n, SUPERVISORD_WARMUP, limit))
     };
     let child = Command::new(&bin)
         .arg("-c")
@@ -286,7 +294,14 @@ fn supervisord(dir: &Path, a: &Args) -> anyhow::Result<Vec<Duration>> {
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     drop(guard);
     if r.len() < n.min(20) {
-        bail!("supervisord restarted the program only {} times", r.len());
+        let log = std::fs::read_to_string(dir.join("supervisord.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        bail!(
+            "supervisord restarted the program only {} times in {} s; its log ends with:\n{}",
+            r.len(),
+            a.supervisord_secs,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     Ok(r)
 }
