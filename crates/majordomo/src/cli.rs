@@ -66,6 +66,22 @@ pub enum Cmd {
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// List the supervised programs: state, pid, uptime, restarts, last exit, CPU, memory.
+    Ps(crate::supervisor::cli::PsArgs),
+    /// Start programs (after their dependencies are ready); clears a `failed` state.
+    Start(crate::supervisor::cli::NamesArgs),
+    /// Stop programs (stop signal to their process group, SIGKILL after stop_timeout).
+    Stop(crate::supervisor::cli::NamesArgs),
+    /// Stop and start programs again.
+    Restart(crate::supervisor::cli::NamesArgs),
+    /// Send a signal to a program's main process, e.g. `majordomo signal api HUP`.
+    Signal(crate::supervisor::cli::SignalArgs),
+    /// Print a program's output (stdout and stderr); `-f` to follow it.
+    Logs(crate::supervisor::cli::LogsArgs),
+    /// Internal: the guard process that kills programs' process groups if the daemon dies.
+    #[cfg(unix)]
+    #[command(name = "__guard", hide = true)]
+    Guard,
     /// Send any socket command and print its reply, e.g. `majordomo call status` or
     /// `majordomo call ps '{"name":"api"}'`.
     Call {
@@ -182,6 +198,8 @@ pub fn main(notifier: Notifier) -> ExitCode {
         Cmd::Service(cmd) => crate::service::main(&cli, cmd),
         Cmd::Check => crate::service::check::main(&cli),
         Cmd::Doctor => crate::service::doctor::main(&cli, &layout),
+        #[cfg(unix)]
+        Cmd::Guard => crate::supervisor::guard::main(),
         _ => client_main(&cli, &layout),
     }
 }
@@ -382,6 +400,18 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
                 println!("{v:#}");
             }
         }
+        Cmd::Ps(a) => return crate::supervisor::cli::ps(&mut client, a, cli.json).await,
+        Cmd::Start(a) => {
+            return crate::supervisor::cli::act(&mut client, "start", a, cli.json).await;
+        }
+        Cmd::Stop(a) => return crate::supervisor::cli::act(&mut client, "stop", a, cli.json).await,
+        Cmd::Restart(a) => {
+            return crate::supervisor::cli::act(&mut client, "restart", a, cli.json).await;
+        }
+        Cmd::Signal(a) => return crate::supervisor::cli::signal(&mut client, a, cli.json).await,
+        Cmd::Logs(a) => return crate::supervisor::cli::logs(&mut client, a).await,
+        #[cfg(unix)]
+        Cmd::Guard => return Ok(exit::USAGE),
         // `run` and the offline `config` verbs are dispatched in `main` and never get here.
         Cmd::Run(_) | Cmd::Config(_) | Cmd::Service(_) | Cmd::Check | Cmd::Doctor => {
             return Ok(exit::USAGE);

@@ -16,4 +16,5 @@ pub mod paths;
 #[allow(unsafe_code)]
 pub mod platform;
 pub mod service;
+pub mod supervisor;
 pub mod watch;

@@ -294,9 +294,13 @@ pub fn check_text(text: &str, label: &str, overrides: &[Override]) -> Result<Con
     Err(problems(list))
 }
 
-/// `program` for `program[2].args`, `log` for `log.level`.
+/// `log` for `log.level`; for arrays of tables the element: `program[2]` for `program[2].args`.
 fn section_of(path: &str) -> &str {
-    path.split(['.', '[']).next().unwrap_or(path)
+    let head = path.split('.').next().unwrap_or(path);
+    match head.find(']') {
+        Some(end) => &head[..=end],
+        None => head.split('[').next().unwrap_or(head),
+    }
 }
 
 /// The sentinel span of the `i`th override: one byte past the end of the file, per override.
@@ -383,6 +387,7 @@ fn build(root: DeTable<'_>, problems: &mut Vec<Problem>) -> Config {
             "log" => one(&mut cfg.log, v, problems),
             "control" => one(&mut cfg.control, v, problems),
             "paths" => one(&mut cfg.paths, v, problems),
+            "program" => many(&mut cfg.program, v, problems),
             other => problems.push(Problem::spanned(
                 Some(k_span),
                 format!("unknown section `{other}`"),
@@ -393,7 +398,7 @@ fn build(root: DeTable<'_>, problems: &mut Vec<Problem>) -> Config {
     cfg
 }
 
-const SECTIONS: &[&str] = &["daemon", "log", "control", "paths"];
+const SECTIONS: &[&str] = &["daemon", "log", "control", "paths", "program"];
 
 /// Deserializes one section. serde stops at the first error, so after each error the offending
 /// entry is removed and the section tried again: every error in the section is reported.

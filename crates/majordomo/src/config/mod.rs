@@ -29,6 +29,8 @@ pub struct Config {
     pub log: LogConfig,
     pub control: ControlConfig,
     pub paths: PathsConfig,
+    /// `[[program]]`: the programs the supervisor runs.
+    pub program: Vec<crate::supervisor::ProgramConfig>,
 }
 
 /// `[daemon]`: the process as a whole.
@@ -219,6 +221,7 @@ impl Config {
                 "remove the field to disable tokens, or set a long random string",
             ));
         }
+        crate::supervisor::config::validate(&self.program, problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
                 "daemon.grace_period",

@@ -31,6 +31,13 @@ fn default_toml_documents_every_field() {
         &serde_json::to_value(Config::default()).unwrap(),
         &mut fields,
     );
+    // Arrays of tables (`[[program]]`) are empty by default: check one default element.
+    fields.retain(|f| f != "program");
+    if let serde_json::Value::Object(map) =
+        serde_json::to_value(crate::supervisor::ProgramConfig::default()).unwrap()
+    {
+        fields.extend(map.keys().map(|k| format!("program.{k}")));
+    }
     let mut section = String::new();
     let mut documented = Vec::new();
     for line in DEFAULT_TOML.lines() {

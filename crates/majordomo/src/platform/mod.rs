@@ -7,6 +7,7 @@ pub mod eventlog;
 #[cfg(windows)]
 pub mod folders;
 mod notify;
+pub mod process;
 mod signals;
 #[cfg(windows)]
 pub mod winsvc;
