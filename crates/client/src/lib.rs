@@ -250,6 +250,7 @@ impl Client {
             client: Some(format!("majordomo-client/{}", env!("CARGO_PKG_VERSION"))),
             protocol: Some(PROTOCOL_VERSION),
             token: self.token.clone(),
+            framing: None,
         })
         .await
     }

@@ -29,6 +29,7 @@ pub struct Config {
     pub log: LogConfig,
     pub control: ControlConfig,
     pub paths: PathsConfig,
+    pub bus: crate::bus::BusConfig,
 }
 
 /// `[daemon]`: the process as a whole.
@@ -196,6 +197,7 @@ impl Config {
                 "remove the field to disable tokens, or set a long random string",
             ));
         }
+        self.bus.validate(problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
                 "daemon.grace_period",
