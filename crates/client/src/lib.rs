@@ -15,6 +15,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bus;
 mod transport;
 
 use std::path::{Path, PathBuf};

@@ -75,6 +75,9 @@ pub enum Cmd {
         #[arg(default_value = "{}")]
         args: String,
     },
+    /// The message bus: publish, subscribe, send events, requests, list endpoints.
+    #[command(subcommand)]
+    Bus(crate::bus::cli::BusCmd),
 }
 
 #[derive(Debug, Args)]
@@ -274,6 +277,9 @@ fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
 }
 
 async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError> {
+    if let Cmd::Bus(cmd) = &cli.cmd {
+        return crate::bus::cli::run(cmd, cli.json, opts).await;
+    }
     let mut client = Client::connect(opts).await?;
     let print_json = |v: &dyn erased::Json| println!("{}", v.json());
     match &cli.cmd {
@@ -349,7 +355,7 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
             }
         }
         // `run` and the offline `config` verbs are dispatched in `main` and never get here.
-        Cmd::Run(_) | Cmd::Config(_) => return Ok(exit::USAGE),
+        Cmd::Run(_) | Cmd::Config(_) | Cmd::Bus(_) => return Ok(exit::USAGE),
     }
     Ok(exit::OK)
 }
