@@ -154,7 +154,8 @@ impl Bus {
                 .await?;
             if hello.get("framing").and_then(Value::as_str) != Some(wire::BINARY_FRAMING) {
                 return Err(ClientError::Protocol(
-                    "the daemon does not offer the binary framing; connect with binary = false".into(),
+                    "the daemon does not offer the binary framing; connect with binary = false"
+                        .into(),
                 ));
             }
         }
@@ -232,7 +233,12 @@ impl Bus {
     }
 
     /// Sends `{cmd, ...args, id}` and waits for its reply, at most `timeout`.
-    async fn call_with(&self, cmd: &str, args: Value, timeout: Duration) -> Result<Value, ClientError> {
+    async fn call_with(
+        &self,
+        cmd: &str,
+        args: Value,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut req = match args {
             Value::Object(m) => m,
@@ -267,20 +273,40 @@ impl Bus {
     /// Registers this connection as endpoint `id`; refused (`conflict`) while another live
     /// connection holds it.
     pub async fn register(&self, id: &str) -> Result<(), ClientError> {
-        self.call("bus.register", json!({ "endpoint": id })).await.map(drop)
-    }
-
-    /// Registers as `id`, taking it over from another connection (which is told and closed),
-    /// with the endpoint's token when `[bus.endpoints.<id>]` requires one.
-    pub async fn register_with(&self, id: &str, takeover: bool, token: Option<&str>) -> Result<(), ClientError> {
-        self.call("bus.register", json!({ "endpoint": id, "takeover": takeover, "token": token }))
+        self.call("bus.register", json!({ "endpoint": id }))
             .await
             .map(drop)
     }
 
+    /// Registers as `id`, taking it over from another connection (which is told and closed),
+    /// with the endpoint's token when `[bus.endpoints.<id>]` requires one.
+    pub async fn register_with(
+        &self,
+        id: &str,
+        takeover: bool,
+        token: Option<&str>,
+    ) -> Result<(), ClientError> {
+        self.call(
+            "bus.register",
+            json!({ "endpoint": id, "takeover": takeover, "token": token }),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Sends an event to endpoint `to`; an unknown endpoint is an error (`not_found`).
-    pub async fn send<T: Serialize + ?Sized>(&self, to: &str, event: &str, data: &T) -> Result<(), ClientError> {
-        self.call("bus.send", json!({ "to": to, "event": event, "data": data })).await.map(drop)
+    pub async fn send<T: Serialize + ?Sized>(
+        &self,
+        to: &str,
+        event: &str,
+        data: &T,
+    ) -> Result<(), ClientError> {
+        self.call(
+            "bus.send",
+            json!({ "to": to, "event": event, "data": data }),
+        )
+        .await
+        .map(drop)
     }
 
     /// Sends an event that waits up to `wait` for `to` to register.
@@ -303,7 +329,11 @@ impl Bus {
 
     /// Publishes without waiting for an acknowledgement (errors come back as notices-free
     /// error replies and are counted by the daemon; use [`Bus::publish_acked`] to see them).
-    pub async fn publish<T: Serialize + ?Sized>(&self, topic: &str, data: &T) -> Result<(), ClientError> {
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        data: &T,
+    ) -> Result<(), ClientError> {
         let data = serde_json::to_vec(data)
             .map_err(|e| ClientError::Protocol(format!("data not serializable: {e}")))?;
         self.publish_json(topic, &data).await
@@ -326,8 +356,14 @@ impl Bus {
     }
 
     /// Publishes and waits for the daemon's answer: how many subscribers got it.
-    pub async fn publish_acked<T: Serialize + ?Sized>(&self, topic: &str, data: &T) -> Result<u64, ClientError> {
-        let v = self.call("bus.pub", json!({ "topic": topic, "data": data })).await?;
+    pub async fn publish_acked<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        data: &T,
+    ) -> Result<u64, ClientError> {
+        let v = self
+            .call("bus.pub", json!({ "topic": topic, "data": data }))
+            .await?;
         Ok(v["delivered"].as_u64().unwrap_or(0))
     }
 
@@ -337,18 +373,29 @@ impl Bus {
     }
 
     /// Subscribes as a member of queue group `queue`: each message goes to one member.
-    pub async fn subscribe_queue(&self, pattern: &str, queue: &str) -> Result<Subscription, ClientError> {
+    pub async fn subscribe_queue(
+        &self,
+        pattern: &str,
+        queue: &str,
+    ) -> Result<Subscription, ClientError> {
         self.subscribe_inner(pattern, Some(queue)).await
     }
 
-    async fn subscribe_inner(&self, pattern: &str, queue: Option<&str>) -> Result<Subscription, ClientError> {
+    async fn subscribe_inner(
+        &self,
+        pattern: &str,
+        queue: Option<&str>,
+    ) -> Result<Subscription, ClientError> {
         let sid = self.next_sid.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.sub_buffer);
         if let Ok(mut s) = self.shared.subs.lock() {
             s.insert(sid, tx);
         }
         let r = self
-            .call("bus.sub", json!({ "pattern": pattern, "queue": queue, "sid": sid }))
+            .call(
+                "bus.sub",
+                json!({ "pattern": pattern, "queue": queue, "sid": sid }),
+            )
             .await;
         if let Err(e) = r {
             if let Ok(mut s) = self.shared.subs.lock() {
@@ -364,12 +411,19 @@ impl Bus {
         if let Ok(mut s) = self.shared.subs.lock() {
             s.remove(&sub.sid);
         }
-        self.call("bus.unsub", json!({ "sid": sub.sid })).await.map(drop)
+        self.call("bus.unsub", json!({ "sid": sub.sid }))
+            .await
+            .map(drop)
     }
 
     /// Sends a request on `topic` and waits for the first reply. No subscriber: `Remote` with
     /// code `no_responders`, at once; no reply within `timeout`: `Remote` with code `timeout`.
-    pub async fn request<T: Serialize + ?Sized>(&self, topic: &str, data: &T, timeout: Duration) -> Result<Value, ClientError> {
+    pub async fn request<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        data: &T,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
         let ms = timeout.as_millis().max(1) as u64;
         self.call_with(
             "bus.request",
@@ -378,13 +432,20 @@ impl Bus {
         )
         .await
         .map_err(|e| match e {
-            ClientError::Timeout(_) => ClientError::Remote(ErrorBody::new(ErrorCode::Timeout, format!("no reply within {timeout:?}"))),
+            ClientError::Timeout(_) => ClientError::Remote(ErrorBody::new(
+                ErrorCode::Timeout,
+                format!("no reply within {timeout:?}"),
+            )),
             other => other,
         })
     }
 
     /// Answers a request message (`msg.reply_to`).
-    pub async fn reply<T: Serialize + ?Sized>(&self, reply_to: &str, data: &T) -> Result<(), ClientError> {
+    pub async fn reply<T: Serialize + ?Sized>(
+        &self,
+        reply_to: &str,
+        data: &T,
+    ) -> Result<(), ClientError> {
         let line = serde_json::to_vec(&json!({ "cmd": "bus.reply", "to": reply_to, "data": data }))
             .map_err(|e| ClientError::Protocol(format!("data not serializable: {e}")))?;
         self.send_json(&line).await
@@ -429,6 +490,7 @@ impl<T> Stream for ReceiverStream<T> {
 }
 
 /// The messages of one subscription, as a `Stream`. Ends when the connection closes.
+#[derive(Debug)]
 pub struct Subscription {
     sid: u64,
     rx: mpsc::Receiver<Message>,
@@ -451,7 +513,9 @@ async fn write_loop(mut w: tokio::io::WriteHalf<crate::Stream>, shared: Arc<Shar
     let mut spare = BytesMut::new();
     loop {
         {
-            let Ok(mut out) = shared.out.lock() else { break };
+            let Ok(mut out) = shared.out.lock() else {
+                break;
+            };
             std::mem::swap(&mut *out, &mut spare);
         }
         shared.drained.notify_waiters();
@@ -525,11 +589,17 @@ async fn read_loop(
             };
             match frame {
                 BinFrame::Json(line) => dispatch_line(&shared, &line).await,
-                BinFrame::Msg { sid, topic, reply_to, data } => {
+                BinFrame::Msg {
+                    sid,
+                    topic,
+                    reply_to,
+                    data,
+                } => {
                     let m = Message {
                         sid,
                         topic: String::from_utf8_lossy(&topic).into_owned(),
-                        reply_to: (!reply_to.is_empty()).then(|| String::from_utf8_lossy(&reply_to).into_owned()),
+                        reply_to: (!reply_to.is_empty())
+                            .then(|| String::from_utf8_lossy(&reply_to).into_owned()),
                         data,
                     };
                     deliver(&shared, m).await;

@@ -169,6 +169,8 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     };
     let log = Arc::new(logging::init(&loaded.config.log.level));
+    // Enough file descriptors for [control] max_connections bus clients.
+    let _ = crate::platform::raise_nofile();
     // 2. One owner per instance.
     let lock = match InstanceLock::acquire(
         &args.layout.instance,

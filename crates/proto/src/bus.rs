@@ -114,8 +114,7 @@ pub fn check_topic(topic: &str, wildcards: bool) -> Result<(), String> {
         if t.is_empty() {
             return Err("has an empty token (two dots, or a leading or trailing dot)".into());
         }
-        if t
-            .bytes()
+        if t.bytes()
             .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'"' || b == b'\\')
         {
             return Err("contains whitespace, a quote, a backslash or a control character".into());
@@ -425,8 +424,8 @@ mod tests {
 
     #[test]
     fn parses_bus_and_compat_lines() {
-        let l = BusLine::parse(br#"{"id":1,"cmd":"bus.pub","topic":"a","data":{"x":[1,2]}}"#)
-            .unwrap();
+        let l =
+            BusLine::parse(br#"{"id":1,"cmd":"bus.pub","topic":"a","data":{"x":[1,2]}}"#).unwrap();
         assert_eq!(l.data.unwrap().get(), r#"{"x":[1,2]}"#);
         assert_eq!(l.id.unwrap().get(), "1");
         let c = BusLine::parse(br#"{"Type":"Register","Payload":{"MachineId":"m1"}}"#).unwrap();

@@ -77,7 +77,10 @@ pub async fn run(cmd: &BusCmd, as_json: bool, opts: &ConnectOptions) -> Result<u
             if as_json {
                 println!("{}", json!({"ok": true, "delivered": n}));
             } else {
-                println!("published on {topic} to {n} subscriber{}", if n == 1 { "" } else { "s" });
+                println!(
+                    "published on {topic} to {n} subscriber{}",
+                    if n == 1 { "" } else { "s" }
+                );
             }
         }
         BusCmd::Sub {

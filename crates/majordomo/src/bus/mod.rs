@@ -24,8 +24,8 @@ pub use majordomo_proto::bus as wire;
 use majordomo_proto::bus::{BusLine, CompatRegister, CompatSendEvent};
 use majordomo_proto::{ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use serde_json::value::RawValue;
+use serde_json::{Value, json};
 
 use crate::config::{Dur, Problem, Secret, Size};
 use crate::hub::{Event, Hub};
@@ -179,6 +179,22 @@ impl BusConfig {
     }
 }
 
+/// Whether every topic `pattern` can match is matched by `allowed`: `*` in `allowed` covers one
+/// token (a `*` too, but not `>`), a final `>` covers the rest.
+fn covers(allowed: &str, pattern: &str) -> bool {
+    let mut a = allowed.split('.');
+    let mut p = pattern.split('.');
+    loop {
+        match (a.next(), p.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(t)) if t != ">" => {}
+            (Some(x), Some(y)) if x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 fn check_endpoint_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 128 {
         return Err("must be 1-128 characters".into());
@@ -190,6 +206,36 @@ fn check_endpoint_id(id: &str) -> Result<(), String> {
         return Err("may only contain letters, digits, '-', '_', '.', ':' and '@'".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribe_permission_covers_patterns() {
+        assert!(covers(">", "a.>"));
+        assert!(covers("orders.*", "orders.new"));
+        assert!(covers("orders.*", "orders.*"));
+        assert!(!covers("orders.*", "orders.>"));
+        assert!(!covers("orders.*", "orders.a.b"));
+        assert!(covers("orders.>", "orders.*.new"));
+        assert!(!covers("orders.new", "orders.*"));
+    }
+
+    #[test]
+    fn default_bus_config_is_valid() {
+        let mut p = Vec::new();
+        BusConfig::default().validate(&mut p);
+        assert!(p.is_empty());
+        let bad = BusConfig {
+            publish: vec!["a..b".into()],
+            queue_messages: 0,
+            ..Default::default()
+        };
+        bad.validate(&mut p);
+        assert_eq!(p.len(), 2);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -349,10 +395,7 @@ impl Router {
     }
 
     fn config(&self) -> Arc<BusConfig> {
-        self.limits
-            .lock()
-            .map(|l| l.1.clone())
-            .unwrap_or_default()
+        self.limits.lock().map(|l| l.1.clone()).unwrap_or_default()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -404,9 +447,23 @@ impl Router {
     fn allowed(&self, cfg: &BusConfig, endpoint: Option<&str>, publish: bool, topic: &str) -> bool {
         let list = endpoint
             .and_then(|e| cfg.endpoints.get(e))
-            .and_then(|a| if publish { a.publish.as_ref() } else { a.subscribe.as_ref() })
-            .unwrap_or(if publish { &cfg.publish } else { &cfg.subscribe });
-        list.iter().any(|p| wire::matches(p, topic))
+            .and_then(|a| {
+                if publish {
+                    a.publish.as_ref()
+                } else {
+                    a.subscribe.as_ref()
+                }
+            })
+            .unwrap_or(if publish {
+                &cfg.publish
+            } else {
+                &cfg.subscribe
+            });
+        if publish {
+            list.iter().any(|p| wire::matches(p, topic))
+        } else {
+            list.iter().any(|p| covers(p, topic))
+        }
     }
 
     /// Publishes `data` (JSON text) on `topic`; returns how many subscribers got it.
@@ -698,7 +755,12 @@ impl ConnBus {
         Ok(data)
     }
 
-    fn topic<'b>(&self, line: &'b BusLine<'_>, field: &str, wild: bool) -> Result<&'b str, ErrorBody> {
+    fn topic<'b>(
+        &self,
+        line: &'b BusLine<'_>,
+        field: &str,
+        wild: bool,
+    ) -> Result<&'b str, ErrorBody> {
         let t = match field {
             "topic" => line.topic.as_deref(),
             _ => line.pattern.as_deref(),
@@ -713,11 +775,16 @@ impl ConnBus {
         if topic.starts_with("$sys.") || topic.starts_with(INBOX) {
             return Err(err(
                 ErrorCode::Forbidden,
-                format!("{topic:?} is reserved for the daemon (`$sys.>`) or for replies (`_INBOX.>`, use bus.reply)"),
+                format!(
+                    "{topic:?} is reserved for the daemon (`$sys.>`) or for replies (`_INBOX.>`, use bus.reply)"
+                ),
             ));
         }
         let cfg = self.router.config();
-        if !self.router.allowed(&cfg, self.endpoint.as_deref(), true, topic) {
+        if !self
+            .router
+            .allowed(&cfg, self.endpoint.as_deref(), true, topic)
+        {
             return Err(err(
                 ErrorCode::Forbidden,
                 format!(
@@ -746,7 +813,10 @@ impl ConnBus {
             if data.len() > max {
                 return Err(err(
                     ErrorCode::TooLarge,
-                    format!("data of {} bytes exceeds [bus] max_message ({max} bytes)", data.len()),
+                    format!(
+                        "data of {} bytes exceeds [bus] max_message ({max} bytes)",
+                        data.len()
+                    ),
                 ));
             }
             if serde_json::from_slice::<&RawValue>(data).is_err() {
@@ -782,7 +852,10 @@ impl ConnBus {
             q => q.map(Arc::<str>::from),
         };
         let cfg = self.router.config();
-        if !self.router.allowed(&cfg, self.endpoint.as_deref(), false, pattern) {
+        if !self
+            .router
+            .allowed(&cfg, self.endpoint.as_deref(), false, pattern)
+        {
             return Err(err(
                 ErrorCode::Forbidden,
                 format!(
@@ -858,7 +931,13 @@ impl ConnBus {
             .endpoint
             .as_deref()
             .ok_or_else(|| err(ErrorCode::BadRequest, "missing \"endpoint\""))?;
-        self.register_id(id, line.token.as_deref(), line.takeover == Some(true), compat, wakes)
+        self.register_id(
+            id,
+            line.token.as_deref(),
+            line.takeover == Some(true),
+            compat,
+            wakes,
+        )
     }
 
     fn register_id(
@@ -877,7 +956,9 @@ impl ConnBus {
             }
             return Err(err(
                 ErrorCode::Conflict,
-                format!("this connection is already registered as {current:?}; unregister first or use another connection"),
+                format!(
+                    "this connection is already registered as {current:?}; unregister first or use another connection"
+                ),
             ));
         }
         let cfg = self.router.config();
@@ -886,7 +967,9 @@ impl ConnBus {
         {
             return Err(err(
                 ErrorCode::Forbidden,
-                format!("endpoint {id:?} requires its token ([bus.endpoints.{id}] token); send \"token\" with bus.register"),
+                format!(
+                    "endpoint {id:?} requires its token ([bus.endpoints.{id}] token); send \"token\" with bus.register"
+                ),
             ));
         }
         let limits = self.router.limits();
@@ -942,7 +1025,15 @@ impl ConnBus {
                 {
                     let ts = now_ts();
                     if target.push_droppable(&limits, |b| {
-                        encode_event(b, compat, event, from.as_deref(), t, data.get().as_bytes(), &ts)
+                        encode_event(
+                            b,
+                            compat,
+                            event,
+                            from.as_deref(),
+                            t,
+                            data.get().as_bytes(),
+                            &ts,
+                        )
                     }) {
                         wakes.add(&target);
                     }
@@ -964,7 +1055,10 @@ impl ConnBus {
 
     fn unregister(&mut self) -> BusResult {
         let Some(id) = self.endpoint.take() else {
-            return Err(err(ErrorCode::NotFound, "this connection is not registered"));
+            return Err(err(
+                ErrorCode::NotFound,
+                "this connection is not registered",
+            ));
         };
         {
             let mut inner = self.router.lock();
@@ -983,17 +1077,28 @@ impl ConnBus {
     }
 
     fn send(&mut self, line: &BusLine<'_>, limits: &Limits, wakes: &mut Wakes) -> BusResult {
-        let target = line
-            .to
-            .as_deref()
-            .ok_or_else(|| err(ErrorCode::BadRequest, "missing \"to\" (the target endpoint)"))?;
+        let target = line.to.as_deref().ok_or_else(|| {
+            err(
+                ErrorCode::BadRequest,
+                "missing \"to\" (the target endpoint)",
+            )
+        })?;
         let event = line
             .event
             .as_deref()
             .ok_or_else(|| err(ErrorCode::BadRequest, "missing \"event\" (the event name)"))?;
         let data = self.data(line)?;
         let from = self.endpoint.clone();
-        self.send_event(target, event, from.as_deref(), data, line.id, line.wait_ms, limits, wakes)
+        self.send_event(
+            target,
+            event,
+            from.as_deref(),
+            data,
+            line.id,
+            line.wait_ms,
+            limits,
+            wakes,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1044,7 +1149,11 @@ impl ConnBus {
                             data,
                         },
                     );
-                    inner.parked.entry(target.to_string()).or_default().push(token);
+                    inner
+                        .parked
+                        .entry(target.to_string())
+                        .or_default()
+                        .push(token);
                     self.deadlines
                         .insert((tokio::time::Instant::now() + wait, token), ());
                     // The reply comes when the target registers, or at the deadline.
@@ -1071,7 +1180,10 @@ impl ConnBus {
                 "bus.request needs an \"id\" to route its reply to",
             ));
         };
-        self.router.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.router
+            .counters
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
         let token = self.router.next_token.fetch_add(1, Ordering::Relaxed);
         let targets = {
             let mut inner = self.router.lock();
@@ -1110,10 +1222,12 @@ impl ConnBus {
     }
 
     fn answer(&mut self, line: &BusLine<'_>, limits: &Limits, wakes: &mut Wakes) -> BusResult {
-        let to = line
-            .to
-            .as_deref()
-            .ok_or_else(|| err(ErrorCode::BadRequest, "missing \"to\" (the request's reply_to)"))?;
+        let to = line.to.as_deref().ok_or_else(|| {
+            err(
+                ErrorCode::BadRequest,
+                "missing \"to\" (the request's reply_to)",
+            )
+        })?;
         let data = self.data(line)?;
         let token = to.strip_prefix(INBOX).unwrap_or(to);
         self.route_reply(token, data, limits, wakes)
@@ -1127,9 +1241,12 @@ impl ConnBus {
         limits: &Limits,
         wakes: &mut Wakes,
     ) -> BusResult {
-        let token: u64 = token
-            .parse()
-            .map_err(|_| err(ErrorCode::BadRequest, format!("{INBOX}{token} is not a reply subject")))?;
+        let token: u64 = token.parse().map_err(|_| {
+            err(
+                ErrorCode::BadRequest,
+                format!("{INBOX}{token} is not a reply subject"),
+            )
+        })?;
         let inner = &mut *self.router.lock();
         match inner.pending.get(&token) {
             Some(Pending::Request { .. }) => {}
@@ -1150,12 +1267,21 @@ impl ConnBus {
         Ok(Some(json!({"delivered": true})))
     }
 
-    fn handle_compat(&mut self, kind: &str, line: &BusLine<'_>, limits: &Limits, wakes: &mut Wakes) {
+    fn handle_compat(
+        &mut self,
+        kind: &str,
+        line: &BusLine<'_>,
+        limits: &Limits,
+        wakes: &mut Wakes,
+    ) {
         let payload = line.compat_payload.map(|p| p.get()).unwrap_or("null");
         let r = match kind {
             "Register" => match serde_json::from_str::<CompatRegister>(payload) {
                 Ok(p) => self.register_id(&p.machine_id, line.token.as_deref(), false, true, wakes),
-                Err(e) => Err(err(ErrorCode::BadRequest, format!("Register needs Payload.MachineId: {e}"))),
+                Err(e) => Err(err(
+                    ErrorCode::BadRequest,
+                    format!("Register needs Payload.MachineId: {e}"),
+                )),
             },
             "SendEvent" => match serde_json::from_str::<CompatSendEvent>(payload) {
                 Ok(p) => {
@@ -1166,9 +1292,24 @@ impl ConnBus {
                         .or_else(|| p.source.as_deref().map(String::from));
                     let max = self.router.config().max_message();
                     if data.len() > max {
-                        Err(err(ErrorCode::TooLarge, format!("Payload of {} bytes exceeds [bus] max_message ({max} bytes)", data.len())))
+                        Err(err(
+                            ErrorCode::TooLarge,
+                            format!(
+                                "Payload of {} bytes exceeds [bus] max_message ({max} bytes)",
+                                data.len()
+                            ),
+                        ))
                     } else {
-                        self.send_event(&p.target, &p.event, from.as_deref(), data, None, None, limits, wakes)
+                        self.send_event(
+                            &p.target,
+                            &p.event,
+                            from.as_deref(),
+                            data,
+                            None,
+                            None,
+                            limits,
+                            wakes,
+                        )
                     }
                 }
                 Err(e) => Err(err(

@@ -281,17 +281,6 @@ pub async fn writer<W: AsyncWrite + Unpin>(
             let Ok(mut s) = outbox.state.lock() else {
                 break;
             };
-            if s.unannounced > 0 {
-                let n = s.unannounced;
-                s.unannounced = 0;
-                let l = limits_note();
-                let msg = format!(
-                    "slow consumer: {n} oldest messages dropped (more than {} messages or {} bytes were queued for this connection)",
-                    l.messages, l.bytes
-                );
-                let bin = s.binary;
-                put_notice(&mut spare, bin, "dropped", n, &msg);
-            }
             if s.buf.is_empty() && spare.is_empty() {
                 if s.closing {
                     break;
@@ -302,6 +291,20 @@ pub async fn writer<W: AsyncWrite + Unpin>(
                 s.sent += s.lens.len() as u64;
                 s.lens.clear();
                 closing = s.closing;
+            }
+            if s.unannounced > 0 && !spare.is_empty() {
+                // Announced before the messages that survived the drop.
+                let n = s.unannounced;
+                s.unannounced = 0;
+                let l = limits_note();
+                let msg = format!(
+                    "slow consumer: {n} oldest messages dropped (more than {} messages or {} bytes were queued for this connection)",
+                    l.messages, l.bytes
+                );
+                let mut with_notice = BytesMut::with_capacity(spare.len() + 256);
+                put_notice(&mut with_notice, s.binary, "dropped", n, &msg);
+                with_notice.extend_from_slice(&spare);
+                spare = with_notice;
             }
         }
         if spare.is_empty() {

@@ -285,7 +285,12 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
                         let topic = std::str::from_utf8(&topic).unwrap_or("");
                         state.bus.publish_raw(topic, &data, &mut wakes);
                     } else {
-                        outbox.push_line(&router.limits(), &forbidden_line(None), &mut wakes, &outbox);
+                        outbox.push_line(
+                            &router.limits(),
+                            &forbidden_line(None),
+                            &mut wakes,
+                            &outbox,
+                        );
                     }
                     continue;
                 }
@@ -303,7 +308,12 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
                     state.bus.handle(&bl, &mut wakes);
                 } else {
                     let id = bl.id.map(|i| i.get().as_bytes().to_vec());
-                    outbox.push_line(&router.limits(), &forbidden_line(id.as_deref()), &mut wakes, &outbox);
+                    outbox.push_line(
+                        &router.limits(),
+                        &forbidden_line(id.as_deref()),
+                        &mut wakes,
+                        &outbox,
+                    );
                 }
                 continue;
             }
@@ -312,7 +322,11 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
             let wants_binary = matches!(&incoming, Incoming::Request { cmd: Command::Hello { framing: Some(f), .. }, .. } if f == bus::wire::BINARY_FRAMING);
             let outcome = Box::pin(handle(&ctx, &cfg, incoming, &mut state.authed)).await;
             outbox.push_line(&router.limits(), &outcome.reply, &mut wakes, &outbox);
-            if wants_binary && state.authed && outcome.reply.starts_with(b"{") && !outcome.reply.windows(8).any(|w| w == b"\"error\":") {
+            if wants_binary
+                && state.authed
+                && outcome.reply.starts_with(b"{")
+                && !outcome.reply.windows(8).any(|w| w == b"\"error\":")
+            {
                 outbox.set_binary();
                 state.binary = true;
             }

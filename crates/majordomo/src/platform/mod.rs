@@ -1,9 +1,11 @@
 //! Operating-system specifics: signals, the service manager's notify protocol, and the
 //! environment the daemon must not pass on. Each behind one function, with `#[cfg] mod imp`.
 
+mod limits;
 mod notify;
 mod signals;
 
+pub use limits::raise_nofile;
 pub use notify::{Notifier, take_service_env};
 pub use signals::{Signal, Signals};
 
