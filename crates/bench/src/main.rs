@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 #[cfg(unix)]
+mod bus;
+#[cfg(unix)]
 mod control;
 #[cfg(unix)]
 mod util;
@@ -35,6 +37,9 @@ struct Cli {
 enum Bench {
     /// Control-socket request/reply round trip against a raw Unix-socket ping-pong.
     Control(control::Args),
+    /// Message bus: round trip vs raw Unix-socket ping-pong, 1→1 and fan-out throughput vs
+    /// nats-server, memory per idle connection.
+    Bus(bus::Args),
 }
 
 #[cfg(unix)]
@@ -47,6 +52,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         match cli.bench {
             Bench::Control(a) => control::run(a).await,
+            Bench::Bus(a) => bus::run(a).await,
         }
     })
 }

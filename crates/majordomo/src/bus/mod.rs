@@ -353,6 +353,8 @@ pub struct Router {
     inner: Mutex<Inner>,
     hub: Hub,
     limits: Mutex<(Limits, Arc<BusConfig>)>,
+    /// Bumped on every config change, so connections re-read it only then.
+    generation: AtomicU64,
     next_token: AtomicU64,
     pub counters: Counters,
 }
@@ -373,6 +375,7 @@ impl Router {
             inner: Mutex::default(),
             hub,
             limits: Mutex::new((cfg.limits(), Arc::new(cfg.clone()))),
+            generation: AtomicU64::new(1),
             next_token: AtomicU64::new(1),
             counters: Counters::default(),
         }
@@ -384,6 +387,7 @@ impl Router {
             && *l.1 != *cfg
         {
             *l = (cfg.limits(), Arc::new(cfg.clone()));
+            self.generation.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -394,7 +398,7 @@ impl Router {
             .unwrap_or_else(|_| BusConfig::default().limits())
     }
 
-    fn config(&self) -> Arc<BusConfig> {
+    pub fn config(&self) -> Arc<BusConfig> {
         self.limits.lock().map(|l| l.1.clone()).unwrap_or_default()
     }
 
@@ -660,6 +664,10 @@ pub struct ConnBus {
     next_sid: u64,
     /// Set by a handler whose reply comes later (requests, parked events).
     deferred: bool,
+    /// The `[bus]` section and queue limits in force, re-read when the router's generation moves.
+    pub cfg: Arc<BusConfig>,
+    pub limits: Limits,
+    generation: u64,
 }
 
 impl ConnBus {
@@ -671,6 +679,19 @@ impl ConnBus {
             deadlines: BTreeMap::new(),
             next_sid: 1,
             deferred: false,
+            cfg: Arc::new(BusConfig::default()),
+            limits: BusConfig::default().limits(),
+            generation: 0,
+        }
+    }
+
+    /// Picks up a changed `[bus]` section (one atomic load when nothing changed).
+    pub fn refresh(&mut self) {
+        let g = self.router.generation.load(Ordering::Acquire);
+        if g != self.generation {
+            self.generation = g;
+            self.cfg = self.cfg.clone();
+            self.limits = self.router.limits();
         }
     }
 
@@ -710,7 +731,7 @@ impl ConnBus {
 
     /// Handles one bus line. Replies (and errors) go to this connection's outbox.
     pub fn handle(&mut self, line: &BusLine<'_>, wakes: &mut Wakes) {
-        let limits = self.router.limits();
+        let limits = self.limits;
         if let Some(kind) = &line.compat_type {
             return self.handle_compat(kind, line, &limits, wakes);
         }
@@ -742,7 +763,7 @@ impl ConnBus {
 
     fn data<'a>(&self, line: &BusLine<'a>) -> Result<&'a [u8], ErrorBody> {
         let data = line.data.map(|d| d.get().as_bytes()).unwrap_or(b"null");
-        let max = self.router.config().max_message();
+        let max = self.cfg.clone().max_message();
         if data.len() > max {
             return Err(err(
                 ErrorCode::TooLarge,
@@ -780,7 +801,7 @@ impl ConnBus {
                 ),
             ));
         }
-        let cfg = self.router.config();
+        let cfg = self.cfg.clone();
         if !self
             .router
             .allowed(&cfg, self.endpoint.as_deref(), true, topic)
@@ -805,11 +826,11 @@ impl ConnBus {
 
     /// A binary-framed publish.
     pub fn publish_raw(&mut self, topic: &str, data: &[u8], wakes: &mut Wakes) {
-        let limits = self.router.limits();
+        let limits = self.limits;
         let r = (|| {
             wire::check_topic(topic, false)
                 .map_err(|e| err(ErrorCode::BadRequest, format!("topic {topic:?} {e}")))?;
-            let max = self.router.config().max_message();
+            let max = self.cfg.clone().max_message();
             if data.len() > max {
                 return Err(err(
                     ErrorCode::TooLarge,
@@ -851,7 +872,7 @@ impl ConnBus {
             }
             q => q.map(Arc::<str>::from),
         };
-        let cfg = self.router.config();
+        let cfg = self.cfg.clone();
         if !self
             .router
             .allowed(&cfg, self.endpoint.as_deref(), false, pattern)
@@ -961,7 +982,7 @@ impl ConnBus {
                 ),
             ));
         }
-        let cfg = self.router.config();
+        let cfg = self.cfg.clone();
         if let Some(expected) = cfg.endpoints.get(id).and_then(|a| a.token.as_ref())
             && !token.is_some_and(|t| crate::control::tokens_match(expected.expose(), t))
         {
@@ -972,7 +993,7 @@ impl ConnBus {
                 ),
             ));
         }
-        let limits = self.router.limits();
+        let limits = self.limits;
         let conn = self.outbox.conn;
         let mut events = Vec::new();
         let mut delivered = Vec::new();
@@ -1133,7 +1154,7 @@ impl ConnBus {
             }
             None => match wait_ms {
                 Some(ms) if ms > 0 => {
-                    let max = self.router.config().max_wait.get();
+                    let max = self.cfg.clone().max_wait.get();
                     let wait = Duration::from_millis(ms).min(max);
                     let token = self.router.next_token.fetch_add(1, Ordering::Relaxed);
                     let data = RawValue::from_string(String::from_utf8_lossy(data).into_owned())
@@ -1211,7 +1232,7 @@ impl ConnBus {
         let timeout = line
             .timeout_ms
             .map(Duration::from_millis)
-            .unwrap_or_else(|| self.router.config().request_timeout.get());
+            .unwrap_or_else(|| self.cfg.clone().request_timeout.get());
         self.deadlines
             .insert((tokio::time::Instant::now() + timeout, token), ());
         let reply_to = format!("{INBOX}{token}");
@@ -1290,7 +1311,7 @@ impl ConnBus {
                         .endpoint
                         .clone()
                         .or_else(|| p.source.as_deref().map(String::from));
-                    let max = self.router.config().max_message();
+                    let max = self.cfg.clone().max_message();
                     if data.len() > max {
                         Err(err(
                             ErrorCode::TooLarge,

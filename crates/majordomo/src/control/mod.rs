@@ -241,8 +241,8 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
             Err(_) => break,
         }
         // Every complete frame of this read, then one wake-up per touched connection.
+        state.bus.refresh();
         loop {
-            let cfg = ctx.config.borrow().clone();
             let frame = if state.binary {
                 match bus::wire::decode_bin(&mut buf, max_line.saturating_add(16)) {
                     Ok(Some(f)) => Frame::Bin(f),
@@ -252,7 +252,7 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
                             ErrorCode::TooLarge,
                             format!("{e} ([control] max_line); closing the connection"),
                         );
-                        outbox.push_line(&router.limits(), &line, &mut wakes, &outbox);
+                        outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
                         break 'conn;
                     }
                 }
@@ -272,7 +272,7 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
                                 "line longer than {limit} bytes ([control] max_line); closing the connection"
                             ),
                         );
-                        outbox.push_line(&router.limits(), &line, &mut wakes, &outbox);
+                        outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
                         break 'conn;
                     }
                     Err(majordomo_proto::FrameError::Io(_)) => break 'conn,
@@ -286,7 +286,7 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
                         state.bus.publish_raw(topic, &data, &mut wakes);
                     } else {
                         outbox.push_line(
-                            &router.limits(),
+                            &state.bus.limits,
                             &forbidden_line(None),
                             &mut wakes,
                             &outbox,
@@ -299,7 +299,7 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
                         ErrorCode::BadRequest,
                         "clients may not send message frames (kind 3)".into(),
                     );
-                    outbox.push_line(&router.limits(), &line, &mut wakes, &outbox);
+                    outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
                     continue;
                 }
             };
@@ -309,7 +309,7 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
                 } else {
                     let id = bl.id.map(|i| i.get().as_bytes().to_vec());
                     outbox.push_line(
-                        &router.limits(),
+                        &state.bus.limits,
                         &forbidden_line(id.as_deref()),
                         &mut wakes,
                         &outbox,
@@ -318,10 +318,11 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
                 continue;
             }
             // A control line: answer it in order, after what is queued before it.
+            let cfg = ctx.config.borrow().clone();
             let incoming = parse_line(&line);
             let wants_binary = matches!(&incoming, Incoming::Request { cmd: Command::Hello { framing: Some(f), .. }, .. } if f == bus::wire::BINARY_FRAMING);
             let outcome = Box::pin(handle(&ctx, &cfg, incoming, &mut state.authed)).await;
-            outbox.push_line(&router.limits(), &outcome.reply, &mut wakes, &outbox);
+            outbox.push_line(&state.bus.limits, &outcome.reply, &mut wakes, &outbox);
             if wants_binary
                 && state.authed
                 && outcome.reply.starts_with(b"{")
