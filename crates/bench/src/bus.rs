@@ -89,7 +89,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await??;
     let sdk_1to1 = pub_sdk(&socket, args.n, 1, true).await?;
     let sdk_json_1to1 = pub_sdk(&socket, args.n / 2, 1, false).await?;
-    let fanout = pub_sdk(&socket, args.n / args.fanout.max(1) as u64, args.fanout, true).await?;
+    let fanout = pub_sdk(
+        &socket,
+        args.n / args.fanout.max(1) as u64,
+        args.fanout,
+        true,
+    )
+    .await?;
     let nats = if args.no_nats {
         None
     } else {
@@ -116,26 +122,47 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     table(
         &format!("bus latency, {} round trips each", args.rtt),
         &[
-            ("raw UDS ping-pong p50 / p99 (baseline)", format!("{:.1} / {:.1} µs", us(raw50), us(raw99))),
-            ("bus request/reply p50 / p99 (line clients)", format!("{:.1} / {:.1} µs", us(b50), us(b99))),
-            ("bus request/reply p50 / p99 (SDK)", format!("{:.1} / {:.1} µs", us(s50), us(s99))),
-            ("ratio p50 (line clients / baseline)", format!("{:.2} × (bar ≤ 2.5 ×)", us(b50) / us(raw50))),
+            (
+                "raw UDS ping-pong p50 / p99 (baseline)",
+                format!("{:.1} / {:.1} µs", us(raw50), us(raw99)),
+            ),
+            (
+                "bus request/reply p50 / p99 (line clients)",
+                format!("{:.1} / {:.1} µs", us(b50), us(b99)),
+            ),
+            (
+                "bus request/reply p50 / p99 (SDK)",
+                format!("{:.1} / {:.1} µs", us(s50), us(s99)),
+            ),
+            (
+                "ratio p50 (line clients / baseline)",
+                format!("{:.2} × (bar ≤ 2.5 ×)", us(b50) / us(raw50)),
+            ),
         ],
     );
     let mut rows = vec![
         ("1→1 SDK, binary framing", rate(sdk_1to1)),
         ("1→1 SDK, JSON lines", rate(sdk_json_1to1)),
         ("1→1 raw JSON lines", rate(json_1to1)),
-        ("1→N fan-out deliveries", format!("{} ({} subscribers)", rate(fanout), args.fanout)),
+        (
+            "1→N fan-out deliveries",
+            format!("{} ({} subscribers)", rate(fanout), args.fanout),
+        ),
     ];
     if let Some(n) = nats {
         rows.push(("1→1 nats-server (async-nats)", rate(n)));
     }
-    table(&format!("bus throughput, 64-byte payloads, {} messages", args.n), &rows);
+    table(
+        &format!("bus throughput, 64-byte payloads, {} messages", args.n),
+        &rows,
+    );
     table(
         &format!("{} idle connections", args.conns),
         &[
-            ("daemon memory per connection", format!("{per_conn:.0} bytes (bar ≤ 16384)")),
+            (
+                "daemon memory per connection",
+                format!("{per_conn:.0} bytes (bar ≤ 16384)"),
+            ),
             ("connections answering a ping", format!("{answered}")),
         ],
     );
@@ -209,7 +236,9 @@ fn raw_pingpong(n: usize) -> anyhow::Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(n);
     let mut line = String::new();
     for i in 0..n + 1000 {
-        let msg = format!("{{\"id\":{i},\"cmd\":\"bus.request\",\"topic\":\"bench.rtt\",\"data\":{data}}}\n");
+        let msg = format!(
+            "{{\"id\":{i},\"cmd\":\"bus.request\",\"topic\":\"bench.rtt\",\"data\":{data}}}\n"
+        );
         let t = Instant::now();
         w.write_all(msg.as_bytes())?;
         line.clear();
@@ -228,7 +257,11 @@ fn raw_pingpong(n: usize) -> anyhow::Result<Vec<Duration>> {
 /// Bus round trips with blocking JSON-line clients: a responder thread and this thread.
 fn bus_rtt_lines(socket: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
     let (mut rr, mut rw) = line_conn(socket)?;
-    let reply = call(&mut rr, &mut rw, r#"{"id":1,"cmd":"bus.sub","pattern":"bench.rtt"}"#)?;
+    let reply = call(
+        &mut rr,
+        &mut rw,
+        r#"{"id":1,"cmd":"bus.sub","pattern":"bench.rtt"}"#,
+    )?;
     if !reply.contains("\"ok\"") {
         bail!("subscribe failed: {reply}");
     }
@@ -240,8 +273,13 @@ fn bus_rtt_lines(socket: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
                 return Ok(());
             }
             let v: serde_json::Value = serde_json::from_str(&line)?;
-            let Some(to) = v["msg"]["reply_to"].as_str() else { continue };
-            let out = format!("{{\"cmd\":\"bus.reply\",\"to\":\"{to}\",\"data\":{}}}\n", v["msg"]["data"]);
+            let Some(to) = v["msg"]["reply_to"].as_str() else {
+                continue;
+            };
+            let out = format!(
+                "{{\"cmd\":\"bus.reply\",\"to\":\"{to}\",\"data\":{}}}\n",
+                v["msg"]["data"]
+            );
             rw.write_all(out.as_bytes())?;
         }
     });
@@ -250,7 +288,9 @@ fn bus_rtt_lines(socket: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(n);
     let mut line = String::new();
     for i in 0..n + 1000 {
-        let msg = format!("{{\"id\":{i},\"cmd\":\"bus.request\",\"topic\":\"bench.rtt\",\"data\":{data}}}\n");
+        let msg = format!(
+            "{{\"id\":{i},\"cmd\":\"bus.request\",\"topic\":\"bench.rtt\",\"data\":{data}}}\n"
+        );
         let t = Instant::now();
         w.write_all(msg.as_bytes())?;
         line.clear();
@@ -287,7 +327,15 @@ async fn bus_rtt_sdk(socket: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
     let task = tokio::spawn(async move {
         while let Some(m) = sub.next().await {
             if let Some(to) = &m.reply_to {
-                let _ = responder.reply(to, &serde_json::value::RawValue::from_string(String::from_utf8_lossy(&m.data).into_owned()).ok()).await;
+                let _ = responder
+                    .reply(
+                        to,
+                        &serde_json::value::RawValue::from_string(
+                            String::from_utf8_lossy(&m.data).into_owned(),
+                        )
+                        .ok(),
+                    )
+                    .await;
             }
         }
     });
@@ -296,7 +344,8 @@ async fn bus_rtt_sdk(socket: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(n);
     for i in 0..n + 1000 {
         let t = Instant::now();
-        req.request("bench.sdk", &data, Duration::from_secs(10)).await?;
+        req.request("bench.sdk", &data, Duration::from_secs(10))
+            .await?;
         if i >= 1000 {
             samples.push(t.elapsed());
         }
@@ -309,7 +358,11 @@ async fn bus_rtt_sdk(socket: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
 /// 1→1 with blocking JSON-line clients: pre-encoded publish lines, a subscriber counting lines.
 fn pub_json_lines(socket: &Path, n: u64) -> anyhow::Result<f64> {
     let (mut sr, mut sw) = line_conn(socket)?;
-    let reply = call(&mut sr, &mut sw, r#"{"id":1,"cmd":"bus.sub","pattern":"bench.json"}"#)?;
+    let reply = call(
+        &mut sr,
+        &mut sw,
+        r#"{"id":1,"cmd":"bus.sub","pattern":"bench.json"}"#,
+    )?;
     if !reply.contains("\"ok\"") {
         bail!("subscribe failed: {reply}");
     }
@@ -338,7 +391,9 @@ fn pub_json_lines(socket: &Path, n: u64) -> anyhow::Result<f64> {
         pw.write_all(&batch[..line.len() * k as usize])?;
         sent += k;
     }
-    let end = counter.join().map_err(|_| anyhow::anyhow!("subscriber thread panicked"))??;
+    let end = counter
+        .join()
+        .map_err(|_| anyhow::anyhow!("subscriber thread panicked"))??;
     Ok(n as f64 / (end - start).as_secs_f64())
 }
 
@@ -403,7 +458,11 @@ fn nats_server_bin() -> anyhow::Result<String> {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-        || (Command::new("apt-get").arg("update").stdout(Stdio::null()).status().is_ok()
+        || (Command::new("apt-get")
+            .arg("update")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok()
             && Command::new("apt-get")
                 .args(["install", "-y", "--no-install-recommends", "nats-server"])
                 .stdout(Stdio::null())

@@ -112,7 +112,7 @@ impl BusConfig {
             for (i, p) in list.iter().enumerate() {
                 if let Err(e) = wire::check_topic(p, true) {
                     problems.push(Problem::at(
-                        &format!("{field}[{i}]"),
+                        format!("{field}[{i}]"),
                         format!("topic pattern {p:?} {e}"),
                         "write dot-separated tokens, `*` for one token, a final `>` for the rest, e.g. \"orders.>\"",
                     ));
@@ -132,14 +132,14 @@ impl BusConfig {
         for (id, a) in &self.endpoints {
             if let Err(e) = check_endpoint_id(id) {
                 problems.push(Problem::at(
-                    &format!("bus.endpoints.{id}"),
+                    format!("bus.endpoints.{id}"),
                     format!("endpoint id {id:?} {e}"),
                     "use 1-128 letters, digits, '-', '_', '.', ':' or '@'",
                 ));
             }
             if matches!(&a.token, Some(t) if t.expose().is_empty()) {
                 problems.push(Problem::at(
-                    &format!("bus.endpoints.{id}.token"),
+                    format!("bus.endpoints.{id}.token"),
                     "an empty token",
                     "remove the field, or set a long random string",
                 ));
