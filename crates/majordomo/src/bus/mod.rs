@@ -668,6 +668,8 @@ pub struct ConnBus {
     pub cfg: Arc<BusConfig>,
     pub limits: Limits,
     generation: u64,
+    /// Size of `deadlines` above which answered entries are pruned.
+    prune_at: usize,
 }
 
 impl ConnBus {
@@ -682,6 +684,20 @@ impl ConnBus {
             cfg: Arc::new(BusConfig::default()),
             limits: BusConfig::default().limits(),
             generation: 0,
+            prune_at: 1024,
+        }
+    }
+
+    /// Adds a deadline; now and then forgets those whose request was answered meanwhile, so a
+    /// busy requester holds memory for its outstanding requests only.
+    fn add_deadline(&mut self, at: tokio::time::Instant, token: u64) {
+        self.deadlines.insert((at, token), ());
+        if self.deadlines.len() > self.prune_at {
+            let inner = self.router.lock();
+            self.deadlines
+                .retain(|(_, t), _| inner.pending.contains_key(t));
+            drop(inner);
+            self.prune_at = (self.deadlines.len() * 2).max(1024);
         }
     }
 
@@ -690,7 +706,7 @@ impl ConnBus {
         let g = self.router.generation.load(Ordering::Acquire);
         if g != self.generation {
             self.generation = g;
-            self.cfg = self.cfg.clone();
+            self.cfg = self.router.config();
             self.limits = self.router.limits();
         }
     }
@@ -1175,8 +1191,8 @@ impl ConnBus {
                         .entry(target.to_string())
                         .or_default()
                         .push(token);
-                    self.deadlines
-                        .insert((tokio::time::Instant::now() + wait, token), ());
+                    drop(inner);
+                    self.add_deadline(tokio::time::Instant::now() + wait, token);
                     // The reply comes when the target registers, or at the deadline.
                     self.deferred = true;
                     Ok(None)
@@ -1233,8 +1249,7 @@ impl ConnBus {
             .timeout_ms
             .map(Duration::from_millis)
             .unwrap_or_else(|| self.cfg.clone().request_timeout.get());
-        self.deadlines
-            .insert((tokio::time::Instant::now() + timeout, token), ());
+        self.add_deadline(tokio::time::Instant::now() + timeout, token);
         let reply_to = format!("{INBOX}{token}");
         self.router
             .deliver(&targets, topic, Some(&reply_to), data, limits, wakes);
