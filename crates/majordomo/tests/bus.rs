@@ -738,3 +738,29 @@ async fn bus_cli_verbs() {
         "{human}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_limits_change_on_reload_without_dropping_connections() {
+    let home = Home::new();
+    home.write_config(
+        "default",
+        "[daemon]\nwatch_config = false\n[bus]\nmax_message = \"1KiB\"\n",
+    );
+    let d = home.start("default");
+    let mut l = Line::connect(&d);
+    let big = format!(
+        r#"{{"id":1,"cmd":"bus.pub","topic":"a","data":"{}"}}"#,
+        "z".repeat(2000)
+    );
+    assert_eq!(l.call(&big)["error"]["code"], "too_large");
+    home.write_config(
+        "default",
+        "[daemon]\nwatch_config = false\n[bus]\nmax_message = \"4KiB\"\n",
+    );
+    let out = home.cli("default", &["--json", "reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["updated"], json!(["control"]), "{v}");
+    // The same connection, now under the new limit.
+    assert_eq!(l.call(&big)["ok"]["delivered"], 0);
+}
