@@ -191,33 +191,45 @@ impl Bus {
     /// Appends one frame for the writer, waiting while too much is unwritten.
     async fn enqueue(&self, encode: impl FnOnce(&mut BytesMut, bool)) -> Result<(), ClientError> {
         let mut encode = Some(encode);
+        // Fast path: one lock, no waiter registration.
+        if self.try_enqueue(&mut encode)? {
+            return Ok(());
+        }
         loop {
             let drained = self.shared.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            {
-                if self.shared.closed.load(Ordering::Acquire) {
-                    return Err(ClientError::Closed);
-                }
-                let mut out = self
-                    .shared
-                    .out
-                    .lock()
-                    .map_err(|_| ClientError::Protocol("bus writer poisoned".into()))?;
-                if out.len() < HIGH_WATER {
-                    let was_empty = out.is_empty();
-                    if let Some(f) = encode.take() {
-                        f(&mut out, self.shared.binary);
-                    }
-                    drop(out);
-                    if was_empty {
-                        self.shared.wake_writer.notify_one();
-                    }
-                    return Ok(());
-                }
+            if self.try_enqueue(&mut encode)? {
+                return Ok(());
             }
             drained.await;
         }
+    }
+
+    fn try_enqueue(
+        &self,
+        encode: &mut Option<impl FnOnce(&mut BytesMut, bool)>,
+    ) -> Result<bool, ClientError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(ClientError::Closed);
+        }
+        let mut out = self
+            .shared
+            .out
+            .lock()
+            .map_err(|_| ClientError::Protocol("bus writer poisoned".into()))?;
+        if out.len() >= HIGH_WATER {
+            return Ok(false);
+        }
+        let was_empty = out.is_empty();
+        if let Some(f) = encode.take() {
+            f(&mut out, self.shared.binary);
+        }
+        drop(out);
+        if was_empty {
+            self.shared.wake_writer.notify_one();
+        }
+        Ok(true)
     }
 
     async fn send_json(&self, line: &[u8]) -> Result<(), ClientError> {
@@ -572,6 +584,7 @@ async fn read_loop(
     max_line: usize,
 ) {
     let mut codec = LineCodec::new(max_line);
+    let mut senders = Senders::default();
     'outer: loop {
         loop {
             let frame = if shared.binary {
@@ -588,7 +601,7 @@ async fn read_loop(
                 }
             };
             match frame {
-                BinFrame::Json(line) => dispatch_line(&shared, &line).await,
+                BinFrame::Json(line) => dispatch_line(&shared, &mut senders, &line).await,
                 BinFrame::Msg {
                     sid,
                     topic,
@@ -602,7 +615,7 @@ async fn read_loop(
                             .then(|| String::from_utf8_lossy(&reply_to).into_owned()),
                         data,
                     };
-                    deliver(&shared, m).await;
+                    senders.deliver(&shared, m).await;
                 }
                 BinFrame::Pub { .. } => {}
             }
@@ -625,15 +638,35 @@ async fn read_loop(
     }
 }
 
-async fn deliver(shared: &Shared, m: Message) {
-    let tx = shared.subs.lock().ok().and_then(|s| s.get(&m.sid).cloned());
-    if let Some(tx) = tx {
-        // Back-pressure: a full subscription stops the reading (the daemon's policy applies).
-        let _ = tx.send(m).await;
+/// The reader's own copy of the subscription senders: no lock per message.
+#[derive(Default)]
+struct Senders(HashMap<u64, mpsc::Sender<Message>>);
+
+impl Senders {
+    async fn deliver(&mut self, shared: &Shared, m: Message) {
+        let sid = m.sid;
+        if !self.0.contains_key(&sid) {
+            match shared.subs.lock().ok().and_then(|s| s.get(&sid).cloned()) {
+                Some(tx) => {
+                    self.0.insert(sid, tx);
+                }
+                None => return,
+            }
+        }
+        let Some(tx) = self.0.get(&sid) else { return };
+        let gone = match tx.try_send(m) {
+            Ok(()) => false,
+            // Back-pressure: a full subscription stops the reading (the daemon's policy applies).
+            Err(mpsc::error::TrySendError::Full(m)) => tx.send(m).await.is_err(),
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
+        };
+        if gone {
+            self.0.remove(&sid);
+        }
     }
 }
 
-async fn dispatch_line(shared: &Shared, line: &[u8]) {
+async fn dispatch_line(shared: &Shared, senders: &mut Senders, line: &[u8]) {
     let Ok(p) = serde_json::from_slice::<Pushed>(line) else {
         return;
     };
@@ -644,7 +677,7 @@ async fn dispatch_line(shared: &Shared, line: &[u8]) {
             reply_to: m.reply_to,
             data: Bytes::copy_from_slice(m.data.get().as_bytes()),
         };
-        return deliver(shared, m).await;
+        return senders.deliver(shared, m).await;
     }
     if let Some(e) = p.event {
         let _ = shared.events.send(e);
