@@ -131,10 +131,12 @@ pub struct Bus {
 
 impl Drop for Bus {
     fn drop(&mut self) {
+        // The writer sends what is still queued (a publish just before the drop is not lost),
+        // then closes the connection; the reader stops now.
         self.shared.closed.store(true, Ordering::Release);
         self.shared.wake_writer.notify_one();
-        for t in &self.tasks {
-            t.abort();
+        if let Some(reader) = self.tasks.first() {
+            reader.abort();
         }
     }
 }

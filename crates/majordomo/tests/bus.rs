@@ -239,6 +239,16 @@ async fn bus_wildcards_and_queue_groups() {
     // Unsubscribing stops delivery.
     s.unsubscribe(one).await.unwrap();
     assert_eq!(p.publish_acked("orders.1.new", &1).await.unwrap(), 1);
+    assert_eq!(next(&mut rest).await.topic, "orders.1.new");
+    // A fire-and-forget publish right before the connection is dropped still goes out.
+    let quick = bus(&d).await;
+    quick.publish("orders.last", &"bye").await.unwrap();
+    drop(quick);
+    let m = next(&mut rest).await;
+    assert_eq!(
+        (m.topic.as_str(), m.json::<String>().unwrap().as_str()),
+        ("orders.last", "bye")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
