@@ -647,15 +647,15 @@ struct Senders(HashMap<u64, mpsc::Sender<Message>>);
 impl Senders {
     async fn deliver(&mut self, shared: &Shared, m: Message) {
         let sid = m.sid;
-        if !self.0.contains_key(&sid) {
-            match shared.subs.lock().ok().and_then(|s| s.get(&sid).cloned()) {
-                Some(tx) => {
-                    self.0.insert(sid, tx);
+        let tx = match self.0.entry(sid) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                match shared.subs.lock().ok().and_then(|s| s.get(&sid).cloned()) {
+                    Some(tx) => v.insert(tx),
+                    None => return,
                 }
-                None => return,
             }
-        }
-        let Some(tx) = self.0.get(&sid) else { return };
+        };
         let gone = match tx.try_send(m) {
             Ok(()) => false,
             // Back-pressure: a full subscription stops the reading (the daemon's policy applies).
