@@ -248,10 +248,13 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
                     Ok(Some(f)) => Frame::Bin(f),
                     Ok(None) => break,
                     Err(e) => {
-                        let line = refuse(
-                            ErrorCode::TooLarge,
-                            format!("{e} ([control] max_line); closing the connection"),
-                        );
+                        let (code, hint) = match e {
+                            bus::wire::BinError::TooLong { .. } => {
+                                (ErrorCode::TooLarge, " ([control] max_line)")
+                            }
+                            bus::wire::BinError::Malformed(_) => (ErrorCode::BadRequest, ""),
+                        };
+                        let line = refuse(code, format!("{e}{hint}; closing the connection"));
                         outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
                         break 'conn;
                     }
