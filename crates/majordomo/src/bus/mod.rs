@@ -261,6 +261,9 @@ struct Subs {
     cache: HashMap<Box<str>, Arc<[Arc<Sub>]>>,
 }
 
+/// Bumped on every subscription change; connections keep their last lookup while it holds.
+static SUBS_GENERATION: AtomicU64 = AtomicU64::new(1);
+
 impl Subs {
     fn lookup(&mut self, topic: &str) -> Arc<[Arc<Sub>]> {
         if let Some(hit) = self.cache.get(topic) {
@@ -283,6 +286,7 @@ impl Subs {
 
     fn add(&mut self, s: Arc<Sub>) {
         self.cache.clear();
+        SUBS_GENERATION.fetch_add(1, Ordering::Release);
         if wire::is_literal(&s.pattern) {
             self.literal.entry(s.pattern.clone()).or_default().push(s);
         } else {
@@ -292,6 +296,7 @@ impl Subs {
 
     fn remove(&mut self, conn: u64, sid: Option<u64>) {
         self.cache.clear();
+        SUBS_GENERATION.fetch_add(1, Ordering::Release);
         let keep = |s: &Arc<Sub>| !(s.conn == conn && sid.is_none_or(|x| x == s.sid));
         self.wild.retain(keep);
         self.literal.retain(|_, v| {
@@ -299,6 +304,13 @@ impl Subs {
             !v.is_empty()
         });
     }
+}
+
+/// A connection's last published topic and its subscribers at `generation`.
+pub struct LastTopic {
+    topic: Box<str>,
+    generation: u64,
+    targets: Arc<[Arc<Sub>]>,
 }
 
 struct ConnInfo {
@@ -482,6 +494,37 @@ impl Router {
         let targets = self.lock().subs.lookup(topic);
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         self.deliver(&targets, topic, reply_to, data, limits, wakes)
+    }
+
+    /// [`Router::publish`] for a connection that remembers its last topic's subscribers: a
+    /// publisher repeating a topic skips the router's lock while no subscription changed.
+    fn publish_cached(
+        &self,
+        last: &mut Option<LastTopic>,
+        topic: &str,
+        data: &[u8],
+        limits: &Limits,
+        wakes: &mut Wakes,
+    ) -> usize {
+        let generation = SUBS_GENERATION.load(Ordering::Acquire);
+        let targets = match last {
+            Some(l) if l.generation == generation && &*l.topic == topic => l.targets.clone(),
+            _ => {
+                let mut inner = self.lock();
+                // Read under the lock: a change after this bumps it again.
+                let generation = SUBS_GENERATION.load(Ordering::Acquire);
+                let targets = inner.subs.lookup(topic);
+                drop(inner);
+                *last = Some(LastTopic {
+                    topic: topic.into(),
+                    generation,
+                    targets: targets.clone(),
+                });
+                targets
+            }
+        };
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        self.deliver(&targets, topic, None, data, limits, wakes)
     }
 
     fn deliver(
@@ -670,6 +713,7 @@ pub struct ConnBus {
     generation: u64,
     /// Size of `deadlines` above which answered entries are pruned.
     prune_at: usize,
+    last_topic: Option<LastTopic>,
 }
 
 impl ConnBus {
@@ -685,6 +729,7 @@ impl ConnBus {
             limits: BusConfig::default().limits(),
             generation: 0,
             prune_at: 1024,
+            last_topic: None,
         }
     }
 
@@ -860,7 +905,8 @@ impl ConnBus {
                 return Err(err(ErrorCode::BadJson, "published data is not JSON text"));
             }
             self.may_publish(topic)?;
-            self.router.publish(topic, None, data, &limits, wakes);
+            self.router
+                .publish_cached(&mut self.last_topic, topic, data, &limits, wakes);
             Ok(None)
         })();
         self.reply(&limits, None, r, wakes);
@@ -873,7 +919,9 @@ impl ConnBus {
             return self.route_reply(token, data, limits, wakes);
         }
         self.may_publish(topic)?;
-        let n = self.router.publish(topic, None, data, limits, wakes);
+        let n = self
+            .router
+            .publish_cached(&mut self.last_topic, topic, data, limits, wakes);
         Ok(line.id.map(|_| json!({ "delivered": n })))
     }
 
