@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 #[cfg(unix)]
+mod bus;
+#[cfg(unix)]
 mod control;
 #[cfg(unix)]
 mod supervisor;
@@ -39,6 +41,9 @@ enum Bench {
     Control(control::Args),
     /// Program crash → restarted (backoff 0) against supervisord.
     Supervisor(supervisor::Args),
+    /// Message bus: round trip vs raw Unix-socket ping-pong, 1→1 and fan-out throughput vs
+    /// nats-server, memory per idle connection.
+    Bus(bus::Args),
 }
 
 #[cfg(unix)]
@@ -52,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         match cli.bench {
             Bench::Control(a) => control::run(a).await,
             Bench::Supervisor(a) => supervisor::run(a).await,
+            Bench::Bus(a) => bus::run(a).await,
         }
     })
 }

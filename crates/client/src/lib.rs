@@ -15,6 +15,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bus;
 mod transport;
 
 use std::path::{Path, PathBuf};
@@ -250,6 +251,7 @@ impl Client {
             client: Some(format!("majordomo-client/{}", env!("CARGO_PKG_VERSION"))),
             protocol: Some(PROTOCOL_VERSION),
             token: self.token.clone(),
+            framing: None,
         })
         .await
     }

@@ -100,6 +100,9 @@ pub enum Cmd {
     /// Check config, folders, socket, service, desktop session, virtio ports, disk, clock and
     /// permissions: each OK/WARN/FAIL with a fix; exits 1 when any FAILs.
     Doctor,
+    /// The message bus: publish, subscribe, send events, requests, list endpoints.
+    #[command(subcommand)]
+    Bus(crate::bus::cli::BusCmd),
 }
 
 #[derive(Debug, Args)]
@@ -326,6 +329,9 @@ fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
 }
 
 async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError> {
+    if let Cmd::Bus(cmd) = &cli.cmd {
+        return crate::bus::cli::run(cmd, cli.json, opts).await;
+    }
     let mut client = Client::connect(opts).await?;
     let print_json = |v: &dyn erased::Json| println!("{}", v.json());
     match &cli.cmd {
@@ -413,7 +419,12 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         #[cfg(unix)]
         Cmd::Guard => return Ok(exit::USAGE),
         // `run` and the offline `config` verbs are dispatched in `main` and never get here.
-        Cmd::Run(_) | Cmd::Config(_) | Cmd::Service(_) | Cmd::Check | Cmd::Doctor => {
+        Cmd::Run(_)
+        | Cmd::Config(_)
+        | Cmd::Service(_)
+        | Cmd::Check
+        | Cmd::Doctor
+        | Cmd::Bus(_) => {
             return Ok(exit::USAGE);
         }
     }

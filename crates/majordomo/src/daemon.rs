@@ -175,6 +175,8 @@ pub fn run_code(args: RunArgs) -> u8 {
         }
     };
     let log = Arc::new(logging::init(&loaded.config.log.level));
+    // Enough file descriptors for [control] max_connections bus clients.
+    let _ = crate::platform::raise_nofile();
     // 2. One owner per instance.
     let lock = match InstanceLock::acquire(
         &args.layout.instance,

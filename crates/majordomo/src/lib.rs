@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the map of these modules.
 #![deny(unsafe_code)]
 
+pub mod bus;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -18,6 +18,9 @@ pub enum Command {
         /// Required first when the instance has `[control] token` set.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// Asks for another framing after the reply: [`crate::bus::BINARY_FRAMING`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        framing: Option<String>,
     },
     /// Answers `"pong"`.
     Ping,
@@ -195,6 +198,14 @@ pub enum ErrorCode {
     Busy,
     ShuttingDown,
     Internal,
+    /// No such endpoint, subscription or pending request.
+    NotFound,
+    /// The name is taken (an endpoint id registered by another connection).
+    Conflict,
+    /// A bus request found nobody subscribed to its topic.
+    NoResponders,
+    /// A deadline passed before the answer came.
+    Timeout,
     /// A code this client does not know (a newer daemon).
     #[serde(other)]
     Other,
@@ -212,6 +223,10 @@ impl ErrorCode {
             Self::Busy => "busy",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::NoResponders => "no_responders",
+            Self::Timeout => "timeout",
             Self::Other => "other",
         }
     }
@@ -288,6 +303,9 @@ pub struct Hello {
     pub pid: u32,
     /// Capabilities of this daemon, e.g. `"control"`.
     pub features: Vec<String>,
+    /// The framing in force after this reply when the client asked for one it supports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub framing: Option<String>,
 }
 
 /// The reply to `status`.
@@ -371,6 +389,7 @@ mod tests {
                     client: None,
                     protocol: Some(1),
                     token: None,
+                    framing: None,
                 }
             }
         );

@@ -15,6 +15,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bus;
 pub mod codec;
 pub mod control;
 

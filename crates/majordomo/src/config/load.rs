@@ -388,6 +388,7 @@ fn build(root: DeTable<'_>, problems: &mut Vec<Problem>) -> Config {
             "control" => one(&mut cfg.control, v, problems),
             "paths" => one(&mut cfg.paths, v, problems),
             "program" => many(&mut cfg.program, v, problems),
+            "bus" => one(&mut cfg.bus, v, problems),
             other => problems.push(Problem::spanned(
                 Some(k_span),
                 format!("unknown section `{other}`"),
@@ -398,7 +399,7 @@ fn build(root: DeTable<'_>, problems: &mut Vec<Problem>) -> Config {
     cfg
 }
 
-const SECTIONS: &[&str] = &["daemon", "log", "control", "paths", "program"];
+const SECTIONS: &[&str] = &["daemon", "log", "control", "paths", "program", "bus"];
 
 /// Deserializes one section. serde stops at the first error, so after each error the offending
 /// entry is removed and the section tried again: every error in the section is reported.

@@ -31,6 +31,7 @@ pub struct Config {
     pub paths: PathsConfig,
     /// `[[program]]`: the programs the supervisor runs.
     pub program: Vec<crate::supervisor::ProgramConfig>,
+    pub bus: crate::bus::BusConfig,
 }
 
 /// `[daemon]`: the process as a whole.
@@ -222,6 +223,7 @@ impl Config {
             ));
         }
         crate::supervisor::config::validate(&self.program, problems);
+        self.bus.validate(problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
                 "daemon.grace_period",

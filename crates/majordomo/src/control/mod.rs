@@ -12,15 +12,17 @@ pub mod transport;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use futures_util::{SinkExt, StreamExt};
+use bytes::BytesMut;
 use majordomo_proto::{
     Command, CompatCommand, ErrorBody, ErrorCode, Hello, Incoming, LineCodec, PROTOCOL_VERSION,
     Reply, parse_line,
 };
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
-use tokio_util::codec::Framed;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::codec::Decoder;
 use tracing::Instrument;
+
+use crate::bus::{self, ConnBus, Outbox, OutboxRef, Router, Wakes};
 
 use crate::config::Config;
 use crate::daemon::{Request, Shared};
@@ -50,7 +52,7 @@ impl Subsystem for Control {
             || old.control.socket_group != new.control.socket_group;
         if rebind {
             Change::Restart
-        } else if old.control != new.control {
+        } else if old.control != new.control || old.bus != new.bus {
             Change::Live
         } else {
             Change::None
@@ -63,6 +65,38 @@ impl Subsystem for Control {
             let opts = Self::bind_options(&ctx.shared, &cfg);
             let mut listener = transport::bind(&opts).await.map_err(|e| e.to_string())?;
             tracing::info!(socket = %opts.path.display(), "listening");
+            let router = Arc::new(Router::new(ctx.shared.hub.clone(), &cfg.bus));
+            {
+                // $sys.<kind> topics, and the [bus] section taken live.
+                let forward = router.clone();
+                let router = router.clone();
+                let mut config = ctx.config.clone();
+                let on = Arc::new(std::sync::atomic::AtomicBool::new(cfg.bus.system_topics));
+                let flag = on.clone();
+                let token = ctx.token.clone();
+                ctx.tracker.spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = token.cancelled() => return,
+                            changed = config.changed() => {
+                                if changed.is_err() { return }
+                                let c = config.borrow_and_update().clone();
+                                router.set_config(&c.bus);
+                                flag.store(c.bus.system_topics, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+                let hub = ctx.shared.hub.clone();
+                let router = forward.clone();
+                let token = ctx.token.clone();
+                ctx.tracker.spawn(bus::forward_hub(
+                    router,
+                    hub,
+                    move || on.load(Ordering::Relaxed),
+                    token,
+                ));
+            }
             ctx.ready();
             let open = Arc::new(AtomicUsize::new(0));
             let mut next_conn: u64 = 0;
@@ -86,7 +120,10 @@ impl Subsystem for Control {
                     shared: ctx.shared.clone(),
                     config: ctx.config.clone(),
                     token: ctx.token.clone(),
+                    tracker: ctx.tracker.clone(),
                     open: open.clone(),
+                    router: router.clone(),
+                    conn_id: next_conn,
                 };
                 let span =
                     tracing::debug_span!("conn", id = next_conn, uid = peer.uid, pid = peer.pid);
@@ -103,7 +140,10 @@ struct ConnCtx {
     shared: Arc<Shared>,
     config: tokio::sync::watch::Receiver<Arc<Config>>,
     token: tokio_util::sync::CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
     open: Arc<AtomicUsize>,
+    router: Arc<Router>,
+    conn_id: u64,
 }
 
 /// Decrements the open-connection count however the connection ends.
@@ -147,38 +187,199 @@ async fn serve(mut conn: transport::Conn, peer: Peer, cfg: Arc<Config>, ctx: Con
         let _ = conn.write_all(&line).await;
         return;
     }
+    let (mut rd, wr) = tokio::io::split(conn);
+    let outbox: OutboxRef = Arc::new(Outbox::new(ctx.conn_id));
+    let router = ctx.router.clone();
+    {
+        let router = router.clone();
+        let stop = ctx.token.clone();
+        let o = outbox.clone();
+        let span = tracing::Span::current();
+        ctx.tracker.spawn(
+            async move { bus::outbox::writer(wr, o, stop, move || router.limits()).await }
+                .instrument(span),
+        );
+    }
+    router.add_conn(outbox.clone(), peer.pid, peer.uid);
+    let mut state = ConnState {
+        authed: cfg.control.token.is_none(),
+        binary: false,
+        bus: ConnBus::new(router.clone(), outbox.clone()),
+    };
     let max_line = usize::try_from(cfg.control.max_line.bytes()).unwrap_or(usize::MAX);
-    let mut framed = Framed::new(conn, LineCodec::new(max_line));
-    let mut authed = cfg.control.token.is_none();
-    loop {
-        let next = tokio::select! {
-            _ = ctx.token.cancelled() => break,
-            n = framed.next() => n,
-        };
-        let line = match next {
-            None => break,
-            Some(Ok(line)) => line,
-            Some(Err(majordomo_proto::FrameError::TooLong { limit })) => {
-                let reply = refuse(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "line longer than {limit} bytes ([control] max_line); closing the connection"
-                    ),
-                );
-                let _ = framed.send(reply).await;
-                break;
-            }
-            Some(Err(majordomo_proto::FrameError::Io(_))) => break,
-        };
-        let cfg = ctx.config.borrow().clone();
-        let outcome = handle(&ctx, &cfg, parse_line(&line), &mut authed).await;
-        if framed.send(outcome.reply).await.is_err() {
-            break;
+    let mut codec = LineCodec::new(max_line);
+    let mut buf = BytesMut::new();
+    let mut want = MIN_READ;
+    let mut wakes = Wakes::default();
+    let mut eof = false;
+    'conn: while !eof {
+        if buf.capacity() - buf.len() < want / 2 {
+            buf.reserve(want);
         }
-        if let Some(req) = outcome.after {
-            let _ = ctx.shared.requests.send(req).await;
+        let spare_before = buf.capacity() - buf.len();
+        let deadline = state.bus.next_deadline();
+        let read = tokio::select! {
+            _ = ctx.token.cancelled() => break,
+            _ = outbox.kicked.cancelled() => break,
+            _ = sleep_until_opt(deadline) => {
+                state.bus.expire_due(&mut wakes);
+                wakes.flush();
+                continue;
+            }
+            r = rd.read_buf(&mut buf) => r,
+        };
+        match read {
+            Ok(0) => eof = true,
+            Ok(n) => {
+                // Grow the read size under load, shrink it back when traffic is light.
+                if n >= spare_before && want < MAX_READ {
+                    want *= 2;
+                } else if n < want / 4 && want > MIN_READ {
+                    want /= 2;
+                }
+            }
+            Err(_) => break,
+        }
+        // Every complete frame of this read, then one wake-up per touched connection.
+        state.bus.refresh();
+        loop {
+            let frame = if state.binary {
+                match bus::wire::decode_bin(&mut buf, max_line.saturating_add(16)) {
+                    Ok(Some(f)) => Frame::Bin(f),
+                    Ok(None) => break,
+                    Err(e) => {
+                        let (code, hint) = match e {
+                            bus::wire::BinError::TooLong { .. } => {
+                                (ErrorCode::TooLarge, " ([control] max_line)")
+                            }
+                            bus::wire::BinError::Malformed(_) => (ErrorCode::BadRequest, ""),
+                        };
+                        let line = refuse(code, format!("{e}{hint}; closing the connection"));
+                        outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
+                        break 'conn;
+                    }
+                }
+            } else {
+                let next = if eof {
+                    codec.decode_eof(&mut buf)
+                } else {
+                    codec.decode(&mut buf)
+                };
+                match next {
+                    Ok(Some(line)) => Frame::Line(line),
+                    Ok(None) => break,
+                    Err(majordomo_proto::FrameError::TooLong { limit }) => {
+                        let line = refuse(
+                            ErrorCode::TooLarge,
+                            format!(
+                                "line longer than {limit} bytes ([control] max_line); closing the connection"
+                            ),
+                        );
+                        outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
+                        break 'conn;
+                    }
+                    Err(majordomo_proto::FrameError::Io(_)) => break 'conn,
+                }
+            };
+            let line = match frame {
+                Frame::Line(l) | Frame::Bin(bus::wire::BinFrame::Json(l)) => l,
+                Frame::Bin(bus::wire::BinFrame::Pub { topic, data }) => {
+                    if state.authed {
+                        let topic = std::str::from_utf8(&topic).unwrap_or("");
+                        state.bus.publish_raw(topic, &data, &mut wakes);
+                    } else {
+                        outbox.push_line(
+                            &state.bus.limits,
+                            &forbidden_line(None),
+                            &mut wakes,
+                            &outbox,
+                        );
+                    }
+                    continue;
+                }
+                Frame::Bin(bus::wire::BinFrame::Msg { .. }) => {
+                    let line = refuse(
+                        ErrorCode::BadRequest,
+                        "clients may not send message frames (kind 3)".into(),
+                    );
+                    outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
+                    continue;
+                }
+            };
+            if let Some(bl) = bus::wire::BusLine::parse(&line) {
+                if state.authed {
+                    state.bus.handle(&bl, &mut wakes);
+                } else {
+                    let id = bl.id.map(|i| i.get().as_bytes().to_vec());
+                    outbox.push_line(
+                        &state.bus.limits,
+                        &forbidden_line(id.as_deref()),
+                        &mut wakes,
+                        &outbox,
+                    );
+                }
+                continue;
+            }
+            // A control line: answer it in order, after what is queued before it.
+            let cfg = ctx.config.borrow().clone();
+            let incoming = parse_line(&line);
+            let wants_binary = matches!(&incoming, Incoming::Request { cmd: Command::Hello { framing: Some(f), .. }, .. } if f == bus::wire::BINARY_FRAMING);
+            let outcome = Box::pin(handle(&ctx, &cfg, incoming, &mut state.authed)).await;
+            outbox.push_line(&state.bus.limits, &outcome.reply, &mut wakes, &outbox);
+            if wants_binary
+                && state.authed
+                && outcome.reply.starts_with(b"{")
+                && !outcome.reply.windows(8).any(|w| w == b"\"error\":")
+            {
+                outbox.set_binary();
+                state.binary = true;
+            }
+            if let Some(req) = outcome.after {
+                wakes.flush();
+                let _ = ctx.shared.requests.send(req).await;
+            }
+        }
+        wakes.flush();
+        if buf.is_empty() && buf.capacity() > 4 * want {
+            // Idle again after a burst: hold no big buffer per connection.
+            buf = BytesMut::new();
         }
     }
+    wakes.flush();
+    router.remove_conn(ctx.conn_id);
+    outbox.close();
+}
+
+const MIN_READ: usize = 512;
+const MAX_READ: usize = 256 * 1024;
+
+enum Frame {
+    Line(bytes::Bytes),
+    Bin(bus::wire::BinFrame),
+}
+
+struct ConnState {
+    authed: bool,
+    binary: bool,
+    bus: ConnBus,
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn forbidden_line(id: Option<&[u8]>) -> Vec<u8> {
+    let mut out = b"{".to_vec();
+    if let Some(id) = id {
+        out.extend_from_slice(b"\"id\":");
+        out.extend_from_slice(id);
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""error":{"code":"forbidden","message":"this instance requires a token: send {\"cmd\":\"hello\",\"token\":\"...\"} first"}}"#);
+    out
 }
 
 fn peer_allowed(peer: &Peer, cfg: &Config) -> bool {
@@ -230,7 +431,7 @@ impl Outcome {
     }
 }
 
-fn tokens_match(expected: &str, given: &str) -> bool {
+pub(crate) fn tokens_match(expected: &str, given: &str) -> bool {
     // Constant time in the token's content.
     let (a, b) = (expected.as_bytes(), given.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -274,14 +475,15 @@ async fn handle(ctx: &ConnCtx, cfg: &Config, incoming: Incoming, authed: &mut bo
                 return forbidden(id);
             }
             match cmd {
-                Command::Hello { .. } => Outcome::reply(Reply::ok(
+                Command::Hello { framing, .. } => Outcome::reply(Reply::ok(
                     id,
                     Hello {
                         protocol: PROTOCOL_VERSION,
                         daemon_version: env!("CARGO_PKG_VERSION").to_string(),
                         instance: shared.layout.instance.clone(),
                         pid: std::process::id(),
-                        features: vec!["control".into()],
+                        features: vec!["control".into(), "bus".into()],
+                        framing: framing.filter(|f| f == bus::wire::BINARY_FRAMING),
                     },
                 )),
                 Command::Ping => Outcome::reply(Reply::ok(id, "pong")),

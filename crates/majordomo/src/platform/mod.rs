@@ -6,6 +6,7 @@ mod disk;
 pub mod eventlog;
 #[cfg(windows)]
 pub mod folders;
+mod limits;
 mod notify;
 pub mod process;
 mod signals;
@@ -13,6 +14,7 @@ mod signals;
 pub mod winsvc;
 
 pub use disk::disk_space;
+pub use limits::raise_nofile;
 pub use notify::{Notifier, take_service_env};
 pub use signals::{Signal, Signals};
 

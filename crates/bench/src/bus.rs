@@ -1,0 +1,590 @@
+//! `majordomo-bench bus`: the message bus against a raw Unix-socket ping-pong and nats-server.
+//!
+//! Everything runs on loopback in one process tree:
+//!
+//! - **raw UDS ping-pong (baseline)**: two OS threads of this process, blocking std sockets,
+//!   one connected `UnixStream` pair, newline-terminated JSON lines of the same size as the bus
+//!   request (`{"id":N,"cmd":"bus.request",...}`), echoed back. No async runtime on either side.
+//! - **bus round trip**: requester → daemon → responder → daemon → requester, measured with the
+//!   same kind of clients as the baseline (two blocking threads speaking JSON lines on their own
+//!   connections), so the ratio isolates what the daemon adds. The SDK's figure (tokio, typed
+//!   API) is printed beside it.
+//! - **1→1 throughput, 64-byte payloads**: one publisher connection, one subscriber connection;
+//!   time from the first publish to the last delivery. JSON lines (blocking threads writing
+//!   pre-encoded lines, the subscriber counting lines) and the SDK with the binary framing.
+//! - **nats-server**: the Debian package (installed if missing), on 127.0.0.1, the same 1→1 run
+//!   with async-nats clients in this process.
+//! - **1→N fan-out**: one publisher, N subscribers (SDK, binary framing); deliveries per second.
+//! - **10,000 idle connections**: the daemon's RSS before and after, per connection; each
+//!   connection then answers a ping.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use majordomo_client::ConnectOptions;
+use majordomo_client::bus::{Bus, BusOptions};
+use serde_json::json;
+
+use crate::util::{Daemon, percentile, table, us};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Messages per throughput run.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub n: u64,
+    /// Round trips per latency run.
+    #[arg(long, default_value_t = 20_000)]
+    pub rtt: usize,
+    /// Subscribers in the fan-out run.
+    #[arg(long, default_value_t = 4)]
+    pub fanout: usize,
+    /// Idle connections held in the memory run.
+    #[arg(long, default_value_t = 10_000)]
+    pub conns: usize,
+    /// Skip the nats-server comparison.
+    #[arg(long)]
+    pub no_nats: bool,
+}
+
+/// A 64-byte JSON payload (a string of 62 characters and its quotes).
+fn payload() -> Vec<u8> {
+    let mut p = b"\"".to_vec();
+    p.extend(std::iter::repeat_n(b'x', 62));
+    p.push(b'"');
+    p
+}
+
+const CONFIG: &str = "[daemon]\nwatch_config = false\n[log]\nfile = false\nlevel = \"warn\"\n[control]\nmax_connections = 30000\n[bus]\nqueue_messages = 1000000\nqueue_bytes = \"256MiB\"\n";
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    raise_nofile();
+    let daemon = Daemon::start(CONFIG)?;
+    let socket = daemon.socket.clone();
+
+    // Latency.
+    let raw = tokio::task::spawn_blocking({
+        let n = args.rtt;
+        move || raw_pingpong(n)
+    })
+    .await??;
+    let bus_raw = tokio::task::spawn_blocking({
+        let (n, s) = (args.rtt, socket.clone());
+        move || bus_rtt_lines(&s, n)
+    })
+    .await??;
+    let bus_sdk = bus_rtt_sdk(&socket, args.rtt).await?;
+
+    // Throughput.
+    let json_1to1 = tokio::task::spawn_blocking({
+        let (n, s) = (args.n, socket.clone());
+        move || pub_json_lines(&s, n)
+    })
+    .await??;
+    let sdk_1to1 = pub_sdk(&socket, args.n, 1, true).await?;
+    let sdk_json_1to1 = pub_sdk(&socket, args.n / 2, 1, false).await?;
+    let fanout = pub_sdk(
+        &socket,
+        args.n / args.fanout.max(1) as u64,
+        args.fanout,
+        true,
+    )
+    .await?;
+    let nats = if args.no_nats {
+        None
+    } else {
+        match nats_1to1(args.n).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("nats-server comparison skipped: {e:#}");
+                None
+            }
+        }
+    };
+
+    // Memory per idle connection, on a fresh daemon (the one above holds the allocator's
+    // memory from the throughput runs, which new connections would reuse unseen).
+    drop(daemon);
+    let fresh = Daemon::start(CONFIG)?;
+    let (per_conn, answered) = tokio::task::spawn_blocking({
+        let (n, s, pid) = (args.conns, fresh.socket.clone(), fresh.pid());
+        move || idle_connections(&s, n, pid)
+    })
+    .await??;
+
+    let (raw50, raw99) = (percentile(&raw, 50.0), percentile(&raw, 99.0));
+    let (b50, b99) = (percentile(&bus_raw, 50.0), percentile(&bus_raw, 99.0));
+    let (s50, s99) = (percentile(&bus_sdk, 50.0), percentile(&bus_sdk, 99.0));
+    let rate = |r: f64| format!("{:.0} msg/s", r);
+    table(
+        &format!("bus latency, {} round trips each", args.rtt),
+        &[
+            (
+                "raw UDS ping-pong p50 / p99 (baseline)",
+                format!("{:.1} / {:.1} µs", us(raw50), us(raw99)),
+            ),
+            (
+                "bus request/reply p50 / p99 (line clients)",
+                format!("{:.1} / {:.1} µs", us(b50), us(b99)),
+            ),
+            (
+                "bus request/reply p50 / p99 (SDK)",
+                format!("{:.1} / {:.1} µs", us(s50), us(s99)),
+            ),
+            (
+                "ratio p50 (line clients / baseline)",
+                format!("{:.2} × (bar ≤ 2.5 ×)", us(b50) / us(raw50)),
+            ),
+        ],
+    );
+    let mut rows = vec![
+        ("1→1 SDK, binary framing", rate(sdk_1to1)),
+        ("1→1 SDK, JSON lines", rate(sdk_json_1to1)),
+        ("1→1 raw JSON lines", rate(json_1to1)),
+        (
+            "1→N fan-out deliveries",
+            format!("{} ({} subscribers)", rate(fanout), args.fanout),
+        ),
+    ];
+    if let Some(n) = nats {
+        rows.push(("1→1 nats-server (async-nats)", rate(n)));
+    }
+    table(
+        &format!("bus throughput, 64-byte payloads, {} messages", args.n),
+        &rows,
+    );
+    table(
+        &format!("{} idle connections", args.conns),
+        &[
+            (
+                "daemon memory per connection",
+                format!("{per_conn:.0} bytes (bar ≤ 16384)"),
+            ),
+            ("connections answering a ping", format!("{answered}")),
+        ],
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "bus",
+            "raw_uds_rtt_p50_us": us(raw50),
+            "raw_uds_rtt_p99_us": us(raw99),
+            "bus_rtt_p50_us": us(b50),
+            "bus_rtt_p99_us": us(b99),
+            "bus_sdk_rtt_p50_us": us(s50),
+            "bus_sdk_rtt_p99_us": us(s99),
+            "pub_1to1_msgs_per_s": sdk_1to1,
+            "pub_1to1_sdk_json_msgs_per_s": sdk_json_1to1,
+            "pub_1to1_json_lines_msgs_per_s": json_1to1,
+            "nats_1to1_msgs_per_s": nats,
+            "fanout_msgs_per_s": fanout,
+            "fanout_subscribers": args.fanout,
+            "conn_10k_bytes_per_conn": per_conn,
+            "conns": args.conns,
+            "conns_answered": answered,
+        })
+    );
+    Ok(())
+}
+
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn line_conn(socket: &Path) -> anyhow::Result<(BufReader<UnixStream>, UnixStream)> {
+    let s = UnixStream::connect(socket).with_context(|| format!("connect {}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok((BufReader::new(s.try_clone()?), s))
+}
+
+fn call(r: &mut BufReader<UnixStream>, w: &mut UnixStream, line: &str) -> anyhow::Result<String> {
+    w.write_all(line.as_bytes())?;
+    w.write_all(b"\n")?;
+    let mut out = String::new();
+    r.read_line(&mut out)?;
+    Ok(out)
+}
+
+/// The baseline: a JSON-line echo between two blocking threads over a Unix socket pair.
+fn raw_pingpong(n: usize) -> anyhow::Result<Vec<Duration>> {
+    let (a, b) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || {
+        let mut w = match b.try_clone() {
+            Ok(w) => w,
+            Err(_) => return,
+        };
+        let mut r = BufReader::new(b);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            if w.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+            line.clear();
+        }
+    });
+    let mut w = a.try_clone()?;
+    let mut r = BufReader::new(a);
+    let data = String::from_utf8(payload())?;
+    let mut samples = Vec::with_capacity(n);
+    let mut line = String::new();
+    for i in 0..n + 1000 {
+        let msg = format!(
+            "{{\"id\":{i},\"cmd\":\"bus.request\",\"topic\":\"bench.rtt\",\"data\":{data}}}\n"
+        );
+        let t = Instant::now();
+        w.write_all(msg.as_bytes())?;
+        line.clear();
+        r.read_line(&mut line)?;
+        if i >= 1000 {
+            samples.push(t.elapsed());
+        }
+    }
+    drop(w);
+    drop(r);
+    let _ = echo.join();
+    samples.sort_unstable();
+    Ok(samples)
+}
+
+/// Bus round trips with blocking JSON-line clients: a responder thread and this thread.
+fn bus_rtt_lines(socket: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let (mut rr, mut rw) = line_conn(socket)?;
+    let reply = call(
+        &mut rr,
+        &mut rw,
+        r#"{"id":1,"cmd":"bus.sub","pattern":"bench.rtt"}"#,
+    )?;
+    if !reply.contains("\"ok\"") {
+        bail!("subscribe failed: {reply}");
+    }
+    let responder = std::thread::spawn(move || -> anyhow::Result<()> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if rr.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            let Some(to) = v["msg"]["reply_to"].as_str() else {
+                continue;
+            };
+            let out = format!(
+                "{{\"cmd\":\"bus.reply\",\"to\":\"{to}\",\"data\":{}}}\n",
+                v["msg"]["data"]
+            );
+            rw.write_all(out.as_bytes())?;
+        }
+    });
+    let (mut r, mut w) = line_conn(socket)?;
+    let data = String::from_utf8(payload())?;
+    let mut samples = Vec::with_capacity(n);
+    let mut line = String::new();
+    for i in 0..n + 1000 {
+        let msg = format!(
+            "{{\"id\":{i},\"cmd\":\"bus.request\",\"topic\":\"bench.rtt\",\"data\":{data}}}\n"
+        );
+        let t = Instant::now();
+        w.write_all(msg.as_bytes())?;
+        line.clear();
+        r.read_line(&mut line)?;
+        if i >= 1000 {
+            samples.push(t.elapsed());
+        }
+        if !line.contains("\"ok\"") {
+            bail!("request failed: {line}");
+        }
+    }
+    drop(w);
+    drop(r);
+    // The responder ends when its connection does; it holds the other half.
+    drop(responder);
+    samples.sort_unstable();
+    Ok(samples)
+}
+
+async fn sdk(socket: &Path, binary: bool) -> anyhow::Result<Bus> {
+    Ok(Bus::connect(
+        &ConnectOptions::new(socket).wait(Duration::from_secs(5)),
+        BusOptions {
+            binary,
+            ..Default::default()
+        },
+    )
+    .await?)
+}
+
+async fn bus_rtt_sdk(socket: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let responder = sdk(socket, true).await?;
+    let mut sub = responder.subscribe("bench.sdk").await?;
+    let task = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(to) = &m.reply_to {
+                let _ = responder
+                    .reply(
+                        to,
+                        &serde_json::value::RawValue::from_string(
+                            String::from_utf8_lossy(&m.data).into_owned(),
+                        )
+                        .ok(),
+                    )
+                    .await;
+            }
+        }
+    });
+    let req = sdk(socket, true).await?;
+    let data: serde_json::Value = serde_json::from_slice(&payload())?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + 1000 {
+        let t = Instant::now();
+        req.request("bench.sdk", &data, Duration::from_secs(10))
+            .await?;
+        if i >= 1000 {
+            samples.push(t.elapsed());
+        }
+    }
+    task.abort();
+    samples.sort_unstable();
+    Ok(samples)
+}
+
+/// 1→1 with blocking JSON-line clients: pre-encoded publish lines, a subscriber counting lines.
+fn pub_json_lines(socket: &Path, n: u64) -> anyhow::Result<f64> {
+    let (mut sr, mut sw) = line_conn(socket)?;
+    let reply = call(
+        &mut sr,
+        &mut sw,
+        r#"{"id":1,"cmd":"bus.sub","pattern":"bench.json"}"#,
+    )?;
+    if !reply.contains("\"ok\"") {
+        bail!("subscribe failed: {reply}");
+    }
+    let counter = std::thread::spawn(move || -> anyhow::Result<Instant> {
+        let mut inner = sr.into_inner();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut seen = 0u64;
+        while seen < n {
+            let k = inner.read(&mut buf)?;
+            if k == 0 {
+                bail!("subscriber connection closed after {seen} messages");
+            }
+            seen += buf[..k].iter().filter(|b| **b == b'\n').count() as u64;
+        }
+        Ok(Instant::now())
+    });
+    let (_pr, mut pw) = line_conn(socket)?;
+    let mut line = b"{\"cmd\":\"bus.pub\",\"topic\":\"bench.json\",\"data\":".to_vec();
+    line.extend(payload());
+    line.extend(b"}\n");
+    let batch: Vec<u8> = line.repeat(1000);
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let k = (n - sent).min(1000);
+        pw.write_all(&batch[..line.len() * k as usize])?;
+        sent += k;
+    }
+    let end = counter
+        .join()
+        .map_err(|_| anyhow::anyhow!("subscriber thread panicked"))??;
+    Ok(n as f64 / (end - start).as_secs_f64())
+}
+
+/// 1→`subs` with the SDK; returns deliveries per second.
+async fn pub_sdk(socket: &Path, n: u64, subs: usize, binary: bool) -> anyhow::Result<f64> {
+    let topic = format!("bench.sdk.{subs}.{binary}");
+    let mut tasks = Vec::new();
+    let mut keep = Vec::new();
+    for _ in 0..subs {
+        let b = sdk(socket, binary).await?;
+        let mut s = b.subscribe(&topic).await?;
+        keep.push(b);
+        tasks.push(tokio::spawn(async move {
+            let mut seen = 0u64;
+            while seen < n {
+                match tokio::time::timeout(Duration::from_secs(30), s.next()).await {
+                    Ok(Some(_)) => seen += 1,
+                    _ => break,
+                }
+            }
+            (seen, Instant::now())
+        }));
+    }
+    let p = sdk(socket, binary).await?;
+    let data = payload();
+    let start = Instant::now();
+    for _ in 0..n {
+        p.publish_json(&topic, &data).await?;
+    }
+    p.flush().await?;
+    let mut total = 0;
+    let mut end = start;
+    for t in tasks {
+        let (seen, at) = t.await?;
+        if seen < n {
+            bail!("a subscriber got {seen} of {n} messages");
+        }
+        total += seen;
+        end = end.max(at);
+    }
+    Ok(total as f64 / (end - start).as_secs_f64())
+}
+
+struct Nats(Child);
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nats_server_bin() -> anyhow::Result<String> {
+    for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
+        if Path::new(p).exists() {
+            return Ok(p.into());
+        }
+    }
+    eprintln!("installing nats-server (Debian package)...");
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "nats-server"])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+        || (Command::new("apt-get")
+            .arg("update")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok()
+            && Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "nats-server"])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false));
+    if ok {
+        for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
+            if Path::new(p).exists() {
+                return Ok(p.into());
+            }
+        }
+    }
+    bail!("nats-server is not installed and apt-get could not install it")
+}
+
+async fn nats_1to1(n: u64) -> anyhow::Result<f64> {
+    let bin = nats_server_bin()?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let _server = Nats(
+        Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let url = format!("nats://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let opts = || async_nats::ConnectOptions::new().subscription_capacity(1 << 22);
+    let sub_client = loop {
+        match opts().connect(&url).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => bail!("cannot connect to nats-server at {url}: {e}"),
+        }
+    };
+    let pub_client = opts().connect(&url).await?;
+    let mut sub = sub_client.subscribe("bench.nats").await?;
+    sub_client.flush().await?;
+    let seen = Arc::new(AtomicU64::new(0));
+    let counter = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            let mut k = 0;
+            let mut last = Instant::now();
+            while k < n {
+                // Stop waiting 2 s after the last message: what nats-server dropped never comes.
+                match tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+                    Ok(Some(_)) => {
+                        k += 1;
+                        last = Instant::now();
+                    }
+                    _ => break,
+                }
+            }
+            seen.store(k, Ordering::Relaxed);
+            last
+        }
+    });
+    let data = bytes::Bytes::from(payload());
+    let start = Instant::now();
+    for _ in 0..n {
+        pub_client.publish("bench.nats", data.clone()).await?;
+    }
+    pub_client.flush().await?;
+    let end = counter.await?;
+    let got = seen.load(Ordering::Relaxed);
+    if got < n {
+        // nats-server drops for slow consumers too; report what arrived.
+        eprintln!("nats: the subscriber got {got} of {n} messages (slow-consumer drops)");
+    }
+    Ok(got as f64 / (end - start).as_secs_f64())
+}
+
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/PID/status")?;
+    Ok(kb * 1024)
+}
+
+/// Opens `n` connections, each answering a ping, and measures the daemon's RSS growth.
+fn idle_connections(socket: &Path, n: usize, pid: u32) -> anyhow::Result<(f64, usize)> {
+    // Warm-up: one connection's worth of lazily allocated structures.
+    {
+        let (mut r, mut w) = line_conn(socket)?;
+        call(&mut r, &mut w, r#"{"id":0,"cmd":"ping"}"#)?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_bytes(pid)?;
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = UnixStream::connect(socket).with_context(|| format!("connection {i}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        conns.push(s);
+    }
+    // Each connection is answered.
+    let mut answered = 0;
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(format!("{{\"id\":{i},\"cmd\":\"ping\"}}\n").as_bytes())?;
+    }
+    for s in conns.iter_mut() {
+        let mut buf = [0u8; 64];
+        let k = s.read(&mut buf)?;
+        if buf[..k].windows(4).any(|w| w == b"pong") {
+            answered += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_bytes(pid)?;
+    drop(conns);
+    Ok((after.saturating_sub(before) as f64 / n as f64, answered))
+}

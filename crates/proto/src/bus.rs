@@ -1,0 +1,521 @@
+//! The message bus on the instance socket: its requests, the frames it pushes, topic patterns,
+//! and the length-prefixed binary framing a client may negotiate in `hello`.
+//!
+//! Every bus request is a JSON line like any control request, with a `cmd` starting `bus.`:
+//!
+//! ```json
+//! {"id":1,"cmd":"bus.register","endpoint":"worker-1"}
+//! {"cmd":"bus.send","to":"worker-2","event":"job.done","data":{"n":1}}
+//! {"id":2,"cmd":"bus.sub","pattern":"orders.*.new","queue":"billing"}
+//! {"cmd":"bus.pub","topic":"orders.7.new","data":{"sku":"x"}}
+//! {"id":3,"cmd":"bus.request","topic":"price.get","data":{"sku":"x"},"timeout_ms":1000}
+//! {"cmd":"bus.reply","to":"_INBOX.42","data":{"price":3}}
+//! ```
+//!
+//! The daemon pushes, besides replies (`{"id":..,"ok":..}` / `{"id":..,"error":..}`):
+//!
+//! ```json
+//! {"msg":{"sid":2,"topic":"orders.7.new","data":{"sku":"x"},"reply_to":"_INBOX.42"}}
+//! {"event":{"name":"job.done","from":"worker-1","data":{"n":1},"ts":"2026-01-01T00:00:00.000Z"}}
+//! {"notice":{"kind":"dropped","count":17,"message":"..."}}
+//! ```
+//!
+//! Seed-004 clients speak `{"Type":"Register","Payload":{"MachineId":..}}` and
+//! `{"Type":"SendEvent","Payload":{..}}`; an endpoint registered that way receives events in that
+//! same shape.
+//!
+//! Parsing borrows from the line and keeps `data` as raw JSON text ([`RawValue`]): the router
+//! forwards payloads without re-serializing them.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// The fields any bus line may carry; unknown fields are ignored. Borrowed from the line.
+#[derive(Debug, Default, Deserialize)]
+pub struct BusLine<'a> {
+    #[serde(borrow, default)]
+    pub id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub cmd: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub topic: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub pattern: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub queue: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub to: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub event: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub endpoint: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub token: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
+    #[serde(default)]
+    pub sid: Option<u64>,
+    #[serde(default)]
+    pub takeover: Option<bool>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+    /// Seed-004: `Register` or `SendEvent`.
+    #[serde(rename = "Type", borrow, default)]
+    pub compat_type: Option<Cow<'a, str>>,
+    #[serde(rename = "Payload", borrow, default)]
+    pub compat_payload: Option<&'a RawValue>,
+}
+
+/// Seed-004 `Register` payload.
+#[derive(Debug, Deserialize)]
+pub struct CompatRegister<'a> {
+    #[serde(rename = "MachineId", borrow)]
+    pub machine_id: Cow<'a, str>,
+}
+
+/// Seed-004 `SendEvent` payload.
+#[derive(Debug, Deserialize)]
+pub struct CompatSendEvent<'a> {
+    #[serde(rename = "SourceMachineId", borrow, default)]
+    pub source: Option<Cow<'a, str>>,
+    #[serde(rename = "TargetMachineId", borrow)]
+    pub target: Cow<'a, str>,
+    #[serde(rename = "EventName", borrow)]
+    pub event: Cow<'a, str>,
+    #[serde(rename = "Payload", borrow, default)]
+    pub payload: Option<&'a RawValue>,
+}
+
+impl<'a> BusLine<'a> {
+    /// Parses a line as a bus line. `None` when it is not JSON, not an object, or neither a
+    /// `bus.*` command nor a seed-004 message: the caller then treats it as a control line.
+    pub fn parse(line: &'a [u8]) -> Option<Self> {
+        let parsed: BusLine<'a> = serde_json::from_slice(line).ok()?;
+        let is_bus = parsed.cmd.as_deref().is_some_and(|c| c.starts_with("bus."))
+            || (parsed.cmd.is_none() && parsed.compat_type.is_some());
+        is_bus.then_some(parsed)
+    }
+}
+
+/// Why a topic or pattern is refused.
+pub fn check_topic(topic: &str, wildcards: bool) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("is empty".into());
+    }
+    if topic.len() > 256 {
+        return Err(format!("is {} bytes long; the limit is 256", topic.len()));
+    }
+    let mut tokens = topic.split('.').peekable();
+    while let Some(t) = tokens.next() {
+        if t.is_empty() {
+            return Err("has an empty token (two dots, or a leading or trailing dot)".into());
+        }
+        if t.bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'"' || b == b'\\')
+        {
+            return Err("contains whitespace, a quote, a backslash or a control character".into());
+        }
+        let wild = t == "*" || t == ">";
+        if !wild && (t.contains('*') || t.contains('>')) {
+            return Err(format!(
+                "token {t:?} mixes a wildcard with other characters; use `*` or `>` alone"
+            ));
+        }
+        if wild && !wildcards {
+            return Err("contains a wildcard (`*`, `>`), which only subscriptions may use".into());
+        }
+        if t == ">" && tokens.peek().is_some() {
+            return Err("has `>` before the last token".into());
+        }
+    }
+    Ok(())
+}
+
+/// Whether `pattern` (with `*` for one token and a final `>` for one or more) matches `topic`.
+pub fn matches(pattern: &str, topic: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut t = topic.split('.');
+    loop {
+        match (p.next(), t.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether a pattern has wildcards.
+pub fn is_literal(pattern: &str) -> bool {
+    !pattern.split('.').any(|t| t == "*" || t == ">")
+}
+
+/// Appends `s` as a JSON string.
+pub fn put_json_str(buf: &mut BytesMut, s: &str) {
+    // Writing to a BytesMut cannot fail.
+    let _ = serde_json::to_writer(buf.writer(), s);
+}
+
+/// `{"msg":{"sid":..,"topic":..,"data":..,"reply_to":..}}\n`. `data` is JSON text.
+pub fn put_msg_json(
+    buf: &mut BytesMut,
+    sid: u64,
+    topic: &str,
+    reply_to: Option<&str>,
+    data: &[u8],
+) {
+    buf.reserve(48 + topic.len() + data.len());
+    buf.put_slice(b"{\"msg\":{\"sid\":");
+    put_u64(buf, sid);
+    buf.put_slice(b",\"topic\":");
+    put_json_str(buf, topic);
+    if let Some(r) = reply_to {
+        buf.put_slice(b",\"reply_to\":");
+        put_json_str(buf, r);
+    }
+    buf.put_slice(b",\"data\":");
+    buf.put_slice(if data.is_empty() { b"null" } else { data });
+    buf.put_slice(b"}}\n");
+}
+
+/// `{"event":{"name":..,"from":..,"data":..,"ts":..}}\n`.
+pub fn put_event_json(buf: &mut BytesMut, name: &str, from: Option<&str>, data: &[u8], ts: &str) {
+    buf.put_slice(b"{\"event\":{\"name\":");
+    put_json_str(buf, name);
+    buf.put_slice(b",\"from\":");
+    match from {
+        Some(f) => put_json_str(buf, f),
+        None => buf.put_slice(b"null"),
+    }
+    buf.put_slice(b",\"data\":");
+    buf.put_slice(if data.is_empty() { b"null" } else { data });
+    buf.put_slice(b",\"ts\":");
+    put_json_str(buf, ts);
+    buf.put_slice(b"}}\n");
+}
+
+/// The seed-004 shape of a delivered event.
+pub fn put_event_compat(
+    buf: &mut BytesMut,
+    name: &str,
+    from: Option<&str>,
+    target: &str,
+    data: &[u8],
+    ts: &str,
+) {
+    buf.put_slice(b"{\"Type\":\"SendEvent\",\"Payload\":{\"SourceMachineId\":");
+    match from {
+        Some(f) => put_json_str(buf, f),
+        None => buf.put_slice(b"null"),
+    }
+    buf.put_slice(b",\"TargetMachineId\":");
+    put_json_str(buf, target);
+    buf.put_slice(b",\"EventName\":");
+    put_json_str(buf, name);
+    buf.put_slice(b",\"Payload\":");
+    buf.put_slice(if data.is_empty() { b"null" } else { data });
+    buf.put_slice(b",\"Timestamp\":");
+    put_json_str(buf, ts);
+    buf.put_slice(b"}}\n");
+}
+
+fn put_u64(buf: &mut BytesMut, n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.put_slice(&tmp[i..]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Binary framing
+// ---------------------------------------------------------------------------------------------
+
+/// The value of `framing` in `hello` that switches a connection to [`BinFrame`]s after the reply.
+pub const BINARY_FRAMING: &str = "binary-v1";
+
+/// One frame of the binary framing: `u32` little-endian length of what follows, a kind byte,
+/// then the body. Every JSON line can travel as a [`BinFrame::Json`]; publishing and delivery
+/// have compact forms. Topic and reply strings are `u16`-length-prefixed UTF-8; `data` is JSON
+/// text, so that JSON-line subscribers receive it unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BinFrame {
+    /// Kind 1: one JSON line (without its newline): any request, reply or pushed message.
+    Json(Bytes),
+    /// Kind 2: publish `data` on `topic` (no reply, like `bus.pub` without an id).
+    Pub { topic: Bytes, data: Bytes },
+    /// Kind 3: a delivered message.
+    Msg {
+        sid: u64,
+        topic: Bytes,
+        reply_to: Bytes,
+        data: Bytes,
+    },
+}
+
+const KIND_JSON: u8 = 1;
+const KIND_PUB: u8 = 2;
+const KIND_MSG: u8 = 3;
+
+/// Errors of the binary framing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BinError {
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLong { len: usize, limit: usize },
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+}
+
+/// Appends a publish frame.
+pub fn put_pub_bin(buf: &mut BytesMut, topic: &str, data: &[u8]) {
+    let len = 1 + 2 + topic.len() + data.len();
+    buf.reserve(4 + len);
+    buf.put_u32_le(len as u32);
+    buf.put_u8(KIND_PUB);
+    buf.put_u16_le(topic.len() as u16);
+    buf.put_slice(topic.as_bytes());
+    buf.put_slice(data);
+}
+
+/// Appends a delivered-message frame.
+pub fn put_msg_bin(buf: &mut BytesMut, sid: u64, topic: &str, reply_to: Option<&str>, data: &[u8]) {
+    let reply = reply_to.unwrap_or("");
+    let len = 1 + 8 + 2 + topic.len() + 2 + reply.len() + data.len();
+    buf.reserve(4 + len);
+    buf.put_u32_le(len as u32);
+    buf.put_u8(KIND_MSG);
+    buf.put_u64_le(sid);
+    buf.put_u16_le(topic.len() as u16);
+    buf.put_slice(topic.as_bytes());
+    buf.put_u16_le(reply.len() as u16);
+    buf.put_slice(reply.as_bytes());
+    buf.put_slice(data);
+}
+
+/// Appends a JSON frame (`line` without newline).
+pub fn put_json_bin(buf: &mut BytesMut, line: &[u8]) {
+    buf.reserve(5 + line.len());
+    buf.put_u32_le((1 + line.len()) as u32);
+    buf.put_u8(KIND_JSON);
+    buf.put_slice(line);
+}
+
+/// Takes one frame off the front of `buf`, if complete. Total: never panics on any input.
+pub fn decode_bin(buf: &mut BytesMut, limit: usize) -> Result<Option<BinFrame>, BinError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > limit {
+        return Err(BinError::TooLong { len, limit });
+    }
+    if len == 0 {
+        return Err(BinError::Malformed("empty frame"));
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    let mut body = buf.split_to(len).freeze();
+    let kind = body.get_u8();
+    let take_str = |body: &mut Bytes| -> Result<Bytes, BinError> {
+        if body.len() < 2 {
+            return Err(BinError::Malformed("truncated string length"));
+        }
+        let n = body.get_u16_le() as usize;
+        if body.len() < n {
+            return Err(BinError::Malformed("string longer than its frame"));
+        }
+        let s = body.split_to(n);
+        if std::str::from_utf8(&s).is_err() {
+            return Err(BinError::Malformed("string is not UTF-8"));
+        }
+        Ok(s)
+    };
+    match kind {
+        KIND_JSON => Ok(Some(BinFrame::Json(body))),
+        KIND_PUB => {
+            let topic = take_str(&mut body)?;
+            Ok(Some(BinFrame::Pub { topic, data: body }))
+        }
+        KIND_MSG => {
+            if body.len() < 8 {
+                return Err(BinError::Malformed("truncated sid"));
+            }
+            let sid = body.get_u64_le();
+            let topic = take_str(&mut body)?;
+            let reply_to = take_str(&mut body)?;
+            Ok(Some(BinFrame::Msg {
+                sid,
+                topic,
+                reply_to,
+                data: body,
+            }))
+        }
+        _ => Err(BinError::Malformed("unknown frame kind")),
+    }
+}
+
+/// Appends `frame` in the binary framing.
+pub fn encode_bin(frame: &BinFrame, buf: &mut BytesMut) {
+    let s = |b: &Bytes| std::str::from_utf8(b).unwrap_or("").to_string();
+    match frame {
+        BinFrame::Json(line) => put_json_bin(buf, line),
+        BinFrame::Pub { topic, data } => put_pub_bin(buf, &s(topic), data),
+        BinFrame::Msg {
+            sid,
+            topic,
+            reply_to,
+            data,
+        } => {
+            let r = s(reply_to);
+            put_msg_bin(
+                buf,
+                *sid,
+                &s(topic),
+                (!r.is_empty()).then_some(r.as_str()),
+                data,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(matches("orders.*.new", "orders.7.new"));
+        assert!(!matches("orders.*.new", "orders.7.old"));
+        assert!(!matches("orders.*.new", "orders.7.new.x"));
+        assert!(matches("orders.>", "orders.7.new"));
+        assert!(!matches("orders.>", "orders"));
+        assert!(matches(">", "a"));
+        assert!(matches("a.b", "a.b"));
+        assert!(!matches("a.b", "a"));
+    }
+
+    #[test]
+    fn topic_checks() {
+        assert!(check_topic("a.b.c", false).is_ok());
+        assert!(check_topic("a.*.>", true).is_ok());
+        assert!(check_topic("a.*", false).is_err());
+        assert!(check_topic("a..b", true).is_err());
+        assert!(check_topic("a.>.b", true).is_err());
+        assert!(check_topic("a.b*", true).is_err());
+        assert!(check_topic("a b", true).is_err());
+        assert!(check_topic("", true).is_err());
+    }
+
+    #[test]
+    fn parses_bus_and_compat_lines() {
+        let l =
+            BusLine::parse(br#"{"id":1,"cmd":"bus.pub","topic":"a","data":{"x":[1,2]}}"#).unwrap();
+        assert_eq!(l.data.unwrap().get(), r#"{"x":[1,2]}"#);
+        assert_eq!(l.id.unwrap().get(), "1");
+        let c = BusLine::parse(br#"{"Type":"Register","Payload":{"MachineId":"m1"}}"#).unwrap();
+        let r: CompatRegister = serde_json::from_str(c.compat_payload.unwrap().get()).unwrap();
+        assert_eq!(r.machine_id, "m1");
+        assert!(BusLine::parse(br#"{"cmd":"ping"}"#).is_none());
+        assert!(BusLine::parse(br#"{"command":"ping"}"#).is_none());
+        assert!(BusLine::parse(b"nope").is_none());
+    }
+
+    #[test]
+    fn delivered_shapes_are_json() {
+        let mut b = BytesMut::new();
+        put_msg_json(&mut b, 3, "a.\"b", Some("_INBOX.1"), br#"{"k":1}"#);
+        put_event_json(&mut b, "e", Some("w1"), b"", "t");
+        put_event_compat(&mut b, "e", None, "m2", b"[1]", "t");
+        for line in b[..].split(|c| *c == b'\n').filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+            assert!(v.is_object());
+        }
+    }
+
+    fn arb_frame() -> impl Strategy<Value = BinFrame> {
+        let s = "[a-z.>*]{0,20}".prop_map(|s| Bytes::from(s.into_bytes()));
+        let d = proptest::collection::vec(any::<u8>(), 0..100).prop_map(Bytes::from);
+        prop_oneof![
+            d.clone().prop_map(|b| BinFrame::Json(if b.is_empty() {
+                Bytes::from_static(b"{}")
+            } else {
+                b
+            })),
+            (s.clone(), d.clone()).prop_map(|(topic, data)| BinFrame::Pub { topic, data }),
+            (any::<u64>(), s.clone(), s, d).prop_map(|(sid, topic, reply_to, data)| {
+                BinFrame::Msg {
+                    sid,
+                    topic,
+                    reply_to,
+                    data,
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Frames survive encode → decode, however the byte stream is cut.
+        #[test]
+        fn binary_round_trip(frames in proptest::collection::vec(arb_frame(), 0..20), cut in 1usize..64) {
+            let mut wire = BytesMut::new();
+            for f in &frames { encode_bin(f, &mut wire); }
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for chunk in wire.chunks(cut) {
+                buf.extend_from_slice(chunk);
+                while let Some(f) = decode_bin(&mut buf, 1 << 20).unwrap() { out.push(f); }
+            }
+            prop_assert_eq!(out, frames);
+        }
+
+        /// No byte sequence makes the binary decoder panic or loop.
+        #[test]
+        fn binary_decoder_is_total(data in proptest::collection::vec(any::<u8>(), 0..512), limit in 0usize..256) {
+            let mut buf = BytesMut::from(&data[..]);
+            for _ in 0..600 {
+                match decode_bin(&mut buf, limit) {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+
+        #[test]
+        fn bus_line_parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = BusLine::parse(&data);
+        }
+
+        #[test]
+        fn matching_agrees_with_a_reference(
+            p in proptest::collection::vec(prop_oneof!["a", "b", "\\*"], 1..5),
+            tail in any::<bool>(),
+            t in proptest::collection::vec(prop_oneof!["a", "b"], 1..6),
+        ) {
+            let mut pat = p.clone();
+            if tail { pat.push(">".into()); }
+            let (pattern, topic) = (pat.join("."), t.join("."));
+            let reference = if tail {
+                t.len() > p.len() && p.iter().zip(&t).all(|(a, b)| a == "*" || a == b)
+            } else {
+                t.len() == p.len() && p.iter().zip(&t).all(|(a, b)| a == "*" || a == b)
+            };
+            prop_assert_eq!(matches(&pattern, &topic), reference);
+        }
+    }
+}
