@@ -48,7 +48,8 @@ pub enum Event {
     /// monitor, alerts and the bus's system topics read it).
     ProgramState {
         name: String,
-        /// `starting`, `running`, `ready`, `backoff`, `stopping`, `exited`, `stopped`, `failed`.
+        /// `starting`, `running`, `ready`, `backoff`, `stopping`, `exited`, `stopped`, `failed`,
+        /// `waiting` (for `depends_on`); see docs/supervisor.md.
         state: String,
         pid: Option<u32>,
         exit_code: Option<i32>,

@@ -112,6 +112,9 @@ async fn run(mut ctx: Ctx) -> Result<(), String> {
 
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
     let mut states = m.env.states.subscribe();
+    // Orphans are reaped a moment after SIGCHLD, in one batch, off the restart path (stopping
+    // a program reaps by itself while it waits for its group to empty).
+    let mut reap_at: Option<tokio::time::Instant> = None;
     #[cfg(unix)]
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
     loop {
@@ -134,7 +137,18 @@ async fn run(mut ctx: Ctx) -> Result<(), String> {
                 m.apply(cfg.program.clone()).await;
                 m.detail();
             }
-            _ = child_signal => procs.reap(),
+            _ = child_signal => {
+                reap_at.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(50));
+            }
+            _ = async {
+                match reap_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                reap_at = None;
+                procs.reap();
+            }
             _ = sweep.tick(), if !m.programs.is_empty() => procs.reap(),
             r = states.changed() => {
                 if r.is_ok() {
@@ -282,6 +296,9 @@ impl Manager {
 struct PsArgs {
     #[serde(default)]
     names: Vec<String>,
+    /// One program (same as `names: [name]`).
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -386,7 +403,8 @@ fn register_commands(ctx: &Ctx, table: &Table, env: &Arc<Env>) {
     ctx.command("ps", move |args| {
         let t = t.clone();
         async move {
-            let a: PsArgs = parse_args("ps", args)?;
+            let mut a: PsArgs = parse_args("ps", args)?;
+            a.names.extend(a.name.take());
             let entries = if a.names.is_empty() {
                 t.read()
                     .map(|m| m.values().cloned().collect())
