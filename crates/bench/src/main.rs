@@ -9,6 +9,8 @@
 #[cfg(unix)]
 mod control;
 #[cfg(unix)]
+mod monitor;
+#[cfg(unix)]
 mod util;
 
 #[cfg(not(unix))]
@@ -35,6 +37,8 @@ struct Cli {
 enum Bench {
     /// Control-socket request/reply round trip against a raw Unix-socket ping-pong.
     Control(control::Args),
+    /// Health monitor: one collection cycle's CPU, the idle daemon, node_exporter per scrape.
+    Monitor(monitor::Args),
 }
 
 #[cfg(unix)]
@@ -47,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         match cli.bench {
             Bench::Control(a) => control::run(a).await,
+            Bench::Monitor(a) => monitor::run(a).await,
         }
     })
 }

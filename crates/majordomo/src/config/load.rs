@@ -383,6 +383,13 @@ fn build(root: DeTable<'_>, problems: &mut Vec<Problem>) -> Config {
             "log" => one(&mut cfg.log, v, problems),
             "control" => one(&mut cfg.control, v, problems),
             "paths" => one(&mut cfg.paths, v, problems),
+            "monitor" => one(&mut cfg.monitor, v, problems),
+            // Written checks replace the default ones.
+            "check" => {
+                cfg.check.clear();
+                many(&mut cfg.check, v, problems)
+            }
+            "notifier" => many(&mut cfg.notifier, v, problems),
             other => problems.push(Problem::spanned(
                 Some(k_span),
                 format!("unknown section `{other}`"),
@@ -393,7 +400,9 @@ fn build(root: DeTable<'_>, problems: &mut Vec<Problem>) -> Config {
     cfg
 }
 
-const SECTIONS: &[&str] = &["daemon", "log", "control", "paths"];
+const SECTIONS: &[&str] = &[
+    "daemon", "log", "control", "paths", "monitor", "check", "notifier",
+];
 
 /// Deserializes one section. serde stops at the first error, so after each error the offending
 /// entry is removed and the section tried again: every error in the section is reported.
@@ -440,7 +449,6 @@ fn remove_at(value: &mut Value<'_>, span: &Range<usize>) -> bool {
 }
 
 /// For array sections (`[[program]]`): each element on its own.
-#[allow(dead_code)]
 fn many<T: DeserializeOwned>(slot: &mut Vec<T>, value: Value<'_>, problems: &mut Vec<Problem>) {
     let span = value.span();
     match value.into_inner() {

@@ -22,13 +22,33 @@ pub use units::{Dur, Secret, Size};
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
 /// The whole configuration of one instance.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub daemon: DaemonConfig,
     pub log: LogConfig,
     pub control: ControlConfig,
     pub paths: PathsConfig,
+    /// `[monitor]`: metrics collection and history.
+    pub monitor: crate::monitor::MonitorConfig,
+    /// `[[check]]`: health checks (a file with any `[[check]]` replaces the default ones).
+    pub check: Vec<crate::monitor::CheckConfig>,
+    /// `[[notifier]]`: where alerts are sent.
+    pub notifier: Vec<crate::monitor::NotifierConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            daemon: DaemonConfig::default(),
+            log: LogConfig::default(),
+            control: ControlConfig::default(),
+            paths: PathsConfig::default(),
+            monitor: crate::monitor::MonitorConfig::default(),
+            check: crate::monitor::config::default_checks(),
+            notifier: Vec::new(),
+        }
+    }
 }
 
 /// `[daemon]`: the process as a whole.
@@ -196,6 +216,7 @@ impl Config {
                 "remove the field to disable tokens, or set a long random string",
             ));
         }
+        crate::monitor::config::validate(&self.monitor, &self.check, &self.notifier, problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
                 "daemon.grace_period",
