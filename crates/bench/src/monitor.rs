@@ -70,7 +70,10 @@ fn cycle_cpu(cycles: usize, top: usize) -> Duration {
 }
 
 fn node_exporter_bin() -> Option<String> {
-    for p in ["/usr/bin/prometheus-node-exporter", "/usr/sbin/prometheus-node-exporter"] {
+    for p in [
+        "/usr/bin/prometheus-node-exporter",
+        "/usr/sbin/prometheus-node-exporter",
+    ] {
         if std::path::Path::new(p).exists() {
             return Some(p.to_string());
         }
@@ -84,16 +87,29 @@ fn ensure_node_exporter() -> Option<String> {
     }
     eprintln!("installing prometheus-node-exporter (Debian package)...");
     let ok = Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "prometheus-node-exporter"])
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "prometheus-node-exporter",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdout(Stdio::null())
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        let _ = Command::new("apt-get").arg("update").stdout(Stdio::null()).status();
         let _ = Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "prometheus-node-exporter"])
+            .arg("update")
+            .stdout(Stdio::null())
+            .status();
+        let _ = Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "prometheus-node-exporter",
+            ])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdout(Stdio::null())
             .status();
@@ -108,7 +124,10 @@ fn scrape(port: u16) -> anyhow::Result<usize> {
     let mut body = Vec::new();
     s.read_to_end(&mut body)?;
     if !body.starts_with(b"HTTP/1.1 200") {
-        bail!("node_exporter answered {:?}", String::from_utf8_lossy(&body[..body.len().min(40)]));
+        bail!(
+            "node_exporter answered {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(40)])
+        );
     }
     Ok(body.len())
 }
@@ -119,7 +138,11 @@ fn node_exporter(scrapes: usize) -> Option<Duration> {
         eprintln!("node_exporter is not available: its figure is left out");
         return None;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
     let mut child = Command::new(&bin)
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
@@ -180,13 +203,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     table(
         "health monitor",
         &[
-            ("one collection cycle, CPU (median, default settings)", format!("{:.3} ms", ms(full))),
-            ("  without the top-process lists (top = 0)", format!("{:.3} ms", ms(bare))),
-            ("node_exporter, CPU per scrape", ne.map(|d| format!("{:.2} ms", ms(d))).unwrap_or_else(|| "n/a".into())),
+            (
+                "one collection cycle, CPU (median, default settings)",
+                format!("{:.3} ms", ms(full)),
+            ),
+            (
+                "  without the top-process lists (top = 0)",
+                format!("{:.3} ms", ms(bare)),
+            ),
+            (
+                "node_exporter, CPU per scrape",
+                ne.map(|d| format!("{:.2} ms", ms(d)))
+                    .unwrap_or_else(|| "n/a".into()),
+            ),
             ("idle daemon RSS (default config)", format!("{rss_kb} KB")),
             (
                 "idle daemon CPU",
-                format!("{idle_pct:.3} % over {:.0} s ({:.0} ms of CPU)", window.as_secs_f64(), ms(idle_cpu)),
+                format!(
+                    "{idle_pct:.3} % over {:.0} s ({:.0} ms of CPU)",
+                    window.as_secs_f64(),
+                    ms(idle_cpu)
+                ),
             ),
             ("cycles timed / scrapes", format!("{cycles} / {scrapes}")),
         ],

@@ -414,7 +414,10 @@ fn print_status(s: &Status) {
             s.alerts.firing, s.alerts.pending
         );
         for a in &s.alerts.active {
-            println!("    {:<8} {:<9} {}  {}", a.state, a.severity, a.id, a.summary);
+            println!(
+                "    {:<8} {:<9} {}  {}",
+                a.state, a.severity, a.id, a.summary
+            );
         }
     }
     println!("  subsystems");

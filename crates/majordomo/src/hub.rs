@@ -148,8 +148,12 @@ impl Event {
                 }
             },
             Event::Notification(d) => match d.outcome {
-                crate::monitor::notify::Outcome::Failed => tracing::warn!(notifier = %d.notifier, alert = %d.alert, attempts = d.attempts.len(), reason = d.reason.as_deref().unwrap_or(""), "notification failed"),
-                _ => tracing::debug!(notifier = %d.notifier, alert = %d.alert, outcome = ?d.outcome, "notification"),
+                crate::monitor::notify::Outcome::Failed => {
+                    tracing::warn!(notifier = %d.notifier, alert = %d.alert, attempts = d.attempts.len(), reason = d.reason.as_deref().unwrap_or(""), "notification failed")
+                }
+                _ => {
+                    tracing::debug!(notifier = %d.notifier, alert = %d.alert, outcome = ?d.outcome, "notification")
+                }
             },
         }
     }

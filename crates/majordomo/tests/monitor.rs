@@ -21,8 +21,14 @@ fn json_cli(home: &Home, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     let out = home.cli("default", &all);
-    assert!(out.status.success(), "{args:?}: {}{}", stdout(&out), stderr(&out));
-    serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stdout(&out)))
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stdout(&out)))
 }
 
 fn deliveries(home: &Home) -> Vec<Value> {
@@ -36,10 +42,18 @@ fn deliveries(home: &Home) -> Vec<Value> {
 fn wait_delivery(home: &Home, notifier: &str, alert: &str, state: &str, outcome: &str) -> Value {
     eventually(LONG, || {
         deliveries(home).into_iter().find(|d| {
-            d["notifier"] == notifier && d["alert"] == alert && d["state"] == state && d["outcome"] == outcome
+            d["notifier"] == notifier
+                && d["alert"] == alert
+                && d["state"] == state
+                && d["outcome"] == outcome
         })
     })
-    .unwrap_or_else(|| panic!("no {outcome} {state} delivery of {alert} by {notifier}: {:#?}", deliveries(home)))
+    .unwrap_or_else(|| {
+        panic!(
+            "no {outcome} {state} delivery of {alert} by {notifier}: {:#?}",
+            deliveries(home)
+        )
+    })
 }
 
 fn active_alert(home: &Home, id: &str) -> Option<Value> {
@@ -95,9 +109,14 @@ fn health_monitor_metric_alert_fires_after_for_with_hysteresis_and_resolves() {
         .collect();
     // Pending first, firing once the condition held for `for`.
     let pending = eventually(LONG, || active_alert(&home, "fds")).expect("alert raised");
-    assert!(matches!(pending["state"].as_str(), Some("pending" | "firing")), "{pending}");
-    let firing = eventually(LONG, || active_alert(&home, "fds").filter(|a| a["state"] == "firing"))
-        .expect("alert fires after `for`");
+    assert!(
+        matches!(pending["state"].as_str(), Some("pending" | "firing")),
+        "{pending}"
+    );
+    let firing = eventually(LONG, || {
+        active_alert(&home, "fds").filter(|a| a["state"] == "firing")
+    })
+    .expect("alert fires after `for`");
     assert_eq!(firing["severity"], "critical");
     // `status` shows it.
     let status = json_cli(&home, &["status"]);
@@ -124,10 +143,21 @@ fn health_monitor_metric_alert_fires_after_for_with_hysteresis_and_resolves() {
 fn health_monitor_routing_by_severity_and_resolved_notifications() {
     let home = Home::new();
     let flag = home.path().join("healthy");
-    let (crit, all) = (home.path().join("crit.jsonl"), home.path().join("all.jsonl"));
+    let (crit, all) = (
+        home.path().join("crit.jsonl"),
+        home.path().join("all.jsonl"),
+    );
     let mut cfg = flag_check("svc", &flag, "warning");
-    cfg.push_str(&file_notifier("pager", &crit, "min_severity = \"critical\""));
-    cfg.push_str(&file_notifier("everything", &all, "min_severity = \"info\""));
+    cfg.push_str(&file_notifier(
+        "pager",
+        &crit,
+        "min_severity = \"critical\"",
+    ));
+    cfg.push_str(&file_notifier(
+        "everything",
+        &all,
+        "min_severity = \"info\"",
+    ));
     home.write_config("default", &config(&cfg));
     let _d = home.start("default");
     let fired = wait_delivery(&home, "everything", "svc", "firing", "delivered");
@@ -136,7 +166,10 @@ fn health_monitor_routing_by_severity_and_resolved_notifications() {
     let alert: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
     assert_eq!(alert["check"], "svc");
     assert_eq!(alert["severity"], "warning");
-    assert!(alert["summary"].as_str().unwrap().contains("exited"), "{alert}");
+    assert!(
+        alert["summary"].as_str().unwrap().contains("exited"),
+        "{alert}"
+    );
     // Resolution is notified too.
     std::fs::write(&flag, "").unwrap();
     wait_delivery(&home, "everything", "svc", "resolved", "delivered");
@@ -176,7 +209,9 @@ fn flaky_server() -> (u16, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
                 }
                 let mut body = vec![0; len];
                 let _ = r.read_exact(&mut body);
-                b2.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                b2.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).into_owned());
                 let reply: &[u8] = match n {
                     0 => b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                     1 => {
@@ -210,8 +245,17 @@ fn notifications_webhook_retries_through_500_and_timeout_then_delivers() {
     let d = wait_delivery(&home, "hook", "down", "firing", "delivered");
     let attempts = d["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 3, "{d:#}");
-    assert!(attempts[0]["error"].as_str().unwrap().contains("500"), "{d:#}");
-    assert!(attempts[1]["error"].as_str().unwrap().contains("did not answer"), "{d:#}");
+    assert!(
+        attempts[0]["error"].as_str().unwrap().contains("500"),
+        "{d:#}"
+    );
+    assert!(
+        attempts[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer"),
+        "{d:#}"
+    );
     assert_eq!(attempts[2]["ok"], true);
     assert_eq!(count.load(Ordering::SeqCst), 3);
     let body: Value = serde_json::from_str(&bodies.lock().unwrap()[2]).unwrap();
@@ -250,7 +294,10 @@ fn notifications_quiet_hours_suppress_all_but_the_excepted_severity() {
     assert!(s["reason"].as_str().unwrap().contains("quiet hours"), "{s}");
     wait_delivery(&home, "night", "major", "firing", "delivered");
     let text = std::fs::read_to_string(&out).unwrap();
-    assert!(text.contains("\"major\"") && !text.contains("\"minor\""), "{text}");
+    assert!(
+        text.contains("\"major\"") && !text.contains("\"minor\""),
+        "{text}"
+    );
 }
 
 #[test]
@@ -259,35 +306,71 @@ fn health_monitor_report_and_history_survive_a_restart() {
     let flag = home.path().join("ok");
     home.write_config("default", &config(&flag_check("flappy", &flag, "warning")));
     let mut d = home.start("default");
-    eventually(LONG, || active_alert(&home, "flappy").filter(|a| a["state"] == "firing")).expect("fires");
+    eventually(LONG, || {
+        active_alert(&home, "flappy").filter(|a| a["state"] == "firing")
+    })
+    .expect("fires");
     std::fs::write(&flag, "").unwrap();
-    eventually(LONG, || active_alert(&home, "flappy").is_none().then_some(())).expect("resolves");
+    eventually(LONG, || {
+        active_alert(&home, "flappy").is_none().then_some(())
+    })
+    .expect("resolves");
     // A few collections into the history.
     let points = |home: &Home| {
-        json_cli(home, &["metrics", "uptime.seconds", "--since", "1h"])["series"]["uptime.seconds"]["stats"]["count"]
+        json_cli(home, &["metrics", "uptime.seconds", "--since", "1h"])["series"]["uptime.seconds"]
+            ["stats"]["count"]
             .as_u64()
             .unwrap_or(0)
     };
-    let before = eventually(LONG, || Some(points(&home)).filter(|n| *n >= 3)).expect("history grows");
+    let before =
+        eventually(LONG, || Some(points(&home)).filter(|n| *n >= 3)).expect("history grows");
     let report = home.path().join("report.json");
     let out = home.cli("default", &["report", "--out", report.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    for key in ["generated_at", "instance", "host", "current", "history", "checks", "alerts", "programs", "ports", "notifications"] {
+    for key in [
+        "generated_at",
+        "instance",
+        "host",
+        "current",
+        "history",
+        "checks",
+        "alerts",
+        "programs",
+        "ports",
+        "notifications",
+    ] {
         assert!(r.get(key).is_some(), "report lacks {key}: {r:#}");
     }
-    assert!(r["current"]["values"]["memory.used_pct"].as_f64().is_some(), "{r:#}");
+    assert!(
+        r["current"]["values"]["memory.used_pct"].as_f64().is_some(),
+        "{r:#}"
+    );
     let mem = &r["history"]["series"]["memory.used_pct"];
-    assert!(mem["min"].as_f64() <= mem["avg"].as_f64() && mem["avg"].as_f64() <= mem["max"].as_f64(), "{mem}");
+    assert!(
+        mem["min"].as_f64() <= mem["avg"].as_f64() && mem["avg"].as_f64() <= mem["max"].as_f64(),
+        "{mem}"
+    );
     assert!(mem["count"].as_u64() >= Some(3), "{mem}");
     let hist = r["alerts"]["history"].as_array().unwrap();
-    assert!(hist.iter().any(|a| a["id"] == "flappy" && a["state"] == "firing"), "{hist:#?}");
-    assert!(hist.iter().any(|a| a["id"] == "flappy" && a["state"] == "resolved"), "{hist:#?}");
+    assert!(
+        hist.iter()
+            .any(|a| a["id"] == "flappy" && a["state"] == "firing"),
+        "{hist:#?}"
+    );
+    assert!(
+        hist.iter()
+            .any(|a| a["id"] == "flappy" && a["state"] == "resolved"),
+        "{hist:#?}"
+    );
     assert_eq!(r["checks"][0]["name"], "flappy");
     assert_eq!(r["checks"][0]["state"], "ok");
     // Human output of the other verbs.
     let m = stdout(&home.cli("default", &["metrics"]));
-    assert!(m.contains("cpu.used_pct") && m.contains("memory.used_pct"), "{m}");
+    assert!(
+        m.contains("cpu.used_pct") && m.contains("memory.used_pct"),
+        "{m}"
+    );
     assert!(stdout(&home.cli("default", &["alerts"])).contains("flappy"));
     // The history survives a restart.
     assert!(home.cli("default", &["shutdown"]).status.success());
@@ -310,10 +393,21 @@ fn health_monitor_bad_checks_are_config_errors_with_lines() {
     assert_eq!(out.status.code(), Some(64));
     let err = stderr(&out);
     let f = file.display().to_string();
-    assert!(err.contains(&format!("{f}:3:")) && err.contains("unknown metric \"cpu.usd_pct\"") && err.contains("cpu.used_pct"), "{err}");
-    assert!(err.contains(&format!("{f}:9:")) && err.contains("/no/such/mount"), "{err}");
+    assert!(
+        err.contains(&format!("{f}:3:"))
+            && err.contains("unknown metric \"cpu.usd_pct\"")
+            && err.contains("cpu.used_pct"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{f}:9:")) && err.contains("/no/such/mount"),
+        "{err}"
+    );
     assert!(err.contains("needs `url`"), "{err}");
-    assert!(err.contains("25:00") && err.contains("Mars/Olympus"), "{err}");
+    assert!(
+        err.contains("25:00") && err.contains("Mars/Olympus"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -324,8 +418,17 @@ fn health_monitor_program_check_counts_a_never_started_program_as_down() {
         &config("[[check]]\nname = \"api-up\"\nprogram = \"api\"\ninterval = \"1s\"\nseverity = \"critical\"\n"),
     );
     let _d = home.start("default");
-    let a = eventually(LONG, || active_alert(&home, "api-up").filter(|a| a["state"] == "firing")).expect("fires");
-    assert!(a["summary"].as_str().unwrap().contains("never reported running"), "{a}");
+    let a = eventually(LONG, || {
+        active_alert(&home, "api-up").filter(|a| a["state"] == "firing")
+    })
+    .expect("fires");
+    assert!(
+        a["summary"]
+            .as_str()
+            .unwrap()
+            .contains("never reported running"),
+        "{a}"
+    );
 }
 
 /// Starts a private X display, D-Bus session bus and dunst; `None` (with a message) if any of
@@ -347,8 +450,15 @@ impl Drop for Desktop {
 fn desktop(dir: &Path) -> Option<Desktop> {
     use std::process::{Command, Stdio};
     for tool in ["dbus-daemon", "dunst", "Xvfb", "dunstctl"] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| !o.status.success()).unwrap_or(true) {
-            eprintln!("SKIPPED: {tool} is not installed (scripts/install-test-deps.sh installs it)");
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            eprintln!(
+                "SKIPPED: {tool} is not installed (scripts/install-test-deps.sh installs it)"
+            );
             return None;
         }
     }
@@ -356,7 +466,14 @@ fn desktop(dir: &Path) -> Option<Desktop> {
     let display = format!(":{}", 90 + std::process::id() % 400);
     procs.push(
         Command::new("Xvfb")
-            .args([display.as_str(), "-nolisten", "tcp", "-screen", "0", "640x480x24"])
+            .args([
+                display.as_str(),
+                "-nolisten",
+                "tcp",
+                "-screen",
+                "0",
+                "640x480x24",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -369,7 +486,9 @@ fn desktop(dir: &Path) -> Option<Desktop> {
         .spawn()
         .ok()?;
     let mut line = String::new();
-    BufReader::new(bus.stdout.take()?).read_line(&mut line).ok()?;
+    BufReader::new(bus.stdout.take()?)
+        .read_line(&mut line)
+        .ok()?;
     procs.push(bus);
     let addr = line.trim().to_string();
     if addr.is_empty() {
@@ -409,7 +528,9 @@ fn desktop(dir: &Path) -> Option<Desktop> {
 #[test]
 fn notifications_desktop_reaches_a_real_notification_server() {
     let home = Home::new();
-    let Some(desk) = desktop(home.path()) else { return };
+    let Some(desk) = desktop(home.path()) else {
+        return;
+    };
     home.write_config(
         "default",
         &config("[[notifier]]\nname = \"desk\"\ntype = \"desktop\"\n"),
@@ -428,7 +549,8 @@ fn notifications_desktop_reaches_a_real_notification_server() {
             .output()
             .ok()?;
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        text.contains("test notification from majordomo").then_some(text)
+        text.contains("test notification from majordomo")
+            .then_some(text)
     });
     // dunst moves a notification to its history only once it is closed: ask for that, then look.
     let shown = shown.or_else(|| {
@@ -443,7 +565,8 @@ fn notifications_desktop_reaches_a_real_notification_server() {
                 .output()
                 .ok()?;
             let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            text.contains("test notification from majordomo").then_some(text)
+            text.contains("test notification from majordomo")
+                .then_some(text)
         })
     });
     assert!(shown.is_some(), "dunst never showed the notification");
@@ -459,7 +582,8 @@ fn notifications_desktop_without_a_session_bus_fails_clearly() {
         &config("[[notifier]]\nname = \"desk\"\ntype = \"desktop\"\nretries = 1\nbackoff = \"100ms\"\ntimeout = \"2s\"\n"),
     );
     let _d = home.start_with("default", |c| {
-        c.env_remove("DBUS_SESSION_BUS_ADDRESS").env("XDG_RUNTIME_DIR", "/nonexistent-majordomo-test");
+        c.env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .env("XDG_RUNTIME_DIR", "/nonexistent-majordomo-test");
     });
     let out = home.cli("default", &["notify", "test", "desk"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));

@@ -19,7 +19,11 @@ fn default_toml_documents_every_field() {
                 };
                 if v.is_object() {
                     walk(&path, v, out);
-                } else if let Some(first) = v.as_array().and_then(|a| a.first()).filter(|f| f.is_object()) {
+                } else if let Some(first) = v
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .filter(|f| f.is_object())
+                {
                     // Arrays of tables ([[check]]): their fields, documented under [[check]].
                     walk(&path, first, out);
                 } else {

@@ -183,7 +183,8 @@ impl Engine {
 
     /// Drops the alerts of checks that no longer exist (after a config change).
     pub fn retain_checks(&mut self, names: &[&str]) {
-        self.active.retain(|_, a| names.contains(&a.alert.check.as_str()));
+        self.active
+            .retain(|_, a| names.contains(&a.alert.check.as_str()));
     }
 
     pub fn active(&self) -> Vec<Alert> {
@@ -251,16 +252,28 @@ mod tests {
         let mut e = Engine::default();
         let t0 = Instant::now();
         let w = SystemTime::now();
-        assert_eq!(states(&e.observe(obs(&c, 95.0), t0, w)), vec![AlertState::Pending]);
-        assert!(e.observe(obs(&c, 95.0), t0 + Duration::from_secs(30), w).is_empty());
+        assert_eq!(
+            states(&e.observe(obs(&c, 95.0), t0, w)),
+            vec![AlertState::Pending]
+        );
+        assert!(
+            e.observe(obs(&c, 95.0), t0 + Duration::from_secs(30), w)
+                .is_empty()
+        );
         assert_eq!(
             states(&e.observe(obs(&c, 95.0), t0 + Duration::from_secs(60), w)),
             vec![AlertState::Firing]
         );
         // Hovering between clear_below and above: still firing, no flapping.
         for s in [61, 62, 63] {
-            assert!(e.observe(obs(&c, 85.0), t0 + Duration::from_secs(s), w).is_empty());
-            assert!(e.observe(obs(&c, 91.0), t0 + Duration::from_secs(s), w).is_empty());
+            assert!(
+                e.observe(obs(&c, 85.0), t0 + Duration::from_secs(s), w)
+                    .is_empty()
+            );
+            assert!(
+                e.observe(obs(&c, 91.0), t0 + Duration::from_secs(s), w)
+                    .is_empty()
+            );
         }
         assert_eq!(e.counts(), (1, 0));
         assert_eq!(
@@ -301,7 +314,10 @@ mod tests {
             vec![AlertState::Pending, AlertState::Firing]
         );
         assert!(e.observe(obs(&c, 15.0), t0, w).is_empty());
-        assert_eq!(states(&e.observe(obs(&c, 25.0), t0, w)), vec![AlertState::Resolved]);
+        assert_eq!(
+            states(&e.observe(obs(&c, 25.0), t0, w)),
+            vec![AlertState::Resolved]
+        );
     }
 
     #[test]

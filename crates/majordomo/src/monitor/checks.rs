@@ -21,7 +21,10 @@ pub async fn run(c: &CheckConfig, st: &State) -> (bool, String) {
             Err(e) => return (false, format!("cannot start {prog:?}: {e}")),
         };
         return match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Err(_) => (false, format!("{prog:?} did not finish within {}", c.timeout)),
+            Err(_) => (
+                false,
+                format!("{prog:?} did not finish within {}", c.timeout),
+            ),
             Ok(Err(e)) => (false, format!("{prog:?}: {e}")),
             Ok(Ok(out)) => {
                 let code = out.status.code();
@@ -29,7 +32,13 @@ pub async fn run(c: &CheckConfig, st: &State) -> (bool, String) {
                 if code != Some(c.expect_exit) {
                     let err = String::from_utf8_lossy(&out.stderr);
                     let last = err.lines().last().or(text.lines().last()).unwrap_or("");
-                    (false, format!("{prog:?} exited with {} (expected {}): {last}", out.status, c.expect_exit))
+                    (
+                        false,
+                        format!(
+                            "{prog:?} exited with {} (expected {}): {last}",
+                            out.status, c.expect_exit
+                        ),
+                    )
                 } else if let Some(want) = &c.expect_output
                     && !text.contains(want.as_str())
                 {
@@ -41,7 +50,9 @@ pub async fn run(c: &CheckConfig, st: &State) -> (bool, String) {
         };
     }
     if let Some(addr) = &c.tcp {
-        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr.as_str())).await {
+        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr.as_str()))
+            .await
+        {
             Ok(Ok(_)) => (true, format!("{addr} accepts connections")),
             Ok(Err(e)) => (false, format!("{addr}: {e}")),
             Err(_) => (false, format!("{addr}: no answer within {}", c.timeout)),
@@ -54,8 +65,14 @@ pub async fn run(c: &CheckConfig, st: &State) -> (bool, String) {
         let seen = st.programs.lock().ok().and_then(|p| p.get(name).cloned());
         return match seen {
             Some(s) if s.running() => (true, format!("program {name} is {}", s.state)),
-            Some(s) => (false, format!("program {name} is not running (state {})", s.state)),
-            None => (false, format!("program {name} is not running (never reported running)")),
+            Some(s) => (
+                false,
+                format!("program {name} is not running (state {})", s.state),
+            ),
+            None => (
+                false,
+                format!("program {name} is not running (never reported running)"),
+            ),
         };
     }
     (true, String::new())

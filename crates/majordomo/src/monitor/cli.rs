@@ -50,12 +50,17 @@ fn human_value(key: &str, v: f64) -> String {
         "B" => bytesize::ByteSize(v.max(0.0) as u64).to_string(),
         "B/s" => format!("{}/s", bytesize::ByteSize(v.max(0.0) as u64)),
         "%" => format!("{v:.1} %"),
-        "s" => humantime::format_duration(std::time::Duration::from_secs(v.max(0.0) as u64)).to_string(),
+        "s" => humantime::format_duration(std::time::Duration::from_secs(v.max(0.0) as u64))
+            .to_string(),
         _ => format!("{v}"),
     }
 }
 
-pub async fn metrics(client: &mut Client, a: &MetricsArgs, json_out: bool) -> Result<u8, ClientError> {
+pub async fn metrics(
+    client: &mut Client,
+    a: &MetricsArgs,
+    json_out: bool,
+) -> Result<u8, ClientError> {
     let v = client
         .call_named("metrics", json!({"name": a.name, "since": a.since}))
         .await?;
@@ -66,13 +71,26 @@ pub async fn metrics(client: &mut Client, a: &MetricsArgs, json_out: bool) -> Re
     if a.since.is_some() {
         let series = v["series"].as_object().cloned().unwrap_or_default();
         if series.is_empty() {
-            println!("no history for {:?} in that window", a.name.as_deref().unwrap_or("any metric"));
+            println!(
+                "no history for {:?} in that window",
+                a.name.as_deref().unwrap_or("any metric")
+            );
         }
-        println!("{:<40} {:>12} {:>12} {:>12} {:>12} {:>7}", "SERIES", "MIN", "AVG", "MAX", "LAST", "POINTS");
+        println!(
+            "{:<40} {:>12} {:>12} {:>12} {:>12} {:>7}",
+            "SERIES", "MIN", "AVG", "MAX", "LAST", "POINTS"
+        );
         for (k, s) in series {
             let st = &s["stats"];
             let f = |f: &str| human_value(&k, st[f].as_f64().unwrap_or(0.0));
-            println!("{k:<40} {:>12} {:>12} {:>12} {:>12} {:>7}", f("min"), f("avg"), f("max"), f("last"), st["count"]);
+            println!(
+                "{k:<40} {:>12} {:>12} {:>12} {:>12} {:>7}",
+                f("min"),
+                f("avg"),
+                f("max"),
+                f("last"),
+                st["count"]
+            );
         }
         return Ok(exit::OK);
     }
@@ -82,7 +100,10 @@ pub async fn metrics(client: &mut Client, a: &MetricsArgs, json_out: bool) -> Re
         }
     }
     if a.name.is_none() {
-        for (title, list) in [("top by CPU", &v["top_cpu"]), ("top by memory", &v["top_mem"])] {
+        for (title, list) in [
+            ("top by CPU", &v["top_cpu"]),
+            ("top by memory", &v["top_mem"]),
+        ] {
             if let Some(list) = list.as_array().filter(|l| !l.is_empty()) {
                 println!("\n{title}:");
                 for p in list {
@@ -142,7 +163,10 @@ pub async fn report(client: &mut Client, a: &ReportArgs) -> Result<u8, ClientErr
     match &a.out {
         Some(path) => {
             if let Err(e) = std::fs::write(path, format!("{text}\n")) {
-                eprintln!("majordomo: cannot write the report to {}: {e}", path.display());
+                eprintln!(
+                    "majordomo: cannot write the report to {}: {e}",
+                    path.display()
+                );
                 return Ok(exit::FAILURE);
             }
             eprintln!("report written to {}", path.display());
@@ -152,7 +176,11 @@ pub async fn report(client: &mut Client, a: &ReportArgs) -> Result<u8, ClientErr
     Ok(exit::OK)
 }
 
-pub async fn notify(client: &mut Client, cmd: &NotifyCmd, json_out: bool) -> Result<u8, ClientError> {
+pub async fn notify(
+    client: &mut Client,
+    cmd: &NotifyCmd,
+    json_out: bool,
+) -> Result<u8, ClientError> {
     match cmd {
         NotifyCmd::Log { notifier, limit } => {
             let v = client
@@ -163,10 +191,19 @@ pub async fn notify(client: &mut Client, cmd: &NotifyCmd, json_out: bool) -> Res
                 return Ok(exit::OK);
             }
             if let Some(counts) = v["counts"].as_object() {
-                println!("{:<16} {:>9} {:>7} {:>10} {:>8} {:>9}", "NOTIFIER", "DELIVERED", "FAILED", "SUPPRESSED", "ATTEMPTS", "RATE");
+                println!(
+                    "{:<16} {:>9} {:>7} {:>10} {:>8} {:>9}",
+                    "NOTIFIER", "DELIVERED", "FAILED", "SUPPRESSED", "ATTEMPTS", "RATE"
+                );
                 for (k, c) in counts {
-                    let rate = c["delivery_rate_pct"].as_f64().map(|r| format!("{r:.1} %")).unwrap_or_else(|| "-".into());
-                    println!("{k:<16} {:>9} {:>7} {:>10} {:>8} {:>9}", c["delivered"], c["failed"], c["suppressed"], c["attempts"], rate);
+                    let rate = c["delivery_rate_pct"]
+                        .as_f64()
+                        .map(|r| format!("{r:.1} %"))
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{k:<16} {:>9} {:>7} {:>10} {:>8} {:>9}",
+                        c["delivered"], c["failed"], c["suppressed"], c["attempts"], rate
+                    );
                 }
             }
             println!();
@@ -179,18 +216,26 @@ pub async fn notify(client: &mut Client, cmd: &NotifyCmd, json_out: bool) -> Res
                     d["alert"].as_str().unwrap_or(""),
                     d["state"].as_str().unwrap_or(""),
                     d["attempts"].as_array().map(|a| a.len()).unwrap_or(0),
-                    d["reason"].as_str().map(|r| format!("  ({r})")).unwrap_or_default()
+                    d["reason"]
+                        .as_str()
+                        .map(|r| format!("  ({r})"))
+                        .unwrap_or_default()
                 );
             }
             Ok(exit::OK)
         }
         NotifyCmd::Test { name } => {
-            let v = client.call_named("notify.test", json!({"name": name})).await?;
+            let v = client
+                .call_named("notify.test", json!({"name": name}))
+                .await?;
             let ok = v["outcome"] == "delivered";
             if json_out {
                 println!("{v}");
             } else if ok {
-                println!("test notification delivered through {name:?} ({} attempt(s))", v["attempts"].as_array().map(|a| a.len()).unwrap_or(0));
+                println!(
+                    "test notification delivered through {name:?} ({} attempt(s))",
+                    v["attempts"].as_array().map(|a| a.len()).unwrap_or(0)
+                );
             } else {
                 eprintln!(
                     "test notification through {name:?} failed after {} attempt(s): {}",

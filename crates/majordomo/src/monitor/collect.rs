@@ -455,8 +455,16 @@ mod linux {
                 let (rx, rx_err, rx_drop, tx, tx_err) = (f[0], f[2], f[3], f[8], f[10]);
                 let label = Some(iface);
                 if let (Some(dt), Some(&(prx, ptx))) = (dt, self.prev_net.get(iface)) {
-                    out.push("net.rx_bytes_per_s", label, rx.saturating_sub(prx) as f64 / dt);
-                    out.push("net.tx_bytes_per_s", label, tx.saturating_sub(ptx) as f64 / dt);
+                    out.push(
+                        "net.rx_bytes_per_s",
+                        label,
+                        rx.saturating_sub(prx) as f64 / dt,
+                    );
+                    out.push(
+                        "net.tx_bytes_per_s",
+                        label,
+                        tx.saturating_sub(ptx) as f64 / dt,
+                    );
                 }
                 out.push("net.rx_errors", label, rx_err as f64);
                 out.push("net.tx_errors", label, tx_err as f64);
@@ -501,7 +509,9 @@ mod linux {
                     continue;
                 };
                 let cpu = match (dt, self.prev_procs.get(&pid)) {
-                    (Some(dt), Some(prev)) => ticks.saturating_sub(*prev) as f64 / USER_HZ / dt * 100.0,
+                    (Some(dt), Some(prev)) => {
+                        ticks.saturating_sub(*prev) as f64 / USER_HZ / dt * 100.0
+                    }
                     _ => 0.0,
                 };
                 self.next_procs.insert(pid, ticks);
@@ -621,7 +631,10 @@ mod linux {
         let mut owners: HashMap<u64, (u32, String)> = HashMap::new();
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for entry in dir.flatten() {
-                let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
                 else {
                     continue;
                 };
@@ -737,7 +750,9 @@ mod linux {
 mod other {
     use std::collections::HashMap;
 
-    use sysinfo::{Disks, Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, RefreshKind, System};
+    use sysinfo::{
+        Disks, Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, RefreshKind, System,
+    };
 
     use super::{Mount, Port, Programs, top_n, unix_now};
     use crate::monitor::metrics::{Proc, Snapshot, pct};
@@ -793,7 +808,11 @@ mod other {
             if dt.is_some() {
                 out.push("cpu.used_pct", None, self.sys.global_cpu_usage() as f64);
                 for (i, c) in self.sys.cpus().iter().enumerate() {
-                    out.push("cpu.core_used_pct", Some(&i.to_string()), c.cpu_usage() as f64);
+                    out.push(
+                        "cpu.core_used_pct",
+                        Some(&i.to_string()),
+                        c.cpu_usage() as f64,
+                    );
                 }
             }
             let l = System::load_average();
@@ -839,7 +858,11 @@ mod other {
                     out.push("net.tx_bytes_per_s", label, n.transmitted() as f64 / dt);
                 }
                 out.push("net.rx_errors", label, n.total_errors_on_received() as f64);
-                out.push("net.tx_errors", label, n.total_errors_on_transmitted() as f64);
+                out.push(
+                    "net.tx_errors",
+                    label,
+                    n.total_errors_on_transmitted() as f64,
+                );
             }
             self.sys.refresh_processes_specifics(
                 ProcessesToUpdate::All,

@@ -286,7 +286,10 @@ pub fn validate(
     if monitor.downsample.get().as_secs() < 60 {
         problems.push(Problem::at(
             "monitor.downsample",
-            format!("{} is too short for downsampled history", monitor.downsample),
+            format!(
+                "{} is too short for downsampled history",
+                monitor.downsample
+            ),
             "use at least \"1m\", e.g. \"5m\"",
         ));
     }
@@ -295,7 +298,11 @@ pub fn validate(
     for (i, c) in checks.iter().enumerate() {
         let at = |f: &str| format!("check[{i}].{f}");
         if c.name.trim().is_empty() {
-            problems.push(Problem::at(at("name"), "a check needs a name", "add name = \"disk-full\""));
+            problems.push(Problem::at(
+                at("name"),
+                "a check needs a name",
+                "add name = \"disk-full\"",
+            ));
         } else if !seen.insert(c.name.as_str()) {
             problems.push(Problem::at(
                 at("name"),
@@ -314,7 +321,10 @@ pub fn validate(
         if n != 1 {
             problems.push(Problem::at(
                 at("name"),
-                format!("check {:?} sets {n} of metric, command, tcp, http, program", c.name),
+                format!(
+                    "check {:?} sets {n} of metric, command, tcp, http, program",
+                    c.name
+                ),
                 "set exactly one of them",
             ));
             continue;
@@ -349,7 +359,10 @@ pub fn validate(
                     ));
                 } else if k == "mount" {
                     let known = mounts.get_or_insert_with(|| {
-                        super::collect::mounts().into_iter().map(|m| m.path).collect()
+                        super::collect::mounts()
+                            .into_iter()
+                            .map(|m| m.path)
+                            .collect()
                     });
                     if !known.is_empty() && !known.iter().any(|m| m == v) {
                         problems.push(Problem::at(
@@ -368,7 +381,11 @@ pub fn validate(
                 )),
                 (Some(a), None) => {
                     if c.clear_above.is_some() {
-                        problems.push(Problem::at(at("clear_above"), "clear_above goes with `below`", "use clear_below with `above`"));
+                        problems.push(Problem::at(
+                            at("clear_above"),
+                            "clear_above goes with `below`",
+                            "use clear_below with `above`",
+                        ));
                     }
                     if let Some(cb) = c.clear_below
                         && cb > a
@@ -382,7 +399,11 @@ pub fn validate(
                 }
                 (None, Some(b)) => {
                     if c.clear_below.is_some() {
-                        problems.push(Problem::at(at("clear_below"), "clear_below goes with `above`", "use clear_above with `below`"));
+                        problems.push(Problem::at(
+                            at("clear_below"),
+                            "clear_below goes with `above`",
+                            "use clear_above with `below`",
+                        ));
                     }
                     if let Some(ca) = c.clear_above
                         && ca < b
@@ -429,19 +450,31 @@ pub fn validate(
             ));
         }
         if c.timeout.get().is_zero() {
-            problems.push(Problem::at(at("timeout"), "a timeout of 0", "use e.g. \"10s\""));
+            problems.push(Problem::at(
+                at("timeout"),
+                "a timeout of 0",
+                "use e.g. \"10s\"",
+            ));
         }
         if let Some(iv) = c.interval
             && iv.get() < std::time::Duration::from_secs(1)
         {
-            problems.push(Problem::at(at("interval"), format!("{iv} is too short"), "use at least \"1s\""));
+            problems.push(Problem::at(
+                at("interval"),
+                format!("{iv} is too short"),
+                "use at least \"1s\"",
+            ));
         }
     }
     let mut seen = std::collections::HashSet::new();
     for (i, n) in notifiers.iter().enumerate() {
         let at = |f: &str| format!("notifier[{i}].{f}");
         if n.name.trim().is_empty() {
-            problems.push(Problem::at(at("name"), "a notifier needs a name", "add name = \"ops\""));
+            problems.push(Problem::at(
+                at("name"),
+                "a notifier needs a name",
+                "add name = \"ops\"",
+            ));
         } else if !seen.insert(n.name.as_str()) {
             problems.push(Problem::at(
                 at("name"),
@@ -451,9 +484,14 @@ pub fn validate(
         }
         match n.kind {
             NotifierKind::Webhook => match &n.url {
-                None => problems.push(Problem::at(at("type"), "a webhook notifier needs `url`", "add url = \"https://...\"")),
+                None => problems.push(Problem::at(
+                    at("type"),
+                    "a webhook notifier needs `url`",
+                    "add url = \"https://...\"",
+                )),
                 Some(u) => {
-                    if !matches!(reqwest::Url::parse(u), Ok(url) if matches!(url.scheme(), "http" | "https")) {
+                    if !matches!(reqwest::Url::parse(u), Ok(url) if matches!(url.scheme(), "http" | "https"))
+                    {
                         problems.push(Problem::at(
                             at("url"),
                             format!("{u:?} is not an http(s) URL"),
@@ -470,13 +508,25 @@ pub fn validate(
             _ => {}
         }
         if n.kind != NotifierKind::Webhook && (n.url.is_some() || !n.headers.is_empty()) {
-            problems.push(Problem::at(at("url"), "`url` and `headers` apply only to webhook notifiers", "remove them or use type = \"webhook\""));
+            problems.push(Problem::at(
+                at("url"),
+                "`url` and `headers` apply only to webhook notifiers",
+                "remove them or use type = \"webhook\"",
+            ));
         }
         if n.kind != NotifierKind::Command && !n.command.is_empty() {
-            problems.push(Problem::at(at("command"), "`command` applies only to command notifiers", "remove it or use type = \"command\""));
+            problems.push(Problem::at(
+                at("command"),
+                "`command` applies only to command notifiers",
+                "remove it or use type = \"command\"",
+            ));
         }
         if n.timeout.get().is_zero() {
-            problems.push(Problem::at(at("timeout"), "a timeout of 0", "use e.g. \"10s\""));
+            problems.push(Problem::at(
+                at("timeout"),
+                "a timeout of 0",
+                "use e.g. \"10s\"",
+            ));
         }
         if let Some(q) = &n.quiet_hours {
             for (v, f) in [(&q.from, "from"), (&q.to, "to")] {

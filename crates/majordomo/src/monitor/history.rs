@@ -119,14 +119,19 @@ impl History {
             self.line.push(':');
             // Two decimals are plenty for percentages; large byte counts stay integral.
             let v = (s.value * 100.0).round() / 100.0;
-            self.line.push_str(&serde_json::Number::from_f64(v).map(|n| n.to_string()).unwrap_or_else(|| "0".into()));
+            self.line.push_str(
+                &serde_json::Number::from_f64(v)
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "0".into()),
+            );
         }
         self.line.push_str("}}\n");
         if let Some((_, f)) = self.open.as_mut() {
-            f.write_all(self.line.as_bytes()).map_err(|e| HistoryError::Io {
-                path: self.dir.clone(),
-                source: e,
-            })?;
+            f.write_all(self.line.as_bytes())
+                .map_err(|e| HistoryError::Io {
+                    path: self.dir.clone(),
+                    source: e,
+                })?;
         }
         Ok(())
     }
@@ -174,8 +179,7 @@ impl History {
                 for (t, m) in buckets {
                     let line = DsLine {
                         t,
-                        m: m
-                            .into_iter()
+                        m: m.into_iter()
                             .map(|(k, (min, sum, max, n))| {
                                 (k, [min, round2(sum / n.max(1) as f64), max])
                             })
@@ -252,7 +256,12 @@ impl History {
                     }
                     for (k, [min, avg, max]) in l.m {
                         if k.starts_with(prefix) {
-                            out.entry(k).or_default().push(Point { t: l.t, min, avg, max });
+                            out.entry(k).or_default().push(Point {
+                                t: l.t,
+                                min,
+                                avg,
+                                max,
+                            });
                         }
                     }
                 }
@@ -279,7 +288,10 @@ fn round2(v: f64) -> f64 {
 }
 
 fn stamp(name: &str, prefix: &str) -> Option<u64> {
-    name.strip_prefix(prefix)?.strip_suffix(".jsonl")?.parse().ok()
+    name.strip_prefix(prefix)?
+        .strip_suffix(".jsonl")?
+        .parse()
+        .ok()
 }
 
 fn read_lines(path: &Path) -> impl Iterator<Item = String> {

@@ -44,8 +44,14 @@ impl AlertBoard {
 
     fn set(&self, active: &[Alert]) {
         if let Ok(mut s) = self.0.lock() {
-            s.firing = active.iter().filter(|a| a.state == AlertState::Firing).count() as u32;
-            s.pending = active.iter().filter(|a| a.state == AlertState::Pending).count() as u32;
+            s.firing = active
+                .iter()
+                .filter(|a| a.state == AlertState::Firing)
+                .count() as u32;
+            s.pending = active
+                .iter()
+                .filter(|a| a.state == AlertState::Pending)
+                .count() as u32;
             s.active = active
                 .iter()
                 .map(|a| AlertBrief {
@@ -87,7 +93,11 @@ pub struct State {
 
 /// The instance's state folder, with `[paths]` applied.
 pub fn state_dir(ctx: &Ctx, cfg: &Config) -> PathBuf {
-    ctx.shared.layout.clone().with_overrides(&cfg.paths).state_dir
+    ctx.shared
+        .layout
+        .clone()
+        .with_overrides(&cfg.paths)
+        .state_dir
 }
 
 pub struct Monitor;
@@ -166,8 +176,11 @@ async fn run_monitor(ctx: Ctx) -> Result<(), String> {
     });
     register_commands(&ctx, &st);
     let checks: Arc<Vec<CheckConfig>> = Arc::new(cfg.check.clone());
-    let metric_checks: Vec<CheckConfig> =
-        checks.iter().filter(|c| c.metric.is_some()).cloned().collect();
+    let metric_checks: Vec<CheckConfig> = checks
+        .iter()
+        .filter(|c| c.metric.is_some())
+        .cloned()
+        .collect();
     let program_wake = Arc::new(tokio::sync::Notify::new());
 
     // Hub listener: program states (for program checks, program metrics and the report) and
@@ -185,7 +198,9 @@ async fn run_monitor(ctx: Ctx) -> Result<(), String> {
                 };
                 match ev {
                     Ok(ev) => match &*ev {
-                        Event::ProgramState { name, state, pid, .. } => {
+                        Event::ProgramState {
+                            name, state, pid, ..
+                        } => {
                             if let Ok(mut p) = st.programs.lock() {
                                 let since = match p.get(name) {
                                     Some(s) if s.state == *state => s.since.clone(),
@@ -224,6 +239,21 @@ async fn run_monitor(ctx: Ctx) -> Result<(), String> {
         });
     }
 
+    // Alerts raised before the notifiers subscribed would never be notified: let every
+    // subsystem starting alongside (at start-up or on a reload) get going first.
+    ctx.ready();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && ctx
+            .shared
+            .board
+            .snapshot()
+            .values()
+            .any(|s| s.state == "starting")
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
     // Command, tcp, http and program checks: one task each.
     for check in checks.iter().filter(|c| c.metric.is_none()).cloned() {
         let ctx2 = ctx.clone();
@@ -249,7 +279,11 @@ async fn run_monitor(ctx: Ctx) -> Result<(), String> {
                         check: &check,
                         id: check.name.clone(),
                         labels: BTreeMap::new(),
-                        cond: if ok { alerts::Cond::Clear } else { alerts::Cond::Trip },
+                        cond: if ok {
+                            alerts::Cond::Clear
+                        } else {
+                            alerts::Cond::Trip
+                        },
                         value: None,
                         detail,
                     };
@@ -279,7 +313,6 @@ async fn run_monitor(ctx: Ctx) -> Result<(), String> {
     let mut tick = tokio::time::interval(cfg.monitor.interval.get());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut history_failed = false;
-    ctx.ready();
     ctx.detail(format!(
         "every {} · {} checks",
         cfg.monitor.interval,
@@ -331,8 +364,12 @@ async fn run_monitor(ctx: Ctx) -> Result<(), String> {
                         None => c.name.clone(),
                     };
                     let detail = match (c.above, c.below) {
-                        (Some(a), _) => format!("{} is {:.1} (threshold: above {a})", s.key(), s.value),
-                        (_, Some(b)) => format!("{} is {:.1} (threshold: below {b})", s.key(), s.value),
+                        (Some(a), _) => {
+                            format!("{} is {:.1} (threshold: above {a})", s.key(), s.value)
+                        }
+                        (_, Some(b)) => {
+                            format!("{} is {:.1} (threshold: below {b})", s.key(), s.value)
+                        }
                         _ => String::new(),
                     };
                     transitions.extend(engine.observe(
@@ -362,8 +399,11 @@ fn bad(msg: impl Into<String>) -> ErrorBody {
 }
 
 fn parse_since(s: &str) -> Result<Duration, ErrorBody> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| bad(format!("invalid --since {s:?}: {e}; write it like \"1h\" or \"30m\"")))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        bad(format!(
+            "invalid --since {s:?}: {e}; write it like \"1h\" or \"30m\""
+        ))
+    })
 }
 
 fn unix_now() -> u64 {
@@ -502,7 +542,11 @@ async fn report(st: &Arc<State>, shared: &crate::daemon::Shared, cfg: &Config) -
         })
         .collect();
     let programs = st.programs.lock().map(|p| p.clone()).unwrap_or_default();
-    let notifications = st.notifications.lock().map(|n| n.clone()).unwrap_or_default();
+    let notifications = st
+        .notifications
+        .lock()
+        .map(|n| n.clone())
+        .unwrap_or_default();
     let status = shared.status();
     json!({
         "generated_at": alerts::rfc3339(SystemTime::now()),
@@ -575,19 +619,24 @@ async fn run_notify(ctx: Ctx) -> Result<(), String> {
                         _ = ctx2.token.cancelled() => return,
                         a = rx.recv() => match a { Some(a) => a, None => return },
                     };
-                    if let Some(reason) = gate.check(&n, &a, Instant::now(), jiff::Timestamp::now()) {
-                        emit_delivery(&ctx2, &record, notify::Delivery {
-                            at: alerts::rfc3339(SystemTime::now()),
-                            notifier: n.name.clone(),
-                            kind: n.kind,
-                            alert: a.id.clone(),
-                            state: a.state,
-                            severity: a.severity,
-                            outcome: notify::Outcome::Suppressed,
-                            reason: Some(reason),
-                            attempts: vec![],
-                            test: false,
-                        });
+                    if let Some(reason) = gate.check(&n, &a, Instant::now(), jiff::Timestamp::now())
+                    {
+                        emit_delivery(
+                            &ctx2,
+                            &record,
+                            notify::Delivery {
+                                at: alerts::rfc3339(SystemTime::now()),
+                                notifier: n.name.clone(),
+                                kind: n.kind,
+                                alert: a.id.clone(),
+                                state: a.state,
+                                severity: a.severity,
+                                outcome: notify::Outcome::Suppressed,
+                                reason: Some(reason),
+                                attempts: vec![],
+                                test: false,
+                            },
+                        );
                         continue;
                     }
                     let d = tokio::select! {
@@ -641,15 +690,23 @@ async fn run_notify(ctx: Ctx) -> Result<(), String> {
         let record = record.clone();
         let deliverer = deliverer.clone();
         ctx.command("notify.test", move |args| {
-            let (ctx2, notifiers, record, deliverer) =
-                (ctx2.clone(), notifiers.clone(), record.clone(), deliverer.clone());
+            let (ctx2, notifiers, record, deliverer) = (
+                ctx2.clone(),
+                notifiers.clone(),
+                record.clone(),
+                deliverer.clone(),
+            );
             async move {
                 let a: TestArgs = parse_args("notify.test", args)?;
                 let Some(n) = notifiers.iter().find(|n| n.name == a.name) else {
                     let names: Vec<&str> = notifiers.iter().map(|n| n.name.as_str()).collect();
                     return Err(ErrorBody::new(
                         ErrorCode::BadRequest,
-                        format!("no notifier named {:?}; configured: {}", a.name, names.join(", ")),
+                        format!(
+                            "no notifier named {:?}; configured: {}",
+                            a.name,
+                            names.join(", ")
+                        ),
                     ));
                 };
                 let now = alerts::rfc3339(SystemTime::now());
@@ -688,23 +745,33 @@ async fn run_notify(ctx: Ctx) -> Result<(), String> {
                             continue;
                         }
                         if tx.try_send(a.clone()).is_err() {
-                            emit_delivery(&ctx, &record, notify::Delivery {
-                                at: alerts::rfc3339(SystemTime::now()),
-                                notifier: n.name.clone(),
-                                kind: n.kind,
-                                alert: a.id.clone(),
-                                state: a.state,
-                                severity: a.severity,
-                                outcome: notify::Outcome::Failed,
-                                reason: Some("the notifier's queue is full (it is failing or slow)".into()),
-                                attempts: vec![],
-                                test: false,
-                            });
+                            emit_delivery(
+                                &ctx,
+                                &record,
+                                notify::Delivery {
+                                    at: alerts::rfc3339(SystemTime::now()),
+                                    notifier: n.name.clone(),
+                                    kind: n.kind,
+                                    alert: a.id.clone(),
+                                    state: a.state,
+                                    severity: a.severity,
+                                    outcome: notify::Outcome::Failed,
+                                    reason: Some(
+                                        "the notifier's queue is full (it is failing or slow)"
+                                            .into(),
+                                    ),
+                                    attempts: vec![],
+                                    test: false,
+                                },
+                            );
                         }
                     }
                 }
             }
-            Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "notify fell behind the event hub; some alerts were not notified"),
+            Err(RecvError::Lagged(n)) => tracing::warn!(
+                missed = n,
+                "notify fell behind the event hub; some alerts were not notified"
+            ),
             Err(RecvError::Closed) => return Ok(()),
         }
     }

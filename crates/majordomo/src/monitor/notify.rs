@@ -220,7 +220,8 @@ impl Gate {
         }
         self.window.push_back(now);
         self.sent.insert(key, now);
-        self.sent.retain(|_, t| now.duration_since(*t) < Duration::from_secs(24 * 3600));
+        self.sent
+            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(24 * 3600));
         None
     }
 }
@@ -273,13 +274,23 @@ impl Deliverer {
             let ms = start.elapsed().as_millis() as u64;
             match res {
                 Ok(()) => {
-                    attempts.push(Attempt { at, ok: true, ms, error: None });
+                    attempts.push(Attempt {
+                        at,
+                        ok: true,
+                        ms,
+                        error: None,
+                    });
                     ok = true;
                     break;
                 }
                 Err(e) => {
                     tracing::warn!(notifier = %n.name, attempt = i + 1, error = %e, "notification attempt failed");
-                    attempts.push(Attempt { at, ok: false, ms, error: Some(e) });
+                    attempts.push(Attempt {
+                        at,
+                        ok: false,
+                        ms,
+                        error: Some(e),
+                    });
                 }
             }
         }
@@ -295,7 +306,11 @@ impl Deliverer {
             alert: a.id.clone(),
             state: a.state,
             severity: a.severity,
-            outcome: if ok { Outcome::Delivered } else { Outcome::Failed },
+            outcome: if ok {
+                Outcome::Delivered
+            } else {
+                Outcome::Failed
+            },
             reason,
             attempts,
             test,
@@ -316,9 +331,15 @@ impl Deliverer {
         match n.kind {
             NotifierKind::Log => {
                 match a.severity {
-                    Severity::Critical => tracing::error!(notifier = %n.name, alert = %a.id, state = a.state.as_str(), "{}", a.summary),
-                    Severity::Warning => tracing::warn!(notifier = %n.name, alert = %a.id, state = a.state.as_str(), "{}", a.summary),
-                    Severity::Info => tracing::info!(notifier = %n.name, alert = %a.id, state = a.state.as_str(), "{}", a.summary),
+                    Severity::Critical => {
+                        tracing::error!(notifier = %n.name, alert = %a.id, state = a.state.as_str(), "{}", a.summary)
+                    }
+                    Severity::Warning => {
+                        tracing::warn!(notifier = %n.name, alert = %a.id, state = a.state.as_str(), "{}", a.summary)
+                    }
+                    Severity::Info => {
+                        tracing::info!(notifier = %n.name, alert = %a.id, state = a.state.as_str(), "{}", a.summary)
+                    }
                 }
                 Ok(())
             }
@@ -337,8 +358,10 @@ impl Deliverer {
                 match req.send().await {
                     Ok(resp) if resp.status().is_success() => Ok(()),
                     Ok(resp) => Err(format!("{url} answered HTTP {}", resp.status())),
-                    Err(e) if e.is_timeout() => Err(format!("{url} did not answer within {}", n.timeout)),
-                    Err(e) => Err(format!("{url}: {}", error_chain(&e))),
+                    Err(e) if e.is_timeout() => {
+                        Err(format!("{url} did not answer within {}", n.timeout))
+                    }
+                    Err(e) => Err(error_chain(&e)),
                 }
             }
             NotifierKind::Command => {
@@ -356,19 +379,33 @@ impl Deliverer {
                     let _ = stdin.write_all(&body).await;
                 }
                 match tokio::time::timeout(timeout, child.wait_with_output()).await {
-                    Err(_) => Err(format!("{prog:?} did not finish within {}; killed", n.timeout)),
+                    Err(_) => Err(format!(
+                        "{prog:?} did not finish within {}; killed",
+                        n.timeout
+                    )),
                     Ok(Err(e)) => Err(format!("{prog:?}: {e}")),
                     Ok(Ok(out)) if out.status.success() => Ok(()),
                     Ok(Ok(out)) => {
                         let err = String::from_utf8_lossy(&out.stderr);
-                        let tail: String = err.trim().chars().rev().take(200).collect::<Vec<_>>().into_iter().rev().collect();
+                        let tail: String = err
+                            .trim()
+                            .chars()
+                            .rev()
+                            .take(200)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect();
                         Err(format!("{prog:?} exited with {}: {tail}", out.status))
                     }
                 }
             }
             NotifierKind::Desktop => match tokio::time::timeout(timeout, desktop(a)).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("the desktop notification server did not answer within {}", n.timeout)),
+                Err(_) => Err(format!(
+                    "the desktop notification server did not answer within {}",
+                    n.timeout
+                )),
             },
         }
     }
@@ -503,9 +540,25 @@ mod tests {
         let mut g = Gate::default();
         let night = ts("2025-01-15T23:00:00Z");
         let now = Instant::now();
-        assert!(g.check(&n, &alert(Severity::Warning, AlertState::Firing), now, night).is_some_and(|r| r.contains("quiet")));
+        assert!(
+            g.check(
+                &n,
+                &alert(Severity::Warning, AlertState::Firing),
+                now,
+                night
+            )
+            .is_some_and(|r| r.contains("quiet"))
+        );
         // `except = "critical"` goes through.
-        assert_eq!(g.check(&n, &alert(Severity::Critical, AlertState::Firing), now, night), None);
+        assert_eq!(
+            g.check(
+                &n,
+                &alert(Severity::Critical, AlertState::Firing),
+                now,
+                night
+            ),
+            None
+        );
     }
 
     #[test]
@@ -521,12 +574,18 @@ mod tests {
         let w = ts("2025-01-15T12:00:00Z");
         let a = alert(Severity::Warning, AlertState::Firing);
         assert_eq!(g.check(&n, &a, t0, w), None);
-        assert!(g.check(&n, &a, t0 + Duration::from_secs(60), w).is_some_and(|r| r.contains("duplicate")));
+        assert!(
+            g.check(&n, &a, t0 + Duration::from_secs(60), w)
+                .is_some_and(|r| r.contains("duplicate"))
+        );
         let r = alert(Severity::Warning, AlertState::Resolved);
         assert_eq!(g.check(&n, &r, t0 + Duration::from_secs(61), w), None);
         let mut other = a.clone();
         other.id = "other".into();
-        assert!(g.check(&n, &other, t0 + Duration::from_secs(62), w).is_some_and(|r| r.contains("rate limit")));
+        assert!(
+            g.check(&n, &other, t0 + Duration::from_secs(62), w)
+                .is_some_and(|r| r.contains("rate limit"))
+        );
         // After the window, the same alert may be sent again.
         assert_eq!(g.check(&n, &a, t0 + Duration::from_secs(3700), w), None);
     }
@@ -542,7 +601,10 @@ mod tests {
         };
         assert!(routes(&n, &alert(Severity::Critical, AlertState::Firing)));
         assert!(!routes(&n, &alert(Severity::Info, AlertState::Firing)));
-        assert!(!routes(&n, &alert(Severity::Critical, AlertState::Resolved)));
+        assert!(!routes(
+            &n,
+            &alert(Severity::Critical, AlertState::Resolved)
+        ));
         assert!(!routes(&n, &alert(Severity::Critical, AlertState::Pending)));
         let mut a = alert(Severity::Critical, AlertState::Firing);
         a.check = "cpu-high".into();
