@@ -718,6 +718,16 @@ mod linux {
             assert_eq!(stat_fields(rest), Some((75, 7, 300)));
         }
 
+        proptest::proptest! {
+            #[test]
+            fn proc_parsers_never_panic(s in "\\PC{0,200}") {
+                let _ = parse_mounts(&s);
+                let _ = split_stat(&s).and_then(|(_, rest)| stat_fields(rest));
+                let _ = hex_addr(&s);
+                let _ = unescape(&s);
+            }
+        }
+
         #[test]
         fn addresses_decode() {
             assert_eq!(hex_addr("0100007F"), "127.0.0.1");

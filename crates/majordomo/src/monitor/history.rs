@@ -158,8 +158,7 @@ impl History {
                 continue;
             }
             let path = self.dir.join(format!("raw-{hour}.jsonl"));
-            let mut buckets: BTreeMap<u64, BTreeMap<String, (f64, f64, f64, u32)>> =
-                BTreeMap::new();
+            let mut buckets: BTreeMap<u64, BTreeMap<String, Acc>> = BTreeMap::new();
             for line in read_lines(&path) {
                 let Ok(l) = serde_json::from_str::<RawLine>(&line) else {
                     continue;
@@ -273,6 +272,9 @@ impl History {
         out
     }
 }
+
+/// min, sum, max and count of one series in one bucket.
+type Acc = (f64, f64, f64, u32);
 
 fn ends_with_newline(f: &mut File) -> bool {
     use std::io::{Read, Seek, SeekFrom};
