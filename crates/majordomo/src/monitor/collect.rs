@@ -767,24 +767,28 @@ mod other {
     use super::{Mount, Port, Programs, top_n, unix_now};
     use crate::monitor::metrics::{Proc, Snapshot, pct};
 
+    /// Each part is `None` when the system refused it; the others still report.
     pub struct Collector {
-        sys: System,
-        disks: Disks,
-        nets: Networks,
+        sys: Option<System>,
+        disks: Option<Disks>,
+        nets: Option<Networks>,
         top: usize,
         prev_at: Option<std::time::Instant>,
     }
 
     pub fn mounts() -> Vec<Mount> {
         Disks::new_with_refreshed_list()
-            .list()
-            .iter()
-            .map(|d| Mount {
-                path: d.mount_point().to_string_lossy().into_owned(),
-                device: d.name().to_string_lossy().into_owned(),
-                fstype: d.file_system().to_string_lossy().into_owned(),
+            .map(|disks| {
+                disks
+                    .iter()
+                    .map(|d| Mount {
+                        path: d.mount_point().to_string_lossy().into_owned(),
+                        device: d.name().to_string_lossy().into_owned(),
+                        fstype: d.file_system().to_string_lossy().into_owned(),
+                    })
+                    .collect()
             })
-            .collect()
+            .unwrap_or_default()
     }
 
     /// Not available on this system: the report says so by an empty list.
@@ -795,9 +799,9 @@ mod other {
     impl Collector {
         pub fn new(top: usize) -> Self {
             Self {
-                sys: System::new_with_specifics(RefreshKind::nothing()),
-                disks: Disks::new_with_refreshed_list(),
-                nets: Networks::new_with_refreshed_list(),
+                sys: System::new_with_specifics(RefreshKind::nothing()).ok(),
+                disks: Disks::new_with_refreshed_list().ok(),
+                nets: Networks::new_with_refreshed_list().ok(),
                 top,
                 prev_at: None,
             }
@@ -813,74 +817,81 @@ mod other {
                 .prev_at
                 .map(|p| now.duration_since(p).as_secs_f64())
                 .filter(|d| *d > 0.0);
-            self.sys.refresh_cpu_usage();
-            self.sys.refresh_memory();
-            if dt.is_some() {
-                out.push("cpu.used_pct", None, self.sys.global_cpu_usage() as f64);
-                for (i, c) in self.sys.cpus().iter().enumerate() {
+            if let Ok(l) = System::load_average() {
+                out.push("load.1m", None, l.one);
+                out.push("load.5m", None, l.five);
+                out.push("load.15m", None, l.fifteen);
+            }
+            if let Ok(up) = System::uptime() {
+                out.push("uptime.seconds", None, up as f64);
+            }
+            if let Some(disks) = self.disks.as_mut() {
+                disks.refresh(true);
+                for d in disks.iter() {
+                    let mount = d.mount_point().to_string_lossy().into_owned();
+                    let total = d.total_space() as f64;
+                    if total <= 0.0 {
+                        continue;
+                    }
+                    let avail = d.available_space() as f64;
+                    let label = Some(mount.as_str());
+                    out.push("disk.total_bytes", label, total);
+                    out.push("disk.used_bytes", label, total - avail);
+                    out.push("disk.free_bytes", label, avail);
+                    out.push("disk.used_pct", label, pct(total - avail, total));
+                    if let Some(dt) = dt {
+                        let u = d.usage();
+                        out.push("disk.read_bytes_per_s", label, u.read_bytes as f64 / dt);
+                        out.push("disk.write_bytes_per_s", label, u.written_bytes as f64 / dt);
+                    }
+                }
+            }
+            if let Some(nets) = self.nets.as_mut() {
+                nets.refresh(true);
+                for (iface, n) in nets.iter() {
+                    let iface = iface.to_string_lossy();
+                    let label = Some(iface.as_ref());
+                    if let Some(dt) = dt {
+                        out.push("net.rx_bytes_per_s", label, n.received() as f64 / dt);
+                        out.push("net.tx_bytes_per_s", label, n.transmitted() as f64 / dt);
+                    }
+                    out.push("net.rx_errors", label, n.total_errors_on_received() as f64);
                     out.push(
-                        "cpu.core_used_pct",
-                        Some(&i.to_string()),
-                        c.cpu_usage() as f64,
+                        "net.tx_errors",
+                        label,
+                        n.total_errors_on_transmitted() as f64,
                     );
                 }
             }
-            let l = System::load_average();
-            out.push("load.1m", None, l.one);
-            out.push("load.5m", None, l.five);
-            out.push("load.15m", None, l.fifteen);
-            out.push("uptime.seconds", None, System::uptime() as f64);
-            let total = self.sys.total_memory() as f64;
-            let avail = self.sys.available_memory() as f64;
+            let Some(sys) = self.sys.as_mut() else {
+                self.prev_at = Some(now);
+                return;
+            };
+            sys.refresh_cpu_usage();
+            sys.refresh_memory();
+            if dt.is_some() {
+                out.push("cpu.used_pct", None, sys.global_cpu_usage() as f64);
+                for (i, c) in sys.cpus().iter().enumerate() {
+                    out.push("cpu.core_used_pct", Some(&i.to_string()), c.usage() as f64);
+                }
+            }
+            let total = sys.total_memory() as f64;
+            let avail = sys.available_memory() as f64;
             out.push("memory.total_bytes", None, total);
             out.push("memory.used_bytes", None, total - avail);
             out.push("memory.available_bytes", None, avail);
             out.push("memory.used_pct", None, pct(total - avail, total));
-            let st = self.sys.total_swap() as f64;
-            let su = self.sys.used_swap() as f64;
+            let st = sys.total_swap() as f64;
+            let su = sys.used_swap() as f64;
             out.push("swap.total_bytes", None, st);
             out.push("swap.used_bytes", None, su);
             out.push("swap.used_pct", None, pct(su, st));
-            self.disks.refresh(true);
-            for d in self.disks.list() {
-                let mount = d.mount_point().to_string_lossy().into_owned();
-                let total = d.total_space() as f64;
-                if total <= 0.0 {
-                    continue;
-                }
-                let avail = d.available_space() as f64;
-                let label = Some(mount.as_str());
-                out.push("disk.total_bytes", label, total);
-                out.push("disk.used_bytes", label, total - avail);
-                out.push("disk.free_bytes", label, avail);
-                out.push("disk.used_pct", label, pct(total - avail, total));
-                if let Some(dt) = dt {
-                    let u = d.usage();
-                    out.push("disk.read_bytes_per_s", label, u.read_bytes as f64 / dt);
-                    out.push("disk.write_bytes_per_s", label, u.written_bytes as f64 / dt);
-                }
-            }
-            self.nets.refresh(true);
-            for (iface, n) in self.nets.list() {
-                let label = Some(iface.as_str());
-                if let Some(dt) = dt {
-                    out.push("net.rx_bytes_per_s", label, n.received() as f64 / dt);
-                    out.push("net.tx_bytes_per_s", label, n.transmitted() as f64 / dt);
-                }
-                out.push("net.rx_errors", label, n.total_errors_on_received() as f64);
-                out.push(
-                    "net.tx_errors",
-                    label,
-                    n.total_errors_on_transmitted() as f64,
-                );
-            }
-            self.sys.refresh_processes_specifics(
+            sys.refresh_processes_specifics(
                 ProcessesToUpdate::All,
                 true,
                 ProcessRefreshKind::nothing().with_cpu().with_memory(),
             );
-            let procs: Vec<Proc> = self
-                .sys
+            let procs: Vec<Proc> = sys
                 .processes()
                 .iter()
                 .map(|(pid, p)| Proc {
@@ -902,7 +913,7 @@ mod other {
                 }
                 out.push("self.rss_bytes", None, me.rss_bytes as f64);
             }
-            if let Some(p) = self.sys.process(Pid::from_u32(std::process::id()))
+            if let Some(p) = sys.process(Pid::from_u32(std::process::id()))
                 && let Some(tasks) = p.tasks()
             {
                 out.push("self.threads", None, tasks.len() as f64);
