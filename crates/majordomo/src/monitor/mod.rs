@@ -112,7 +112,10 @@ impl Subsystem for Monitor {
     }
 
     fn change(&self, old: &Config, new: &Config) -> Change {
-        if old.monitor != new.monitor || old.check != new.check || old.paths != new.paths {
+        if old.monitor != new.monitor
+            || old.check != new.check
+            || old.paths.state_dir != new.paths.state_dir
+        {
             Change::Restart
         } else {
             Change::None
@@ -576,7 +579,7 @@ impl Subsystem for Notify {
     }
 
     fn change(&self, old: &Config, new: &Config) -> Change {
-        if old.notifier != new.notifier || old.paths != new.paths {
+        if old.notifier != new.notifier || old.paths.state_dir != new.paths.state_dir {
             Change::Restart
         } else {
             Change::None
