@@ -591,3 +591,47 @@ fn notifications_desktop_without_a_session_bus_fails_clearly() {
     let log = json_cli(&home, &["notify", "log"]);
     assert_eq!(log["counts"]["desk"]["failed"], 1, "{log}");
 }
+
+#[test]
+fn health_monitor_tcp_and_http_checks() {
+    let home = Home::new();
+    // A server that answers every request with 503.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let down = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    home.write_config(
+        "default",
+        &config(&format!(
+            "[[check]]\nname = \"web\"\nhttp = \"http://127.0.0.1:{up}/health\"\ninterval = \"1s\"\ntimeout = \"5s\"\n\n\
+             [[check]]\nname = \"port-up\"\ntcp = \"127.0.0.1:{up}\"\ninterval = \"1s\"\n\n\
+             [[check]]\nname = \"port-down\"\ntcp = \"127.0.0.1:{down}\"\ninterval = \"1s\"\n"
+        )),
+    );
+    let _d = home.start("default");
+    let web = eventually(LONG, || {
+        active_alert(&home, "web").filter(|a| a["state"] == "firing")
+    })
+    .expect("http check fires");
+    assert!(web["summary"].as_str().unwrap().contains("503"), "{web}");
+    assert_eq!(web["source"], "http");
+    eventually(LONG, || {
+        active_alert(&home, "port-down").filter(|a| a["state"] == "firing")
+    })
+    .expect("tcp check fires");
+    assert!(active_alert(&home, "port-up").is_none());
+}

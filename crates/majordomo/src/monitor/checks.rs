@@ -5,8 +5,21 @@ use std::time::Duration;
 use super::State;
 use super::config::CheckConfig;
 
+/// The HTTP client an `http` check keeps for its lifetime (`None` for other checks).
+pub fn http_client(c: &CheckConfig) -> Option<reqwest::Client> {
+    c.http.as_ref()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match reqwest::Client::builder().timeout(c.timeout.get()).build() {
+        Ok(client) => Some(client),
+        Err(e) => {
+            tracing::error!(check = %c.name, error = %e, "cannot build an HTTP client");
+            None
+        }
+    }
+}
+
 /// Runs one check once: `(healthy, what was seen)`.
-pub async fn run(c: &CheckConfig, st: &State) -> (bool, String) {
+pub async fn run(c: &CheckConfig, st: &State, client: Option<&reqwest::Client>) -> (bool, String) {
     let timeout = c.timeout.get();
     if let Some((prog, args)) = c.command.split_first() {
         let child = tokio::process::Command::new(prog)
@@ -59,7 +72,10 @@ pub async fn run(c: &CheckConfig, st: &State) -> (bool, String) {
         };
     }
     if let Some(url) = &c.http {
-        return http(url, c.expect_status, timeout).await;
+        return match client {
+            Some(client) => http(client, url, c.expect_status, timeout).await,
+            None => (false, "no HTTP client (see the log)".into()),
+        };
     }
     if let Some(name) = &c.program {
         let seen = st.programs.lock().ok().and_then(|p| p.get(name).cloned());
@@ -79,12 +95,12 @@ pub async fn run(c: &CheckConfig, st: &State) -> (bool, String) {
 }
 
 /// A GET: healthy on 2xx/3xx, or on exactly `expect` when set.
-async fn http(url: &str, expect: Option<u16>, timeout: Duration) -> (bool, String) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = match reqwest::Client::builder().timeout(timeout).build() {
-        Ok(c) => c,
-        Err(e) => return (false, format!("cannot build an HTTP client: {e}")),
-    };
+async fn http(
+    client: &reqwest::Client,
+    url: &str,
+    expect: Option<u16>,
+    timeout: Duration,
+) -> (bool, String) {
     match client.get(url).send().await {
         Ok(resp) => {
             let code = resp.status().as_u16();

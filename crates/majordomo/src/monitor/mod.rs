@@ -266,6 +266,7 @@ async fn run_monitor(ctx: Ctx) -> Result<(), String> {
         let span = tracing::info_span!("check", name = %check.name);
         ctx.tracker.spawn(tracing::Instrument::instrument(
             async move {
+                let client = checks::http_client(&check);
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -276,7 +277,7 @@ async fn run_monitor(ctx: Ctx) -> Result<(), String> {
                     }
                     let (ok, detail) = tokio::select! {
                         _ = ctx2.token.cancelled() => return,
-                        r = checks::run(&check, &st) => r,
+                        r = checks::run(&check, &st, client.as_ref()) => r,
                     };
                     let obs = alerts::Observation {
                         check: &check,
