@@ -181,6 +181,37 @@ impl Engine {
         out
     }
 
+    /// Ends the active metric alerts whose series was not reported this cycle (an unmounted
+    /// disk, a removed interface, a stopped program): firing ones resolve, pending ones cancel.
+    pub fn sweep_metric(
+        &mut self,
+        seen: &std::collections::HashSet<String>,
+        wall: SystemTime,
+    ) -> Vec<Alert> {
+        let gone: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(id, a)| a.alert.source == "metric" && !seen.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut out = Vec::new();
+        for id in gone {
+            if let Some(mut a) = self.active.remove(&id) {
+                a.alert.state = if a.alert.state == AlertState::Firing {
+                    a.alert.resolved_at = Some(rfc3339(wall));
+                    AlertState::Resolved
+                } else {
+                    AlertState::Cancelled
+                };
+                a.alert.summary = format!("{id}: the series is no longer reported");
+                out.push(a.alert.clone());
+                self.recent.push_front(a.alert);
+                self.recent.truncate(RECENT);
+            }
+        }
+        out
+    }
+
     /// Drops the alerts of checks that no longer exist (after a config change).
     pub fn retain_checks(&mut self, names: &[&str]) {
         self.active
@@ -318,6 +349,20 @@ mod tests {
             states(&e.observe(obs(&c, 25.0), t0, w)),
             vec![AlertState::Resolved]
         );
+    }
+
+    #[test]
+    fn alerts_of_vanished_series_end() {
+        let c = check(0);
+        let mut e = Engine::default();
+        let w = SystemTime::now();
+        e.observe(obs(&c, 95.0), Instant::now(), w);
+        let mut seen = std::collections::HashSet::new();
+        seen.insert("hot".to_string());
+        assert!(e.sweep_metric(&seen, w).is_empty());
+        let ended = e.sweep_metric(&std::collections::HashSet::new(), w);
+        assert_eq!(states(&ended), vec![AlertState::Resolved]);
+        assert_eq!(e.counts(), (0, 0));
     }
 
     #[test]

@@ -347,6 +347,7 @@ async fn run_monitor(ctx: Ctx) -> Result<(), String> {
             }
         }
         let mut transitions = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         if let Ok(mut engine) = st.engine.lock() {
             let now = Instant::now();
             let wall = SystemTime::now();
@@ -376,6 +377,7 @@ async fn run_monitor(ctx: Ctx) -> Result<(), String> {
                         }
                         _ => String::new(),
                     };
+                    seen.insert(id.clone());
                     transitions.extend(engine.observe(
                         alerts::Observation {
                             check: c,
@@ -390,6 +392,7 @@ async fn run_monitor(ctx: Ctx) -> Result<(), String> {
                     ));
                 }
             }
+            transitions.extend(engine.sweep_metric(&seen, wall));
         }
         publish(&ctx, &st, transitions);
         if let Ok(mut latest) = st.latest.lock() {
