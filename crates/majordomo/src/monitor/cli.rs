@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use majordomo_client::{Client, ClientError};
+use majordomo_proto::{ErrorBody, ErrorCode};
 use serde_json::{Value, json};
 
 use crate::daemon::exit;
@@ -43,6 +44,21 @@ pub enum NotifyCmd {
     },
 }
 
+/// Calls a monitor command, turning "unknown command" into what is actually off.
+async fn call(client: &mut Client, cmd: &str, args: Value) -> Result<Value, ClientError> {
+    client.call_named(cmd, args).await.map_err(|e| match e {
+        ClientError::Remote(body) if body.code == ErrorCode::UnknownCommand => {
+            let msg = if cmd.starts_with("notify.") {
+                "this instance has no [[notifier]]; add one to its config (see `majordomo config default`) and reload"
+            } else {
+                "the health monitor is off in this instance ([monitor] enabled = false)"
+            };
+            ClientError::Remote(ErrorBody::new(ErrorCode::UnknownCommand, msg))
+        }
+        other => other,
+    })
+}
+
 fn human_value(key: &str, v: f64) -> String {
     let name = super::metrics::split_key(key).0;
     let unit = super::metrics::lookup(name).map(|d| d.unit).unwrap_or("");
@@ -61,9 +77,7 @@ pub async fn metrics(
     a: &MetricsArgs,
     json_out: bool,
 ) -> Result<u8, ClientError> {
-    let v = client
-        .call_named("metrics", json!({"name": a.name, "since": a.since}))
-        .await?;
+    let v = call(client, "metrics", json!({"name": a.name, "since": a.since})).await?;
     if json_out {
         println!("{v}");
         return Ok(exit::OK);
@@ -133,7 +147,7 @@ fn alert_line(a: &Value) -> String {
 }
 
 pub async fn alerts(client: &mut Client, json_out: bool) -> Result<u8, ClientError> {
-    let v = client.call_named("alerts", json!({})).await?;
+    let v = call(client, "alerts", json!({})).await?;
     if json_out {
         println!("{v}");
         return Ok(exit::OK);
@@ -158,7 +172,7 @@ pub async fn alerts(client: &mut Client, json_out: bool) -> Result<u8, ClientErr
 }
 
 pub async fn report(client: &mut Client, a: &ReportArgs) -> Result<u8, ClientError> {
-    let v = client.call_named("report", json!({})).await?;
+    let v = call(client, "report", json!({})).await?;
     let text = serde_json::to_string_pretty(&v).unwrap_or_default();
     match &a.out {
         Some(path) => {
@@ -183,9 +197,12 @@ pub async fn notify(
 ) -> Result<u8, ClientError> {
     match cmd {
         NotifyCmd::Log { notifier, limit } => {
-            let v = client
-                .call_named("notify.log", json!({"notifier": notifier, "limit": limit}))
-                .await?;
+            let v = call(
+                client,
+                "notify.log",
+                json!({"notifier": notifier, "limit": limit}),
+            )
+            .await?;
             if json_out {
                 println!("{v}");
                 return Ok(exit::OK);
