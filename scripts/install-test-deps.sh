@@ -1,27 +1,46 @@
 #!/usr/bin/env bash
 # Installs the outside programs that tests and benchmarks drive or compare against (Debian
-# packages). Each is optional: a test that needs a missing one skips with a clear message.
-# Safe to run repeatedly: installs only what is missing.
+# packages). Each is optional: a test that needs a missing one skips with a clear message, and
+# this script never fails the run because a package could not be installed. Safe to run
+# repeatedly: installs only what is missing, in one apt-get call.
 set -uo pipefail
 
-need() { # need PROGRAM DEBIAN-PACKAGE
-    command -v "$1" >/dev/null 2>&1 && return 0
-    [ -x "/usr/sbin/$1" ] && return 0
-    [ -x "/usr/bin/$1" ] && return 0
-    if [ "$(id -u)" != 0 ]; then
-        echo "install-test-deps: not root; please install $2 (for $1)" >&2
-        return 0
-    fi
-    command -v apt-get >/dev/null 2>&1 || { echo "install-test-deps: no apt-get; $1 stays missing" >&2; return 0; }
-    echo "install-test-deps: installing $2" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2" >/dev/null 2>&1 \
-        || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2" >/dev/null 2>&1; } \
-        || echo "install-test-deps: could not install $2; what needs $1 will skip" >&2
+need=()
+add() { # add PACKAGE COMMAND: queue PACKAGE when COMMAND is not found
+    command -v "$2" >/dev/null 2>&1 && return 0
+    [ -x "/usr/sbin/$2" ] || [ -x "/usr/bin/$2" ] || need+=("$1")
 }
 
-# Generated systemd units are checked with `systemd-analyze verify`.
-need systemd-analyze systemd
-# The refusal of a system-wide install is checked as the unprivileged user `nobody`.
-need setpriv util-linux
+# Service install: generated systemd units are checked with `systemd-analyze verify`, and the
+# refusal of a system-wide install is checked as the unprivileged user `nobody` (setpriv).
+add systemd systemd-analyze
+add util-linux setpriv
 # The bus benchmark's peer.
-need nats-server nats-server
+add nats-server nats-server
+# The supervisor benchmark's peer.
+add supervisor supervisord
+# Health monitor: desktop notifications to a real notification server on a private D-Bus
+# session bus (dbus-daemon + dunst on a virtual X display), and the node_exporter peer of
+# `majordomo-bench monitor`.
+add dbus-daemon dbus-daemon
+add dbus-bin dbus-send
+add dunst dunst
+add xvfb Xvfb
+add prometheus-node-exporter prometheus-node-exporter
+
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; else
+        echo "install-test-deps: not root and no sudo; missing: ${need[*]} (what needs them will skip)" >&2
+        exit 0
+    fi
+fi
+echo "install-test-deps: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+if ! $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1; then
+    { $sudo apt-get update -qq >/dev/null 2>&1 \
+        && $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1; } \
+        || echo "install-test-deps: could not install ${need[*]} (what needs them will skip)" >&2
+fi
+exit 0

@@ -10,6 +10,7 @@
 mod bus;
 #[cfg(unix)]
 mod control;
+mod monitor;
 #[cfg(unix)]
 mod supervisor;
 #[cfg(unix)]
@@ -44,6 +45,8 @@ enum Bench {
     /// Message bus: round trip vs raw Unix-socket ping-pong, 1→1 and fan-out throughput vs
     /// nats-server, memory per idle connection.
     Bus(bus::Args),
+    /// Health monitor: one collection cycle's CPU, the idle daemon, node_exporter per scrape.
+    Monitor(monitor::Args),
 }
 
 #[cfg(unix)]
@@ -58,6 +61,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Control(a) => control::run(a).await,
             Bench::Supervisor(a) => supervisor::run(a).await,
             Bench::Bus(a) => bus::run(a).await,
+            Bench::Monitor(a) => monitor::run(a).await,
         }
     })
 }

@@ -82,6 +82,15 @@ pub enum Cmd {
     #[cfg(unix)]
     #[command(name = "__guard", hide = true)]
     Guard,
+    /// Show the health monitor's metrics: current values, or their history with --since.
+    Metrics(crate::monitor::cli::MetricsArgs),
+    /// List the active and recently ended alerts.
+    Alerts,
+    /// Write a JSON health report: current values, min/avg/max over the history, alerts, programs.
+    Report(crate::monitor::cli::ReportArgs),
+    /// Notifications: the delivery log, test sends.
+    #[command(subcommand)]
+    Notify(crate::monitor::cli::NotifyCmd),
     /// Send any socket command and print its reply, e.g. `majordomo call status` or
     /// `majordomo call ps '{"name":"api"}'`.
     Call {
@@ -418,13 +427,12 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         Cmd::Logs(a) => return crate::supervisor::cli::logs(&mut client, a).await,
         #[cfg(unix)]
         Cmd::Guard => return Ok(exit::USAGE),
+        Cmd::Metrics(a) => return crate::monitor::cli::metrics(&mut client, a, cli.json).await,
+        Cmd::Alerts => return crate::monitor::cli::alerts(&mut client, cli.json).await,
+        Cmd::Report(a) => return crate::monitor::cli::report(&mut client, a).await,
+        Cmd::Notify(c) => return crate::monitor::cli::notify(&mut client, c, cli.json).await,
         // `run` and the offline `config` verbs are dispatched in `main` and never get here.
-        Cmd::Run(_)
-        | Cmd::Config(_)
-        | Cmd::Service(_)
-        | Cmd::Check
-        | Cmd::Doctor
-        | Cmd::Bus(_) => {
+        Cmd::Run(_) | Cmd::Config(_) | Cmd::Service(_) | Cmd::Check | Cmd::Doctor | Cmd::Bus(_) => {
             return Ok(exit::USAGE);
         }
     }
@@ -470,6 +478,18 @@ fn print_status(s: &Status) {
         );
         for e in &r.errors {
             println!("    {e}");
+        }
+    }
+    if !s.alerts.active.is_empty() {
+        println!(
+            "  alerts  {} firing, {} pending",
+            s.alerts.firing, s.alerts.pending
+        );
+        for a in &s.alerts.active {
+            println!(
+                "    {:<8} {:<9} {}  {}",
+                a.state, a.severity, a.id, a.summary
+            );
         }
     }
     println!("  subsystems");

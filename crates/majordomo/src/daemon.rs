@@ -54,6 +54,8 @@ pub struct Shared {
     /// Socket commands that subsystems registered.
     pub commands: crate::commands::Commands,
     pub requests: mpsc::Sender<Request>,
+    /// The health monitor's active alerts, for `status`.
+    pub alerts: crate::monitor::AlertBoard,
     started: Instant,
     started_at: SystemTime,
     state: Mutex<State>,
@@ -104,6 +106,7 @@ impl Shared {
             log_dir: eff.log_dir.display().to_string(),
             subsystems: self.board.snapshot(),
             events: self.hub.counts(),
+            alerts: self.alerts.summary(),
         }
     }
 
@@ -149,6 +152,8 @@ fn subsystems(log: Arc<LogHandle>) -> Vec<Arc<dyn Subsystem>> {
         Arc::new(crate::control::Control),
         Arc::new(crate::watch::ConfigWatch),
         Arc::new(crate::supervisor::Supervisor),
+        Arc::new(crate::monitor::Monitor),
+        Arc::new(crate::monitor::Notify),
     ]
 }
 
@@ -249,6 +254,7 @@ async fn main_loop(args: RunArgs, loaded: Loaded, log: Arc<LogHandle>) -> u8 {
         hub: hub.clone(),
         commands: Default::default(),
         requests: req_tx,
+        alerts: Default::default(),
         started: Instant::now(),
         started_at: SystemTime::now(),
         state: Mutex::new(State {

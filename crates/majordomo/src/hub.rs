@@ -57,6 +57,10 @@ pub enum Event {
         restarts: u64,
         detail: Option<String>,
     },
+    /// A health-check alert changed state (pending, firing, resolved, cancelled).
+    Alert(crate::monitor::Alert),
+    /// A notifier delivered, failed or suppressed a notification.
+    Notification(crate::monitor::notify::Delivery),
 }
 
 impl Event {
@@ -71,6 +75,17 @@ impl Event {
             Event::EndpointUp { .. } => "endpoint.up",
             Event::EndpointDown { .. } => "endpoint.down",
             Event::ProgramState { .. } => "program.state",
+            Event::Alert(a) => match a.state {
+                crate::monitor::AlertState::Pending => "alert.pending",
+                crate::monitor::AlertState::Firing => "alert.firing",
+                crate::monitor::AlertState::Resolved => "alert.resolved",
+                crate::monitor::AlertState::Cancelled => "alert.cancelled",
+            },
+            Event::Notification(d) => match d.outcome {
+                crate::monitor::notify::Outcome::Delivered => "notify.delivered",
+                crate::monitor::notify::Outcome::Failed => "notify.failed",
+                crate::monitor::notify::Outcome::Suppressed => "notify.suppressed",
+            },
         }
     }
 
@@ -121,6 +136,25 @@ impl Event {
                     tracing::warn!(program = %name, ?pid, ?exit_code, ?signal, restarts, "program {state}")
                 }
                 _ => tracing::info!(program = %name, ?pid, restarts, "program {state}"),
+            },
+            Event::Alert(a) => match (a.state, a.severity) {
+                (crate::monitor::AlertState::Firing, crate::monitor::Severity::Critical) => {
+                    tracing::error!(alert = %a.id, severity = a.severity.as_str(), "alert firing: {}", a.summary)
+                }
+                (crate::monitor::AlertState::Firing, _) => {
+                    tracing::warn!(alert = %a.id, severity = a.severity.as_str(), "alert firing: {}", a.summary)
+                }
+                (state, _) => {
+                    tracing::info!(alert = %a.id, severity = a.severity.as_str(), "alert {}: {}", state.as_str(), a.summary)
+                }
+            },
+            Event::Notification(d) => match d.outcome {
+                crate::monitor::notify::Outcome::Failed => {
+                    tracing::warn!(notifier = %d.notifier, alert = %d.alert, attempts = d.attempts.len(), reason = d.reason.as_deref().unwrap_or(""), "notification failed")
+                }
+                _ => {
+                    tracing::debug!(notifier = %d.notifier, alert = %d.alert, outcome = ?d.outcome, "notification")
+                }
             },
         }
     }

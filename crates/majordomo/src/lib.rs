@@ -13,6 +13,7 @@ pub mod hub;
 pub mod lifecycle;
 pub mod lock;
 pub mod logging;
+pub mod monitor;
 pub mod paths;
 #[allow(unsafe_code)]
 pub mod platform;

@@ -332,6 +332,32 @@ pub struct Status {
     /// How many internal events of each kind were emitted since start.
     #[serde(default)]
     pub events: BTreeMap<String, u64>,
+    /// Active alerts of the health monitor (empty when it is off).
+    #[serde(default)]
+    pub alerts: AlertSummary,
+}
+
+/// The health monitor's active alerts, as `status` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertSummary {
+    pub firing: u32,
+    pub pending: u32,
+    #[serde(default)]
+    pub active: Vec<AlertBrief>,
+}
+
+/// One active alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertBrief {
+    /// The check name, with the series label for metric checks: `disk-full{mount=/}`.
+    pub id: String,
+    /// `pending` or `firing`.
+    pub state: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// RFC 3339: when the condition was first seen.
+    pub since: String,
+    pub summary: String,
 }
 
 /// The result of one reload attempt.

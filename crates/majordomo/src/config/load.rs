@@ -389,6 +389,13 @@ fn build(root: DeTable<'_>, problems: &mut Vec<Problem>) -> Config {
             "paths" => one(&mut cfg.paths, v, problems),
             "program" => many(&mut cfg.program, v, problems),
             "bus" => one(&mut cfg.bus, v, problems),
+            "monitor" => one(&mut cfg.monitor, v, problems),
+            // Written checks replace the default ones.
+            "check" => {
+                cfg.check.clear();
+                many(&mut cfg.check, v, problems)
+            }
+            "notifier" => many(&mut cfg.notifier, v, problems),
             other => problems.push(Problem::spanned(
                 Some(k_span),
                 format!("unknown section `{other}`"),
@@ -399,7 +406,9 @@ fn build(root: DeTable<'_>, problems: &mut Vec<Problem>) -> Config {
     cfg
 }
 
-const SECTIONS: &[&str] = &["daemon", "log", "control", "paths", "program", "bus"];
+const SECTIONS: &[&str] = &[
+    "daemon", "log", "control", "paths", "program", "bus", "monitor", "check", "notifier",
+];
 
 /// Deserializes one section. serde stops at the first error, so after each error the offending
 /// entry is removed and the section tried again: every error in the section is reported.
@@ -446,7 +455,6 @@ fn remove_at(value: &mut Value<'_>, span: &Range<usize>) -> bool {
 }
 
 /// For array sections (`[[program]]`): each element on its own.
-#[allow(dead_code)]
 fn many<T: DeserializeOwned>(slot: &mut Vec<T>, value: Value<'_>, problems: &mut Vec<Problem>) {
     let span = value.span();
     match value.into_inner() {

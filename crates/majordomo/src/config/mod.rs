@@ -22,7 +22,7 @@ pub use units::{Dur, Secret, Size};
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
 /// The whole configuration of one instance.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub daemon: DaemonConfig,
@@ -32,6 +32,28 @@ pub struct Config {
     /// `[[program]]`: the programs the supervisor runs.
     pub program: Vec<crate::supervisor::ProgramConfig>,
     pub bus: crate::bus::BusConfig,
+    /// `[monitor]`: metrics collection and history.
+    pub monitor: crate::monitor::MonitorConfig,
+    /// `[[check]]`: health checks (a file with any `[[check]]` replaces the default ones).
+    pub check: Vec<crate::monitor::CheckConfig>,
+    /// `[[notifier]]`: where alerts are sent.
+    pub notifier: Vec<crate::monitor::NotifierConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            daemon: DaemonConfig::default(),
+            log: LogConfig::default(),
+            control: ControlConfig::default(),
+            paths: PathsConfig::default(),
+            program: Vec::new(),
+            bus: crate::bus::BusConfig::default(),
+            monitor: crate::monitor::MonitorConfig::default(),
+            check: crate::monitor::config::default_checks(),
+            notifier: Vec::new(),
+        }
+    }
 }
 
 /// `[daemon]`: the process as a whole.
@@ -224,6 +246,24 @@ impl Config {
         }
         crate::supervisor::config::validate(&self.program, problems);
         self.bus.validate(problems);
+        crate::monitor::config::validate(&self.monitor, &self.check, &self.notifier, problems);
+        // Across sections: a "program NAME not running" check must name a declared program.
+        for (i, check) in self.check.iter().enumerate() {
+            if let Some(name) = &check.program
+                && !self.program.iter().any(|p| &p.name == name)
+            {
+                let known: Vec<&str> = self.program.iter().map(|p| p.name.as_str()).collect();
+                problems.push(Problem::at(
+                    format!("check[{i}].program"),
+                    format!("no [[program]] named {name:?}"),
+                    if known.is_empty() {
+                        "declare it in a [[program]] table, or remove this check".to_string()
+                    } else {
+                        format!("declared programs: {}", known.join(", "))
+                    },
+                ));
+            }
+        }
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
                 "daemon.grace_period",
