@@ -66,6 +66,9 @@ pub enum Cmd {
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Inspect and manage the pipelines' upload queues.
+    #[command(subcommand)]
+    Queue(crate::pipeline::cli::QueueCmd),
     /// Send any socket command and print its reply, e.g. `majordomo call status` or
     /// `majordomo call ps '{"name":"api"}'`.
     Call {
@@ -348,6 +351,7 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
                 println!("{v:#}");
             }
         }
+        Cmd::Queue(q) => crate::pipeline::cli::run(&mut client, q, cli.json).await?,
         // `run` and the offline `config` verbs are dispatched in `main` and never get here.
         Cmd::Run(_) | Cmd::Config(_) => return Ok(exit::USAGE),
     }

@@ -148,6 +148,7 @@ fn subsystems(log: Arc<LogHandle>) -> Vec<Arc<dyn Subsystem>> {
         Arc::new(logging::Log(log)),
         Arc::new(crate::control::Control),
         Arc::new(crate::watch::ConfigWatch),
+        Arc::new(crate::pipeline::Pipeline),
     ]
 }
 

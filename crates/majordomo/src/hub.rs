@@ -56,6 +56,55 @@ pub enum Event {
         restarts: u64,
         detail: Option<String>,
     },
+    /// A pipeline queued a converted item for upload (`id` is its idempotency key).
+    FileQueued {
+        pipeline: String,
+        id: String,
+        file: String,
+    },
+    /// An item was uploaded; `age_ms` is from its claim to now.
+    FileUploaded {
+        pipeline: String,
+        id: String,
+        file: String,
+        attempts: u32,
+        upload_ms: u64,
+        age_ms: u64,
+    },
+    /// An upload failed transiently and will be retried after `delay_ms`.
+    UploadRetry {
+        pipeline: String,
+        id: String,
+        file: String,
+        attempt: u32,
+        reason: String,
+        delay_ms: u64,
+    },
+    /// The server refused an item for good: it is in the dead-letter folder with its reason.
+    FileDeadLettered {
+        pipeline: String,
+        id: String,
+        file: String,
+        reason: String,
+    },
+    /// A conversion failed: the input is in the error folder with its reason.
+    FileFailed {
+        pipeline: String,
+        file: String,
+        reason: String,
+    },
+    /// A full scan of a pipeline's watch folders (start-up, watcher overflow/error, periodic, poll).
+    PipelineRescan {
+        pipeline: String,
+        reason: String,
+        found: u64,
+    },
+    /// A pipeline stopped (or resumed) taking files: high-water mark or free-disk floor.
+    PipelineBackpressure {
+        pipeline: String,
+        paused: bool,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -70,6 +119,13 @@ impl Event {
             Event::EndpointUp { .. } => "endpoint.up",
             Event::EndpointDown { .. } => "endpoint.down",
             Event::ProgramState { .. } => "program.state",
+            Event::FileQueued { .. } => "file.queued",
+            Event::FileUploaded { .. } => "file.uploaded",
+            Event::UploadRetry { .. } => "file.retry",
+            Event::FileDeadLettered { .. } => "file.dead_lettered",
+            Event::FileFailed { .. } => "file.failed",
+            Event::PipelineRescan { .. } => "pipeline.rescan",
+            Event::PipelineBackpressure { .. } => "pipeline.backpressure",
         }
     }
 
@@ -121,6 +177,56 @@ impl Event {
                 }
                 _ => tracing::info!(program = %name, ?pid, restarts, "program {state}"),
             },
+            Event::FileQueued { pipeline, id, file } => {
+                tracing::debug!(%pipeline, %id, %file, "file queued")
+            }
+            Event::FileUploaded {
+                pipeline,
+                id,
+                file,
+                attempts,
+                upload_ms,
+                age_ms,
+            } => {
+                tracing::debug!(%pipeline, %id, %file, attempts, upload_ms, age_ms, "file uploaded")
+            }
+            Event::UploadRetry {
+                pipeline,
+                id,
+                file,
+                attempt,
+                reason,
+                delay_ms,
+            } => {
+                tracing::warn!(%pipeline, %id, %file, attempt, delay_ms, "upload failed, will retry: {reason}")
+            }
+            Event::FileDeadLettered {
+                pipeline,
+                id,
+                file,
+                reason,
+            } => tracing::error!(%pipeline, %id, %file, "dead-lettered: {reason}"),
+            Event::FileFailed {
+                pipeline,
+                file,
+                reason,
+            } => tracing::error!(%pipeline, %file, "conversion failed: {reason}"),
+            Event::PipelineRescan {
+                pipeline,
+                reason,
+                found,
+            } => tracing::debug!(%pipeline, %reason, found, "rescan"),
+            Event::PipelineBackpressure {
+                pipeline,
+                paused,
+                reason,
+            } => {
+                if *paused {
+                    tracing::warn!(%pipeline, "paused taking files: {reason}")
+                } else {
+                    tracing::info!(%pipeline, "taking files again: {reason}")
+                }
+            }
         }
     }
 }

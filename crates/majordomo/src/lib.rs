@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod lock;
 pub mod logging;
 pub mod paths;
+pub mod pipeline;
 #[allow(unsafe_code)]
 pub mod platform;
 pub mod watch;

@@ -383,6 +383,8 @@ fn build(root: DeTable<'_>, problems: &mut Vec<Problem>) -> Config {
             "log" => one(&mut cfg.log, v, problems),
             "control" => one(&mut cfg.control, v, problems),
             "paths" => one(&mut cfg.paths, v, problems),
+            "pipeline" => many(&mut cfg.pipeline, v, problems),
+            "uploader" => many(&mut cfg.uploader, v, problems),
             other => problems.push(Problem::spanned(
                 Some(k_span),
                 format!("unknown section `{other}`"),
@@ -393,7 +395,7 @@ fn build(root: DeTable<'_>, problems: &mut Vec<Problem>) -> Config {
     cfg
 }
 
-const SECTIONS: &[&str] = &["daemon", "log", "control", "paths"];
+const SECTIONS: &[&str] = &["daemon", "log", "control", "paths", "pipeline", "uploader"];
 
 /// Deserializes one section. serde stops at the first error, so after each error the offending
 /// entry is removed and the section tried again: every error in the section is reported.

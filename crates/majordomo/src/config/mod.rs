@@ -29,6 +29,10 @@ pub struct Config {
     pub log: LogConfig,
     pub control: ControlConfig,
     pub paths: PathsConfig,
+    /// `[[pipeline]]`: drop folders whose files are converted, queued and uploaded.
+    pub pipeline: Vec<crate::pipeline::config::PipelineConfig>,
+    /// `[[uploader]]`: HTTP endpoints that pipelines upload to.
+    pub uploader: Vec<crate::pipeline::UploaderConfig>,
 }
 
 /// `[daemon]`: the process as a whole.
@@ -196,6 +200,7 @@ impl Config {
                 "remove the field to disable tokens, or set a long random string",
             ));
         }
+        crate::pipeline::validate(&self.pipeline, &self.uploader, problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
                 "daemon.grace_period",
