@@ -9,6 +9,8 @@
 #[cfg(unix)]
 mod control;
 #[cfg(unix)]
+mod pipeline;
+#[cfg(unix)]
 mod util;
 
 #[cfg(not(unix))]
@@ -35,6 +37,8 @@ struct Cli {
 enum Bench {
     /// Control-socket request/reply round trip against a raw Unix-socket ping-pong.
     Control(control::Args),
+    /// Drop-folder pipeline: files/s from drop to upload to a local HTTP sink, with latency.
+    Pipeline(pipeline::Args),
 }
 
 #[cfg(unix)]
@@ -47,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         match cli.bench {
             Bench::Control(a) => control::run(a).await,
+            Bench::Pipeline(a) => pipeline::run(a).await,
         }
     })
 }

@@ -696,7 +696,8 @@ async fn upload_one(pipe: &Pipe, item: ItemName) -> Outcome {
                 upload_ms: ms,
                 age_ms,
             });
-            let _ = pipe.syncer.sync(vec![pipe.work.clone()]).await;
+            // Losing this rename in a power cut only means one more upload under the same key.
+            pipe.syncer.sync_soon(vec![pipe.work.clone()]);
             Outcome::Finished
         }
         Attempt::Permanent(reason) => {

@@ -65,6 +65,12 @@ impl Syncer {
         Syncer { tx }
     }
 
+    /// Asks for `dirs` to be made durable with the next batch, without waiting for it.
+    pub fn sync_soon(&self, dirs: Vec<PathBuf>) {
+        let (tx, _) = oneshot::channel();
+        let _ = self.tx.send((dirs, tx));
+    }
+
     /// Returns once the entries of every folder in `dirs` are on stable storage.
     pub async fn sync(&self, dirs: Vec<PathBuf>) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
