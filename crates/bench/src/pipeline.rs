@@ -208,6 +208,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let daemon_cpu_s = cpu_seconds(daemon.child.id());
     let r = recv.lock().ok().context("sink state poisoned")?;
     let last = r.files.values().map(|(t, _)| *t).max().unwrap_or(t0);
     let total_s = last.duration_since(t0).as_secs_f64();
@@ -242,6 +243,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ("throughput", format!("{files_per_s:.0} files/s")),
             ("drop → upload p50 / p99", format!("{p50:.1} / {p99:.1} ms")),
             (
+                "daemon CPU per file (user+sys)",
+                daemon_cpu_s
+                    .map(|c| format!("{:.0} µs", c * 1e6 / args.n as f64))
+                    .unwrap_or_else(|| "n/a".into()),
+            ),
+            (
                 "requests / files / under 2+ keys",
                 format!("{} / {} / {two_keys}", r.requests, r.files.len()),
             ),
@@ -259,6 +266,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "latency_p50_ms": p50,
             "latency_p99_ms": p99,
             "requests": r.requests,
+            "daemon_cpu_us_per_file": daemon_cpu_s.map(|c| c * 1e6 / args.n as f64),
             "files_under_two_keys": two_keys,
         })
     );
@@ -276,4 +284,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     drop(daemon);
     Ok(())
+}
+
+/// CPU time (user + system) a process used so far, from `/proc` (Linux); `None` elsewhere.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }

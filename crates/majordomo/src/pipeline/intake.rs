@@ -110,6 +110,8 @@ pub(super) async fn run(
                     .iter()
                     .filter(|(p, c)| now.duration_since(c.since) >= settle && !claiming.contains(*p))
                     .map(|(p, _)| p.clone())
+                    // Only as many as can be claimed now: a backlog of thousands stays put.
+                    .take(MAX_CLAIMS.saturating_sub(claiming.len()))
                     .collect();
                 for path in due {
                     if claiming.len() >= MAX_CLAIMS
@@ -148,9 +150,14 @@ fn start_watcher(
         }
         Ok(ev) => {
             use notify::EventKind;
+            use notify::event::{AccessKind, AccessMode};
+            // Close-after-write starts the settle check early; plain opens and reads (our own
+            // fsync included) say nothing new.
             if matches!(
                 ev.kind,
-                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Access(_)
+                EventKind::Create(_)
+                    | EventKind::Modify(_)
+                    | EventKind::Access(AccessKind::Close(AccessMode::Write))
             ) {
                 for p in ev.paths {
                     let _ = tx.send(Hint::Path(p));

@@ -655,7 +655,15 @@ async fn upload_one(pipe: &Pipe, item: ItemName) -> Outcome {
         // Purged or retried by an operator meanwhile.
         return Outcome::Finished;
     }
-    let body = match tokio::fs::read(pipe.path(&processing)).await {
+    let path = pipe.path(&processing);
+    // Small items are read right here; big ones off the async threads.
+    let small = std::fs::metadata(&path).is_ok_and(|m| m.len() <= 256 * 1024);
+    let read = if small {
+        std::fs::read(&path)
+    } else {
+        tokio::fs::read(&path).await
+    };
+    let body = match read {
         Ok(b) => b,
         Err(e) => {
             let reason = format!("cannot read the queued item: {e}");
