@@ -446,3 +446,54 @@ async fn pipelines_config_check_locates_problems() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_backpressure_leaves_files_in_the_drop_folder() {
+    let home = Home::new();
+    // The server is down (503 forever): items pile up, waiting to be retried.
+    let rule: Rule = Arc::new(|_, _| 503);
+    let sink = Sink::start(rule).await;
+    home.write_config("default", &config(&home, &sink, "high_water = 4"));
+    let d = start(&home);
+    let inbox = home.path().join("in");
+    for i in 0..10 {
+        drop_file(&inbox, &format!("b{i}.csv"), &format!("b{i}"));
+    }
+    let stats = eventually(Duration::from_secs(30), || {
+        let s = queue_json(&home, &["stats"]);
+        s["pipelines"][0]["paused"].is_string().then_some(s)
+    })
+    .unwrap_or_else(|| panic!("never paused\n{}", d.stderr_text()));
+    assert!(
+        stats["pipelines"][0]["paused"]
+            .as_str()
+            .unwrap()
+            .contains("high_water 4"),
+        "{stats}"
+    );
+    // Give intake time to (wrongly) take more; it must not.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(files_in(&inbox).len(), 6, "{:?}", files_in(&inbox));
+    let s = queue_json(&home, &["stats"]);
+    assert_eq!(s["pipelines"][0]["since_start"]["claimed"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_polling_mode_takes_files_without_a_watcher() {
+    let home = Home::new();
+    let rule = ok_rule();
+    let sink = Sink::start(rule.clone()).await;
+    home.write_config(
+        "default",
+        &config(&home, &sink, "poll = true\npoll_interval = \"100ms\""),
+    );
+    let d = start(&home);
+    let inbox = home.path().join("in");
+    for i in 0..5 {
+        drop_file(&inbox, &format!("p{i}.csv"), &format!("p{i}"));
+    }
+    eventually(Duration::from_secs(30), || {
+        (sink.accepted(&rule).len() == 5).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{:?}\n{}", sink.hits(), d.stderr_text()));
+}
