@@ -243,7 +243,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ("throughput", format!("{files_per_s:.0} files/s")),
             ("drop → upload p50 / p99", format!("{p50:.1} / {p99:.1} ms")),
             (
-                "daemon CPU per file (user+sys)",
+                if args.kills > 0 {
+                    "daemon CPU per file (last process only)"
+                } else {
+                    "daemon CPU per file (user+sys)"
+                },
                 daemon_cpu_s
                     .map(|c| format!("{:.0} µs", c * 1e6 / args.n as f64))
                     .unwrap_or_else(|| "n/a".into()),
