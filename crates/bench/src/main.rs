@@ -12,6 +12,8 @@ mod bus;
 mod control;
 mod monitor;
 #[cfg(unix)]
+mod pipeline;
+#[cfg(unix)]
 mod supervisor;
 #[cfg(unix)]
 mod util;
@@ -47,6 +49,8 @@ enum Bench {
     Bus(bus::Args),
     /// Health monitor: one collection cycle's CPU, the idle daemon, node_exporter per scrape.
     Monitor(monitor::Args),
+    /// Drop-folder pipeline: files/s from drop to upload to a local HTTP sink, with latency.
+    Pipeline(pipeline::Args),
 }
 
 #[cfg(unix)]
@@ -62,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Supervisor(a) => supervisor::run(a).await,
             Bench::Bus(a) => bus::run(a).await,
             Bench::Monitor(a) => monitor::run(a).await,
+            Bench::Pipeline(a) => pipeline::run(a).await,
         }
     })
 }

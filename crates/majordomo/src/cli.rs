@@ -91,6 +91,9 @@ pub enum Cmd {
     /// Notifications: the delivery log, test sends.
     #[command(subcommand)]
     Notify(crate::monitor::cli::NotifyCmd),
+    /// Inspect and manage the pipelines' upload queues.
+    #[command(subcommand)]
+    Queue(crate::pipeline::cli::QueueCmd),
     /// Send any socket command and print its reply, e.g. `majordomo call status` or
     /// `majordomo call ps '{"name":"api"}'`.
     Call {
@@ -431,6 +434,7 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         Cmd::Alerts => return crate::monitor::cli::alerts(&mut client, cli.json).await,
         Cmd::Report(a) => return crate::monitor::cli::report(&mut client, a).await,
         Cmd::Notify(c) => return crate::monitor::cli::notify(&mut client, c, cli.json).await,
+        Cmd::Queue(q) => crate::pipeline::cli::run(&mut client, q, cli.json).await?,
         // `run` and the offline `config` verbs are dispatched in `main` and never get here.
         Cmd::Run(_) | Cmd::Config(_) | Cmd::Service(_) | Cmd::Check | Cmd::Doctor | Cmd::Bus(_) => {
             return Ok(exit::USAGE);

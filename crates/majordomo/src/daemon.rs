@@ -154,6 +154,7 @@ fn subsystems(log: Arc<LogHandle>) -> Vec<Arc<dyn Subsystem>> {
         Arc::new(crate::supervisor::Supervisor),
         Arc::new(crate::monitor::Monitor),
         Arc::new(crate::monitor::Notify),
+        Arc::new(crate::pipeline::Pipeline),
     ]
 }
 

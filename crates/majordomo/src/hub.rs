@@ -61,6 +61,55 @@ pub enum Event {
     Alert(crate::monitor::Alert),
     /// A notifier delivered, failed or suppressed a notification.
     Notification(crate::monitor::notify::Delivery),
+    /// A pipeline queued a converted item for upload (`id` is its idempotency key).
+    FileQueued {
+        pipeline: String,
+        id: String,
+        file: String,
+    },
+    /// An item was uploaded; `age_ms` is from its claim to now.
+    FileUploaded {
+        pipeline: String,
+        id: String,
+        file: String,
+        attempts: u32,
+        upload_ms: u64,
+        age_ms: u64,
+    },
+    /// An upload failed transiently and will be retried after `delay_ms`.
+    UploadRetry {
+        pipeline: String,
+        id: String,
+        file: String,
+        attempt: u32,
+        reason: String,
+        delay_ms: u64,
+    },
+    /// The server refused an item for good: it is in the dead-letter folder with its reason.
+    FileDeadLettered {
+        pipeline: String,
+        id: String,
+        file: String,
+        reason: String,
+    },
+    /// A conversion failed: the input is in the error folder with its reason.
+    FileFailed {
+        pipeline: String,
+        file: String,
+        reason: String,
+    },
+    /// A full scan of a pipeline's watch folders (start-up, watcher overflow/error, periodic, poll).
+    PipelineRescan {
+        pipeline: String,
+        reason: String,
+        found: u64,
+    },
+    /// A pipeline stopped (or resumed) taking files: high-water mark or free-disk floor.
+    PipelineBackpressure {
+        pipeline: String,
+        paused: bool,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -86,6 +135,13 @@ impl Event {
                 crate::monitor::notify::Outcome::Failed => "notify.failed",
                 crate::monitor::notify::Outcome::Suppressed => "notify.suppressed",
             },
+            Event::FileQueued { .. } => "file.queued",
+            Event::FileUploaded { .. } => "file.uploaded",
+            Event::UploadRetry { .. } => "file.retry",
+            Event::FileDeadLettered { .. } => "file.dead_lettered",
+            Event::FileFailed { .. } => "file.failed",
+            Event::PipelineRescan { .. } => "pipeline.rescan",
+            Event::PipelineBackpressure { .. } => "pipeline.backpressure",
         }
     }
 
@@ -156,6 +212,56 @@ impl Event {
                     tracing::debug!(notifier = %d.notifier, alert = %d.alert, outcome = ?d.outcome, "notification")
                 }
             },
+            Event::FileQueued { pipeline, id, file } => {
+                tracing::debug!(%pipeline, %id, %file, "file queued")
+            }
+            Event::FileUploaded {
+                pipeline,
+                id,
+                file,
+                attempts,
+                upload_ms,
+                age_ms,
+            } => {
+                tracing::debug!(%pipeline, %id, %file, attempts, upload_ms, age_ms, "file uploaded")
+            }
+            Event::UploadRetry {
+                pipeline,
+                id,
+                file,
+                attempt,
+                reason,
+                delay_ms,
+            } => {
+                tracing::warn!(%pipeline, %id, %file, attempt, delay_ms, "upload failed, will retry: {reason}")
+            }
+            Event::FileDeadLettered {
+                pipeline,
+                id,
+                file,
+                reason,
+            } => tracing::error!(%pipeline, %id, %file, "dead-lettered: {reason}"),
+            Event::FileFailed {
+                pipeline,
+                file,
+                reason,
+            } => tracing::error!(%pipeline, %file, "conversion failed: {reason}"),
+            Event::PipelineRescan {
+                pipeline,
+                reason,
+                found,
+            } => tracing::debug!(%pipeline, %reason, found, "rescan"),
+            Event::PipelineBackpressure {
+                pipeline,
+                paused,
+                reason,
+            } => {
+                if *paused {
+                    tracing::warn!(%pipeline, "paused taking files: {reason}")
+                } else {
+                    tracing::info!(%pipeline, "taking files again: {reason}")
+                }
+            }
         }
     }
 }

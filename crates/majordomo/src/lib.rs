@@ -15,6 +15,7 @@ pub mod lock;
 pub mod logging;
 pub mod monitor;
 pub mod paths;
+pub mod pipeline;
 #[allow(unsafe_code)]
 pub mod platform;
 pub mod service;

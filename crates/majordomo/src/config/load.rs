@@ -396,6 +396,8 @@ fn build(root: DeTable<'_>, problems: &mut Vec<Problem>) -> Config {
                 many(&mut cfg.check, v, problems)
             }
             "notifier" => many(&mut cfg.notifier, v, problems),
+            "pipeline" => many(&mut cfg.pipeline, v, problems),
+            "uploader" => many(&mut cfg.uploader, v, problems),
             other => problems.push(Problem::spanned(
                 Some(k_span),
                 format!("unknown section `{other}`"),
@@ -408,6 +410,7 @@ fn build(root: DeTable<'_>, problems: &mut Vec<Problem>) -> Config {
 
 const SECTIONS: &[&str] = &[
     "daemon", "log", "control", "paths", "program", "bus", "monitor", "check", "notifier",
+    "pipeline", "uploader",
 ];
 
 /// Deserializes one section. serde stops at the first error, so after each error the offending

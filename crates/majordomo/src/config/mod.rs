@@ -38,6 +38,10 @@ pub struct Config {
     pub check: Vec<crate::monitor::CheckConfig>,
     /// `[[notifier]]`: where alerts are sent.
     pub notifier: Vec<crate::monitor::NotifierConfig>,
+    /// `[[pipeline]]`: drop folders whose files are converted, queued and uploaded.
+    pub pipeline: Vec<crate::pipeline::config::PipelineConfig>,
+    /// `[[uploader]]`: HTTP endpoints that pipelines upload to.
+    pub uploader: Vec<crate::pipeline::UploaderConfig>,
 }
 
 impl Default for Config {
@@ -52,6 +56,8 @@ impl Default for Config {
             monitor: crate::monitor::MonitorConfig::default(),
             check: crate::monitor::config::default_checks(),
             notifier: Vec::new(),
+            pipeline: Vec::new(),
+            uploader: Vec::new(),
         }
     }
 }
@@ -264,6 +270,7 @@ impl Config {
                 ));
             }
         }
+        crate::pipeline::validate(&self.pipeline, &self.uploader, problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
                 "daemon.grace_period",

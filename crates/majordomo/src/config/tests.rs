@@ -17,7 +17,11 @@ fn default_toml_documents_every_field() {
                 } else {
                     format!("{prefix}.{k}")
                 };
-                if v.is_object() {
+                if prefix.is_empty() && v.is_array() {
+                    // An array section ([[pipeline]]): documented by a commented example entry,
+                    // whose fields the section's own tests check.
+                    out.push(format!("[[{k}]]"));
+                } else if v.is_object() {
                     walk(&path, v, out);
                 } else if let Some(first) = v
                     .as_array()
@@ -49,7 +53,10 @@ fn default_toml_documents_every_field() {
     let mut documented = Vec::new();
     for line in DEFAULT_TOML.lines() {
         let l = line.trim_start_matches('#').trim();
-        if l.starts_with('[') {
+        if l.starts_with("[[") {
+            documented.push(l.to_string());
+            section = l.trim_matches(|c| c == '[' || c == ']').to_string();
+        } else if l.starts_with('[') {
             section = l.trim_matches(|c| c == '[' || c == ']').to_string();
         } else if let Some((k, _)) = l.split_once(" = ")
             && !k.contains(' ')

@@ -6,6 +6,7 @@ mod disk;
 pub mod eventlog;
 #[cfg(windows)]
 pub mod folders;
+pub mod fsops;
 mod limits;
 mod notify;
 pub mod process;
