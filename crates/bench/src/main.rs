@@ -10,6 +10,7 @@
 mod bus;
 #[cfg(unix)]
 mod control;
+#[cfg(unix)]
 mod monitor;
 #[cfg(unix)]
 mod pipeline;
