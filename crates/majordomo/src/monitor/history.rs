@@ -138,7 +138,12 @@ impl History {
 
     /// Folds raw hours older than the full-resolution window into day files and deletes
     /// what is past retention.
-    pub fn compact(&self, now: u64) -> std::io::Result<()> {
+    pub fn compact(&mut self, now: u64) -> std::io::Result<()> {
+        // The hour file being written is closed before it can be folded and removed: on Windows
+        // a removed file stays listed (and read) while a handle to it is open.
+        if matches!(&self.open, Some((hour, _)) if hour + HOUR + self.full <= now) {
+            self.open = None;
+        }
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Ok(());
         };
