@@ -271,6 +271,8 @@ impl Event {
 pub struct Hub {
     tx: broadcast::Sender<Arc<Event>>,
     counts: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    /// The last `ProgramState` of each program, for subscribers that start after it was sent.
+    programs: Arc<Mutex<BTreeMap<String, Arc<Event>>>>,
 }
 
 impl Default for Hub {
@@ -285,6 +287,7 @@ impl Hub {
         Self {
             tx,
             counts: Arc::default(),
+            programs: Arc::default(),
         }
     }
 
@@ -295,7 +298,22 @@ impl Hub {
         if let Ok(mut counts) = self.counts.lock() {
             *counts.entry(event.kind()).or_default() += 1;
         }
-        let _ = self.tx.send(Arc::new(event));
+        let event = Arc::new(event);
+        if let Event::ProgramState { name, .. } = &*event
+            && let Ok(mut p) = self.programs.lock()
+        {
+            p.insert(name.clone(), event.clone());
+        }
+        let _ = self.tx.send(event);
+    }
+
+    /// The last `ProgramState` event of every program seen so far. A subscriber that needs
+    /// program states subscribes first, then reads this, so nothing falls between the two.
+    pub fn program_states(&self) -> Vec<Arc<Event>> {
+        self.programs
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {

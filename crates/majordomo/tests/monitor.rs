@@ -92,8 +92,12 @@ fn health_monitor_metric_alert_fires_after_for_with_hysteresis_and_resolves() {
     home.write_config("default", &config(""));
     let d = home.start("default");
     // The daemon's own open descriptors: a metric this test can move by opening connections.
+    // Until the first collection has run, `metrics` answers `busy`: keep asking.
     let base = eventually(LONG, || {
-        json_cli(&home, &["metrics", "self.open_files"])["values"]["self.open_files"].as_f64()
+        let out = home.cli("default", &["--json", "metrics", "self.open_files"]);
+        let v: Value = serde_json::from_str(&stdout(&out)).ok()?;
+        out.status.success().then_some(())?;
+        v["values"]["self.open_files"].as_f64()
     })
     .expect("self.open_files is collected");
     let (above, clear) = (base + 20.0, base + 8.0);

@@ -189,8 +189,37 @@ async fn run_monitor(ctx: Ctx) -> Result<(), String> {
     // Hub listener: program states (for program checks, program metrics and the report) and
     // notification outcomes (for the report).
     {
+        let record = {
+            let st = st.clone();
+            move |name: &String, state: &String, pid: &Option<u32>| {
+                if let Ok(mut p) = st.programs.lock() {
+                    let since = match p.get(name) {
+                        Some(s) if s.state == *state => s.since.clone(),
+                        _ => alerts::rfc3339(SystemTime::now()),
+                    };
+                    p.insert(
+                        name.clone(),
+                        ProgramSeen {
+                            state: state.clone(),
+                            pid: *pid,
+                            since,
+                        },
+                    );
+                }
+            }
+        };
         let st = st.clone();
+        // Subscribe first, then take the states programs reached before this subsystem started
+        // (the supervisor may have reported them already): nothing falls in between.
         let mut rx = ctx.shared.hub.subscribe();
+        for ev in ctx.shared.hub.program_states() {
+            if let Event::ProgramState {
+                name, state, pid, ..
+            } = &*ev
+            {
+                record(name, state, pid);
+            }
+        }
         let token = ctx.token.clone();
         let wake = program_wake.clone();
         ctx.tracker.spawn(async move {
@@ -204,20 +233,7 @@ async fn run_monitor(ctx: Ctx) -> Result<(), String> {
                         Event::ProgramState {
                             name, state, pid, ..
                         } => {
-                            if let Ok(mut p) = st.programs.lock() {
-                                let since = match p.get(name) {
-                                    Some(s) if s.state == *state => s.since.clone(),
-                                    _ => alerts::rfc3339(SystemTime::now()),
-                                };
-                                p.insert(
-                                    name.clone(),
-                                    ProgramSeen {
-                                        state: state.clone(),
-                                        pid: *pid,
-                                        since,
-                                    },
-                                );
-                            }
+                            record(name, state, pid);
                             wake.notify_one();
                         }
                         Event::Notification(d) => {
