@@ -552,7 +552,9 @@ async fn bus_oversize_and_malformed_frames() {
     assert!(hello.contains("binary-v1"), "{hello}");
     raw.write_all(&[9, 0, 0, 0, 42, 1, 2, 3, 4, 5, 6, 7, 8])
         .unwrap();
-    raw.write_all(&[255, 255, 255, 127]).unwrap();
+    // The daemon may already have closed the connection after the bad frame: a broken pipe
+    // here is expected, not a failure.
+    let _ = raw.write_all(&[255, 255, 255, 127]);
     let mut rest = Vec::new();
     let _ = std::io::Read::read_to_end(&mut r, &mut rest);
     let text = String::from_utf8_lossy(&rest);
