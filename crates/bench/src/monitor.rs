@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use majordomo::monitor::collect::{Collector, Programs};
-use majordomo::monitor::metrics::Snapshot;
+use majordomo_monitor::collect::{Collector, Programs};
+use majordomo_monitor::metrics::Snapshot;
 use serde_json::json;
 
 use crate::util::{Daemon, table};

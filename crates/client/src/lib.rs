@@ -207,6 +207,19 @@ impl Client {
         self.request(Value::Object(request)).await
     }
 
+    /// Calls the typed command `K` of the contract: `args` serialized as its arguments, the
+    /// reply read as `K::Reply`.
+    pub async fn call_cmd<K: majordomo_proto::Cmd>(
+        &mut self,
+        args: &K::Args,
+    ) -> Result<K::Reply, ClientError> {
+        let args = serde_json::to_value(args)
+            .map_err(|e| ClientError::Protocol(format!("arguments not serializable: {e}")))?;
+        let value = self.call_named(K::NAME, args).await?;
+        serde_json::from_value(value)
+            .map_err(|e| ClientError::Protocol(format!("unexpected reply to {:?}: {e}", K::NAME)))
+    }
+
     async fn request(&mut self, mut request: Value) -> Result<Value, ClientError> {
         let id = self.next_id;
         self.next_id += 1;

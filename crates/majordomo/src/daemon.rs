@@ -2,65 +2,40 @@
 //! wait for a signal or a request, drain within the grace period.
 //!
 //! The main loop is the only place that reloads or stops: subsystems ask it through
-//! [`Request`]s, signals arrive in the same `select!`.
+//! [`Request`]s (a [`DaemonHandle`]), signals arrive in the same `select!`. It owns the config
+//! in force and answers the core commands `status`, `config` and `reload`.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use majordomo_proto::{PROTOCOL_VERSION, ReloadOutcome, Status};
-use tokio::sync::{mpsc, oneshot};
+use majordomo_core::commands::Commands;
+use majordomo_core::exit;
+use majordomo_core::hub::{Event, Hub};
+use majordomo_core::lifecycle::{Registry, Shared, StatusBoard};
+use majordomo_core::lock::InstanceLock;
+use majordomo_core::{DaemonHandle, Layout, Loaded, Override, Request, Source};
+use majordomo_platform::{Notifier, Signal, Signals};
+use majordomo_proto::control::{ConfigCmd, ReloadCmd, StatusCmd};
+use majordomo_proto::{
+    AlertSummary, ErrorBody, ErrorCode, PROTOCOL_VERSION, ReloadOutcome, Status,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, Config, Loaded, Override, Source};
-use crate::hub::{Event, Hub};
-use crate::lifecycle::{Registry, StatusBoard, Subsystem};
-use crate::lock::InstanceLock;
+use crate::app::{self, Config};
 use crate::logging::{self, LogHandle};
-use crate::paths::Layout;
-use crate::platform::{Notifier, Signal, Signals};
 
-/// Exit codes (sysexits-style where one fits).
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const FAILURE: u8 = 1;
-    pub const USAGE: u8 = 64;
-}
-
-/// What subsystems may ask of the main loop.
-pub enum Request {
-    Reload {
-        trigger: &'static str,
-        reply: Option<oneshot::Sender<Result<ReloadOutcome, ReloadOutcome>>>,
-    },
-    /// Restart every subsystem on a freshly loaded config (seed-001 `restart`).
-    Restart {
-        reply: oneshot::Sender<Result<ReloadOutcome, ReloadOutcome>>,
-    },
-    Shutdown {
-        reason: String,
-    },
-}
-
-/// State every subsystem can read.
-pub struct Shared {
-    /// The instance's places before `[paths]` overrides.
+/// Everything `run` needs from the command line.
+pub struct RunArgs {
     pub layout: Layout,
-    pub config_path: PathBuf,
-    pub hub: Hub,
-    pub board: StatusBoard,
-    /// Socket commands that subsystems registered.
-    pub commands: crate::commands::Commands,
-    pub requests: mpsc::Sender<Request>,
-    /// The health monitor's active alerts, for `status`.
-    pub alerts: crate::monitor::AlertBoard,
-    started: Instant,
-    started_at: SystemTime,
-    state: Mutex<State>,
+    pub overrides: Vec<Override>,
+    pub notifier: Notifier,
 }
 
+/// The config in force and its history: one copy, owned by the main loop, read by `status`
+/// and `config`. Subsystems get their sections through the registry, published in the same step.
 struct State {
     config: Arc<Config>,
     generation: u64,
@@ -69,24 +44,31 @@ struct State {
     last_reload: Option<ReloadOutcome>,
 }
 
-impl Shared {
-    /// The config in force.
-    pub fn config(&self) -> Arc<Config> {
-        self.state
-            .lock()
-            .map(|s| s.config.clone())
-            .unwrap_or_default()
+/// What the core commands read.
+struct Core {
+    layout: Layout,
+    hub: Hub,
+    board: Arc<StatusBoard>,
+    started: Instant,
+    started_at: SystemTime,
+    state: Mutex<State>,
+}
+
+impl Core {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain data behind: keep using it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn status(&self) -> Status {
-        let (cfg, generation, source, last_reload) = match self.state.lock() {
-            Ok(s) => (
+    fn status(&self) -> Status {
+        let (cfg, generation, source, last_reload) = {
+            let s = self.state();
+            (
                 s.config.clone(),
                 s.generation,
                 s.source.clone(),
                 s.last_reload.clone(),
-            ),
-            Err(_) => (Arc::default(), 0, Source::Embedded, None),
+            )
         };
         let eff = self.layout.clone().with_overrides(&cfg.paths);
         Status {
@@ -98,7 +80,7 @@ impl Shared {
             uptime_s: self.started.elapsed().as_secs(),
             started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
             socket: eff.socket.display().to_string(),
-            config_path: self.config_path.display().to_string(),
+            config_path: self.layout.config_file.display().to_string(),
             config_source: source.as_str().to_string(),
             config_generation: generation,
             last_reload,
@@ -106,38 +88,11 @@ impl Shared {
             log_dir: eff.log_dir.display().to_string(),
             subsystems: self.board.snapshot(),
             events: self.hub.counts(),
-            alerts: self.alerts.summary(),
+            alerts: self
+                .board
+                .info::<AlertSummary>("monitor")
+                .unwrap_or_default(),
         }
-    }
-
-    /// Asks the main loop for a reload and waits for its outcome.
-    pub async fn reload(
-        &self,
-        trigger: &'static str,
-        force: bool,
-    ) -> Result<ReloadOutcome, ReloadOutcome> {
-        let (tx, rx) = oneshot::channel();
-        let req = if force {
-            Request::Restart { reply: tx }
-        } else {
-            Request::Reload {
-                trigger,
-                reply: Some(tx),
-            }
-        };
-        let stopping = || ReloadOutcome {
-            ok: false,
-            trigger: trigger.to_string(),
-            at: now_rfc3339(),
-            generation: 0,
-            restarted: vec![],
-            updated: vec![],
-            errors: vec!["the daemon is shutting down".into()],
-        };
-        if self.requests.send(req).await.is_err() {
-            return Err(stopping());
-        }
-        rx.await.unwrap_or_else(|_| Err(stopping()))
     }
 }
 
@@ -145,44 +100,25 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// The subsystems, in start order.
-fn subsystems(log: Arc<LogHandle>) -> Vec<Arc<dyn Subsystem>> {
-    vec![
-        Arc::new(logging::Log(log)),
-        Arc::new(crate::control::Control),
-        Arc::new(crate::watch::ConfigWatch),
-        Arc::new(crate::supervisor::Supervisor),
-        Arc::new(crate::monitor::Monitor),
-        Arc::new(crate::monitor::Notify),
-        Arc::new(crate::pipeline::Pipeline),
-    ]
-}
-
-/// Everything `run` needs from the command line.
-pub struct RunArgs {
-    pub layout: Layout,
-    pub overrides: Vec<Override>,
-    pub notifier: Notifier,
-}
-
 /// Runs the daemon in the foreground until it is stopped. Returns the process exit code.
-pub fn run(args: RunArgs) -> ExitCode {
-    ExitCode::from(run_code(args))
+pub fn run(args: RunArgs) -> std::process::ExitCode {
+    std::process::ExitCode::from(run_code(args))
 }
 
 /// [`run`], returning the exit code as a number (the Windows SCM reports it).
 pub fn run_code(args: RunArgs) -> u8 {
     // 1. Config, without binding or creating anything.
-    let loaded = match config::load(&args.layout.config_file, &args.overrides) {
-        Ok(l) => l,
-        Err(problems) => {
-            eprint!("majordomo: cannot start: {problems}");
-            return exit::USAGE;
-        }
-    };
+    let loaded =
+        match majordomo_core::load::load::<Config>(&args.layout.config_file, &args.overrides) {
+            Ok(l) => l,
+            Err(problems) => {
+                eprint!("majordomo: cannot start: {problems}");
+                return exit::USAGE;
+            }
+        };
     let log = Arc::new(logging::init(&loaded.config.log.level));
     // Enough file descriptors for [control] max_connections bus clients.
-    let _ = crate::platform::raise_nofile();
+    let _ = majordomo_platform::raise_nofile();
     // 2. One owner per instance.
     let lock = match InstanceLock::acquire(
         &args.layout.instance,
@@ -216,13 +152,13 @@ pub fn run_code(args: RunArgs) -> u8 {
 }
 
 struct Daemon {
-    shared: Arc<Shared>,
-    registry: Registry,
+    core: Arc<Core>,
+    registry: Registry<Config>,
     overrides: Vec<Override>,
     notifier: Notifier,
 }
 
-async fn main_loop(args: RunArgs, loaded: Loaded, log: Arc<LogHandle>) -> u8 {
+async fn main_loop(args: RunArgs, loaded: Loaded<Config>, log: Arc<LogHandle>) -> u8 {
     let RunArgs {
         layout,
         overrides,
@@ -248,14 +184,13 @@ async fn main_loop(args: RunArgs, loaded: Loaded, log: Arc<LogHandle>) -> u8 {
     let hub = Hub::new();
     let (req_tx, mut req_rx) = mpsc::channel(64);
     let config = Arc::new(loaded.config.clone());
-    let shared = Arc::new(Shared {
-        config_path: layout.config_file.clone(),
+    let board = Arc::new(StatusBoard::new(hub.clone()));
+    let commands = Arc::new(Commands::default());
+    let handle = DaemonHandle::new(req_tx, &layout.instance);
+    let core = Arc::new(Core {
         layout: layout.clone(),
-        board: StatusBoard::new(hub.clone()),
         hub: hub.clone(),
-        commands: Default::default(),
-        requests: req_tx,
-        alerts: Default::default(),
+        board: board.clone(),
         started: Instant::now(),
         started_at: SystemTime::now(),
         state: Mutex::new(State {
@@ -266,36 +201,41 @@ async fn main_loop(args: RunArgs, loaded: Loaded, log: Arc<LogHandle>) -> u8 {
             last_reload: None,
         }),
     });
+    core_commands(&commands, &core, &handle);
     let root = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let registry = Registry::new(
-        subsystems(log),
-        config.clone(),
-        root.clone(),
-        tracker.clone(),
-        shared.clone(),
-    );
+    let shared = Shared {
+        hub: hub.clone(),
+        commands,
+        daemon: handle,
+        board,
+    };
+    let mut registry = Registry::new(shared, root.clone(), tracker.clone());
+    let router = Arc::new(majordomo_bus::Router::new(hub.clone(), &config.bus));
+    app::subsystems(&mut registry, log, router);
     let mut daemon = Daemon {
-        shared: shared.clone(),
+        core: core.clone(),
         registry,
         overrides,
         notifier,
     };
 
     // Start-up is an apply from nothing.
-    daemon.registry.apply(None, config.clone(), false).await;
+    let grace = config.daemon.grace_period.get();
     daemon
         .registry
-        .wait_started(config.daemon.grace_period.get())
+        .apply(None, &config, eff, grace, false)
         .await;
-    if let Some(failed) = failed_subsystem(&shared) {
+    daemon.registry.wait_started(grace).await;
+    if let Some(failed) = core.board.failed() {
         eprintln!("majordomo: cannot start: {failed}");
         root.cancel();
         tracker.close();
-        let _ = tokio::time::timeout(config.daemon.grace_period.get(), tracker.wait()).await;
+        let _ = tokio::time::timeout(grace, tracker.wait()).await;
         return exit::FAILURE;
     }
-    banner(&shared, &loaded);
+    banner(&core, &loaded);
+    tracing::info!(instance = %layout.instance, pid = std::process::id(), "daemon started");
     hub.emit(Event::DaemonStarted {
         instance: layout.instance.clone(),
         pid: std::process::id(),
@@ -323,12 +263,9 @@ async fn main_loop(args: RunArgs, loaded: Loaded, log: Arc<LogHandle>) -> u8 {
                 Signal::Hangup => { let _ = daemon.reload("signal", false).await; }
             },
             Some(req) = req_rx.recv() => match req {
-                Request::Reload { trigger, reply } => {
-                    let outcome = daemon.reload(trigger, false).await;
+                Request::Reload { trigger, force, reply } => {
+                    let outcome = daemon.reload(trigger, force).await;
                     if let Some(reply) = reply { let _ = reply.send(outcome); }
-                }
-                Request::Restart { reply } => {
-                    let _ = reply.send(daemon.reload("restart", true).await);
                 }
                 Request::Shutdown { reason } => break reason,
             },
@@ -336,7 +273,8 @@ async fn main_loop(args: RunArgs, loaded: Loaded, log: Arc<LogHandle>) -> u8 {
     };
 
     // Drain.
-    let grace = daemon.shared.config().daemon.grace_period.get();
+    let grace = daemon.core.state().config.daemon.grace_period.get();
+    tracing::info!(%reason, "daemon stopping");
     hub.emit(Event::DaemonStopping { reason });
     daemon.notifier.stopping_within(grace);
     root.cancel();
@@ -357,18 +295,49 @@ async fn main_loop(args: RunArgs, loaded: Loaded, log: Arc<LogHandle>) -> u8 {
     }
 }
 
-fn failed_subsystem(shared: &Shared) -> Option<String> {
-    shared
-        .board
-        .snapshot()
-        .into_iter()
-        .find(|(_, s)| s.state == "failed")
-        .map(|(name, s)| format!("{name}: {}", s.detail.unwrap_or_default()))
+/// The commands the daemon itself answers through the registry: `status`, `config`, `reload`.
+/// (`hello`, `ping` and `shutdown` are answered by the protocol session.)
+fn core_commands(commands: &Commands, core: &Arc<Core>, handle: &DaemonHandle) {
+    let c = core.clone();
+    commands.register_typed::<StatusCmd, _, _>("daemon", move |_| {
+        let status = c.status();
+        async move { Ok(status) }
+    });
+    let c = core.clone();
+    commands.register_typed::<ConfigCmd, _, _>("daemon", move |_| {
+        let config = c.state().config.clone();
+        async move {
+            serde_json::to_value(&*config).map_err(|e| {
+                ErrorBody::new(ErrorCode::Internal, format!("config not serializable: {e}"))
+            })
+        }
+    });
+    let h = handle.clone();
+    commands.register_typed::<ReloadCmd, _, _>("daemon", move |_| {
+        let h = h.clone();
+        async move { h.reload("socket", false).await.map_err(|o| refused(&o)) }
+    });
+}
+
+/// The error reply of a refused reload: every problem in `details`.
+fn refused(outcome: &ReloadOutcome) -> ErrorBody {
+    let n = outcome.errors.len();
+    let mut body = ErrorBody::new(
+        ErrorCode::InvalidConfig,
+        format!(
+            "new config refused ({n} problem{}); generation {} stays in force: {}",
+            if n == 1 { "" } else { "s" },
+            outcome.generation,
+            outcome.errors.first().map(String::as_str).unwrap_or("")
+        ),
+    );
+    body.details = Some(json!(outcome.errors));
+    body
 }
 
 /// Tells a person in the foreground where everything is.
-fn banner(shared: &Shared, loaded: &Loaded) {
-    let s = shared.status();
+fn banner(core: &Core, loaded: &Loaded<Config>) {
+    let s = core.status();
     let source = match loaded.source {
         Source::File => "",
         Source::Embedded => " (not found: using the embedded default)",
@@ -377,7 +346,7 @@ fn banner(shared: &Shared, loaded: &Loaded) {
         instance = %s.instance, pid = s.pid, socket = %s.socket, config = %s.config_path,
         state = %s.state_dir, logs = %s.log_dir, "majordomo {} running", s.version
     );
-    if !cfg!(target_os = "linux") || !crate_journal() {
+    if !stderr_is_journal() {
         eprintln!(
             "majordomo {} · instance '{}' · pid {}\n  config  {}{source}\n  socket  {}\n  state   {}\n  logs    {}\nCtrl+C to stop.",
             s.version, s.instance, s.pid, s.config_path, s.socket, s.state_dir, s.log_dir
@@ -385,10 +354,10 @@ fn banner(shared: &Shared, loaded: &Loaded) {
     }
 }
 
-fn crate_journal() -> bool {
+fn stderr_is_journal() -> bool {
     #[cfg(target_os = "linux")]
     {
-        crate::platform::stderr_is_journal()
+        majordomo_platform::stderr_is_journal()
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -403,15 +372,20 @@ impl Daemon {
         force: bool,
     ) -> Result<ReloadOutcome, ReloadOutcome> {
         self.notifier.reloading();
-        let result = config::load(&self.shared.config_path, &self.overrides);
-        let (old, generation, digest) = match self.shared.state.lock() {
-            Ok(s) => (s.config.clone(), s.generation, s.digest),
-            Err(_) => (Arc::default(), 0, 0),
+        let result =
+            majordomo_core::load::load::<Config>(&self.core.layout.config_file, &self.overrides);
+        let (old, generation, digest) = {
+            let s = self.core.state();
+            (s.config.clone(), s.generation, s.digest)
         };
         let outcome = match result {
             Err(problems) => {
                 let errors = problems.lines();
-                self.shared.hub.emit(Event::ConfigRejected {
+                tracing::error!(%trigger, problems = errors.len(), "new config refused; the running config stays in force");
+                for e in &errors {
+                    tracing::error!("  {e}");
+                }
+                self.core.hub.emit(Event::ConfigRejected {
                     trigger: trigger.to_string(),
                     errors: errors.clone(),
                 });
@@ -436,18 +410,27 @@ impl Daemon {
             }),
             Ok(loaded) => {
                 let new = Arc::new(loaded.config);
-                let applied = self.registry.apply(Some(&old), new.clone(), force).await;
                 let generation = generation + 1;
-                if let Ok(mut s) = self.shared.state.lock() {
-                    s.config = new;
+                // The config in force changes in one step, before the subsystems get their
+                // sections: `config` and `status` never show an older config than a subsystem runs.
+                {
+                    let mut s = self.core.state();
+                    s.config = new.clone();
                     s.generation = generation;
                     s.source = loaded.source;
                     s.digest = loaded.digest;
                 }
+                let eff = self.core.layout.clone().with_overrides(&new.paths);
+                let grace = new.daemon.grace_period.get();
+                let applied = self
+                    .registry
+                    .apply(Some(&old), &new, eff, grace, force)
+                    .await;
                 let mut restarted = applied.restarted;
                 restarted.extend(applied.started);
                 restarted.extend(applied.stopped);
-                self.shared.hub.emit(Event::ConfigReloaded {
+                tracing::info!(generation, %trigger, ?restarted, "config reloaded");
+                self.core.hub.emit(Event::ConfigReloaded {
                     generation,
                     trigger: trigger.to_string(),
                     restarted: restarted.clone(),
@@ -467,10 +450,8 @@ impl Daemon {
             Ok(o) | Err(o) => o.clone(),
         };
         // A no-op file-change reload (same text) is not worth recording.
-        if !(last.ok && last.generation == generation && trigger == "file-change")
-            && let Ok(mut s) = self.shared.state.lock()
-        {
-            s.last_reload = Some(last);
+        if !(last.ok && last.generation == generation && trigger == "file-change") {
+            self.core.state().last_reload = Some(last);
         }
         self.notifier.ready("running");
         outcome

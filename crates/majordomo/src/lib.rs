@@ -1,23 +1,11 @@
 //! majordomo: one small binary that gives any application its background-service layer.
 //!
-//! See `ARCHITECTURE.md` at the repository root for the map of these modules.
+//! This crate is the application: it composes the subsystem crates (`app`), runs the main loop
+//! (`daemon`) and the command line (`cli`). See `ARCHITECTURE.md` at the repository root.
 #![deny(unsafe_code)]
 
-pub mod bus;
+pub mod app;
 pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod control;
 pub mod daemon;
-pub mod hub;
-pub mod lifecycle;
-pub mod lock;
 pub mod logging;
-pub mod monitor;
-pub mod paths;
-pub mod pipeline;
-#[allow(unsafe_code)]
-pub mod platform;
-pub mod service;
-pub mod supervisor;
 pub mod watch;

@@ -15,8 +15,61 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
-use crate::config::{Config, LogConfig, LogFormat};
-use crate::lifecycle::{BoxFuture, Change, Ctx, Subsystem};
+use majordomo_core::{BoxFuture, Change, Ctx, Problem, Size, Subsystem};
+use serde::{Deserialize, Serialize};
+
+/// `[log]`: the daemon's own log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A level (`error`, `warn`, `info`, `debug`, `trace`) or a filter like `info,majordomo_control=debug`.
+    pub level: String,
+    /// Format of the log file: `text` or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// Write size-rotated files into the instance's log folder.
+    pub file: bool,
+    /// Rotate the log file when it reaches this size.
+    pub max_size: Size,
+    /// How many rotated files to keep besides the current one.
+    pub max_files: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+            file: true,
+            max_size: Size::mb(10),
+            max_files: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Checks `[log]` beyond its types.
+pub fn validate(log: &LogConfig, problems: &mut Vec<Problem>) {
+    if let Err(e) = parse_filter(&log.level) {
+        problems.push(Problem::at(
+            "log.level",
+            format!("invalid log filter {:?}: {e}", log.level),
+            "use error, warn, info, debug or trace, optionally with per-module directives like \"info,majordomo_control=debug\"",
+        ));
+    }
+    if log.max_size.bytes() < 4096 {
+        problems.push(Problem::at(
+            "log.max_size",
+            format!("{} is too small for a log file", log.max_size),
+            "use at least 4KB, e.g. \"10MB\"",
+        ));
+    }
+}
 
 /// Lines the file writer queues before it starts dropping (see [`LogHandle::apply`]).
 const LOG_QUEUE_LINES: usize = 4096;
@@ -124,7 +177,7 @@ pub fn init(level: &str) -> LogHandle {
 
 #[cfg(target_os = "linux")]
 fn journald_layer() -> Option<tracing_journald::Layer> {
-    if !crate::platform::stderr_is_journal() {
+    if !majordomo_platform::stderr_is_journal() {
         return None;
     }
     tracing_journald::layer()
@@ -139,8 +192,8 @@ fn journald_layer() -> Option<tracing_subscriber::layer::Identity> {
 
 /// The Windows Event Log, while the SCM runs the daemon.
 #[cfg(windows)]
-fn eventlog_layer() -> Option<crate::platform::eventlog::EventLogLayer> {
-    crate::platform::eventlog::layer()
+fn eventlog_layer() -> Option<majordomo_platform::eventlog::EventLogLayer> {
+    majordomo_platform::eventlog::layer()
 }
 
 #[cfg(not(windows))]
@@ -214,33 +267,31 @@ impl LogHandle {
 pub struct Log(pub Arc<LogHandle>);
 
 impl Subsystem for Log {
+    type Config = LogConfig;
+
     fn name(&self) -> &'static str {
         "log"
     }
 
-    fn change(&self, old: &Config, new: &Config) -> Change {
-        if old.log != new.log || old.paths.log_dir != new.paths.log_dir {
+    fn change(&self, old: &LogConfig, new: &LogConfig) -> Change {
+        if old != new {
             Change::Live
         } else {
             Change::None
         }
     }
 
-    fn run(&self, mut ctx: Ctx) -> BoxFuture {
+    fn run(&self, mut ctx: Ctx<LogConfig>) -> BoxFuture {
         let handle = self.0.clone();
         Box::pin(async move {
+            let dir = ctx.log_dir().to_path_buf();
             loop {
                 let cfg = ctx.config.borrow_and_update().clone();
-                let dir = ctx.shared.layout.clone().with_overrides(&cfg.paths).log_dir;
-                match handle.apply(&cfg.log, &dir) {
-                    Ok(()) => ctx.detail(if cfg.log.file {
-                        format!(
-                            "{} → {}",
-                            cfg.log.level,
-                            dir.join("majordomo.log").display()
-                        )
+                match handle.apply(&cfg, &dir) {
+                    Ok(()) => ctx.detail(if cfg.file {
+                        format!("{} → {}", cfg.level, dir.join("majordomo.log").display())
                     } else {
-                        cfg.log.level.clone()
+                        cfg.level.clone()
                     }),
                     Err(e) => {
                         tracing::error!(error = %e, "log settings not applied");

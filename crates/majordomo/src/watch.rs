@@ -11,9 +11,9 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::config::Config;
-use crate::daemon::Request;
-use crate::lifecycle::{BoxFuture, Change, Ctx, Subsystem};
+use majordomo_core::{BoxFuture, Change, Ctx, Subsystem};
+
+use crate::app::DaemonConfig;
 
 pub struct ConfigWatch;
 
@@ -34,26 +34,28 @@ fn is_change(kind: &notify::EventKind) -> bool {
 }
 
 impl Subsystem for ConfigWatch {
+    type Config = DaemonConfig;
+
     fn name(&self) -> &'static str {
         "config-watch"
     }
 
-    fn enabled(&self, config: &Config) -> bool {
-        config.daemon.watch_config
+    fn enabled(&self, config: &DaemonConfig) -> bool {
+        config.watch_config
     }
 
-    fn change(&self, old: &Config, new: &Config) -> Change {
-        if old.daemon.watch_debounce != new.daemon.watch_debounce {
+    fn change(&self, old: &DaemonConfig, new: &DaemonConfig) -> Change {
+        if old.watch_debounce != new.watch_debounce {
             Change::Restart
         } else {
             Change::None
         }
     }
 
-    fn run(&self, ctx: Ctx) -> BoxFuture {
+    fn run(&self, ctx: Ctx<DaemonConfig>) -> BoxFuture {
         Box::pin(async move {
-            let file = ctx.shared.config_path.clone();
-            let debounce = ctx.config.borrow().daemon.watch_debounce.get();
+            let file = ctx.layout().config_file.clone();
+            let debounce = ctx.config.borrow().watch_debounce.get();
             let Some(dir) = file.parent().map(PathBuf::from) else {
                 return Err(format!("{} has no folder to watch", file.display()));
             };
@@ -95,14 +97,7 @@ impl Subsystem for ConfigWatch {
             let mut pending = true;
             loop {
                 if std::mem::take(&mut pending) {
-                    let _ = ctx
-                        .shared
-                        .requests
-                        .send(Request::Reload {
-                            trigger: "file-change",
-                            reply: None,
-                        })
-                        .await;
+                    ctx.daemon.request_reload("file-change");
                 }
                 tokio::select! {
                     _ = ctx.token.cancelled() => return Ok(()),

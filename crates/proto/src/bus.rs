@@ -28,7 +28,8 @@
 //! forwards payloads without re-serializing them.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
@@ -518,4 +519,197 @@ mod tests {
             prop_assert_eq!(matches(&pattern, &topic), reference);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The typed contract of the bus commands
+// ---------------------------------------------------------------------------------------------
+//
+// The daemon's hot path reads bus lines with the borrowed [`BusLine`] (payloads stay raw JSON
+// text); these types document the same requests for `schema/`, the SDKs and the HTTP API, and
+// type the replies. Like the hot path, they ignore fields they do not know.
+
+/// The arguments of `bus.register`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RegisterArgs {
+    /// The endpoint id: 1-128 letters, digits, `-`, `_`, `.`, `:` or `@`.
+    pub endpoint: String,
+    /// The endpoint's token, when `[bus.endpoints.<id>] token` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Replace the connection that holds the id now (it is told and closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover: Option<bool>,
+}
+
+/// The reply to `bus.register` and `bus.unregister`: the endpoint id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EndpointReply {
+    pub endpoint: String,
+}
+
+/// The arguments of `bus.send`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SendArgs {
+    /// The target endpoint.
+    pub to: String,
+    /// The event name.
+    pub event: String,
+    /// Any JSON value; `null` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    /// Wait up to this long (bounded by `[bus] max_wait`) for the target to register.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// The reply to `bus.send` and `bus.reply` (sent only when the request had an `id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Delivered {
+    pub delivered: bool,
+}
+
+/// The arguments of `bus.pub`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PubArgs {
+    /// A topic without wildcards; `_INBOX.<n>` answers a request like `bus.reply`.
+    pub topic: String,
+    /// Any JSON value; `null` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+/// The reply to `bus.pub` (sent only when the request had an `id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PubReply {
+    /// How many subscribers got it (a count), or `true` for a reply published on `_INBOX.<n>`.
+    pub delivered: PubDelivered,
+}
+
+/// How many subscribers a publish reached, or `true` when it answered a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PubDelivered {
+    Subscribers(u64),
+    Reply(bool),
+}
+
+/// The arguments of `bus.sub`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SubArgs {
+    /// A topic pattern: `*` for one token, a final `>` for the rest.
+    pub pattern: String,
+    /// Join this queue group: each message goes to one member of the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The subscription id to use on this connection; chosen by the daemon when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<u64>,
+}
+
+/// The arguments of `bus.unsub`, and the reply to `bus.sub` and `bus.unsub`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Sid {
+    pub sid: u64,
+}
+
+/// The arguments of `bus.request`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RequestArgs {
+    /// A topic without wildcards; one subscriber (or one per queue group) gets the request.
+    pub topic: String,
+    /// Any JSON value; `null` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    /// The deadline; `[bus] request_timeout` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The arguments of `bus.reply`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplyArgs {
+    /// The request's `reply_to` (`_INBOX.<n>`).
+    pub to: String,
+    /// Any JSON value; `null` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+/// The reply to `bus.ls`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BusList {
+    pub connections: Vec<BusConn>,
+    pub counters: BusCounters,
+    pub endpoints: Vec<BusEndpoint>,
+}
+
+/// One connection of `bus.ls`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BusConn {
+    pub conn: u64,
+    /// Frames dropped for this slow consumer.
+    pub dropped: u64,
+    pub endpoint: Option<String>,
+    pub pid: Option<i32>,
+    pub queued_bytes: u64,
+    pub queued_msgs: u64,
+    pub sent: u64,
+    /// RFC 3339: when it connected.
+    pub since: String,
+    pub subscriptions: Vec<BusSubscription>,
+    pub uid: Option<u32>,
+}
+
+/// One subscription of `bus.ls`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BusSubscription {
+    pub pattern: String,
+    pub queue: Option<String>,
+    pub sid: u64,
+}
+
+/// One registered endpoint of `bus.ls`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BusEndpoint {
+    pub conn: u64,
+    pub id: String,
+    pub pid: Option<i32>,
+}
+
+/// The bus's counters since start (`bus.ls`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BusCounters {
+    pub connections: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub errors: u64,
+    pub events: u64,
+    pub no_responders: u64,
+    pub published: u64,
+    pub replies: u64,
+    pub requests: u64,
+    pub subscriptions: u64,
+    pub timeouts: u64,
+}
+
+crate::commands! { COMMANDS:
+    /// Registers this connection as an endpoint (`$sys.endpoint.up`); events sent to it arrive as `{"event":{..}}` lines.
+    BusRegister "bus.register" (Action) RegisterArgs => EndpointReply;
+    /// Gives up this connection's endpoint id (`$sys.endpoint.down`).
+    BusUnregister "bus.unregister" (Action) crate::contract::NoArgs => EndpointReply;
+    /// Sends an event to an endpoint, optionally waiting for it to register.
+    BusSend "bus.send" (Action) SendArgs => Delivered;
+    /// Publishes on a topic; every matching subscriber (one per queue group) gets a `{"msg":{..}}` line.
+    BusPub "bus.pub" (Action) PubArgs => PubReply;
+    /// Subscribes this connection to a topic pattern.
+    BusSub "bus.sub" (Action) SubArgs => Sid;
+    /// Ends one of this connection's subscriptions.
+    BusUnsub "bus.unsub" (Action) Sid => Sid;
+    /// Sends a request to one subscriber of a topic; the reply is the responder's `data`.
+    BusRequest "bus.request" (Action) RequestArgs => serde_json::Value;
+    /// Answers a request received with a `reply_to`.
+    BusReply "bus.reply" (Action) ReplyArgs => Delivered;
+    /// Endpoints, connections (subscriptions, queue depth, dropped) and counters.
+    BusLs "bus.ls" (Read) crate::contract::NoArgs => BusList;
 }

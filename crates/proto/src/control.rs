@@ -2,11 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::contract::NoArgs;
 use serde_json::{Map, Value};
 
 /// A request's `cmd` and its arguments.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
     /// States the client's protocol; the reply carries the daemon's ([`Hello`]).
@@ -61,6 +64,37 @@ impl CompatCommand {
             _ => return None,
         })
     }
+}
+
+/// The arguments of `hello`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HelloArgs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
+    /// Required first when the instance has `[control] token` set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Asks for another framing after the reply: [`crate::bus::BINARY_FRAMING`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub framing: Option<String>,
+}
+
+crate::commands! { COMMANDS:
+    /// States the client's protocol (and the token, when the instance has one); the reply carries the daemon's.
+    HelloCmd "hello" (Read) HelloArgs => Hello;
+    /// Answers "pong".
+    PingCmd "ping" (Read) NoArgs => String;
+    /// The daemon's status: instance, places, subsystems, event counts, active alerts.
+    StatusCmd "status" (Read) NoArgs => Status;
+    /// The effective configuration as JSON, secrets redacted.
+    ConfigCmd "config" (Read) NoArgs => serde_json::Value;
+    /// Re-reads the config file; an invalid config is refused (`invalid_config`, every problem in `details`).
+    ReloadCmd "reload" (Action) NoArgs => ReloadOutcome;
+    /// Drains and stops the daemon; the reply ("stopping") comes before the drain starts.
+    ShutdownCmd "shutdown" (Action) NoArgs => String;
 }
 
 /// One parsed line from a client.
@@ -185,7 +219,7 @@ fn json_kind(v: &Value) -> &'static str {
 }
 
 /// Machine-readable error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadJson,
@@ -233,7 +267,7 @@ impl ErrorCode {
 }
 
 /// The `error` member of a failed reply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
@@ -253,7 +287,7 @@ impl ErrorBody {
 }
 
 /// A reply line: `{"id":..,"ok":..}` or `{"id":..,"error":{..}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Reply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Value>,
@@ -261,7 +295,7 @@ pub struct Reply {
     pub body: ReplyBody,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplyBody {
     Ok(Value),
@@ -295,7 +329,7 @@ impl Reply {
 }
 
 /// The reply to `hello`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Hello {
     pub protocol: u32,
     pub daemon_version: String,
@@ -309,7 +343,7 @@ pub struct Hello {
 }
 
 /// The reply to `status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Status {
     pub pid: u32,
     pub instance: String,
@@ -338,7 +372,7 @@ pub struct Status {
 }
 
 /// The health monitor's active alerts, as `status` shows them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AlertSummary {
     pub firing: u32,
     pub pending: u32,
@@ -347,7 +381,7 @@ pub struct AlertSummary {
 }
 
 /// One active alert.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AlertBrief {
     /// The check name, with the series label for metric checks: `disk-full{mount=/}`.
     pub id: String,
@@ -361,7 +395,7 @@ pub struct AlertBrief {
 }
 
 /// The result of one reload attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ReloadOutcome {
     pub ok: bool,
     /// What asked for it: `socket`, `signal`, `file-change`, `restart`.
@@ -382,7 +416,7 @@ pub struct ReloadOutcome {
 }
 
 /// One subsystem's lifecycle state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SubsystemStatus {
     /// `starting`, `running`, `stopping`, `stopped` or `failed`.
     pub state: String,

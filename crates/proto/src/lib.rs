@@ -17,10 +17,18 @@
 
 pub mod bus;
 pub mod codec;
+pub mod contract;
 pub mod control;
+pub mod event;
+pub mod monitor;
+pub mod pipeline;
+pub mod schema;
+pub mod supervisor;
 
 pub use codec::{FrameError, LineCodec};
+pub use contract::{Cmd, CommandDoc, Kind, NoArgs};
 pub use control::*;
+pub use event::Event;
 
 /// The protocol version a daemon speaks; bumped on incompatible changes to the wire format.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,117 @@
+//! The message bus: endpoints, events, topics, queue groups and request/reply, carried on the
+//! instance protocol beside the control commands, and the per-connection protocol session that
+//! every carrier of that protocol runs.
+//!
+//! - [`config`]: `[bus]` ([`BusConfig`]) and its validation.
+//! - [`router`]: the [`Router`], shared by every connection of every carrier.
+//! - [`conn`]: one connection's bus state ([`ConnBus`]), which handles each bus line.
+//! - [`outbox`]: each connection's bounded outbound queue and its writer task.
+//! - [`sys`]: hub events published on `$sys.<kind>` topics.
+//! - [`session`]: the protocol session over any byte stream ([`Session`]): framing, `hello` and
+//!   the token, the seed-001 aliases, bus lines, and every other command through the registry.
+//!   The control socket runs it; so will the WebSocket endpoint, the guest agent's virtio-serial
+//!   port and the NATS bridge, none of which imports the control crate.
+//!
+//! [`Bus`] is the subsystem that takes `[bus]` live and runs the `$sys` forwarding.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod conn;
+pub mod outbox;
+pub mod router;
+pub mod session;
+pub mod sys;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use majordomo_proto::bus as wire;
+
+use majordomo_core::lifecycle::{BoxFuture, Change, Ctx, Subsystem};
+
+pub use config::{BusConfig, EndpointAccess};
+pub use conn::ConnBus;
+pub use outbox::{Limits, Outbox, OutboxRef, SlowConsumer, Wakes};
+pub use router::{Counters, LastTopic, Router};
+pub use session::{Peer, Session, SessionConfig};
+pub use sys::forward_hub;
+
+/// Whether a token given by a client equals the expected one, in time independent of where
+/// they differ (a wrong token's length is not secret).
+pub fn tokens_match(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The bus subsystem: applies `[bus]` to the shared [`Router`] live, and publishes hub events on
+/// `$sys.<kind>` while `[bus] system_topics` is on. The carriers (the control socket, ...) get
+/// the same router.
+pub struct Bus {
+    router: Arc<Router>,
+}
+
+impl Bus {
+    pub fn new(router: Arc<Router>) -> Self {
+        Self { router }
+    }
+}
+
+impl Subsystem for Bus {
+    type Config = BusConfig;
+
+    fn name(&self) -> &'static str {
+        "bus"
+    }
+
+    fn change(&self, old: &BusConfig, new: &BusConfig) -> Change {
+        if old == new {
+            Change::None
+        } else {
+            Change::Live
+        }
+    }
+
+    fn run(&self, ctx: Ctx<BusConfig>) -> BoxFuture {
+        let router = self.router.clone();
+        Box::pin(async move {
+            let mut config = ctx.config.clone();
+            let cfg = config.borrow_and_update().clone();
+            router.set_config(&cfg);
+            let on = Arc::new(AtomicBool::new(cfg.system_topics));
+            let flag = on.clone();
+            ctx.tracker.spawn(forward_hub(
+                router.clone(),
+                ctx.hub.clone(),
+                move || flag.load(Ordering::Relaxed),
+                ctx.token.clone(),
+            ));
+            ctx.ready();
+            loop {
+                tokio::select! {
+                    _ = ctx.token.cancelled() => return Ok(()),
+                    changed = config.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                        let c = config.borrow_and_update().clone();
+                        router.set_config(&c);
+                        on.store(c.system_topics, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(tokens_match("s3cret", "s3cret"));
+        assert!(!tokens_match("s3cret", "s3cres"));
+        assert!(!tokens_match("s3cret", "s3cre"));
+        assert!(!tokens_match("s3cret", ""));
+    }
+}

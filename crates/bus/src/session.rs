@@ -1,0 +1,657 @@
+//! The per-connection protocol session, over any byte stream.
+//!
+//! A carrier (the control socket today; a WebSocket, a virtio-serial port or a NATS bridge
+//! later) accepts a connection, decides whether the peer may connect at all, and hands the
+//! stream to [`Session::serve`]. The session reads newline-delimited JSON (or, after a `hello`
+//! that asks for it, the binary framing) and answers each request in order:
+//!
+//! - `hello` (with the token when [`SessionConfig::token`] is set: nothing else is answered
+//!   before it), `ping` and `shutdown` are answered here;
+//! - the seed-001 aliases (`{"command":"get_status"}` ...) are answered in that protocol's flat
+//!   shape, from the registry's `status` and `config` and the daemon handle;
+//! - bus lines (`bus.*`, seed-004 `Type`) go to the connection's [`ConnBus`];
+//! - every other command (`status`, `config`, `reload`, `ps`, `queue.ls`, ...) goes through the
+//!   command registry.
+//!
+//! A malformed line gets an error reply and the connection stays usable; an over-long line gets
+//! an error and the connection is closed; a client that sends nothing, or half a line, holds
+//! only its own buffer. Replies and bus traffic go through the connection's [`Outbox`], written
+//! by its own task, and writers are woken once per read batch.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use majordomo_core::{Commands, DaemonHandle, Secret};
+use majordomo_proto::bus::{BINARY_FRAMING, BinError, BinFrame, BusLine, decode_bin};
+use majordomo_proto::{
+    Command, CompatCommand, DEFAULT_MAX_LINE, ErrorBody, ErrorCode, FrameError, Hello, Incoming,
+    LineCodec, PROTOCOL_VERSION, Reply, Status, parse_line,
+};
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::watch;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::conn::ConnBus;
+use crate::outbox::{self, Outbox, OutboxRef, Wakes};
+use crate::router::Router;
+
+/// What a session reads from its carrier's config; changes apply to the next request (the
+/// token) or the next connection (`max_line`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionConfig {
+    /// When set, every connection must first send `{"cmd":"hello","token":"..."}` with it.
+    pub token: Option<Secret>,
+    /// Longest accepted line (one request) in bytes; a longer one closes the connection.
+    pub max_line: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            max_line: DEFAULT_MAX_LINE,
+        }
+    }
+}
+
+/// Who is on the other end, as far as the carrier knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+/// What every connection of one carrier shares. Cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    /// Every command the session does not answer itself (`status`, `config`, `reload`, ...).
+    pub commands: Arc<Commands>,
+    /// For `shutdown` and the seed-001 `stop` and `restart`.
+    pub daemon: DaemonHandle,
+    /// The bus shared by every carrier.
+    pub router: Arc<Router>,
+    /// The instance's name, for `hello`.
+    pub instance: Arc<str>,
+    pub config: watch::Receiver<Arc<SessionConfig>>,
+    /// Cancelled when the carrier stops: every connection ends.
+    pub token: CancellationToken,
+    /// Where each connection's writer task is spawned, so a shutdown waits for it.
+    pub tracker: TaskTracker,
+}
+
+const MIN_READ: usize = 512;
+const MAX_READ: usize = 256 * 1024;
+
+enum Frame {
+    Line(Bytes),
+    Bin(BinFrame),
+}
+
+struct ConnState {
+    authed: bool,
+    binary: bool,
+    bus: ConnBus,
+}
+
+/// The answer to one control line.
+struct Outcome {
+    reply: Vec<u8>,
+    /// Whether the reply is a success (`hello` switches the framing only then).
+    ok: bool,
+    /// Shut the daemon down, with this reason, after the reply is queued.
+    shutdown: Option<&'static str>,
+}
+
+impl Outcome {
+    fn reply(reply: Reply) -> Self {
+        let ok = matches!(reply.body, majordomo_proto::ReplyBody::Ok(_));
+        Self {
+            reply: reply.to_line(),
+            ok,
+            shutdown: None,
+        }
+    }
+
+    fn result(id: Option<Value>, r: Result<Value, ErrorBody>) -> Self {
+        Self::reply(match r {
+            Ok(v) => Reply::ok(id, v),
+            Err(e) => Reply::error(id, e),
+        })
+    }
+
+    fn flat(value: Value) -> Self {
+        Self {
+            reply: serde_json::to_vec(&value).unwrap_or_default(),
+            ok: true,
+            shutdown: None,
+        }
+    }
+}
+
+impl Session {
+    /// Serves one connection until the peer leaves, the connection is kicked, or
+    /// [`Session::token`] is cancelled. `conn` is its id ([`Router::next_conn_id`]).
+    pub async fn serve<S>(&self, stream: S, conn: u64, peer: Peer)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut rd, wr) = tokio::io::split(stream);
+        let outbox: OutboxRef = Arc::new(Outbox::new(conn));
+        let router = self.router.clone();
+        {
+            let router = router.clone();
+            let stop = self.token.clone();
+            let o = outbox.clone();
+            let span = tracing::Span::current();
+            self.tracker.spawn(
+                async move { outbox::writer(wr, o, stop, move || router.limits()).await }
+                    .instrument(span),
+            );
+        }
+        router.add_conn(outbox.clone(), peer.pid, peer.uid);
+        let cfg = self.config.borrow().clone();
+        let mut state = ConnState {
+            authed: cfg.token.is_none(),
+            binary: false,
+            bus: ConnBus::new(router.clone(), outbox.clone()),
+        };
+        let max_line = cfg.max_line;
+        let mut codec = LineCodec::new(max_line);
+        let mut buf = BytesMut::new();
+        let mut want = MIN_READ;
+        let mut wakes = Wakes::default();
+        let mut eof = false;
+        'conn: while !eof {
+            if buf.capacity() - buf.len() < want / 2 {
+                buf.reserve(want);
+            }
+            let spare_before = buf.capacity() - buf.len();
+            let deadline = state.bus.next_deadline();
+            let read = tokio::select! {
+                _ = self.token.cancelled() => break,
+                _ = outbox.kicked.cancelled() => break,
+                _ = sleep_until_opt(deadline) => {
+                    state.bus.expire_due(&mut wakes);
+                    wakes.flush();
+                    continue;
+                }
+                r = rd.read_buf(&mut buf) => r,
+            };
+            match read {
+                Ok(0) => eof = true,
+                Ok(n) => {
+                    // Grow the read size under load, shrink it back when traffic is light.
+                    if n >= spare_before && want < MAX_READ {
+                        want *= 2;
+                    } else if n < want / 4 && want > MIN_READ {
+                        want /= 2;
+                    }
+                }
+                Err(_) => break,
+            }
+            // Every complete frame of this read, then one wake-up per touched connection.
+            state.bus.refresh();
+            loop {
+                let frame = if state.binary {
+                    match decode_bin(&mut buf, max_line.saturating_add(16)) {
+                        Ok(Some(f)) => Frame::Bin(f),
+                        Ok(None) => break,
+                        Err(e) => {
+                            let (code, hint) = match e {
+                                BinError::TooLong { .. } => {
+                                    (ErrorCode::TooLarge, " ([control] max_line)")
+                                }
+                                BinError::Malformed(_) => (ErrorCode::BadRequest, ""),
+                            };
+                            let line = refuse(code, format!("{e}{hint}; closing the connection"));
+                            outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
+                            break 'conn;
+                        }
+                    }
+                } else {
+                    let next = if eof {
+                        codec.decode_eof(&mut buf)
+                    } else {
+                        codec.decode(&mut buf)
+                    };
+                    match next {
+                        Ok(Some(line)) => Frame::Line(line),
+                        Ok(None) => break,
+                        Err(FrameError::TooLong { limit }) => {
+                            let line = refuse(
+                                ErrorCode::TooLarge,
+                                format!(
+                                    "line longer than {limit} bytes ([control] max_line); closing the connection"
+                                ),
+                            );
+                            outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
+                            break 'conn;
+                        }
+                        Err(FrameError::Io(_)) => break 'conn,
+                    }
+                };
+                let line = match frame {
+                    Frame::Line(l) | Frame::Bin(BinFrame::Json(l)) => l,
+                    Frame::Bin(BinFrame::Pub { topic, data }) => {
+                        if state.authed {
+                            let topic = std::str::from_utf8(&topic).unwrap_or("");
+                            state.bus.publish_raw(topic, &data, &mut wakes);
+                        } else {
+                            outbox.push_line(
+                                &state.bus.limits,
+                                &forbidden_line(None),
+                                &mut wakes,
+                                &outbox,
+                            );
+                        }
+                        continue;
+                    }
+                    Frame::Bin(BinFrame::Msg { .. }) => {
+                        let line = refuse(
+                            ErrorCode::BadRequest,
+                            "clients may not send message frames (kind 3)".into(),
+                        );
+                        outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
+                        continue;
+                    }
+                };
+                if let Some(bl) = BusLine::parse(&line) {
+                    if state.authed {
+                        state.bus.handle(&bl, &mut wakes);
+                    } else {
+                        let id = bl.id.map(|i| i.get().as_bytes().to_vec());
+                        outbox.push_line(
+                            &state.bus.limits,
+                            &forbidden_line(id.as_deref()),
+                            &mut wakes,
+                            &outbox,
+                        );
+                    }
+                    continue;
+                }
+                if let Some(reply) = bad_bus_line(&line) {
+                    let reply = if state.authed {
+                        reply
+                    } else {
+                        forbidden_line(None)
+                    };
+                    outbox.push_line(&state.bus.limits, &reply, &mut wakes, &outbox);
+                    continue;
+                }
+                // A control line: answer it in order, after what is queued before it.
+                let incoming = parse_line(&line);
+                let wants_binary = matches!(&incoming, Incoming::Request { cmd: Command::Hello { framing: Some(f), .. }, .. } if f == BINARY_FRAMING);
+                let outcome = Box::pin(self.handle(incoming, &mut state.authed)).await;
+                outbox.push_line(&state.bus.limits, &outcome.reply, &mut wakes, &outbox);
+                if wants_binary && state.authed && outcome.ok {
+                    outbox.set_binary();
+                    state.binary = true;
+                }
+                if let Some(reason) = outcome.shutdown {
+                    // The reply goes out before the drain starts.
+                    wakes.flush();
+                    self.daemon.shutdown(reason).await;
+                }
+            }
+            wakes.flush();
+            if buf.is_empty() && buf.capacity() > 4 * want {
+                // Idle again after a burst: hold no big buffer per connection.
+                buf = BytesMut::new();
+            }
+        }
+        wakes.flush();
+        router.remove_conn(conn);
+        outbox.close();
+    }
+
+    async fn dispatch(&self, name: &str) -> Result<Value, ErrorBody> {
+        self.commands.dispatch(name, Map::new()).await
+    }
+
+    async fn handle(&self, incoming: Incoming, authed: &mut bool) -> Outcome {
+        let forbidden = |id| {
+            Outcome::reply(Reply::error(
+                id,
+                ErrorBody::new(
+                    ErrorCode::Forbidden,
+                    "this instance requires a token: send {\"cmd\":\"hello\",\"token\":\"...\"} first",
+                ),
+            ))
+        };
+        match incoming {
+            Incoming::Invalid { id, error } => Outcome::reply(Reply::error(id, error)),
+            Incoming::Ext { id, .. } if !*authed => forbidden(id),
+            Incoming::Ext { id, cmd, args } => {
+                Outcome::result(id, self.commands.dispatch(&cmd, args).await)
+            }
+            Incoming::Request { id, cmd } => {
+                if let Command::Hello { token, .. } = &cmd {
+                    let expected = self.config.borrow().token.clone();
+                    if let Some(expected) = expected {
+                        *authed = token
+                            .as_deref()
+                            .is_some_and(|t| crate::tokens_match(expected.expose(), t));
+                        if !*authed {
+                            return Outcome::reply(Reply::error(
+                                id,
+                                ErrorBody::new(ErrorCode::Forbidden, "wrong or missing token"),
+                            ));
+                        }
+                    }
+                }
+                if !*authed {
+                    return forbidden(id);
+                }
+                match cmd {
+                    Command::Hello { framing, .. } => Outcome::reply(Reply::ok(
+                        id,
+                        Hello {
+                            protocol: PROTOCOL_VERSION,
+                            daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+                            instance: self.instance.to_string(),
+                            pid: std::process::id(),
+                            features: vec!["control".into(), "bus".into()],
+                            framing: framing.filter(|f| f == BINARY_FRAMING),
+                        },
+                    )),
+                    Command::Ping => Outcome::reply(Reply::ok(id, "pong")),
+                    Command::Status => Outcome::result(id, self.dispatch("status").await),
+                    Command::Config => Outcome::result(id, self.dispatch("config").await),
+                    Command::Reload => Outcome::result(id, self.dispatch("reload").await),
+                    Command::Shutdown => Outcome {
+                        shutdown: Some("shutdown requested on the socket"),
+                        ..Outcome::reply(Reply::ok(id, "stopping"))
+                    },
+                }
+            }
+            Incoming::Compat(_) if !*authed => forbidden(None),
+            Incoming::Compat(cmd) => self.compat(cmd).await,
+        }
+    }
+
+    /// The seed-001 commands, answered in that protocol's flat shape.
+    async fn compat(&self, cmd: CompatCommand) -> Outcome {
+        let failed =
+            |e: ErrorBody| Outcome::flat(json!({"status": "error", "errors": [e.message]}));
+        match cmd {
+            CompatCommand::GetStatus => {
+                let status = self.dispatch("status").await.and_then(|v| {
+                    serde_json::from_value::<Status>(v).map_err(|e| {
+                        ErrorBody::new(ErrorCode::Internal, format!("unexpected status: {e}"))
+                    })
+                });
+                match status {
+                    Ok(s) => Outcome::flat(json!({
+                        "status": "Running",
+                        "instance_id": s.instance,
+                        "pid": s.pid,
+                        "version": s.version,
+                        "uptime_s": s.uptime_s,
+                        "config_generation": s.config_generation,
+                        "subsystems": s.subsystems,
+                    })),
+                    Err(e) => failed(e),
+                }
+            }
+            CompatCommand::GetConfig => match self.dispatch("config").await {
+                Ok(v) => Outcome::flat(v),
+                Err(e) => failed(e),
+            },
+            CompatCommand::Ping => Outcome::flat(json!({"status": "pong"})),
+            CompatCommand::Stop => Outcome {
+                shutdown: Some("stop requested on the socket"),
+                ..Outcome::flat(json!({"status": "stopping"}))
+            },
+            CompatCommand::Restart => match self.daemon.reload("restart", true).await {
+                Ok(o) => Outcome::flat(json!({"status": "restarted", "restarted": o.restarted})),
+                Err(o) => Outcome::flat(json!({"status": "error", "errors": o.errors})),
+            },
+        }
+    }
+}
+
+fn refuse(code: ErrorCode, msg: String) -> Vec<u8> {
+    Reply::error(None, ErrorBody::new(code, msg)).to_line()
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn forbidden_line(id: Option<&[u8]>) -> Vec<u8> {
+    let mut out = b"{".to_vec();
+    if let Some(id) = id {
+        out.extend_from_slice(b"\"id\":");
+        out.extend_from_slice(id);
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""error":{"code":"forbidden","message":"this instance requires a token: send {\"cmd\":\"hello\",\"token\":\"...\"} first"}}"#);
+    out
+}
+
+/// The `bad_request` reply to a line that names a bus command (or a seed-004 `Type`) but whose
+/// fields do not read, naming the field. `None` for any other line (a control line). Only
+/// called once the fast parse failed, so it costs nothing on the bus's hot path.
+fn bad_bus_line(line: &[u8]) -> Option<Vec<u8>> {
+    let finder = |needle: &[u8]| memchr::memmem::find(line, needle).is_some();
+    if !finder(b"bus.") && !finder(b"\"Type\"") {
+        return None;
+    }
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(line) else {
+        return None;
+    };
+    let cmd = match map.get("cmd") {
+        Some(Value::String(c)) if c.starts_with("bus.") => c.clone(),
+        None if map.contains_key("Type") => "Type".to_string(),
+        _ => return None,
+    };
+    let mut de = serde_json::Deserializer::from_slice(line);
+    let e = match serde_path_to_error::deserialize::<_, BusLine<'_>>(&mut de) {
+        Ok(_) => return None,
+        Err(e) => e,
+    };
+    let path = e.path().to_string();
+    let at = if path == "." {
+        String::new()
+    } else {
+        format!(" field `{path}`:")
+    };
+    let id = map
+        .get("id")
+        .filter(|id| !(id.is_object() || id.is_array()))
+        .cloned();
+    let body = ErrorBody::new(
+        ErrorCode::BadRequest,
+        format!("bad arguments for {cmd:?}:{at} {}", e.inner()),
+    );
+    Some(Reply::error(id, body).to_line())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(line: &[u8]) -> ErrorBody {
+        let reply = bad_bus_line(line).expect("a bad bus line");
+        let reply: Reply = serde_json::from_slice(&reply).unwrap();
+        match reply.body {
+            majordomo_proto::ReplyBody::Error(e) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_bus_argument_types_name_the_field() {
+        let e = error_of(br#"{"id":1,"cmd":"bus.unsub","sid":"x"}"#);
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("`sid`"), "{}", e.message);
+        assert!(e.message.contains("bus.unsub"), "{}", e.message);
+        let e = error_of(br#"{"cmd":"bus.sub","pattern":7}"#);
+        assert!(e.message.contains("`pattern`"), "{}", e.message);
+    }
+
+    use majordomo_core::Hub;
+    use majordomo_core::lifecycle::Request;
+    use majordomo_proto::contract::NoArgs;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::sync::mpsc;
+
+    use crate::config::BusConfig;
+
+    struct Harness {
+        lines: tokio::io::Lines<BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>>,
+        wr: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        requests: mpsc::Receiver<Request>,
+        done: tokio::task::JoinHandle<()>,
+    }
+
+    impl Harness {
+        fn start(token: Option<&str>, max_line: usize) -> Self {
+            let (tx, requests) = mpsc::channel(4);
+            let commands = Arc::new(Commands::default());
+            commands
+                .register_typed::<majordomo_proto::ConfigCmd, _, _>("test", |_: NoArgs| async {
+                    Ok(json!({"answer": 42}))
+                });
+            let (_keep, config) = watch::channel(Arc::new(SessionConfig {
+                token: token.map(|t| serde_json::from_value(json!(t)).unwrap()),
+                max_line,
+            }));
+            std::mem::forget(_keep);
+            let session = Session {
+                commands,
+                daemon: DaemonHandle::new(tx, "test"),
+                router: Arc::new(Router::new(Hub::new(), &BusConfig::default())),
+                instance: "test".into(),
+                config,
+                token: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+            };
+            let (client, server) = tokio::io::duplex(1 << 16);
+            let id = session.router.next_conn_id();
+            let done =
+                tokio::spawn(async move { session.serve(server, id, Peer::default()).await });
+            let (rd, wr) = tokio::io::split(client);
+            Self {
+                lines: BufReader::new(rd).lines(),
+                wr,
+                requests,
+                done,
+            }
+        }
+
+        async fn send(&mut self, line: &str) {
+            self.wr.write_all(line.as_bytes()).await.unwrap();
+            self.wr.write_all(b"\n").await.unwrap();
+        }
+
+        async fn recv(&mut self) -> Option<Value> {
+            let line =
+                tokio::time::timeout(std::time::Duration::from_secs(5), self.lines.next_line())
+                    .await
+                    .expect("a reply in time")
+                    .unwrap()?;
+            Some(serde_json::from_str(&line).unwrap())
+        }
+
+        async fn call(&mut self, line: &str) -> Value {
+            self.send(line).await;
+            self.recv().await.expect("a reply")
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_control_bus_and_registry_lines_in_order() {
+        let mut h = Harness::start(None, 4096);
+        assert_eq!(
+            h.call(r#"{"id":1,"cmd":"ping"}"#).await,
+            json!({"id":1,"ok":"pong"})
+        );
+        let hello = h.call(r#"{"id":2,"cmd":"hello","protocol":1}"#).await;
+        assert_eq!(hello["ok"]["instance"], "test");
+        assert_eq!(
+            h.call(r#"{"id":3,"cmd":"config"}"#).await["ok"]["answer"],
+            42
+        );
+        assert_eq!(
+            h.call(r#"{"command":"get_config"}"#).await,
+            json!({"answer": 42})
+        );
+        assert_eq!(
+            h.call(r#"{"command":"ping"}"#).await,
+            json!({"status": "pong"})
+        );
+        assert_eq!(
+            h.call(r#"{"id":4,"cmd":"nope"}"#).await["error"]["code"],
+            "unknown_command"
+        );
+        assert_eq!(h.call("{oops").await["error"]["code"], "bad_json");
+        assert_eq!(
+            h.call(r#"{"id":5,"cmd":"bus.sub","pattern":"a.*"}"#).await["ok"]["sid"],
+            1
+        );
+        h.send(r#"{"cmd":"bus.pub","topic":"a.b","data":{"x":1}}"#)
+            .await;
+        let msg = h.recv().await.unwrap();
+        assert_eq!(msg["msg"]["data"]["x"], 1, "{msg}");
+        let e = h.call(r#"{"id":6,"cmd":"bus.unsub","sid":"x"}"#).await;
+        assert_eq!(e["error"]["code"], "bad_request", "{e}");
+        assert_eq!(e["id"], 6);
+        // shutdown: the reply first, then the request to the daemon.
+        assert_eq!(
+            h.call(r#"{"id":7,"cmd":"shutdown"}"#).await["ok"],
+            "stopping"
+        );
+        match h.requests.recv().await {
+            Some(Request::Shutdown { reason }) => assert!(reason.contains("socket")),
+            _ => panic!("expected a shutdown request"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_gates_everything_but_hello() {
+        let mut h = Harness::start(Some("s3cret"), 4096);
+        assert_eq!(
+            h.call(r#"{"id":1,"cmd":"ping"}"#).await["error"]["code"],
+            "forbidden"
+        );
+        assert_eq!(
+            h.call(r#"{"id":2,"cmd":"bus.sub","pattern":"a"}"#).await["error"]["code"],
+            "forbidden"
+        );
+        assert_eq!(
+            h.call(r#"{"command":"ping"}"#).await["error"]["code"],
+            "forbidden"
+        );
+        assert_eq!(
+            h.call(r#"{"id":3,"cmd":"hello","token":"nope"}"#).await["error"]["code"],
+            "forbidden"
+        );
+        assert!(h.call(r#"{"id":4,"cmd":"hello","token":"s3cret"}"#).await["ok"].is_object());
+        assert_eq!(h.call(r#"{"id":5,"cmd":"ping"}"#).await["ok"], "pong");
+    }
+
+    #[tokio::test]
+    async fn an_over_long_line_closes_the_connection() {
+        let mut h = Harness::start(None, 1024);
+        let long = format!(r#"{{"cmd":"ping","pad":"{}"}}"#, "x".repeat(2000));
+        assert_eq!(h.call(&long).await["error"]["code"], "too_large");
+        assert!(h.recv().await.is_none());
+        h.done.await.unwrap();
+    }
+
+    #[test]
+    fn other_lines_are_not_bad_bus_lines() {
+        assert!(bad_bus_line(br#"{"cmd":"ping"}"#).is_none());
+        assert!(bad_bus_line(br#"{"cmd":"bus.pub","topic":"a"}"#).is_none());
+        assert!(bad_bus_line(b"{not json bus.").is_none());
+        assert!(bad_bus_line(br#"{"cmd":"status","note":"bus.x"}"#).is_none());
+    }
+}

@@ -1,0 +1,135 @@
+//! Socket commands that subsystems add: `ps`, `alerts`, `queue.ls`, ...
+//!
+//! The control subsystem answers the core commands itself and routes every other `cmd` here.
+//! A subsystem registers its commands when it starts ([`crate::lifecycle::Ctx::handle`]); they
+//! are removed when it stops, so a command never reaches a subsystem that is not running and a
+//! client gets a clear "unknown command" instead. Handlers get the request object (without `id`
+//! and `cmd`) and return the reply's `ok` value or an error body.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use majordomo_proto::{Cmd, ErrorBody, ErrorCode};
+use serde_json::{Map, Value};
+
+pub type Args = Map<String, Value>;
+pub type Reply = Result<Value, ErrorBody>;
+pub type Handler = Arc<dyn Fn(Args) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
+
+/// The registered commands, by name.
+#[derive(Default)]
+pub struct Commands {
+    map: RwLock<BTreeMap<String, (&'static str, Handler)>>,
+}
+
+impl Commands {
+    /// Registers the typed command `K`: its arguments are parsed into `K::Args` (a wrong or
+    /// missing field is `bad_request` naming it) and its reply serialized from `K::Reply`.
+    pub fn register_typed<K, F, Fut>(&self, owner: &'static str, f: F)
+    where
+        K: Cmd,
+        F: Fn(K::Args) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<K::Reply, ErrorBody>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let handler: Handler = Arc::new(move |args| {
+            let f = f.clone();
+            Box::pin(async move {
+                let args = parse_args::<K::Args>(K::NAME, args)?;
+                let reply = f(args).await?;
+                serde_json::to_value(reply).map_err(|e| {
+                    ErrorBody::new(
+                        ErrorCode::Internal,
+                        format!("the reply to {:?} could not be serialized: {e}", K::NAME),
+                    )
+                })
+            })
+        });
+        self.register(owner, K::NAME, handler);
+    }
+
+    pub fn register(&self, owner: &'static str, name: &str, handler: Handler) {
+        if let Ok(mut m) = self.map.write() {
+            m.insert(name.to_string(), (owner, handler));
+        }
+    }
+
+    /// Removes every command `owner` registered.
+    pub fn unregister_owner(&self, owner: &str) {
+        if let Ok(mut m) = self.map.write() {
+            m.retain(|_, (o, _)| *o != owner);
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Handler> {
+        self.map.read().ok()?.get(name).map(|(_, h)| h.clone())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.map
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Runs `name`, or answers `unknown_command` listing what exists.
+    pub async fn dispatch(&self, name: &str, args: Args) -> Reply {
+        match self.get(name) {
+            Some(h) => h(args).await,
+            None => {
+                let mut known: Vec<String> = majordomo_proto::Command::NAMES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                known.extend(self.names());
+                Err(ErrorBody::new(
+                    ErrorCode::UnknownCommand,
+                    format!(
+                        "unknown command {name:?}; known commands: {}",
+                        known.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Reads a typed argument object, or answers `bad_request` naming the command and the field.
+pub fn parse_args<T: serde::de::DeserializeOwned>(cmd: &str, args: Args) -> Result<T, ErrorBody> {
+    serde_path_to_error::deserialize(Value::Object(args)).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" field `{path}`:")
+        };
+        ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("bad arguments for {cmd:?}:{at} {}", e.inner()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Names {
+        names: Vec<String>,
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_field() {
+        let Value::Object(args) = json!({"names": "api"}) else {
+            unreachable!()
+        };
+        let e = parse_args::<Names>("restart", args).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("`names`"), "{}", e.message);
+    }
+}

@@ -1,0 +1,78 @@
+//! The hub: one broadcast channel of typed internal events ([`Event`], defined in the contract).
+//!
+//! Subsystems emit what happened; anyone interested (the bus's `$sys.*` topics, alerts, the
+//! dashboard) subscribes. The hub counts every event by kind and keeps each program's last
+//! state for late subscribers. It does not log: the subsystem that emits an event logs it, with
+//! the words that fit.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+pub use majordomo_proto::Event;
+use tokio::sync::broadcast;
+
+/// Cheap to clone; every clone publishes to the same subscribers.
+#[derive(Clone)]
+pub struct Hub {
+    tx: broadcast::Sender<Arc<Event>>,
+    counts: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    /// The last `ProgramState` of each program, for subscribers that start after it was sent.
+    programs: Arc<Mutex<BTreeMap<String, Arc<Event>>>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(4096);
+        Self {
+            tx,
+            counts: Arc::default(),
+            programs: Arc::default(),
+        }
+    }
+
+    /// Counts and publishes an event. Never blocks: a subscriber that lags loses the oldest
+    /// events and is told how many (tokio's broadcast semantics).
+    pub fn emit(&self, event: Event) {
+        if let Ok(mut counts) = self.counts.lock() {
+            *counts.entry(event.kind()).or_default() += 1;
+        }
+        let event = Arc::new(event);
+        if let Event::ProgramState { name, .. } = &*event
+            && let Ok(mut p) = self.programs.lock()
+        {
+            // Under the same lock as the send, so a subscriber that reads `program_states`
+            // after subscribing sees every state either there or on its receiver.
+            p.insert(name.clone(), event.clone());
+            let _ = self.tx.send(event);
+            return;
+        }
+        let _ = self.tx.send(event);
+    }
+
+    /// The last `ProgramState` event of every program seen so far. A subscriber that needs
+    /// program states subscribes first, then reads this, so nothing falls between the two.
+    pub fn program_states(&self) -> Vec<Arc<Event>> {
+        self.programs
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+
+    /// How many events of each kind were emitted since start.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.counts
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+            .unwrap_or_default()
+    }
+}

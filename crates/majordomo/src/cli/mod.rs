@@ -1,0 +1,546 @@
+//! The command line: `run` starts the daemon; every other verb is a client of a running
+//! instance, through `majordomo-client`, except `config check|default`, which work offline.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use majordomo_client::{Client, ClientError, ConnectOptions};
+use majordomo_proto::{ErrorCode, ReloadOutcome, Status};
+
+use majordomo_core::exit;
+use majordomo_core::layout::DEFAULT_INSTANCE;
+use majordomo_core::{Layout, Mode, Override};
+use majordomo_platform::Notifier;
+
+use crate::app::{self, Config};
+use crate::daemon;
+use crate::logging::LogFormat;
+
+pub mod bus;
+pub mod monitor;
+pub mod pipeline;
+pub mod service;
+pub mod supervisor;
+
+/// One small binary that gives any application its background-service layer.
+#[derive(Debug, Parser)]
+#[command(name = "majordomo", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The instance to run or talk to: 1-32 of a-z, 0-9, '_', '-'.
+    #[arg(long, global = true, env = "MAJORDOMO_INSTANCE", default_value = DEFAULT_INSTANCE)]
+    pub instance: String,
+    /// Keep every file of the instance under DIR (portable installs, tests).
+    #[arg(long, global = true, env = "MAJORDOMO_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Use the system-wide places (default when running as root on Unix).
+    #[arg(long, global = true, conflicts_with = "user")]
+    pub system: bool,
+    /// Use the per-user places (default otherwise).
+    #[arg(long, global = true)]
+    pub user: bool,
+    /// The config file, instead of the instance's usual one.
+    #[arg(long, global = true, env = "MAJORDOMO_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Talk to this socket (or named pipe) instead of the instance's.
+    #[arg(long, global = true, env = "MAJORDOMO_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The instance's `[control] token`, when it has one.
+    #[arg(long, global = true, env = "MAJORDOMO_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of human-readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the daemon in the foreground (Ctrl+C or SIGTERM to stop, SIGHUP to reload).
+    Run(RunFlags),
+    /// Show a running instance's state.
+    Status,
+    /// Check that an instance answers.
+    Ping,
+    /// Reload the instance's config; a broken config is refused and the running one kept.
+    Reload,
+    /// Stop a running instance (drains within its grace period).
+    Shutdown {
+        /// Return once the daemon acknowledged, without waiting for it to exit.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Work with config files.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    #[command(flatten)]
+    Programs(supervisor::ProgramsCmd),
+    /// Internal: the guard process that kills programs' process groups if the daemon dies.
+    #[cfg(unix)]
+    #[command(name = "__guard", hide = true)]
+    Guard,
+    #[command(flatten)]
+    Monitor(monitor::MonitorCmd),
+    /// Inspect and manage the pipelines' upload queues.
+    #[command(subcommand)]
+    Queue(pipeline::QueueCmd),
+    /// Send any socket command and print its reply, e.g. `majordomo call status` or
+    /// `majordomo call ps '{"name":"api"}'`.
+    Call {
+        /// The command name (`cmd`).
+        cmd: String,
+        /// Its arguments as a JSON object.
+        #[arg(default_value = "{}")]
+        args: String,
+    },
+    /// Install, remove and control the instance as an OS service (systemd, launchd, Windows SCM).
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
+    /// Backup trigger: if the instance does not answer, start it through the service manager
+    /// and record that it did (run by the timer that `service install --with-backup-timer` adds).
+    Check,
+    /// Check config, folders, socket, service, desktop session, virtio ports, disk, clock and
+    /// permissions: each OK/WARN/FAIL with a fix; exits 1 when any FAILs.
+    Doctor,
+    /// The message bus: publish, subscribe, send events, requests, list endpoints.
+    #[command(subcommand)]
+    Bus(bus::BusCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct RunFlags {
+    /// Log filter, overriding [log] level.
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log file format, overriding [log] format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Validate a config file (default: the instance's), `-` for standard input. Reports every
+    /// problem with file:line and exits 64 when there is any.
+    Check {
+        #[arg(value_name = "FILE|-")]
+        file: Option<String>,
+    },
+    /// Print the complete, commented default config.
+    Default,
+    /// Print the effective config of the running instance (secrets redacted).
+    Show,
+}
+
+/// Parses the command line and runs it. `notifier` was taken from the environment first thing.
+pub fn main(notifier: Notifier) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let mode = if let Some(home) = &cli.home {
+        Mode::Home(home.clone())
+    } else if cli.system {
+        Mode::System
+    } else if cli.user {
+        Mode::User
+    } else {
+        Mode::default_for_process()
+    };
+    let layout = match Layout::resolve(&cli.instance, mode) {
+        Ok(l) => l.with_config_file(cli.config.as_deref()),
+        Err(e) => {
+            eprintln!("majordomo: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    match &cli.cmd {
+        Cmd::Run(flags) => {
+            let mut overrides = Override::from_env(std::env::vars());
+            if let Some(level) = &flags.log_level {
+                overrides.push(Override::flag(
+                    "--log-level",
+                    &["log", "level"],
+                    level.clone(),
+                ));
+            }
+            if let Some(f) = flags.log_format {
+                let f = match f {
+                    LogFormatArg::Text => LogFormat::Text,
+                    LogFormatArg::Json => LogFormat::Json,
+                };
+                let raw = serde_json::to_value(f)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                overrides.push(Override::flag("--log-format", &["log", "format"], raw));
+            }
+            let args = daemon::RunArgs {
+                layout,
+                overrides,
+                notifier,
+            };
+            run_daemon(args)
+        }
+        Cmd::Config(ConfigCmd::Default) => {
+            print!("{}", app::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        Cmd::Config(ConfigCmd::Check { file }) => config_check(&cli, &layout, file.as_deref()),
+        Cmd::Service(cmd) => ExitCode::from(service::service(cmd, &globals(&cli))),
+        Cmd::Check => ExitCode::from(service::check(&globals(&cli))),
+        Cmd::Doctor => ExitCode::from(service::doctor(&globals(&cli), &layout)),
+        #[cfg(unix)]
+        Cmd::Guard => majordomo_supervisor::guard::main(),
+        _ => client_main(&cli, &layout),
+    }
+}
+
+/// What the service verbs need of the global options.
+fn globals(cli: &Cli) -> service::Globals<'_> {
+    service::Globals {
+        instance: &cli.instance,
+        home: cli.home.as_deref(),
+        system: cli.system,
+        user: cli.user,
+        config: cli.config.as_deref(),
+        token: cli.token.as_deref(),
+        json: cli.json,
+    }
+}
+
+/// Runs the daemon: on Windows under the SCM when it started the process, else in the foreground.
+#[cfg(windows)]
+fn run_daemon(args: daemon::RunArgs) -> ExitCode {
+    use majordomo_platform::winsvc::{Outcome, dispatch};
+    let name = format!("majordomo-{}", args.layout.instance);
+    match dispatch(&name, Box::new(move || daemon::run_code(args))) {
+        Ok(Outcome::Service(code)) => ExitCode::from(code),
+        Ok(Outcome::Console(body)) => ExitCode::from(body()),
+        Err(e) => {
+            eprintln!("majordomo: {e}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+/// Runs the daemon in the foreground.
+#[cfg(not(windows))]
+fn run_daemon(args: daemon::RunArgs) -> ExitCode {
+    daemon::run(args)
+}
+
+fn config_check(cli: &Cli, layout: &Layout, file: Option<&str>) -> ExitCode {
+    let (label, text) = match file {
+        Some("-") => {
+            let mut s = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+                eprintln!("majordomo: cannot read standard input: {e}");
+                return ExitCode::from(exit::USAGE);
+            }
+            ("<stdin>".to_string(), s)
+        }
+        other => {
+            let path = other
+                .map(PathBuf::from)
+                .unwrap_or_else(|| layout.config_file.clone());
+            match std::fs::read_to_string(&path) {
+                Ok(s) => (path.display().to_string(), s),
+                Err(e) => {
+                    eprintln!("majordomo: cannot read {}: {e}", path.display());
+                    return ExitCode::from(exit::USAGE);
+                }
+            }
+        }
+    };
+    let overrides = Override::from_env(std::env::vars());
+    match majordomo_core::load::check_text::<Config>(&text, &label, &overrides) {
+        Ok(_) => {
+            if cli.json {
+                println!("{}", serde_json::json!({"ok": true, "file": label}));
+            } else {
+                println!("{label}: OK");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "file": label, "problems": problems.lines()})
+                );
+            } else {
+                eprint!("{problems}");
+            }
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}
+
+/// The socket to talk to: `--socket`, else the config file's `[paths] socket`, else the layout's.
+fn socket_for(cli: &Cli, layout: &Layout) -> PathBuf {
+    if let Some(s) = &cli.socket {
+        return s.clone();
+    }
+    std::fs::read_to_string(&layout.config_file)
+        .ok()
+        .and_then(|text| {
+            majordomo_core::load::check_text::<Config>(
+                &text,
+                "",
+                &Override::from_env(std::env::vars()),
+            )
+            .ok()
+        })
+        .and_then(|c| c.paths.socket)
+        .unwrap_or_else(|| layout.socket.clone())
+}
+
+fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("majordomo: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let opts = ConnectOptions::new(socket_for(cli, layout))
+        .instance(layout.instance.clone())
+        .token(cli.token.clone());
+    match runtime.block_on(client_cmd(cli, &opts)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = match &e {
+                ClientError::Remote(body) if body.code == ErrorCode::InvalidConfig => exit::USAGE,
+                _ => exit::FAILURE,
+            };
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "error": e.to_string()})
+                );
+            } else {
+                eprintln!("majordomo: {e}");
+                if let ClientError::Remote(body) = &e
+                    && let Some(details) = body.details.as_ref().and_then(|d| d.as_array())
+                {
+                    for d in details {
+                        eprintln!("  {}", d.as_str().unwrap_or_default());
+                    }
+                }
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Every client verb group has one signature: `run(&cmd, &ConnectOptions, json)`, returning
+/// the exit code or the error that `client_main` prints.
+async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError> {
+    match &cli.cmd {
+        Cmd::Bus(c) => return bus::run(c, opts, cli.json).await,
+        Cmd::Programs(c) => return supervisor::run(c, opts, cli.json).await,
+        Cmd::Monitor(c) => return monitor::run(c, opts, cli.json).await,
+        Cmd::Queue(c) => return pipeline::run(c, opts, cli.json).await,
+        _ => {}
+    }
+    let mut client = Client::connect(opts).await?;
+    let print_json = |v: &dyn erased::Json| println!("{}", v.json());
+    match &cli.cmd {
+        Cmd::Status => {
+            let s = client.status().await?;
+            if cli.json {
+                print_json(&s);
+            } else {
+                print_status(&s);
+            }
+        }
+        Cmd::Ping => {
+            let t = Instant::now();
+            client.ping().await?;
+            let rtt = t.elapsed();
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "rtt_us": rtt.as_micros() as u64})
+                );
+            } else {
+                println!(
+                    "pong from {} in {:.2} ms",
+                    opts.socket().display(),
+                    rtt.as_secs_f64() * 1e3
+                );
+            }
+        }
+        Cmd::Reload => {
+            let o = client.reload().await?;
+            if cli.json {
+                print_json(&o);
+            } else {
+                print_reload(&o);
+            }
+        }
+        Cmd::Shutdown { no_wait } => {
+            let pid = client.status().await.map(|s| s.pid).ok();
+            client.shutdown().await?;
+            drop(client);
+            if !no_wait {
+                wait_gone(opts.socket()).await;
+            }
+            if cli.json {
+                println!("{}", serde_json::json!({"ok": true, "pid": pid}));
+            } else {
+                println!(
+                    "stopped{}",
+                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                );
+            }
+        }
+        Cmd::Config(ConfigCmd::Show) => {
+            let v = client.config().await?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                match toml::to_string_pretty(&v) {
+                    Ok(t) => print!("{t}"),
+                    Err(_) => println!("{v:#}"),
+                }
+            }
+        }
+        Cmd::Call { cmd, args } => {
+            let args: serde_json::Value = serde_json::from_str(args).map_err(|e| {
+                ClientError::Protocol(format!("arguments must be a JSON object: {e}"))
+            })?;
+            let v = client.call_named(cmd, args).await?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!("{v:#}");
+            }
+        }
+        #[cfg(unix)]
+        Cmd::Guard => return Ok(exit::USAGE),
+        // `run` and the offline `config` verbs are dispatched in `main` and never get here.
+        Cmd::Run(_)
+        | Cmd::Config(_)
+        | Cmd::Service(_)
+        | Cmd::Check
+        | Cmd::Doctor
+        | Cmd::Bus(_)
+        | Cmd::Programs(_)
+        | Cmd::Monitor(_)
+        | Cmd::Queue(_) => {
+            return Ok(exit::USAGE);
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// Waits until nobody answers on the socket any more (the daemon exited), at most 60 s.
+async fn wait_gone(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if Client::connect(&ConnectOptions::new(socket)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn fmt_secs(s: u64) -> String {
+    humantime::format_duration(Duration::from_secs(s)).to_string()
+}
+
+fn print_status(s: &Status) {
+    println!(
+        "majordomo {} · instance '{}' · pid {} · up {}",
+        s.version,
+        s.instance,
+        s.pid,
+        fmt_secs(s.uptime_s)
+    );
+    println!(
+        "  config  {} ({}, generation {})",
+        s.config_path, s.config_source, s.config_generation
+    );
+    println!("  socket  {}", s.socket);
+    println!("  state   {}", s.state_dir);
+    println!("  logs    {}", s.log_dir);
+    if let Some(r) = &s.last_reload {
+        println!(
+            "  last reload  {} at {} ({})",
+            if r.ok { "ok" } else { "REFUSED" },
+            r.at,
+            r.trigger
+        );
+        for e in &r.errors {
+            println!("    {e}");
+        }
+    }
+    if !s.alerts.active.is_empty() {
+        println!(
+            "  alerts  {} firing, {} pending",
+            s.alerts.firing, s.alerts.pending
+        );
+        for a in &s.alerts.active {
+            println!(
+                "    {:<8} {:<9} {}  {}",
+                a.state, a.severity, a.id, a.summary
+            );
+        }
+    }
+    println!("  subsystems");
+    for (name, st) in &s.subsystems {
+        println!(
+            "    {name:<14} {:<9} {:>8}  {}",
+            st.state,
+            fmt_secs(st.since_s),
+            st.detail.as_deref().unwrap_or("")
+        );
+    }
+}
+
+fn print_reload(o: &ReloadOutcome) {
+    if o.restarted.is_empty() && o.updated.is_empty() {
+        println!("reloaded: generation {}; nothing changed", o.generation);
+    } else {
+        println!("reloaded: generation {}", o.generation);
+        if !o.restarted.is_empty() {
+            println!("  restarted: {}", o.restarted.join(", "));
+        }
+        if !o.updated.is_empty() {
+            println!("  updated live: {}", o.updated.join(", "));
+        }
+    }
+}
+
+mod erased {
+    /// Anything printable as one line of JSON.
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
+}

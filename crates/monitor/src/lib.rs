@@ -1,0 +1,78 @@
+//! Health monitor: the metrics collector and its history, checks, alerts (the [`Monitor`]
+//! subsystem) and notifiers (the [`Notify`] subsystem).
+//!
+//! The monitor collects every `[monitor] interval`, appends to the on-disk history, evaluates
+//! the metric checks, and runs each command/tcp/http/program check in its own task. Alert
+//! transitions (pending → firing → resolved) are published on the hub as
+//! [`majordomo_proto::Event::Alert`]; the notify subsystem subscribes to them, so the two never
+//! call each other. Each logs the events it emits.
+#![deny(unsafe_code)]
+
+pub mod alerts;
+pub mod checks;
+pub mod collect;
+pub mod config;
+pub mod history;
+pub mod metrics;
+pub mod monitor;
+pub mod notifier;
+pub mod notify;
+
+pub use config::{
+    CheckConfig, MonitorConfig, MonitorSection, NotifierConfig, QuietHours, default_checks,
+    validate,
+};
+pub use majordomo_proto::monitor::{Alert, AlertState, Delivery, NotifierKind, Outcome, Severity};
+pub use monitor::Monitor;
+pub use notifier::Notify;
+
+/// Appends to a JSON-lines file, keeping it under 1 MB (the previous part is kept as `.1.jsonl`).
+pub(crate) fn append_rotating(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > 1_000_000) {
+        let _ = std::fs::rename(path, path.with_extension("1.jsonl"));
+    }
+    let res = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = res {
+        tracing::warn!(path = %path.display(), error = %e, "cannot append");
+    }
+}
+
+/// Logs an alert transition (the monitor emits it on the hub right after).
+pub(crate) fn log_alert(a: &Alert) {
+    match (a.state, a.severity) {
+        (AlertState::Firing, Severity::Critical) => {
+            tracing::error!(alert = %a.id, severity = a.severity.as_str(), "alert firing: {}", a.summary)
+        }
+        (AlertState::Firing, _) => {
+            tracing::warn!(alert = %a.id, severity = a.severity.as_str(), "alert firing: {}", a.summary)
+        }
+        (state, _) => {
+            tracing::info!(alert = %a.id, severity = a.severity.as_str(), "alert {}: {}", state.as_str(), a.summary)
+        }
+    }
+}
+
+/// Logs a notification's outcome (the notify subsystem emits it on the hub right after).
+pub(crate) fn log_delivery(d: &Delivery) {
+    match d.outcome {
+        Outcome::Failed => {
+            tracing::warn!(notifier = %d.notifier, alert = %d.alert, attempts = d.attempts.len(), reason = d.reason.as_deref().unwrap_or(""), "notification failed")
+        }
+        _ => {
+            tracing::debug!(notifier = %d.notifier, alert = %d.alert, outcome = ?d.outcome, "notification")
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

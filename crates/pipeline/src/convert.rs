@@ -1,0 +1,225 @@
+//! The convert stage: runs the converter (`concurrency` at once), queues the output durably,
+//! then applies the input's `post_action`. A failed conversion moves the input to the error
+//! folder with its reason.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use majordomo_core::hub::Event;
+use majordomo_platform::fsops;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CommandConverter, Converter, PostAction};
+use crate::item::{ItemName, State};
+use crate::pipe::Pipe;
+use crate::schedule::Sched;
+use crate::store;
+
+/// The convert stage: `concurrency` conversions at once.
+pub(crate) async fn run(
+    pipe: Arc<Pipe>,
+    mut rx: mpsc::Receiver<ItemName>,
+    token: CancellationToken,
+) {
+    let mut running = JoinSet::new();
+    loop {
+        while running.len() >= pipe.cfg.concurrency {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = running.join_next() => {}
+            }
+        }
+        let input = tokio::select! {
+            _ = token.cancelled() => return,
+            Some(_) = running.join_next(), if !running.is_empty() => continue,
+            it = rx.recv() => match it { Some(it) => it, None => return },
+        };
+        let pipe = pipe.clone();
+        running.spawn(async move { convert_one(&pipe, input).await });
+    }
+}
+
+async fn convert_one(pipe: &Pipe, input: ItemName) {
+    let started = Instant::now();
+    let queued = input.with_state(State::Queued);
+    let result = match &pipe.cfg.converter {
+        Converter::Named(_) => {
+            // Passthrough: the queued item is a second name for the input's bytes.
+            match std::fs::hard_link(pipe.path(&input), pipe.path(&queued)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(format!("cannot queue the input: {e}")),
+            }
+        }
+        Converter::Command(c) => run_converter(pipe, c, &input, &queued).await,
+    };
+    match result {
+        Ok(()) => {
+            if let Err(e) = pipe.syncer.sync(vec![pipe.work.clone()]).await {
+                tracing::error!(file = %input.orig, "{e}");
+            }
+            pipe.metrics.converted.fetch_add(1, Ordering::Relaxed);
+            pipe.metrics
+                .convert_ms_total
+                .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if let Err(e) = post_action(pipe, &input) {
+                tracing::error!(file = %pipe.path(&input).display(), action = ?pipe.cfg.post_action, "post action failed (the item is queued; retried at next start): {e}");
+            }
+            pipe.emit(Event::FileQueued {
+                pipeline: pipe.cfg.name.clone(),
+                id: queued.id.to_string(),
+                file: queued.orig.clone(),
+            });
+            let _ = pipe.sched.send(Sched::Ready(queued));
+        }
+        Err(reason) => {
+            pipe.metrics.convert_failed.fetch_add(1, Ordering::Relaxed);
+            pipe.metrics.pending.fetch_sub(1, Ordering::Relaxed);
+            let moved = to_error_dir(pipe, &input, &reason);
+            pipe.emit(Event::FileFailed {
+                pipeline: pipe.cfg.name.clone(),
+                file: input.orig.clone(),
+                reason: match moved {
+                    Ok(p) => format!("{reason} (moved to {})", p.display()),
+                    Err(e) => {
+                        format!("{reason} (and it could not be moved to the error folder: {e})")
+                    }
+                },
+            });
+        }
+    }
+}
+
+/// The input of a failed conversion goes to the error folder, after its `.reason` file.
+fn to_error_dir(pipe: &Pipe, input: &ItemName, reason: &str) -> std::io::Result<PathBuf> {
+    let text = format!(
+        "pipeline: {}\nfile: {}\nid: {}\nat: {}\nreason: {reason}\n",
+        pipe.cfg.name,
+        input.orig,
+        input.id,
+        humantime::format_rfc3339_seconds(SystemTime::now())
+    );
+    // Reason first (durably), then the input, under the same (suffixed) base name.
+    let reason_path =
+        store::write_durable(&pipe.error_dir, &format!("{}.reason", input.orig), &text)?;
+    let base = reason_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".reason"))
+        .unwrap_or(&input.orig)
+        .to_string();
+    let to = store::move_noclobber(&pipe.path(input), &pipe.error_dir, &base)?;
+    fsops::sync_dir(&pipe.error_dir)?;
+    Ok(to)
+}
+
+async fn run_converter(
+    pipe: &Pipe,
+    c: &CommandConverter,
+    input: &ItemName,
+    queued: &ItemName,
+) -> Result<(), String> {
+    let out = pipe.path(&input.with_state(State::Converting));
+    let _ = std::fs::remove_file(&out);
+    let inp = pipe.path(input);
+    let subst = |a: &str| {
+        a.replace("{input}", &inp.to_string_lossy())
+            .replace("{output}", &out.to_string_lossy())
+    };
+    let mut cmd = tokio::process::Command::new(&c.command);
+    cmd.args(c.args.iter().map(|a| subst(a)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    fsops::own_process_group(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start converter {:?}: {e}", c.command))?;
+    let pid = child.id();
+    let mut stderr = child.stderr.take();
+    let err_text = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.take(4096).read_to_end(&mut buf).await;
+        }
+        String::from_utf8_lossy(&buf).trim().to_string()
+    });
+    let status = match tokio::time::timeout(c.timeout.get(), child.wait()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("converter {:?}: {e}", c.command)),
+        Err(_) => {
+            if let Some(pid) = pid {
+                fsops::kill_tree(pid);
+            }
+            let _ = child.kill().await;
+            let _ = std::fs::remove_file(&out);
+            return Err(format!(
+                "converter {:?} did not finish within {}; it and its children were killed",
+                c.command, c.timeout
+            ));
+        }
+    };
+    let stderr_text = err_text.await.unwrap_or_default();
+    let detail = if stderr_text.is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr: {stderr_text}")
+    };
+    if !status.success() {
+        let _ = std::fs::remove_file(&out);
+        return Err(format!(
+            "converter {:?} failed ({status}){detail}",
+            c.command
+        ));
+    }
+    match std::fs::metadata(&out) {
+        Ok(m) if m.is_file() => {}
+        _ => {
+            return Err(format!(
+                "converter {:?} exited successfully but wrote no output at {{output}}{detail}",
+                c.command
+            ));
+        }
+    }
+    store::sync_file(out.clone())
+        .await
+        .map_err(|e| format!("cannot fsync the converted output: {e}"))?;
+    fsops::rename_noreplace(&out, &pipe.path(queued))
+        .map_err(|e| format!("cannot queue the converted output: {e}"))
+}
+
+/// What happens to an input once its converted item is safely queued.
+pub(crate) fn post_action(pipe: &Pipe, input: &ItemName) -> std::io::Result<()> {
+    let src = pipe.path(input);
+    match pipe.cfg.post_action {
+        PostAction::Delete => match std::fs::remove_file(&src) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+        PostAction::Keep => {
+            fsops::rename_noreplace(&src, &pipe.path(&input.with_state(State::Kept)))
+        }
+        PostAction::Move | PostAction::Archive => {
+            let Some(done) = &pipe.done_dir else {
+                return Err(std::io::Error::other("done_dir is not set"));
+            };
+            let dir = if pipe.cfg.post_action == PostAction::Archive {
+                let day = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+                done.join(day.get(..10).unwrap_or("undated"))
+            } else {
+                done.clone()
+            };
+            let to = store::move_noclobber(&src, &dir, &input.orig)?;
+            if let Some(parent) = to.parent() {
+                fsops::sync_dir(parent)?;
+            }
+            Ok(())
+        }
+    }
+}

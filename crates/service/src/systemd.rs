@@ -1,0 +1,473 @@
+//! systemd: a template unit `majordomo@.service` (one instance per `majordomo@NAME.service`),
+//! a per-instance drop-in, an `enable` link, and optionally the backup trigger's timer.
+//!
+//! The unit is `Type=notify` (the daemon sends READY/RELOADING/STOPPING/WATCHDOG), restarts on
+//! failure, and uses `KillMode=mixed`: systemd sends SIGTERM to majordomo alone, which stops its
+//! own programs within its grace period; only what is left after `TimeoutStopSec` (the grace
+//! period plus a margin) is killed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::manifest::Manifest;
+use super::{Action, Failure, InstallOptions, ManagerState, Scope, Target};
+use majordomo_core::exit;
+
+/// How often the daemon must send WATCHDOG=1 (it sends at half this).
+pub const WATCHDOG: Duration = Duration::from_secs(30);
+/// Margin over the grace period before systemd kills what is left.
+const STOP_MARGIN: Duration = Duration::from_secs(15);
+
+/// The template unit's file name.
+pub const TEMPLATE: &str = "majordomo@.service";
+
+/// `majordomo@NAME.service`.
+pub fn unit_name(instance: &str) -> String {
+    format!("majordomo@{instance}.service")
+}
+
+/// `majordomo-check@NAME` units of the backup trigger: one service and one timer per instance.
+pub fn check_names(instance: &str) -> (String, String) {
+    (
+        format!("majordomo-check-{instance}.service"),
+        format!("majordomo-check-{instance}.timer"),
+    )
+}
+
+/// Whether systemd is the running init system (what `sd_booted()` checks).
+pub fn is_running() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// The name of PID 1, for "not supported" messages.
+pub fn pid1_name() -> String {
+    std::fs::read_to_string("/proc/1/comm")
+        .map(|s| format!("`{}`", s.trim()))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The folder of units for the scope.
+pub fn unit_dir(scope: Scope) -> Result<PathBuf, String> {
+    match scope {
+        Scope::System => Ok(PathBuf::from("/etc/systemd/system")),
+        Scope::User => dirs::config_dir()
+            .map(|d| d.join("systemd").join("user"))
+            .ok_or_else(|| {
+                "cannot find the user's config folder (set HOME or XDG_CONFIG_HOME)".to_string()
+            }),
+    }
+}
+
+/// Quotes one ExecStart argument: `%` and `$` doubled (specifier and variable escapes), and
+/// wrapped in double quotes with `\` and `"` escaped when it holds blanks or quotes.
+pub fn quote_arg(s: &str) -> String {
+    let s = s.replace('%', "%%").replace('$', "$$");
+    let plain = !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | ';'));
+    if plain {
+        return s;
+    }
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn command_line(exe: &Path, args: &[String]) -> String {
+    std::iter::once(quote_arg(&exe.display().to_string()))
+        .chain(args.iter().map(|a| quote_arg(a)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The template unit for `scope`, running `exe`; its stop timeout follows the built-in grace
+/// period `default_grace` (each instance's drop-in sets its own).
+pub fn template_unit(exe: &Path, scope: Scope, default_grace: Duration) -> String {
+    let run = command_line(
+        exe,
+        &[
+            scope.flag().into(),
+            "--instance".into(),
+            "%i".into(),
+            "run".into(),
+        ],
+    )
+    // `%i` is a specifier here, not a literal.
+    .replace("%%i", "%i");
+    let mut u = String::new();
+    u.push_str(
+        "# Written by `majordomo service install`; `majordomo service uninstall` removes it.\n",
+    );
+    u.push_str("# Per-instance settings live in majordomo@NAME.service.d/majordomo.conf.\n");
+    u.push_str("[Unit]\n");
+    u.push_str("Description=majordomo background-service layer (instance %i)\n");
+    if scope == Scope::System {
+        u.push_str("After=network-online.target\nWants=network-online.target\n");
+    }
+    u.push_str("StartLimitIntervalSec=300\nStartLimitBurst=5\n\n");
+    u.push_str("[Service]\n");
+    u.push_str("Type=notify\nNotifyAccess=main\n");
+    u.push_str(&format!("ExecStart={run}\n"));
+    // SIGHUP, not `majordomo reload`: it needs no control token. A refused config is logged
+    // and the running one kept.
+    u.push_str("ExecReload=/bin/kill -HUP $MAINPID\n");
+    u.push_str("Restart=on-failure\nRestartSec=2s\n");
+    u.push_str(&format!("WatchdogSec={}s\n", WATCHDOG.as_secs()));
+    u.push_str("TimeoutStartSec=90s\n");
+    u.push_str(
+        "# majordomo stops its own programs first; what is left after TimeoutStopSec is killed.\n",
+    );
+    u.push_str("KillMode=mixed\n");
+    u.push_str(&format!(
+        "TimeoutStopSec={}s\n",
+        (default_grace + STOP_MARGIN).as_secs()
+    ));
+    u.push_str("NoNewPrivileges=yes\n");
+    if scope == Scope::System {
+        u.push_str("UMask=0027\n");
+        u.push_str("ConfigurationDirectory=majordomo\n");
+        u.push_str("StateDirectory=majordomo/%i\n");
+        u.push_str("LogsDirectory=majordomo/%i\n");
+        u.push_str("RuntimeDirectory=majordomo\nRuntimeDirectoryPreserve=yes\n");
+        u.push_str("PrivateTmp=yes\n");
+        u.push_str("ProtectSystem=full\n");
+        u.push_str(
+            "ProtectKernelTunables=yes\nProtectKernelModules=yes\nProtectControlGroups=yes\n",
+        );
+        u.push_str("RestrictSUIDSGID=yes\nRestrictRealtime=yes\nLockPersonality=yes\n");
+    }
+    u.push_str("\n[Install]\n");
+    u.push_str(match scope {
+        Scope::System => "WantedBy=multi-user.target\n",
+        Scope::User => "WantedBy=default.target\n",
+    });
+    u
+}
+
+/// The per-instance drop-in: stop timeout from the instance's grace period, its config file.
+pub fn dropin(grace: Duration, config: Option<&Path>) -> String {
+    let mut d =
+        String::from("# Written by `majordomo service install` for this instance.\n[Service]\n");
+    d.push_str(&format!(
+        "TimeoutStopSec={}s\n",
+        (grace + STOP_MARGIN).as_secs()
+    ));
+    if let Some(c) = config {
+        // Environment= expands specifiers (`%`) but not variables (`$`).
+        let value = format!("MAJORDOMO_CONFIG={}", c.display())
+            .replace('%', "%%")
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        d.push_str(&format!("Environment=\"{value}\"\n"));
+    }
+    d
+}
+
+/// The backup trigger: a oneshot service running `majordomo check`, and its timer.
+pub fn check_units(t: &Target, every: Duration) -> (String, String) {
+    let (service, _) = check_names(&t.instance);
+    let mut args = t.base_args();
+    args.push("check".into());
+    let svc = format!(
+        "# Written by `majordomo service install --with-backup-timer`.\n\
+         [Unit]\n\
+         Description=majordomo backup trigger: start instance {i} if it does not answer\n\n\
+         [Service]\n\
+         Type=oneshot\n\
+         ExecStart={cmd}\n",
+        i = t.instance,
+        cmd = command_line(&t.exe, &args)
+    );
+    let timer = format!(
+        "# Written by `majordomo service install --with-backup-timer`.\n\
+         [Unit]\n\
+         Description=majordomo backup trigger for instance {i} (every {every})\n\n\
+         [Timer]\n\
+         OnBootSec={s}s\n\
+         OnUnitActiveSec={s}s\n\
+         Unit={service}\n\n\
+         [Install]\n\
+         WantedBy=timers.target\n",
+        i = t.instance,
+        every = humantime::format_duration(every),
+        s = every.as_secs(),
+    );
+    (svc, timer)
+}
+
+fn systemctl(scope: Scope, args: &[&str]) -> Result<String, String> {
+    let mut c = Command::new("systemctl");
+    if scope == Scope::User {
+        c.arg("--user");
+    }
+    c.args(args);
+    let out = c
+        .output()
+        .map_err(|e| format!("cannot run systemctl: {e}; is systemd installed?"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "`systemctl{} {}` failed ({}): {}",
+            if scope == Scope::User { " --user" } else { "" },
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Writes the units (and the default config when the instance has none), enables them, and
+/// unless staging, reloads systemd and starts what was asked.
+pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
+    let unit_dir = unit_dir(t.scope).map_err(Failure::from)?;
+    let unit = unit_name(&t.instance);
+    if t.staged(&t.manifest_path()).exists() {
+        return Err(Failure::new(
+            exit::FAILURE,
+            format!(
+                "{unit} is already installed (manifest {}); run `majordomo service uninstall{}` first",
+                t.staged(&t.manifest_path()).display(),
+                super::instance_flags(t)
+            ),
+        ));
+    }
+    let mut m = Manifest::new(t, "systemd", unit.clone());
+    let wants = match t.scope {
+        Scope::System => "multi-user.target.wants",
+        Scope::User => "default.target.wants",
+    };
+    let result = (|| {
+        write_default_config(t, &mut m)?;
+        let template = t.staged(&unit_dir.join(TEMPLATE));
+        m.write_file(
+            &template,
+            &template_unit(&t.exe, t.scope, t.defaults.grace),
+            true,
+            false,
+        )?;
+        let dropin_path = t.staged(&unit_dir.join(format!("{unit}.d")).join("majordomo.conf"));
+        m.write_file(
+            &dropin_path,
+            &dropin(t.grace(), t.config.as_deref()),
+            false,
+            false,
+        )?;
+        m.link(
+            &t.staged(&unit_dir.join(wants).join(&unit)),
+            &unit_dir.join(TEMPLATE),
+        )?;
+        if let Some(every) = opts.every {
+            let (svc_name, timer_name) = check_names(&t.instance);
+            let (svc, timer) = check_units(t, every);
+            m.write_file(&t.staged(&unit_dir.join(&svc_name)), &svc, false, false)?;
+            m.write_file(&t.staged(&unit_dir.join(&timer_name)), &timer, false, false)?;
+            m.link(
+                &t.staged(&unit_dir.join("timers.target.wants").join(&timer_name)),
+                &unit_dir.join(&timer_name),
+            )?;
+            m.extra.push(timer_name.clone());
+            m.trigger = Some(format!(
+                "{timer_name} runs `majordomo check` every {}",
+                humantime::format_duration(every)
+            ));
+        }
+        m.save(t)
+    })();
+    if let Err(e) = result {
+        // Leave nothing half-installed.
+        let _ = m.remove(t, |p| other_instances_use(p, &t.instance));
+        return Err(e);
+    }
+    if t.root.is_none() {
+        systemctl(t.scope, &["daemon-reload"]).map_err(Failure::from)?;
+        for timer in &m.extra {
+            systemctl(t.scope, &["start", timer]).map_err(Failure::from)?;
+        }
+        if opts.start {
+            systemctl(t.scope, &["start", &unit]).map_err(Failure::from)?;
+        }
+    }
+    Ok(m)
+}
+
+/// Writes the commented default config where the instance looks for it, unless it has one.
+pub fn write_default_config(t: &Target, m: &mut Manifest) -> Result<(), Failure> {
+    if t.config.is_some() {
+        return Ok(());
+    }
+    let path = t.staged(&t.layout.config_file);
+    if path.exists() {
+        return Ok(());
+    }
+    m.write_file(&path, t.defaults.config_toml, false, true)
+}
+
+/// Whether another instance still has units next to the shared template.
+fn other_instances_use(template: &Path, instance: &str) -> bool {
+    let Some(dir) = template.parent() else {
+        return false;
+    };
+    let ours = unit_name(instance);
+    let mut places = vec![dir.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        places.extend(
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "wants")),
+        );
+    }
+    places.iter().any(|d| {
+        std::fs::read_dir(d).is_ok_and(|rd| {
+            rd.flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("majordomo@")
+                    && name != TEMPLATE
+                    && !name.starts_with(&ours)
+                    && (name.ends_with(".service") || name.ends_with(".service.d"))
+            })
+        })
+    })
+}
+
+/// Stops and disables the units (unless staging), then removes the files.
+pub fn uninstall(t: &Target, m: &Manifest) -> Result<Vec<String>, Failure> {
+    let mut kept = Vec::new();
+    if t.root.is_none() && is_running() {
+        for u in m.extra.iter().chain(std::iter::once(&m.service)) {
+            if let Err(e) = systemctl(t.scope, &["stop", u]) {
+                kept.push(format!("(could not stop {u}: {e})"));
+            }
+        }
+    }
+    kept.extend(m.remove(t, |p| other_instances_use(p, &t.instance)));
+    if t.root.is_none() && is_running() {
+        systemctl(t.scope, &["daemon-reload"]).map_err(Failure::from)?;
+    }
+    Ok(kept)
+}
+
+pub fn action(t: &Target, action: Action) -> Result<(), Failure> {
+    let unit = unit_name(&t.instance);
+    let verb = match action {
+        Action::Start => "start",
+        Action::Stop => "stop",
+        Action::Restart => "restart",
+    };
+    systemctl(t.scope, &[verb, &unit])
+        .map(|_| ())
+        .map_err(Failure::from)
+}
+
+pub fn state(t: &Target) -> ManagerState {
+    let unit = unit_name(&t.instance);
+    let enabled = systemctl(t.scope, &["is-enabled", &unit])
+        .ok()
+        .map(|s| s == "enabled");
+    let show = systemctl(
+        t.scope,
+        &[
+            "show",
+            &unit,
+            "-p",
+            "LoadState,ActiveState,SubState,MainPID,NRestarts",
+        ],
+    )
+    .unwrap_or_default();
+    let field = |k: &str| {
+        show.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or("")
+            .to_string()
+    };
+    ManagerState {
+        installed: field("LoadState") == "loaded",
+        enabled,
+        running: Some(field("ActiveState") == "active"),
+        detail: format!(
+            "{}/{} pid {} restarts {}",
+            field("ActiveState"),
+            field("SubState"),
+            field("MainPID"),
+            field("NRestarts")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_unit_has_the_required_options() {
+        let u = template_unit(
+            Path::new("/usr/bin/majordomo"),
+            Scope::System,
+            Duration::from_secs(10),
+        );
+        for want in [
+            "Type=notify",
+            "WatchdogSec=30s",
+            "Restart=on-failure",
+            "RestartSec=2s",
+            "KillMode=mixed",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=full",
+            "PrivateTmp=yes",
+            "ExecStart=/usr/bin/majordomo --system --instance %i run",
+            "WantedBy=multi-user.target",
+        ] {
+            assert!(u.contains(want), "missing {want}:\n{u}");
+        }
+        // StartLimit* belong to [Unit] (systemd ignores them in [Service]).
+        let unit_section = &u[..u.find("[Service]").unwrap()];
+        assert!(
+            unit_section.contains("StartLimitIntervalSec=")
+                && unit_section.contains("StartLimitBurst=")
+        );
+    }
+
+    #[test]
+    fn user_unit_avoids_options_a_user_manager_cannot_apply() {
+        let u = template_unit(
+            Path::new("/opt/m d/majordomo"),
+            Scope::User,
+            Duration::from_secs(10),
+        );
+        assert!(
+            u.contains("ExecStart=\"/opt/m d/majordomo\" --user --instance %i run"),
+            "{u}"
+        );
+        assert!(u.contains("WantedBy=default.target"));
+        assert!(!u.contains("ProtectSystem") && !u.contains("StateDirectory"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_arg("/usr/bin/x"), "/usr/bin/x");
+        assert_eq!(quote_arg("a b"), "\"a b\"");
+        assert_eq!(quote_arg("50%"), "50%%");
+        assert_eq!(quote_arg("$HOME"), "$$HOME");
+        assert_eq!(quote_arg("say \"hi\""), "\"say \\\"hi\\\"\"");
+    }
+
+    #[test]
+    fn dropin_sets_stop_timeout_above_the_grace_period() {
+        let d = dropin(Duration::from_secs(20), Some(Path::new("/etc/x y.toml")));
+        assert!(d.contains("TimeoutStopSec=35s"), "{d}");
+        assert!(
+            d.contains("Environment=\"MAJORDOMO_CONFIG=/etc/x y.toml\""),
+            "{d}"
+        );
+    }
+}
