@@ -33,13 +33,11 @@ fn thread_cpu() -> Duration {
         .unwrap_or_default()
 }
 
-/// user+system CPU time of a process, from /proc/PID/stat (clock ticks of 10 ms).
+/// user+system CPU time of a process (the one `/proc/PID/stat` parser, in platform).
 fn proc_cpu(pid: u32) -> anyhow::Result<Duration> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = s.rsplit_once(')').context("odd stat line")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    Ok(Duration::from_millis(ticks * 10))
+    let secs =
+        majordomo_platform::process::cpu_seconds(pid).context("no CPU time for the daemon")?;
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn proc_rss_kb(pid: u32) -> anyhow::Result<u64> {

@@ -208,7 +208,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let daemon_cpu_s = cpu_seconds(daemon.child.id());
+    let daemon_cpu_s = majordomo_platform::process::cpu_seconds(daemon.child.id());
     let r = recv.lock().ok().context("sink state poisoned")?;
     let last = r.files.values().map(|(t, _)| *t).max().unwrap_or(t0);
     let total_s = last.duration_since(t0).as_secs_f64();
@@ -288,14 +288,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     drop(daemon);
     Ok(())
-}
-
-/// CPU time (user + system) a process used so far, from `/proc` (Linux); `None` elsewhere.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
 }
