@@ -153,7 +153,12 @@ impl Session {
             );
         }
         router.add_conn(outbox.clone(), peer.pid, peer.uid);
-        let cfg = self.config.borrow().clone();
+        let mut config = self.config.clone();
+        let cfg = config.borrow_and_update().clone();
+        // The token this connection was admitted under: a reload that changes it closes the
+        // connection if it was admitted, so the old token stops working at once.
+        let mut token_in_force = cfg.token.clone();
+        let mut config_open = true;
         let mut state = ConnState {
             authed: cfg.token.is_none(),
             binary: false,
@@ -174,6 +179,26 @@ impl Session {
             let read = tokio::select! {
                 _ = self.token.cancelled() => break,
                 _ = outbox.kicked.cancelled() => break,
+                changed = config.changed(), if config_open => {
+                    if changed.is_err() {
+                        config_open = false;
+                        continue;
+                    }
+                    let token = config.borrow_and_update().token.clone();
+                    if token != token_in_force {
+                        token_in_force = token;
+                        if token_in_force.is_none() {
+                            state.authed = true;
+                        } else if state.authed {
+                            outbox.kick(
+                                "token_changed",
+                                "[control] token changed; reconnect with the new token",
+                            );
+                            break;
+                        }
+                    }
+                    continue;
+                }
                 _ = sleep_until_opt(deadline) => {
                     state.bus.expire_due(&mut wakes);
                     wakes.flush();
@@ -285,7 +310,12 @@ impl Session {
                 // A control line: answer it in order, after what is queued before it.
                 let incoming = parse_line(&line);
                 let wants_binary = matches!(&incoming, Incoming::Request { cmd: Command::Hello { framing: Some(f), .. }, .. } if f == BINARY_FRAMING);
+                let was_authed = state.authed;
                 let outcome = Box::pin(self.handle(incoming, &mut state.authed)).await;
+                if state.authed && !was_authed {
+                    // Admitted under the token in force now.
+                    token_in_force = config.borrow().token.clone();
+                }
                 outbox.push_line(&state.bus.limits, &outcome.reply, &mut wakes, &outbox);
                 if wants_binary && state.authed && outcome.ok {
                     outbox.set_binary();

@@ -1,0 +1,322 @@
+//! The hostile suite (issue 11): what a hostile client, config or child process does, replayed
+//! against the real binary. Each test asserts that the daemon keeps serving, that nothing is
+//! lost and that no secret appears; each names the item of issue 11 it guards.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use crate::common::{Daemon, Home, raw_call, stdout};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// One raw connection speaking JSON lines.
+struct Line {
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+}
+
+impl Line {
+    fn connect(d: &Daemon) -> Self {
+        let s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(LONG)).unwrap();
+        Self {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+    fn send(&mut self, line: &str) {
+        self.w.write_all(line.as_bytes()).unwrap();
+        self.w.write_all(b"\n").unwrap();
+    }
+    /// The next line, or `None` at end of stream.
+    fn next(&mut self) -> Option<Value> {
+        let mut out = String::new();
+        match self.r.read_line(&mut out) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out:?}: {e}"))),
+        }
+    }
+    fn recv(&mut self) -> Value {
+        self.next().expect("a line before end of stream")
+    }
+    fn call(&mut self, line: &str) -> Value {
+        self.send(line);
+        self.recv()
+    }
+    /// Whether nothing arrives within `wait`.
+    fn quiet(&mut self, wait: Duration) -> bool {
+        self.w.set_read_timeout(Some(wait)).unwrap();
+        let mut out = String::new();
+        let r = self.r.read_line(&mut out);
+        self.w.set_read_timeout(Some(LONG)).unwrap();
+        match r {
+            Ok(0) => true,
+            Ok(_) => panic!("unexpected line {out:?}"),
+            Err(_) => out.is_empty(),
+        }
+    }
+}
+
+fn serving(d: &Daemon) {
+    let v = raw_call(&d.socket, r#"{"id":0,"cmd":"ping"}"#).expect("the daemon still answers");
+    assert_eq!(v["ok"], "pong", "{v}");
+}
+
+/// Item 10: reply subjects cannot be guessed, and only a connection a request was delivered to
+/// may answer it (by `bus.reply` or by publishing on the reply subject).
+#[test]
+fn hostile_spoofed_replies_are_refused() {
+    let home = Home::new();
+    home.write_config(
+        "default",
+        "[daemon]\nwatch_config = false\n[bus]\npublish = [\"svc.>\"]\n",
+    );
+    let d = home.start("default");
+    let mut responder = Line::connect(&d);
+    assert!(responder.call(r#"{"id":1,"cmd":"bus.sub","pattern":"svc.price"}"#)["ok"].is_object());
+    let mut spoofer = Line::connect(&d);
+    let mut requester = Line::connect(&d);
+    let mut subjects = Vec::new();
+    for id in 10..13 {
+        requester.send(&format!(
+            r#"{{"id":{id},"cmd":"bus.request","topic":"svc.price","data":"x","timeout_ms":10000}}"#
+        ));
+        let msg = responder.recv();
+        let reply_to = msg["msg"]["reply_to"].as_str().unwrap().to_string();
+        let token = reply_to.strip_prefix("_INBOX.").unwrap();
+        assert!(
+            token.len() >= 16 && token.chars().all(|c| c.is_ascii_hexdigit()),
+            "{reply_to}: 64 bits at least"
+        );
+        // Someone who learnt the subject still cannot answer, in either form.
+        let v = spoofer.call(&format!(
+            r#"{{"id":2,"cmd":"bus.reply","to":"{reply_to}","data":"SPOOFED"}}"#
+        ));
+        assert_eq!(v["error"]["code"], "forbidden", "{v}");
+        let v = spoofer.call(&format!(
+            r#"{{"id":3,"cmd":"bus.pub","topic":"{reply_to}","data":"SPOOFED"}}"#
+        ));
+        assert_eq!(v["error"]["code"], "forbidden", "{v}");
+        let v = responder.call(&format!(
+            r#"{{"id":4,"cmd":"bus.reply","to":"{reply_to}","data":"real"}}"#
+        ));
+        assert_eq!(v["ok"]["delivered"], true, "{v}");
+        let v = requester.recv();
+        assert_eq!(v["id"], id);
+        assert_eq!(v["ok"], "real", "{v}");
+        subjects.push(u64::from_str_radix(token, 16).unwrap());
+    }
+    // Not a counter.
+    assert!(
+        subjects.windows(2).any(|w| w[1].abs_diff(w[0]) > 1 << 20),
+        "{subjects:?}"
+    );
+    serving(&d);
+}
+
+/// Item 11: the sender of an event is the connection's endpoint, and the publish lists apply to
+/// events as the subject `$event.<target>.<event>`.
+#[test]
+fn hostile_events_cannot_forge_their_sender_or_skip_the_acls() {
+    let home = Home::new();
+    home.write_config(
+        "default",
+        "[daemon]\nwatch_config = false\n[bus]\npublish = [\"public.>\", \"$event.worker.>\"]\n",
+    );
+    let d = home.start("default");
+    let mut worker = Line::connect(&d);
+    assert!(worker.call(r#"{"id":1,"cmd":"bus.register","endpoint":"worker"}"#)["ok"].is_object());
+    let mut admin = Line::connect(&d);
+    assert!(admin.call(r#"{"id":1,"cmd":"bus.register","endpoint":"admin"}"#)["ok"].is_object());
+    let mut anon = Line::connect(&d);
+    // Not allowed by [bus] publish: refused, in both shapes.
+    let v = anon.call(r#"{"id":2,"cmd":"bus.send","to":"admin","event":"shutdown","data":1}"#);
+    assert_eq!(v["error"]["code"], "forbidden", "{v}");
+    let v = anon.call(r#"{"Type":"SendEvent","Payload":{"SourceMachineId":"worker","TargetMachineId":"admin","EventName":"x","Payload":1}}"#);
+    assert_eq!(v["Type"], "Error", "{v}");
+    assert_eq!(v["Payload"]["Code"], "forbidden", "{v}");
+    assert!(admin.quiet(Duration::from_millis(300)));
+    // Allowed, but the sender is who the connection is, not what it claims.
+    anon.send(r#"{"Type":"SendEvent","Payload":{"SourceMachineId":"admin","TargetMachineId":"worker","EventName":"job","Payload":{"n":1}}}"#);
+    let v = worker.recv();
+    assert_eq!(v["event"]["name"], "job", "{v}");
+    assert_eq!(v["event"]["from"], Value::Null, "{v}");
+    // Seed-004 registration has no acknowledgement.
+    anon.send(r#"{"Type":"Register","Payload":{"MachineId":"m1"}}"#);
+    anon.send(r#"{"Type":"SendEvent","Payload":{"SourceMachineId":"admin","TargetMachineId":"worker","EventName":"job","Payload":{"n":2}}}"#);
+    let v = worker.recv();
+    assert_eq!(v["event"]["from"], "m1", "{v}");
+    serving(&d);
+}
+
+/// Item 12: a reload that changes `[control] token` closes the connections admitted with the
+/// old one; the old token no longer works, the new one does.
+#[test]
+fn hostile_token_change_drops_connections_admitted_with_the_old_token() {
+    let home = Home::new();
+    let cfg = |t: &str| format!("[daemon]\nwatch_config = false\n[control]\ntoken = \"{t}\"\n");
+    home.write_config("default", &cfg("old-token-1"));
+    let d = home.start_with("default", |_| {});
+    let mut a = Line::connect(&d);
+    assert!(a.call(r#"{"id":1,"cmd":"hello","token":"old-token-1"}"#)["ok"].is_object());
+    let mut b = Line::connect(&d);
+    assert!(b.call(r#"{"id":1,"cmd":"hello","token":"old-token-1"}"#)["ok"].is_object());
+    home.write_config("default", &cfg("new-token-2"));
+    let v = a.call(r#"{"id":2,"cmd":"reload"}"#);
+    assert!(v["ok"].is_object(), "{v}");
+    // Both old connections get a notice and are closed.
+    for c in [&mut a, &mut b] {
+        let v = c.recv();
+        assert_eq!(v["notice"]["kind"], "token_changed", "{v}");
+        assert!(c.next().is_none(), "the connection is closed");
+    }
+    let mut c = Line::connect(&d);
+    let v = c.call(r#"{"id":1,"cmd":"hello","token":"old-token-1"}"#);
+    assert_eq!(v["error"]["code"], "forbidden", "{v}");
+    assert!(c.call(r#"{"id":2,"cmd":"hello","token":"new-token-2"}"#)["ok"].is_object());
+    assert_eq!(c.call(r#"{"id":3,"cmd":"ping"}"#)["ok"], "pong");
+}
+
+/// Item 15: data that strict JSON parsers reject is refused at the publisher and reaches no
+/// subscriber, over JSON lines and binary frames.
+#[test]
+fn hostile_data_strict_parsers_reject_is_refused() {
+    let home = Home::new();
+    let d = home.start("default");
+    let mut sub = Line::connect(&d);
+    assert!(sub.call(r#"{"id":1,"cmd":"bus.sub","pattern":"t.>"}"#)["ok"].is_object());
+    let mut p = Line::connect(&d);
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    for data in [
+        "1e999999",
+        r#""\ud800""#,
+        r#"{"a":"x\udc00"}"#,
+        deep.as_str(),
+    ] {
+        let v = p.call(&format!(
+            r#"{{"id":5,"cmd":"bus.pub","topic":"t.x","data":{data}}}"#
+        ));
+        assert_eq!(v["error"]["code"], "bad_request", "{v}");
+        assert_eq!(v["id"], 5);
+        let v = p.call(&format!(
+            r#"{{"id":6,"cmd":"bus.send","to":"nobody","event":"e","data":{data}}}"#
+        ));
+        assert_eq!(v["error"]["code"], "bad_request", "{v}");
+    }
+    // Binary framing: the same refusal for a publish frame.
+    let mut raw = UnixStream::connect(&d.socket).unwrap();
+    raw.set_read_timeout(Some(LONG)).unwrap();
+    raw.write_all(b"{\"id\":1,\"cmd\":\"hello\",\"framing\":\"binary-v1\"}\n")
+        .unwrap();
+    let mut r = BufReader::new(raw.try_clone().unwrap());
+    let mut hello = String::new();
+    r.read_line(&mut hello).unwrap();
+    let frame = |topic: &str, data: &[u8]| {
+        let mut f = Vec::new();
+        f.extend_from_slice(&((1 + 2 + topic.len() + data.len()) as u32).to_le_bytes());
+        f.push(2);
+        f.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+        f.extend_from_slice(topic.as_bytes());
+        f.extend_from_slice(data);
+        f
+    };
+    raw.write_all(&frame("t.bin", b"1e999999")).unwrap();
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head).unwrap();
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let mut body = vec![0u8; len - 1];
+    r.read_exact(&mut body).unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
+    // Good data still flows, and is the first thing the subscriber sees.
+    raw.write_all(&frame("t.bin", b"{\"ok\":1e300}")).unwrap();
+    let v = sub.recv();
+    assert_eq!(v["msg"]["topic"], "t.bin", "{v}");
+    assert_eq!(v["msg"]["data"]["ok"], 1e300);
+    serving(&d);
+}
+
+/// Item 16: a wrong argument type is `bad_request` naming the field, for bus lines and for
+/// typed commands (an unknown `queue.ls` state).
+#[test]
+fn hostile_wrong_argument_types_name_the_field() {
+    let home = Home::new();
+    let inbox = home.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    home.write_config(
+        "default",
+        &format!(
+            "[daemon]\nwatch_config = false\n[[pipeline]]\nname = \"p\"\nwatch = [{:?}]\nupload = \"u\"\n[[uploader]]\nname = \"u\"\nurl = \"http://127.0.0.1:9/\"\n",
+            inbox.display().to_string()
+        ),
+    );
+    let d = home.start("default");
+    let mut l = Line::connect(&d);
+    for (line, field) in [
+        (r#"{"id":1,"cmd":"bus.unsub","sid":"x"}"#, "sid"),
+        (r#"{"id":2,"cmd":"bus.register","endpoint":7}"#, "endpoint"),
+        (r#"{"id":3,"cmd":"queue.ls","state":"bogus"}"#, "state"),
+        (r#"{"id":4,"cmd":"ps","name":7}"#, "name"),
+    ] {
+        let v = l.call(line);
+        assert_eq!(v["error"]["code"], "bad_request", "{line} -> {v}");
+        let m = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(m.contains(&format!("`{field}`")), "{line} -> {v}");
+    }
+    serving(&d);
+}
+
+/// Socket garbage and lying binary frames close only their own connection.
+#[test]
+fn hostile_socket_garbage_and_lying_frames() {
+    let home = Home::new();
+    let d = home.start("default");
+    let mut sub = Line::connect(&d);
+    assert!(sub.call(r#"{"id":1,"cmd":"bus.sub","pattern":"keep"}"#)["ok"].is_object());
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0xff; 4096],
+        b"\x00\x01\x02{\"cmd\":\n\n\n}}}}]]]\n".to_vec(),
+        b"{\"id\":1,\"cmd\":\"bus.pub\",\"topic\":\"keep\",\"data\":\"\xff\xfe\"}\n".to_vec(),
+        b"{\"id\":{\"a\":[1,2,{\"b\":null}]},\"cmd\":\"ping\"}\n".to_vec(),
+        format!("{}\n", "[".repeat(200_000)).into_bytes(),
+    ];
+    for g in &garbage {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let _ = s.write_all(g);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    // Binary frames that lie about their length or kind.
+    for frame in [
+        &[0xff, 0xff, 0xff, 0x7f, 2][..],
+        &[3, 0, 0, 0, 2, 0xff, 0xff],
+        &[0, 0, 0, 0],
+        &[12, 0, 0, 0, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
+        &[9, 0, 0, 0, 2, 4, 0, b'k', b'e', b'e', b'p', b'{', b'"'],
+    ] {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s.write_all(b"{\"id\":1,\"cmd\":\"hello\",\"framing\":\"binary-v1\"}\n")
+            .unwrap();
+        let _ = s.write_all(frame);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    // Nothing was delivered to the subscriber; the daemon serves, and a good message flows.
+    let mut p = Line::connect(&d);
+    assert_eq!(
+        p.call(r#"{"id":2,"cmd":"bus.pub","topic":"keep","data":{"n":1}}"#)["ok"]["delivered"],
+        1
+    );
+    let v = sub.recv();
+    assert_eq!(v["msg"]["data"]["n"], 1, "{v}");
+    serving(&d);
+    let out = home.cli("default", &["status"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+}
