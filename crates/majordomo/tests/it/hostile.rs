@@ -320,3 +320,33 @@ fn hostile_socket_garbage_and_lying_frames() {
     let out = home.cli("default", &["status"]);
     assert!(out.status.success(), "{}", stdout(&out));
 }
+
+/// Item 22: every verb exits quietly (exit 0, nothing on stderr) when its stdout is closed, as
+/// with `majordomo config show | head -1`.
+#[test]
+fn hostile_closed_stdout_is_not_a_panic() {
+    let home = Home::new();
+    let d = home.start("default");
+    for args in [
+        &["config", "show"][..],
+        &["config", "default"],
+        &["status"],
+        &["ps"],
+        &["bus", "ls"],
+        &["call", "status"],
+    ] {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        let out = home
+            .command("default")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(w))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+    serving(&d);
+}
