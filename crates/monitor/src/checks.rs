@@ -22,7 +22,9 @@ pub fn http_client(c: &CheckConfig) -> Option<reqwest::Client> {
 pub async fn run(c: &CheckConfig, st: &State, client: Option<&reqwest::Client>) -> (bool, String) {
     let timeout = c.timeout.get();
     if let Some((prog, args)) = c.command.split_first() {
-        let child = tokio::process::Command::new(prog)
+        let mut cmd = tokio::process::Command::new(prog);
+        majordomo_platform::process::scrub_daemon_env(cmd.as_std_mut());
+        let child = cmd
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())

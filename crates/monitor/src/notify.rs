@@ -319,7 +319,9 @@ impl Deliverer {
             }
             NotifierKind::Command => {
                 let (prog, args) = n.command.split_first().ok_or("no command")?;
-                let mut child = tokio::process::Command::new(prog)
+                let mut cmd = tokio::process::Command::new(prog);
+                majordomo_platform::process::scrub_daemon_env(cmd.as_std_mut());
+                let mut child = cmd
                     .args(args)
                     .stdin(std::process::Stdio::piped())
                     .stdout(std::process::Stdio::null())

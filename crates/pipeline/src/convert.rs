@@ -131,6 +131,7 @@ async fn run_converter(
             .replace("{output}", &out.to_string_lossy())
     };
     let mut cmd = tokio::process::Command::new(&c.command);
+    majordomo_platform::process::scrub_daemon_env(cmd.as_std_mut());
     cmd.args(c.args.iter().map(|a| subst(a)))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

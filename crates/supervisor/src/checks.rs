@@ -36,6 +36,7 @@ async fn run(probe: &Probe, env: &[(String, String)], procs: &Procs) -> Result<(
         Probe::Http { url } => http_get(url).await,
         Probe::Command { argv } => {
             let mut cmd = std::process::Command::new(&argv[0]);
+            majordomo_platform::process::scrub_daemon_env(&mut cmd);
             cmd.args(&argv[1..])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -578,6 +578,7 @@ impl Program {
 
     fn command(&self, argv0: &str, args: &[String], opts_out: bool) -> std::process::Command {
         let mut cmd = std::process::Command::new(argv0);
+        majordomo_platform::process::scrub_daemon_env(&mut cmd);
         cmd.args(args).stdin(Stdio::null());
         if opts_out {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -350,3 +350,39 @@ fn hostile_closed_stdout_is_not_a_panic() {
     }
     serving(&d);
 }
+
+/// Item 18: the daemon's `MAJORDOMO_*` variables (config overrides such as
+/// `MAJORDOMO_CONTROL__TOKEN`, the CLI's `MAJORDOMO_TOKEN`) never reach a program or its pre_start;
+/// the variables the daemon gives them on purpose do.
+#[test]
+fn hostile_daemon_secrets_are_not_inherited() {
+    let home = Home::new();
+    let dump = home.path().join("env.txt");
+    let probe = home.path().join("probe.txt");
+    home.write_config(
+        "default",
+        &format!(
+            "[daemon]\nwatch_config = false\n[[program]]\nname = \"envdump\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"env > {0}.tmp && mv {0}.tmp {0}; exec sleep 1000\"]\npre_start = [\"/bin/sh\", \"-c\", \"env > {1}\"]\n",
+            dump.display(),
+            probe.display()
+        ),
+    );
+    let d = home.start_with("default", |c| {
+        c.env("MAJORDOMO_TOKEN", "hunter2-cli-token")
+            .env("MAJORDOMO_DAEMON__GRACE_PERIOD", "7s");
+    });
+    let env = crate::common::eventually(LONG, || std::fs::read_to_string(&dump).ok())
+        .expect("the program wrote its environment");
+    assert!(env.contains("MAJORDOMO_PROGRAM=envdump"), "{env}");
+    assert!(env.contains("MAJORDOMO_SOCKET="), "{env}");
+    assert!(!env.contains("hunter2"), "{env}");
+    assert!(!env.contains("MAJORDOMO_DAEMON__"), "{env}");
+    let env = crate::common::eventually(LONG, || {
+        std::fs::read_to_string(&probe)
+            .ok()
+            .filter(|s| !s.is_empty())
+    })
+    .expect("the pre_start command wrote its environment");
+    assert!(!env.contains("hunter2"), "{env}");
+    serving(&d);
+}
