@@ -23,6 +23,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use majordomo_core::{Commands, DaemonHandle, Secret};
 use majordomo_proto::bus::{BINARY_FRAMING, BinError, BinFrame, BusLine, decode_bin};
+use majordomo_proto::pipeline::QueueStats;
 use majordomo_proto::{
     Command, CompatCommand, DEFAULT_MAX_LINE, ErrorBody, ErrorCode, FrameError, Hello, Incoming,
     LineCodec, PROTOCOL_VERSION, Reply, Status, parse_line,
@@ -414,18 +415,63 @@ impl Session {
                         ErrorBody::new(ErrorCode::Internal, format!("unexpected status: {e}"))
                     })
                 });
-                match status {
-                    Ok(s) => Outcome::flat(json!({
-                        "status": "Running",
-                        "instance_id": s.instance,
-                        "pid": s.pid,
-                        "version": s.version,
-                        "uptime_s": s.uptime_s,
-                        "config_generation": s.config_generation,
-                        "subsystems": s.subsystems,
-                    })),
-                    Err(e) => failed(e),
-                }
+                let status = match status {
+                    Ok(s) => s,
+                    Err(e) => return failed(e),
+                };
+                // What a seed-001 GUI shows per pipeline; absent when no pipeline runs.
+                let stats = self
+                    .dispatch("queue.stats")
+                    .await
+                    .ok()
+                    .and_then(|v| serde_json::from_value::<QueueStats>(v).ok());
+                let pipeline_state = status
+                    .subsystems
+                    .get("pipeline")
+                    .map(|s| s.state.clone())
+                    .unwrap_or_else(|| "stopped".into());
+                let pipelines: Vec<Value> = stats
+                    .iter()
+                    .flat_map(|s| &s.pipelines)
+                    .map(|p| {
+                        let state = match &p.paused {
+                            Some(_) => "paused",
+                            None => pipeline_state.as_str(),
+                        };
+                        json!({
+                            "name": p.pipeline,
+                            "state": state,
+                            "paused": p.paused,
+                            "pending": p.counts.pending(),
+                            "dead_letters": p.counts.dead,
+                            "uploads_reach_server": p.uploads_reach_server,
+                        })
+                    })
+                    .collect();
+                let queue_size: u64 = stats
+                    .iter()
+                    .flat_map(|s| &s.pipelines)
+                    .map(|p| p.counts.pending())
+                    .sum();
+                // Whether every pipeline that tried an upload reached its server (null before any).
+                let tried: Vec<bool> = stats
+                    .iter()
+                    .flat_map(|s| &s.pipelines)
+                    .filter_map(|p| p.uploads_reach_server)
+                    .collect();
+                let server_reachable = (!tried.is_empty()).then(|| tried.iter().all(|&b| b));
+                Outcome::flat(json!({
+                    "status": "Running",
+                    "instance_id": status.instance,
+                    "pid": status.pid,
+                    "version": status.version,
+                    "uptime_s": status.uptime_s,
+                    "config_generation": status.config_generation,
+                    "subsystems": status.subsystems,
+                    "pipelines": pipelines,
+                    "queue_size": queue_size,
+                    "server_reachable": server_reachable,
+                }))
             }
             CompatCommand::GetConfig => match self.dispatch("config").await {
                 Ok(v) => Outcome::flat(v),

@@ -985,12 +985,12 @@ fn log_transition(
 ) {
     match state {
         ProgramState::Failed => {
-            tracing::error!(program = %name, ?exit_code, ?signal, restarts, detail = detail.unwrap_or(""), "program failed")
+            tracing::error!(program = %name, exit_code, signal, restarts, detail = detail.unwrap_or(""), "program failed")
         }
         ProgramState::Exited | ProgramState::Backoff => {
-            tracing::warn!(program = %name, ?pid, ?exit_code, ?signal, restarts, "program {state}")
+            tracing::warn!(program = %name, pid, exit_code, signal, restarts, "program {state}")
         }
-        _ => tracing::info!(program = %name, ?pid, restarts, "program {state}"),
+        _ => tracing::info!(program = %name, pid, restarts, "program {state}"),
     }
 }
 

@@ -386,3 +386,48 @@ fn hostile_daemon_secrets_are_not_inherited() {
     assert!(!env.contains("hunter2"), "{env}");
     serving(&d);
 }
+
+/// Item 23: JSON log fields are JSON values (`"pid":4296`, not `"Some(4296)"`); `restart`
+/// takes `{"name":..}`; the seed-001 `get_status` shows each pipeline (name, state, pending),
+/// `queue_size` and whether uploads reach the server.
+#[test]
+fn hostile_json_logs_and_compat_status_say_what_a_gui_needs() {
+    let home = Home::new();
+    let inbox = home.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    home.write_config(
+        "default",
+        &format!(
+            "[daemon]\nwatch_config = false\n[log]\nformat = \"json\"\n[[program]]\nname = \"api\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"exec sleep 1000\"]\n[[pipeline]]\nname = \"reports\"\nwatch = [{:?}]\nsettle = \"100ms\"\nretry_base = \"50ms\"\nretry_max = \"200ms\"\nupload = \"u\"\n[[uploader]]\nname = \"u\"\nurl = \"http://127.0.0.1:9/\"\n",
+            inbox.display().to_string()
+        ),
+    );
+    let d = home.start("default");
+    std::fs::write(inbox.join("r1.csv"), b"a,b\n").unwrap();
+    let v = crate::common::eventually(LONG, || {
+        raw_call(&d.socket, r#"{"command":"get_status"}"#)
+            .filter(|v| v["server_reachable"] == Value::Bool(false))
+    })
+    .expect("get_status says the server is not reached");
+    assert_eq!(v["status"], "Running", "{v}");
+    assert_eq!(v["queue_size"], 1, "{v}");
+    let p = &v["pipelines"][0];
+    assert_eq!(p["name"], "reports", "{v}");
+    assert_eq!(p["state"], "running", "{v}");
+    assert_eq!(p["pending"], 1, "{v}");
+    assert_eq!(p["uploads_reach_server"], false, "{v}");
+    // restart with {"name": ...}
+    let out = home.cli("default", &["call", "restart", r#"{"name":"api"}"#]);
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+    let status = raw_call(&d.socket, r#"{"id":1,"cmd":"status"}"#).unwrap();
+    let log = std::path::Path::new(status["ok"]["log_dir"].as_str().unwrap()).join("majordomo.log");
+    let line = crate::common::eventually(LONG, || {
+        std::fs::read_to_string(&log).ok().and_then(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|l| l["fields"]["program"] == "api" && !l["fields"]["pid"].is_null())
+        })
+    })
+    .expect("a program line with its pid in the JSON log");
+    assert!(line["fields"]["pid"].is_u64(), "{line}");
+}
