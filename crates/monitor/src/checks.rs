@@ -96,6 +96,8 @@ pub async fn run(c: &CheckConfig, st: &State, client: Option<&reqwest::Client>) 
     (true, String::new())
 }
 
+use majordomo_core::units::redact_url;
+
 /// A GET: healthy on 2xx/3xx, or on exactly `expect` when set.
 async fn http(
     client: &reqwest::Client,
@@ -110,9 +112,12 @@ async fn http(
                 Some(e) => code == e,
                 None => (200..400).contains(&code),
             };
-            (ok, format!("{url} answered HTTP {code}"))
+            (ok, format!("{} answered HTTP {code}", redact_url(url)))
         }
-        Err(e) if e.is_timeout() => (false, format!("{url}: no answer within {timeout:?}")),
-        Err(e) => (false, format!("{url}: {e}")),
+        Err(e) if e.is_timeout() => (
+            false,
+            format!("{}: no answer within {timeout:?}", redact_url(url)),
+        ),
+        Err(e) => (false, format!("{}: {}", redact_url(url), e.without_url())),
     }
 }

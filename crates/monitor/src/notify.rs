@@ -306,15 +306,22 @@ impl Deliverer {
                     .header("content-type", "application/json")
                     .body(body);
                 for (k, v) in &n.headers {
-                    req = req.header(k.as_str(), v.as_str());
+                    // `${VAR}` from the daemon's environment; checked when the config loaded.
+                    let v =
+                        majordomo_core::units::expand_env(v.expose(), |k| std::env::var(k).ok())
+                            .map_err(|e| format!("header {k}: {e}"))?;
+                    req = req.header(k.as_str(), v);
                 }
+                // Messages go to the log, notify.jsonl and $sys.notify.failed: never the
+                // URL's credentials or query values.
+                let shown = majordomo_core::units::redact_url(url);
                 match req.send().await {
                     Ok(resp) if resp.status().is_success() => Ok(()),
-                    Ok(resp) => Err(format!("{url} answered HTTP {}", resp.status())),
+                    Ok(resp) => Err(format!("{shown} answered HTTP {}", resp.status())),
                     Err(e) if e.is_timeout() => {
-                        Err(format!("{url} did not answer within {}", n.timeout))
+                        Err(format!("{shown} did not answer within {}", n.timeout))
                     }
-                    Err(e) => Err(error_chain(&e)),
+                    Err(e) => Err(format!("{shown}: {}", error_chain(&e.without_url()))),
                 }
             }
             NotifierKind::Command => {

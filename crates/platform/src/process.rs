@@ -583,6 +583,18 @@ mod imp {
     }
 }
 
+/// Keeps the daemon's own `MAJORDOMO_*` variables (`MAJORDOMO_CONTROL__TOKEN` and every other
+/// config override, `MAJORDOMO_TOKEN`, ...) out of what `cmd` passes on to its child. Call it
+/// right after creating the command, before setting the variables the child should get: every
+/// program, probe, converter and notifier command goes through it.
+pub fn scrub_daemon_env(cmd: &mut std::process::Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.as_encoded_bytes().starts_with(b"MAJORDOMO_") {
+            cmd.env_remove(k);
+        }
+    }
+}
+
 #[cfg(test)]
 mod stat_tests {
     use super::*;
@@ -596,17 +608,5 @@ mod stat_tests {
         assert_eq!((s.cpu_ticks, s.threads, s.rss_pages), (75, 7, 300));
         assert_eq!(parse_stat("123 (x) S 1"), None);
         assert_eq!(parse_stat(""), None);
-    }
-}
-
-/// Keeps the daemon's own `MAJORDOMO_*` variables (`MAJORDOMO_CONTROL__TOKEN` and every other
-/// config override, `MAJORDOMO_TOKEN`, ...) out of what `cmd` passes on to its child. Call it
-/// right after creating the command, before setting the variables the child should get: every
-/// program, probe, converter and notifier command goes through it.
-pub fn scrub_daemon_env(cmd: &mut std::process::Command) {
-    for (k, _) in std::env::vars_os() {
-        if k.as_encoded_bytes().starts_with(b"MAJORDOMO_") {
-            cmd.env_remove(k);
-        }
     }
 }

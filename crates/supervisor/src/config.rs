@@ -236,7 +236,7 @@ impl fmt::Display for Probe {
             Probe::Tcp { host, port } if host == "127.0.0.1" => write!(f, "tcp:{port}"),
             Probe::Tcp { host, port } if host.contains(':') => write!(f, "tcp:[{host}]:{port}"),
             Probe::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
-            Probe::Http { url } => f.write_str(url),
+            Probe::Http { url } => f.write_str(&majordomo_core::units::redact_url(url)),
             Probe::Bus => f.write_str("bus"),
             Probe::Command { argv } => write!(f, "command:{}", argv.join(" ")),
         }

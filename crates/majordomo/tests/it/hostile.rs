@@ -431,3 +431,107 @@ fn hostile_json_logs_and_compat_status_say_what_a_gui_needs() {
     .expect("a program line with its pid in the JSON log");
     assert!(line["fields"]["pid"].is_u64(), "{line}");
 }
+
+/// Every file under `dir` except configs, recursively, as text.
+fn all_outputs(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, String)>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            all_outputs(&p, out);
+        } else if ft.is_file()
+            && p.extension().is_none_or(|x| x != "toml")
+            && let Ok(b) = std::fs::read(&p)
+        {
+            out.push((p, String::from_utf8_lossy(&b).into_owned()));
+        }
+    }
+}
+
+/// Item 17: notifier headers (also `${ENV}` ones), URL userinfo and query values appear in no
+/// output: `config show`, `get_config`, the log, notify.jsonl, `$sys.notify.failed`, stderr.
+#[test]
+fn hostile_secrets_appear_in_no_output() {
+    const SECRETS: [&str; 5] = [
+        "pw-secret-1",
+        "APIKEY-SECRET-2",
+        "HEADER-SECRET-3",
+        "plain-header-secret-4",
+        "up-pass-secret-5",
+    ];
+    let home = Home::new();
+    let inbox = home.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    home.write_config(
+        "default",
+        &format!(
+            "[daemon]\nwatch_config = false\n\
+             [[check]]\nname = \"down\"\ncommand = [\"test\", \"-e\", \"/nonexistent/flag\"]\ninterval = \"1s\"\nseverity = \"critical\"\n\
+             [[notifier]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://user:pw-secret-1@127.0.0.1:9/hook?apikey=APIKEY-SECRET-2\"\nretries = 0\ntimeout = \"2s\"\n\
+             headers = {{ Authorization = \"Bearer ${{MJ_TEST_HEADER}}\", X-Plain = \"plain-header-secret-4\" }}\n\
+             [[pipeline]]\nname = \"p\"\nwatch = [{:?}]\nsettle = \"100ms\"\nupload = \"u\"\n\
+             [[uploader]]\nname = \"u\"\nurl = \"http://up:up-pass-secret-5@127.0.0.1:9/in?k=APIKEY-SECRET-2\"\n",
+            inbox.display().to_string()
+        ),
+    );
+    let d = home.start_with("default", |c| {
+        c.env("MJ_TEST_HEADER", "HEADER-SECRET-3");
+    });
+    let mut sys = Line::connect(&d);
+    assert!(sys.call(r#"{"id":1,"cmd":"bus.sub","pattern":"$sys.>"}"#)["ok"].is_object());
+    std::fs::write(inbox.join("r.csv"), b"x").unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let v = sys.recv();
+        let failed = v["msg"]["topic"] == "$sys.notify.failed";
+        seen.push(v.to_string());
+        if failed {
+            break;
+        }
+    }
+    // An upload attempt failed too (its reason is recorded).
+    crate::common::eventually(LONG, || {
+        let v = raw_call(&d.socket, r#"{"id":1,"cmd":"queue.stats"}"#)?;
+        (v["ok"]["pipelines"][0]["since_start"]["retries"].as_u64()? > 0).then_some(())
+    })
+    .expect("an upload retry");
+    for args in [
+        &["config", "show"][..],
+        &["config", "show", "--json"],
+        &["notify", "log", "--json"],
+        &["queue", "ls", "--json"],
+    ] {
+        let out = home.cli("default", args);
+        seen.push(stdout(&out));
+        seen.push(crate::common::stderr(&out));
+    }
+    seen.push(
+        raw_call(&d.socket, r#"{"command":"get_config"}"#)
+            .unwrap()
+            .to_string(),
+    );
+    let shown = stdout(&home.cli("default", &["config", "show"]));
+    assert!(
+        shown.contains("127.0.0.1:9/hook?apikey=<redacted>"),
+        "{shown}"
+    );
+    let mut files = Vec::new();
+    all_outputs(home.path(), &mut files);
+    assert!(
+        files.iter().any(|(p, _)| p.ends_with("notify.jsonl")),
+        "{:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    for (p, text) in &files {
+        seen.push(format!("{}: {text}", p.display()));
+    }
+    for text in &seen {
+        for s in SECRETS {
+            assert!(!text.contains(s), "{s} shown in: {text}");
+        }
+    }
+    serving(&d);
+}
