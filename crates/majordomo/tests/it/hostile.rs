@@ -535,3 +535,41 @@ fn hostile_secrets_appear_in_no_output() {
     }
     serving(&d);
 }
+
+/// Item 4: a socket path naming an existing file that is not a socket is never replaced or
+/// removed: the daemon refuses to start, saying why, and the file is intact.
+#[test]
+fn hostile_socket_path_never_replaces_a_file() {
+    let home = Home::new();
+    let victim = home.path().join("precious.txt");
+    std::fs::write(&victim, b"keep me").unwrap();
+    home.write_config(
+        "default",
+        &format!(
+            "[daemon]\nwatch_config = false\n[paths]\nsocket = {:?}\n",
+            victim.display().to_string()
+        ),
+    );
+    let out = home
+        .command("default")
+        .arg("run")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = crate::common::stderr(&out);
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    // A folder there is not touched either.
+    std::fs::remove_file(&victim).unwrap();
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("inner"), b"x").unwrap();
+    let out = home
+        .command("default")
+        .arg("run")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(victim.join("inner").exists());
+}
