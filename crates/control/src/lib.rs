@@ -73,6 +73,12 @@ impl Subsystem for Control {
             };
             let mut listener = transport::bind(&opts).await.map_err(|e| e.to_string())?;
             tracing::info!(socket = %opts.path.display(), "listening");
+            // Recorded beside the pid file: a CLI that cannot read the config still finds us.
+            let record = ctx.layout().socket_record();
+            let recorded = opts.path.as_os_str().as_encoded_bytes().to_vec();
+            if let Err(e) = std::fs::write(&record, &recorded) {
+                tracing::warn!(file = %record.display(), "cannot record the socket path: {e}");
+            }
             // What the sessions read of [control], kept current.
             let (session_tx, session_rx) = watch::channel(Arc::new(session_config(&cfg.control)));
             {
@@ -133,6 +139,10 @@ impl Subsystem for Control {
                     async move { serve(conn, id, peer, &cfg.control, session, open).await }
                         .instrument(span),
                 );
+            }
+            // Forget the record unless a newer listener wrote its own meanwhile.
+            if std::fs::read(&record).is_ok_and(|r| r == recorded) {
+                let _ = std::fs::remove_file(&record);
             }
             Ok(())
         })

@@ -117,6 +117,12 @@ impl Layout {
         })
     }
 
+    /// The run file beside the pid file where the running daemon records its socket, so a CLI
+    /// that cannot read the config still finds the instance (`<instance>.socket`).
+    pub fn socket_record(&self) -> PathBuf {
+        self.pid_file.with_extension("socket")
+    }
+
     /// Applies the `[paths]` overrides of a config.
     pub fn with_overrides(mut self, paths: &PathsConfig) -> Layout {
         if let Some(p) = &paths.state_dir {

@@ -321,22 +321,58 @@ fn config_check(cli: &Cli, layout: &Layout, file: Option<&str>) -> ExitCode {
 }
 
 /// The socket to talk to: `--socket`, else the config file's `[paths] socket`, else the layout's.
+/// When the config cannot be read (a syntax error, an unset `${VAR}`), says so on stderr and uses
+/// the socket the running daemon recorded beside its pid file.
 fn socket_for(cli: &Cli, layout: &Layout) -> PathBuf {
     if let Some(s) = &cli.socket {
         return s.clone();
     }
-    std::fs::read_to_string(&layout.config_file)
-        .ok()
-        .and_then(|text| {
-            majordomo_core::load::check_text::<Config>(
-                &text,
-                "",
-                &Override::from_env(std::env::vars()),
-            )
-            .ok()
-        })
-        .and_then(|c| c.paths.socket)
-        .unwrap_or_else(|| layout.socket.clone())
+    let loaded = match std::fs::read_to_string(&layout.config_file) {
+        Ok(text) => majordomo_core::load::check_text::<Config>(
+            &text,
+            &layout.config_file.display().to_string(),
+            &Override::from_env(std::env::vars()),
+        )
+        .map_err(|p| p.to_string()),
+        // No config file: the defaults apply, as for the daemon.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return layout.socket.clone();
+        }
+        Err(e) => Err(format!(
+            "cannot read {}: {e}\n",
+            layout.config_file.display()
+        )),
+    };
+    match loaded {
+        Ok(c) => c.paths.socket.unwrap_or_else(|| layout.socket.clone()),
+        Err(problems) => {
+            let record = layout.socket_record();
+            let recorded = std::fs::read(&record)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from);
+            eprint!("majordomo: the config could not be read for its socket: {problems}");
+            match recorded {
+                Some(s) => {
+                    eprintln!(
+                        "majordomo: using the socket the running daemon recorded in {}: {}",
+                        record.display(),
+                        s.display()
+                    );
+                    s
+                }
+                None => {
+                    eprintln!(
+                        "majordomo: no running daemon recorded its socket in {}; trying {}",
+                        record.display(),
+                        layout.socket.display()
+                    );
+                    layout.socket.clone()
+                }
+            }
+        }
+    }
 }
 
 fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {

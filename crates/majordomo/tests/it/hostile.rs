@@ -573,3 +573,61 @@ fn hostile_socket_path_never_replaces_a_file() {
     assert!(!out.status.success());
     assert!(victim.join("inner").exists());
 }
+
+/// Item 6: a CLI that cannot read the config says what it could not read and still finds the
+/// running daemon (its socket is recorded beside the pid file); `reload` then exits 64 with the
+/// problems.
+#[test]
+fn hostile_unreadable_config_still_finds_the_instance() {
+    let home = Home::new();
+    let sock = home.path().join("elsewhere.sock");
+    let good = format!(
+        "[daemon]\nwatch_config = false\n[paths]\nsocket = {:?}\n",
+        sock.display().to_string()
+    );
+    home.write_config("default", &good);
+    let mut cmd = home.command("default");
+    cmd.arg("run")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = scopeguard_child(cmd.spawn().unwrap());
+    crate::common::eventually(LONG, || raw_call(&sock, r#"{"id":0,"cmd":"ping"}"#))
+        .expect("the daemon answers on its configured socket");
+    for broken in [
+        format!("{good}[log\nlevel = \"info\"\n"),
+        format!(
+            "{good}[[uploader]]\nname = \"u\"\nurl = \"http://127.0.0.1:9/\"\nheaders = {{ X = \"${{MJ_SURELY_UNSET_VAR_11}}\" }}\n"
+        ),
+    ] {
+        home.write_config("default", &broken);
+        let out = home.cli("default", &["status"]);
+        let err = crate::common::stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(err.contains("could not be read"), "{err}");
+        assert!(err.contains("config.toml"), "{err}");
+        let out = home.cli("default", &["reload"]);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{}",
+            crate::common::stderr(&out)
+        );
+    }
+    home.write_config("default", &good);
+    let out = home.cli("default", &["shutdown"]);
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+    let _ = child.0.wait();
+}
+
+/// Kills the child if the test fails before it exits.
+struct ChildGuard(std::process::Child);
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+fn scopeguard_child(c: std::process::Child) -> ChildGuard {
+    ChildGuard(c)
+}
