@@ -14,6 +14,7 @@ pub mod layout;
 pub mod lifecycle;
 pub mod load;
 pub mod lock;
+pub mod procs;
 pub mod units;
 
 pub use commands::Commands;

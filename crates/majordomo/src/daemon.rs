@@ -144,6 +144,8 @@ pub fn run_code(args: RunArgs) -> u8 {
         }
     };
     let code = runtime.block_on(main_loop(args, loaded, log.clone()));
+    // Nothing a program or converter started outlives the daemon (its cgroups, where it has them).
+    majordomo_core::procs::release();
     // Let the log writer flush before the process ends.
     log.close();
     runtime.shutdown_timeout(Duration::from_millis(200));

@@ -573,6 +573,7 @@ impl Program {
             creds,
             umask: cfg.umask.as_deref().and_then(super::config::parse_umask),
             announce_fd: None,
+            cgroup_fd: None,
         })
     }
 
