@@ -320,13 +320,21 @@ fn config_check(cli: &Cli, layout: &Layout, file: Option<&str>) -> ExitCode {
     }
 }
 
-/// The socket to talk to: `--socket`, else the config file's `[paths] socket`, else the layout's.
-/// When the config cannot be read (a syntax error, an unset `${VAR}`), says so on stderr and uses
-/// the socket the running daemon recorded beside its pid file.
+/// The socket to talk to: `--socket`; else the socket the running daemon recorded beside its
+/// pid file (where it listens now, even before a changed `[paths] socket` is reloaded); else the
+/// config file's `[paths] socket`; else the layout's. A config that cannot be read is reported
+/// on stderr.
 fn socket_for(cli: &Cli, layout: &Layout) -> PathBuf {
     if let Some(s) = &cli.socket {
         return s.clone();
     }
+    let record = layout.socket_record();
+    let recorded = std::fs::read(&record)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| cfg!(windows) || p.exists());
     let loaded = match std::fs::read_to_string(&layout.config_file) {
         Ok(text) => majordomo_core::load::check_text::<Config>(
             &text,
@@ -336,7 +344,7 @@ fn socket_for(cli: &Cli, layout: &Layout) -> PathBuf {
         .map_err(|p| p.to_string()),
         // No config file: the defaults apply, as for the daemon.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return layout.socket.clone();
+            return recorded.unwrap_or_else(|| layout.socket.clone());
         }
         Err(e) => Err(format!(
             "cannot read {}: {e}\n",
@@ -344,14 +352,10 @@ fn socket_for(cli: &Cli, layout: &Layout) -> PathBuf {
         )),
     };
     match loaded {
-        Ok(c) => c.paths.socket.unwrap_or_else(|| layout.socket.clone()),
+        Ok(c) => recorded
+            .or(c.paths.socket)
+            .unwrap_or_else(|| layout.socket.clone()),
         Err(problems) => {
-            let record = layout.socket_record();
-            let recorded = std::fs::read(&record)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from);
             eprint!("majordomo: the config could not be read for its socket: {problems}");
             match recorded {
                 Some(s) => {

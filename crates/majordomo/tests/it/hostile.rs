@@ -773,3 +773,62 @@ fn hostile_converter_grandchild_holding_stderr_does_not_stall_the_item() {
     }
     serving(&d);
 }
+
+/// Item 3: a reload never says `reloaded` and leaves the daemon broken: what can be checked is
+/// checked before anything is applied (socket folder, state folder), and a subsystem that fails
+/// to start after an apply rolls the daemon back to the previous config, the reload failing
+/// with the reason.
+#[test]
+fn hostile_reload_is_checked_and_rolled_back() {
+    let home = Home::new();
+    let base = "[daemon]\nwatch_config = false\n[[program]]\nname = \"p\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"exec sleep 1000\"]\n";
+    home.write_config("default", base);
+    let d = home.start("default");
+    let pid_of = || {
+        crate::common::eventually(LONG, || {
+            let v = raw_call(&d.socket, r#"{"id":1,"cmd":"ps"}"#)?;
+            let p = &v["ok"]["programs"][0];
+            (p["state"] == "ready").then(|| p["pid"].as_u64()).flatten()
+        })
+        .expect("program p running")
+    };
+    let pid = pid_of();
+    let file = home.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    for extra in [
+        "[paths]\nsocket = \"/proc/nope.sock\"\n".to_string(),
+        format!("[paths]\nstate_dir = {:?}\n", file.display().to_string()),
+        // Passes every check, fails when the control subsystem binds (longer than a Unix
+        // socket address holds): rolled back to the previous socket.
+        format!(
+            "[paths]\nsocket = {:?}\n",
+            home.path()
+                .join("d".repeat(120))
+                .join("s.sock")
+                .display()
+                .to_string()
+        ),
+    ] {
+        home.write_config("default", &format!("{base}{extra}"));
+        let out = home.cli("default", &["reload"]);
+        let err = crate::common::stderr(&out);
+        assert_ne!(out.status.code(), Some(0), "{extra}: {err}");
+        assert!(!err.is_empty(), "{extra}: the reason is given");
+        if extra.contains("ddddd") {
+            assert!(err.contains("rolled back"), "{err}");
+        }
+        // Still serving on the same socket, the program untouched.
+        serving(&d);
+        assert_eq!(pid_of(), pid, "{extra}");
+        let s = raw_call(&d.socket, r#"{"id":1,"cmd":"status"}"#).unwrap();
+        let failed: Vec<_> = s["ok"]["subsystems"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v["state"] != "running")
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        assert!(failed.is_empty(), "{extra}: {failed:?}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
