@@ -541,6 +541,35 @@ pub fn depths(programs: &[ProgramConfig]) -> BTreeMap<String, usize> {
     out
 }
 
+/// What `config check` warns about in `[[program]]`s because it depends on this machine and may
+/// change before a start: a missing or non-executable command, a bare command not in PATH, a
+/// missing `cwd`, an unknown `user` or `group`. Each names the program's place in the config.
+pub fn environment_warnings(programs: &[ProgramConfig]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, p) in programs.iter().enumerate() {
+        let at = format!("program[{i}] ({:?})", p.name);
+        if let Some(cwd) = &p.cwd
+            && !cwd.is_dir()
+        {
+            out.push(format!(
+                "{at}.cwd: the folder {} does not exist; the program cannot start until it does",
+                cwd.display()
+            ));
+        }
+        let path_var = p.env.get("PATH").map(String::as_str);
+        let cwd = p.cwd.as_deref().filter(|c| c.is_dir());
+        if let Err(e) = majordomo_core::procs::find_executable(&p.command, cwd, path_var) {
+            out.push(format!("{at}.command: {e}"));
+        }
+        if let Some(user) = &p.user
+            && let Err(e) = majordomo_platform::process::lookup_creds(user, p.group.as_deref())
+        {
+            out.push(format!("{at}.user: {e}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

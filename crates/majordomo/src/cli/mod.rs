@@ -298,11 +298,23 @@ fn config_check(cli: &Cli, layout: &Layout, file: Option<&str>) -> ExitCode {
     };
     let overrides = Override::from_env(std::env::vars());
     match majordomo_core::load::check_text::<Config>(&text, &label, &overrides) {
-        Ok(_) => {
+        Ok(config) => {
+            // What depends on this machine and may change before a start: warnings.
+            let warnings = majordomo_supervisor::config::environment_warnings(&config.program);
             if cli.json {
-                outln!("{}", serde_json::json!({"ok": true, "file": label}));
+                outln!(
+                    "{}",
+                    serde_json::json!({"ok": true, "file": label, "warnings": warnings})
+                );
             } else {
-                outln!("{label}: OK");
+                for w in &warnings {
+                    eprintln!("warning: {w}");
+                }
+                if warnings.is_empty() {
+                    outln!("{label}: OK");
+                } else {
+                    outln!("{label}: OK, with {} warning(s)", warnings.len());
+                }
             }
             ExitCode::SUCCESS
         }

@@ -832,3 +832,37 @@ fn hostile_reload_is_checked_and_rolled_back() {
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
+
+/// Item 5: `config check` reports a missing executable, a bare command not in PATH, a missing
+/// `cwd` and an unknown `user` (warnings: each may change before the program starts).
+#[test]
+fn hostile_config_check_reports_what_cannot_start() {
+    let home = Home::new();
+    let f = home.path().join("c.toml");
+    std::fs::write(
+        &f,
+        "[[program]]\nname = \"missing\"\ncommand = \"/nonexistent/bin/x\"\n\
+         [[program]]\nname = \"bare\"\ncommand = \"no-such-command-xyz\"\n\
+         [[program]]\nname = \"nocwd\"\ncommand = \"/bin/sh\"\ncwd = \"/nonexistent/dir\"\n\
+         [[program]]\nname = \"nouser\"\ncommand = \"/bin/sh\"\nuser = \"no-such-user-xyz\"\n\
+         [[program]]\nname = \"fine\"\ncommand = \"sh\"\n",
+    )
+    .unwrap();
+    let out = home.cli("default", &["config", "check", f.to_str().unwrap()]);
+    let err = crate::common::stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for (prog, what) in [
+        ("missing", "/nonexistent/bin/x"),
+        ("bare", "no-such-command-xyz"),
+        ("nocwd", "/nonexistent/dir"),
+        ("nouser", "no-such-user-xyz"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("warning:") && l.contains(prog) && l.contains(what)),
+            "{prog}: {err}"
+        );
+    }
+    assert!(!err.contains("\"fine\""), "{err}");
+    assert!(stdout(&out).contains("4 warning"), "{}", stdout(&out));
+}
