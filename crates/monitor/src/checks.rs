@@ -82,15 +82,18 @@ pub async fn run(c: &CheckConfig, st: &State, client: Option<&reqwest::Client>) 
     if let Some(name) = &c.program {
         let seen = st.programs.lock().ok().and_then(|p| p.get(name).cloned());
         return match seen {
-            Some(s) if s.running() => (true, format!("program {name} is {}", s.state.as_str())),
-            Some(s) => (
+            Some(s) if s.failing() => (
                 false,
-                format!("program {name} is not running (state {})", s.state.as_str()),
+                format!(
+                    "program {name} is not running (state {}, {} restart{})",
+                    s.state.as_str(),
+                    s.restarts,
+                    if s.restarts == 1 { "" } else { "s" }
+                ),
             ),
-            None => (
-                false,
-                format!("program {name} is not running (never reported running)"),
-            ),
+            Some(s) => (true, format!("program {name} is {}", s.state.as_str())),
+            // The supervisor has not reported it yet (the daemon is starting).
+            None => (true, format!("program {name} is not reported yet")),
         };
     }
     (true, String::new())

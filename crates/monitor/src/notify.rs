@@ -137,7 +137,7 @@ pub fn routes(n: &NotifierConfig, a: &Alert) -> bool {
 /// Per-notifier memory for de-duplication and rate limiting.
 #[derive(Default)]
 pub struct Gate {
-    sent: HashMap<(String, AlertState), Instant>,
+    sent: HashMap<(String, AlertState, Option<u64>), Instant>,
     window: VecDeque<Instant>,
 }
 
@@ -156,7 +156,13 @@ impl Gate {
         {
             return Some(format!("quiet hours {}-{}", q.from, q.to));
         }
-        let key = (a.id.clone(), a.state);
+        // A program alert with more restarts than the last one sent is news (a crash loop
+        // getting worse), not a duplicate.
+        let worse = (a.source == "program")
+            .then_some(a.value)
+            .flatten()
+            .map(f64::to_bits);
+        let key = (a.id.clone(), a.state, worse);
         if let Some(t) = self.sent.get(&key)
             && now.duration_since(*t) < n.dedup.get()
         {
@@ -550,6 +556,28 @@ mod tests {
         );
         // After the window, the same alert may be sent again.
         assert_eq!(g.check(&n, &a, t0 + Duration::from_secs(3700), w), None);
+    }
+
+    #[test]
+    fn a_crash_loop_that_gets_worse_is_not_a_duplicate() {
+        let n = NotifierConfig {
+            name: "n".into(),
+            dedup: majordomo_core::Dur::secs(600),
+            max_per_hour: 0,
+            ..NotifierConfig::default()
+        };
+        let mut g = Gate::default();
+        let t0 = Instant::now();
+        let w = ts("2025-01-15T12:00:00Z");
+        let mut a = alert(Severity::Critical, AlertState::Firing);
+        a.source = "program".into();
+        a.value = Some(1.0);
+        assert_eq!(g.check(&n, &a, t0, w), None);
+        assert!(g.check(&n, &a, t0 + Duration::from_secs(5), w).is_some());
+        a.value = Some(2.0);
+        assert_eq!(g.check(&n, &a, t0 + Duration::from_secs(10), w), None);
+        a.value = Some(3.0);
+        assert_eq!(g.check(&n, &a, t0 + Duration::from_secs(20), w), None);
     }
 
     #[test]

@@ -866,3 +866,43 @@ fn hostile_config_check_reports_what_cannot_start() {
     assert!(!err.contains("\"fine\""), "{err}");
     assert!(stdout(&out).contains("4 warning"), "{}", stdout(&out));
 }
+
+/// Item 21: a program check does not fire for a starting program or a stop the user asked for;
+/// a crash loop fires, with its restart count.
+#[test]
+fn hostile_program_checks_fire_for_crashes_only() {
+    let home = Home::new();
+    home.write_config(
+        "default",
+        "[daemon]\nwatch_config = false\n\
+         [[program]]\nname = \"api\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 0.5; exec sleep 1000\"]\n\
+         [[program]]\nname = \"crash\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"exit 3\"]\nbackoff_initial = \"100ms\"\n\
+         [[check]]\nname = \"api-up\"\nprogram = \"api\"\ninterval = \"1s\"\nseverity = \"critical\"\n\
+         [[check]]\nname = \"crash-up\"\nprogram = \"crash\"\ninterval = \"1s\"\nseverity = \"critical\"\n",
+    );
+    let d = home.start("default");
+    let alerts = || raw_call(&d.socket, r#"{"id":1,"cmd":"alerts"}"#).unwrap();
+    let firing = |v: &Value, id: &str| {
+        v.to_string().contains(&format!("\"id\":\"{id}\"")) && v.to_string().contains("firing")
+    };
+    let v = crate::common::eventually(LONG, || {
+        let v = alerts();
+        firing(&v, "crash-up").then_some(v)
+    })
+    .expect("the crash loop fires");
+    assert!(v.to_string().contains("restart"), "{v}");
+    let out = home.cli("default", &["stop", "api"]);
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = std::fs::read_to_string(
+        std::path::Path::new(
+            raw_call(&d.socket, r#"{"id":1,"cmd":"status"}"#).unwrap()["ok"]["state_dir"]
+                .as_str()
+                .unwrap(),
+        )
+        .join("monitor/alerts.jsonl"),
+    )
+    .unwrap_or_default();
+    assert!(!log.contains("\"api-up\""), "{log}");
+    assert!(!firing(&alerts(), "api-up"));
+}
