@@ -85,6 +85,8 @@ pub struct Session {
 }
 
 const MIN_READ: usize = 512;
+/// How long a new connection may take to send its first complete request.
+const FIRST_LINE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 const MAX_READ: usize = 256 * 1024;
 
 enum Frame {
@@ -171,6 +173,10 @@ impl Session {
         let mut want = MIN_READ;
         let mut wakes = Wakes::default();
         let mut eof = false;
+        // A connection that never completes a first line (a request, or a frame after the
+        // binary hello) within this deadline is closed: it holds a slot and a buffer for nothing.
+        let first_line_by = tokio::time::Instant::now() + FIRST_LINE_DEADLINE;
+        let mut got_first = false;
         'conn: while !eof {
             if buf.capacity() - buf.len() < want / 2 {
                 buf.reserve(want);
@@ -180,6 +186,17 @@ impl Session {
             let read = tokio::select! {
                 _ = self.token.cancelled() => break,
                 _ = outbox.kicked.cancelled() => break,
+                _ = tokio::time::sleep_until(first_line_by), if !got_first => {
+                    let line = refuse(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "no complete request within {} s of connecting; closing the connection",
+                            FIRST_LINE_DEADLINE.as_secs()
+                        ),
+                    );
+                    outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
+                    break;
+                }
                 changed = config.changed(), if config_open => {
                     if changed.is_err() {
                         config_open = false;
@@ -260,6 +277,7 @@ impl Session {
                         Err(FrameError::Io(_)) => break 'conn,
                     }
                 };
+                got_first = true;
                 let line = match frame {
                     Frame::Line(l) | Frame::Bin(BinFrame::Json(l)) => l,
                     Frame::Bin(BinFrame::Pub { topic, data }) => {

@@ -173,7 +173,11 @@ async fn serve(
         line.push(b'\n');
         line
     };
-    if count > cfg.max_connections {
+    // Beyond max_connections, a few reserved connections for the daemon's own user and root
+    // (as databases keep for the superuser): a flood by others never locks the owner out.
+    let reserved =
+        count <= cfg.max_connections.saturating_add(RESERVED_FOR_OWNER) && is_owner(&peer);
+    if count > cfg.max_connections && !reserved {
         let line = refuse(
             ErrorCode::Busy,
             format!(
@@ -201,6 +205,25 @@ async fn serve(
         return;
     }
     session.serve(conn, id, peer).await;
+}
+
+/// Connections beyond `max_connections` kept for the daemon's own user and root.
+const RESERVED_FOR_OWNER: usize = 8;
+
+/// Whether the peer is the daemon's own user or root (Unix); a named pipe's owner (Windows).
+fn is_owner(peer: &Peer) -> bool {
+    let Some(uid) = peer.uid else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        uid == 0 || uid == nix::unistd::geteuid().as_raw()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = uid;
+        false
+    }
 }
 
 fn peer_allowed(peer: &Peer, cfg: &ControlConfig) -> bool {

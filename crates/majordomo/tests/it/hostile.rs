@@ -906,3 +906,26 @@ fn hostile_program_checks_fire_for_crashes_only() {
     assert!(!log.contains("\"api-up\""), "{log}");
     assert!(!firing(&alerts(), "api-up"));
 }
+
+/// Item 13: with `max_connections` connections open, the daemon's own user still gets answers
+/// (reserved connections beyond the limit, as databases keep for the superuser).
+#[test]
+fn hostile_owner_is_answered_at_max_connections() {
+    let home = Home::new();
+    home.write_config(
+        "default",
+        "[daemon]\nwatch_config = false\n[control]\nmax_connections = 3\n",
+    );
+    let d = home.start("default");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut l = Line::connect(&d);
+        assert_eq!(l.call(r#"{"id":1,"cmd":"ping"}"#)["ok"], "pong");
+        held.push(l);
+    }
+    let out = home.cli("default", &["status"]);
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+    let out = home.cli("default", &["bus", "ls"]);
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+    serving(&d);
+}
