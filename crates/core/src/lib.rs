@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod commands;
 pub mod exit;
 pub mod hub;
+pub mod jsonl;
 pub mod layout;
 pub mod lifecycle;
 pub mod load;

@@ -7,8 +7,6 @@
 //! at once instead of waiting.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -44,12 +42,14 @@ impl Record {
         let old = r.path.with_extension("1.jsonl");
         for p in [&old, &r.path.clone()] {
             if let Ok(text) = std::fs::read_to_string(p) {
-                for line in text.lines() {
-                    if let Ok(d) = serde_json::from_str::<Delivery>(line) {
-                        r.count(&d);
-                        r.recent.push_front(d);
-                        r.recent.truncate(RECENT);
-                    }
+                let (records, skipped) = majordomo_core::jsonl::parse_lines::<Delivery>(&text);
+                if skipped > 0 {
+                    tracing::warn!(path = %p.display(), skipped, "lines of the delivery record that do not read were skipped");
+                }
+                for d in records {
+                    r.count(&d);
+                    r.recent.push_front(d);
+                    r.recent.truncate(RECENT);
                 }
             }
         }
@@ -72,11 +72,11 @@ impl Record {
             if std::fs::metadata(&self.path).is_ok_and(|m| m.len() > MAX_FILE) {
                 let _ = std::fs::rename(&self.path, self.path.with_extension("1.jsonl"));
             }
-            let res = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+            let res = majordomo_core::jsonl::append_line(&self.path, line.as_bytes()).map(|torn| {
+                if torn {
+                    tracing::warn!(path = %self.path.display(), "its last line was torn (a crash or a full disk); ended it so the new record stays whole");
+                }
+            });
             if let Err(e) = res {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot append to the delivery record");
             }

@@ -929,3 +929,46 @@ fn hostile_owner_is_answered_at_max_connections() {
     assert!(out.status.success(), "{}", crate::common::stderr(&out));
     serving(&d);
 }
+
+/// Item 20: a JSON-lines store with a torn last line (a crash, a full disk) does not swallow
+/// the next record: the new record is whole, the fragment is skipped on its own line.
+#[test]
+fn hostile_torn_jsonl_tail_does_not_swallow_the_next_record() {
+    let home = Home::new();
+    home.write_config(
+        "default",
+        "[daemon]\nwatch_config = false\n\
+         [[check]]\nname = \"down\"\ncommand = [\"test\", \"-e\", \"/nonexistent/flag\"]\ninterval = \"1s\"\nseverity = \"critical\"\n\
+         [[notifier]]\nname = \"l\"\ntype = \"log\"\n",
+    );
+    let find = |home: &Home| {
+        let mut files = Vec::new();
+        all_outputs(home.path(), &mut files);
+        files.into_iter().find(|(p, _)| p.ends_with("notify.jsonl"))
+    };
+    let mut d = home.start("default");
+    let (path, _) = crate::common::eventually(LONG, || find(&home)).expect("a delivery record");
+    let out = home.cli("default", &["shutdown"]);
+    assert!(out.status.success());
+    d.wait_exit(LONG);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(b"{\"notifier\":\"l\",\"al").unwrap();
+    drop(f);
+    let _d = home.start("default");
+    let text = crate::common::eventually(LONG, || {
+        let t = std::fs::read_to_string(&path).ok()?;
+        let whole = t
+            .lines()
+            .filter(|l| serde_json::from_str::<Value>(l).is_ok())
+            .count();
+        (whole >= 2).then_some(t)
+    })
+    .expect("a second delivery recorded whole after the torn line");
+    assert!(
+        text.lines().any(|l| l == "{\"notifier\":\"l\",\"al"),
+        "{text}"
+    );
+}
