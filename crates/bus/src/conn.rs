@@ -153,6 +153,7 @@ impl ConnBus {
                 ),
             ));
         }
+        strict(data)?;
         Ok(data)
     }
 
@@ -223,6 +224,7 @@ impl ConnBus {
             if serde_json::from_slice::<&RawValue>(data).is_err() {
                 return Err(err(ErrorCode::BadJson, "published data is not JSON text"));
             }
+            strict(data)?;
             self.may_publish(topic)?;
             self.router
                 .publish_cached(&mut self.last_topic, topic, data, &limits, wakes);
@@ -525,6 +527,19 @@ impl ConnBus {
         limits: &Limits,
         wakes: &mut Wakes,
     ) -> BusResult {
+        let cfg = self.cfg.clone();
+        if !self
+            .router
+            .allowed_event(&cfg, self.endpoint.as_deref(), target, event)
+        {
+            return Err(err(
+                ErrorCode::Forbidden,
+                format!(
+                    "{} may not send event {event:?} to {target:?}; events need publish permission on \"$event.<target>.<event>\" ([bus] publish, [bus.endpoints])",
+                    self.who()
+                ),
+            ));
+        }
         let mut inner = self.router.lock();
         let found = inner
             .endpoints
@@ -547,7 +562,7 @@ impl ConnBus {
                 Some(ms) if ms > 0 => {
                     let max = self.cfg.clone().max_wait.get();
                     let wait = Duration::from_millis(ms).min(max);
-                    let token = self.router.next_token.fetch_add(1, Ordering::Relaxed);
+                    let token = self.router.new_token(&inner);
                     let data = RawValue::from_string(String::from_utf8_lossy(data).into_owned())
                         .map_err(|e| err(ErrorCode::BadJson, format!("data: {e}")))?;
                     inner.pending.insert(
@@ -596,8 +611,8 @@ impl ConnBus {
             .counters
             .requests
             .fetch_add(1, Ordering::Relaxed);
-        let token = self.router.next_token.fetch_add(1, Ordering::Relaxed);
-        let targets = {
+        let mut chosen: Vec<Arc<Sub>> = Vec::new();
+        let token = {
             let mut inner = self.router.lock();
             let targets = inner.subs.lookup(topic);
             if targets.is_empty() {
@@ -611,23 +626,35 @@ impl ConnBus {
                     format!("no subscriber on {topic:?} to answer the request"),
                 ));
             }
+            self.router.choose(&targets, |s| chosen.push(s.clone()));
+            let token = self.router.new_token(&inner);
             inner.pending.insert(
                 token,
                 Pending::Request {
                     conn: self.outbox.conn,
                     id: id.to_owned(),
+                    responders: chosen.iter().map(|s| s.conn).collect(),
                 },
             );
-            targets
+            token
         };
         let timeout = line
             .timeout_ms
             .map(Duration::from_millis)
             .unwrap_or_else(|| self.cfg.clone().request_timeout.get());
         self.add_deadline(tokio::time::Instant::now() + timeout, token);
-        let reply_to = format!("{INBOX}{token}");
+        let reply_to = format!("{INBOX}{token:016x}");
+        for s in &chosen {
+            if s.outbox
+                .push_msg(limits, s.sid, topic, Some(&reply_to), data)
+            {
+                wakes.add(&s.outbox);
+            }
+        }
         self.router
-            .deliver(&targets, topic, Some(&reply_to), data, limits, wakes);
+            .counters
+            .delivered
+            .fetch_add(chosen.len() as u64, Ordering::Relaxed);
         self.deferred = true;
         Ok(None)
     }
@@ -652,23 +679,29 @@ impl ConnBus {
         limits: &Limits,
         wakes: &mut Wakes,
     ) -> BusResult {
-        let token: u64 = token.parse().map_err(|_| {
+        let not_waiting = || {
             err(
-                ErrorCode::BadRequest,
-                format!("{INBOX}{token} is not a reply subject"),
+                ErrorCode::NotFound,
+                "no request is waiting on this reply subject (answered already, timed out, or its requester left)",
             )
-        })?;
+        };
+        if token.len() != 16 {
+            return Err(not_waiting());
+        }
+        let token = u64::from_str_radix(token, 16).map_err(|_| not_waiting())?;
+        let me = self.outbox.conn;
         let inner = &mut *self.router.lock();
         match inner.pending.get(&token) {
-            Some(Pending::Request { .. }) => {}
-            _ => {
+            Some(Pending::Request { responders, .. }) if responders.contains(&me) => {}
+            Some(Pending::Request { .. }) => {
                 return Err(err(
-                    ErrorCode::NotFound,
-                    "no request is waiting on this reply subject (answered already, timed out, or its requester left)",
+                    ErrorCode::Forbidden,
+                    "this connection did not receive that request, so it may not answer it",
                 ));
             }
+            _ => return Err(not_waiting()),
         }
-        if let Some(Pending::Request { conn, id }) = inner.pending.remove(&token)
+        if let Some(Pending::Request { conn, id, .. }) = inner.pending.remove(&token)
             && let Some(c) = inner.conns.get(&conn)
         {
             let line = reply_line(Some(&id), Ok(data));
@@ -697,12 +730,12 @@ impl ConnBus {
             "SendEvent" => match serde_json::from_str::<CompatSendEvent>(payload) {
                 Ok(p) => {
                     let data = p.payload.map(|d| d.get().as_bytes()).unwrap_or(b"null");
-                    let from = self
-                        .endpoint
-                        .clone()
-                        .or_else(|| p.source.as_deref().map(String::from));
+                    // The sender is the connection's endpoint, whatever SourceMachineId says.
+                    let from = self.endpoint.clone();
                     let max = self.cfg.clone().max_message();
-                    if data.len() > max {
+                    if let Err(e) = strict(data) {
+                        Err(e)
+                    } else if data.len() > max {
                         Err(err(
                             ErrorCode::TooLarge,
                             format!(
@@ -741,6 +774,18 @@ impl ConnBus {
             self.outbox.push_line(limits, &line, wakes, &self.outbox);
         }
     }
+}
+
+/// Refuses `data` that strict JSON parsers reject, so no subscriber ever receives it.
+fn strict(data: &[u8]) -> Result<(), ErrorBody> {
+    wire::check_strict_json(data).map_err(|e| {
+        err(
+            ErrorCode::BadRequest,
+            format!(
+                "data refused: it holds {e}, which strict JSON parsers reject; send standard JSON"
+            ),
+        )
+    })
 }
 
 fn encode_event(

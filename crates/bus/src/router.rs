@@ -7,6 +7,7 @@
 //! only ever fills its own queue, and a publisher never waits for anyone.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -21,7 +22,7 @@ use crate::config::{BusConfig, covers};
 use crate::outbox::{Limits, OutboxRef, Wakes};
 use crate::wire;
 
-/// Prefix of reply subjects: `_INBOX.<token>`.
+/// Prefix of reply subjects: `_INBOX.<token>`, the token 16 hex digits that cannot be guessed.
 pub(crate) const INBOX: &str = "_INBOX.";
 
 pub(crate) struct Sub {
@@ -104,8 +105,13 @@ pub(crate) struct ConnInfo {
 }
 
 pub(crate) enum Pending {
-    /// A request waiting for its reply.
-    Request { conn: u64, id: Box<RawValue> },
+    /// A request waiting for its reply, and the connections it was delivered to: only they
+    /// may answer it.
+    Request {
+        conn: u64,
+        id: Box<RawValue>,
+        responders: Box<[u64]>,
+    },
     /// An event waiting for its target to register.
     Send {
         conn: u64,
@@ -147,6 +153,9 @@ pub struct Router {
     /// Bumped on every config change, so connections re-read it only then.
     pub(crate) generation: AtomicU64,
     pub(crate) next_token: AtomicU64,
+    /// The secret key that turns the token counter into unguessable tokens (SipHash, keyed
+    /// from the OS's randomness when the router is made).
+    token_key: RandomState,
     /// Connection ids, unique across every carrier sharing this router.
     next_conn: AtomicU64,
     pub counters: Counters,
@@ -170,6 +179,7 @@ impl Router {
             limits: Mutex::new((cfg.limits(), Arc::new(cfg.clone()))),
             generation: AtomicU64::new(1),
             next_token: AtomicU64::new(1),
+            token_key: RandomState::new(),
             next_conn: AtomicU64::new(1),
             counters: Counters::default(),
         }
@@ -199,6 +209,18 @@ impl Router {
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock would be a bug; the data stays usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A token for a new pending request or parked event, unique among those waiting: a keyed
+    /// hash of a counter, so 64 bits that no client can predict from the tokens it has seen.
+    pub(crate) fn new_token(&self, inner: &Inner) -> u64 {
+        loop {
+            let n = self.next_token.fetch_add(1, Ordering::Relaxed);
+            let t = self.token_key.hash_one(n);
+            if !inner.pending.contains_key(&t) {
+                return t;
+            }
+        }
     }
 
     /// A new connection id, unique among the carriers sharing this router.
@@ -276,6 +298,27 @@ impl Router {
         }
     }
 
+    /// Whether a connection may send event `event` to endpoint `target`: events obey the same
+    /// publish lists as topics, as the subject `$event.<target>.<event>`.
+    pub(crate) fn allowed_event(
+        &self,
+        cfg: &BusConfig,
+        endpoint: Option<&str>,
+        target: &str,
+        event: &str,
+    ) -> bool {
+        let list = endpoint
+            .and_then(|e| cfg.endpoints.get(e))
+            .and_then(|a| a.publish.as_ref())
+            .unwrap_or(&cfg.publish);
+        list.iter().any(|p| {
+            let subject = std::iter::once("$event")
+                .chain(target.split('.'))
+                .chain(event.split('.'));
+            matches_tokens(p, subject)
+        })
+    }
+
     /// Publishes `data` (JSON text) on `topic`; returns how many subscribers got it.
     pub fn publish(
         &self,
@@ -331,15 +374,25 @@ impl Router {
         wakes: &mut Wakes,
     ) -> usize {
         let mut n = 0;
+        self.choose(targets, |s| {
+            if s.outbox.push_msg(limits, s.sid, topic, reply_to, data) {
+                wakes.add(&s.outbox);
+            }
+            n += 1;
+        });
+        self.counters
+            .delivered
+            .fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Calls `f` for each subscription a message goes to: every one outside a queue group, one
+    /// member of each group.
+    pub(crate) fn choose<'a>(&self, targets: &'a [Arc<Sub>], mut f: impl FnMut(&'a Arc<Sub>)) {
         let mut groups: Vec<(&str, Vec<&Arc<Sub>>)> = Vec::new();
         for s in targets {
             match &s.queue {
-                None => {
-                    if s.outbox.push_msg(limits, s.sid, topic, reply_to, data) {
-                        wakes.add(&s.outbox);
-                    }
-                    n += 1;
-                }
+                None => f(s),
                 Some(q) => match groups.iter_mut().find(|(name, _)| *name == &**q) {
                     Some((_, members)) => members.push(s),
                     None => groups.push((q, vec![s])),
@@ -348,16 +401,8 @@ impl Router {
         }
         for (_, members) in groups {
             let pick = self.next_token.fetch_add(1, Ordering::Relaxed) as usize % members.len();
-            let s = members[pick];
-            if s.outbox.push_msg(limits, s.sid, topic, reply_to, data) {
-                wakes.add(&s.outbox);
-            }
-            n += 1;
+            f(members[pick]);
         }
-        self.counters
-            .delivered
-            .fetch_add(n as u64, Ordering::Relaxed);
-        n
     }
 
     /// A deadline passed: fails the request or parked event `token` if it is still waiting.
@@ -368,7 +413,7 @@ impl Router {
             return;
         };
         let (conn, id, body) = match p {
-            Pending::Request { conn, id } => {
+            Pending::Request { conn, id, .. } => {
                 self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
                 (
                     conn,
@@ -499,4 +544,18 @@ pub(crate) fn reply_line(id: Option<&RawValue>, body: Result<&[u8], ErrorBody>) 
     }
     out.push(b'}');
     out
+}
+
+/// [`wire::matches`] over a subject already split into tokens.
+fn matches_tokens<'a>(pattern: &str, mut t: impl Iterator<Item = &'a str>) -> bool {
+    let mut p = pattern.split('.');
+    loop {
+        match (p.next(), t.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use majordomo_core::{Commands, DaemonHandle, Secret};
 use majordomo_proto::bus::{BINARY_FRAMING, BinError, BinFrame, BusLine, decode_bin};
+use majordomo_proto::pipeline::QueueStats;
 use majordomo_proto::{
     Command, CompatCommand, DEFAULT_MAX_LINE, ErrorBody, ErrorCode, FrameError, Hello, Incoming,
     LineCodec, PROTOCOL_VERSION, Reply, Status, parse_line,
@@ -84,6 +85,8 @@ pub struct Session {
 }
 
 const MIN_READ: usize = 512;
+/// How long a new connection may take to send its first complete request.
+const FIRST_LINE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 const MAX_READ: usize = 256 * 1024;
 
 enum Frame {
@@ -153,7 +156,12 @@ impl Session {
             );
         }
         router.add_conn(outbox.clone(), peer.pid, peer.uid);
-        let cfg = self.config.borrow().clone();
+        let mut config = self.config.clone();
+        let cfg = config.borrow_and_update().clone();
+        // The token this connection was admitted under: a reload that changes it closes the
+        // connection if it was admitted, so the old token stops working at once.
+        let mut token_in_force = cfg.token.clone();
+        let mut config_open = true;
         let mut state = ConnState {
             authed: cfg.token.is_none(),
             binary: false,
@@ -165,6 +173,10 @@ impl Session {
         let mut want = MIN_READ;
         let mut wakes = Wakes::default();
         let mut eof = false;
+        // A connection that never completes a first line (a request, or a frame after the
+        // binary hello) within this deadline is closed: it holds a slot and a buffer for nothing.
+        let first_line_by = tokio::time::Instant::now() + FIRST_LINE_DEADLINE;
+        let mut got_first = false;
         'conn: while !eof {
             if buf.capacity() - buf.len() < want / 2 {
                 buf.reserve(want);
@@ -174,6 +186,37 @@ impl Session {
             let read = tokio::select! {
                 _ = self.token.cancelled() => break,
                 _ = outbox.kicked.cancelled() => break,
+                _ = tokio::time::sleep_until(first_line_by), if !got_first => {
+                    let line = refuse(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "no complete request within {} s of connecting; closing the connection",
+                            FIRST_LINE_DEADLINE.as_secs()
+                        ),
+                    );
+                    outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
+                    break;
+                }
+                changed = config.changed(), if config_open => {
+                    if changed.is_err() {
+                        config_open = false;
+                        continue;
+                    }
+                    let token = config.borrow_and_update().token.clone();
+                    if token != token_in_force {
+                        token_in_force = token;
+                        if token_in_force.is_none() {
+                            state.authed = true;
+                        } else if state.authed {
+                            outbox.kick(
+                                "token_changed",
+                                "[control] token changed; reconnect with the new token",
+                            );
+                            break;
+                        }
+                    }
+                    continue;
+                }
                 _ = sleep_until_opt(deadline) => {
                     state.bus.expire_due(&mut wakes);
                     wakes.flush();
@@ -234,6 +277,7 @@ impl Session {
                         Err(FrameError::Io(_)) => break 'conn,
                     }
                 };
+                got_first = true;
                 let line = match frame {
                     Frame::Line(l) | Frame::Bin(BinFrame::Json(l)) => l,
                     Frame::Bin(BinFrame::Pub { topic, data }) => {
@@ -285,7 +329,12 @@ impl Session {
                 // A control line: answer it in order, after what is queued before it.
                 let incoming = parse_line(&line);
                 let wants_binary = matches!(&incoming, Incoming::Request { cmd: Command::Hello { framing: Some(f), .. }, .. } if f == BINARY_FRAMING);
+                let was_authed = state.authed;
                 let outcome = Box::pin(self.handle(incoming, &mut state.authed)).await;
+                if state.authed && !was_authed {
+                    // Admitted under the token in force now.
+                    token_in_force = config.borrow().token.clone();
+                }
                 outbox.push_line(&state.bus.limits, &outcome.reply, &mut wakes, &outbox);
                 if wants_binary && state.authed && outcome.ok {
                     outbox.set_binary();
@@ -384,18 +433,63 @@ impl Session {
                         ErrorBody::new(ErrorCode::Internal, format!("unexpected status: {e}"))
                     })
                 });
-                match status {
-                    Ok(s) => Outcome::flat(json!({
-                        "status": "Running",
-                        "instance_id": s.instance,
-                        "pid": s.pid,
-                        "version": s.version,
-                        "uptime_s": s.uptime_s,
-                        "config_generation": s.config_generation,
-                        "subsystems": s.subsystems,
-                    })),
-                    Err(e) => failed(e),
-                }
+                let status = match status {
+                    Ok(s) => s,
+                    Err(e) => return failed(e),
+                };
+                // What a seed-001 GUI shows per pipeline; absent when no pipeline runs.
+                let stats = self
+                    .dispatch("queue.stats")
+                    .await
+                    .ok()
+                    .and_then(|v| serde_json::from_value::<QueueStats>(v).ok());
+                let pipeline_state = status
+                    .subsystems
+                    .get("pipeline")
+                    .map(|s| s.state.clone())
+                    .unwrap_or_else(|| "stopped".into());
+                let pipelines: Vec<Value> = stats
+                    .iter()
+                    .flat_map(|s| &s.pipelines)
+                    .map(|p| {
+                        let state = match &p.paused {
+                            Some(_) => "paused",
+                            None => pipeline_state.as_str(),
+                        };
+                        json!({
+                            "name": p.pipeline,
+                            "state": state,
+                            "paused": p.paused,
+                            "pending": p.counts.pending(),
+                            "dead_letters": p.counts.dead,
+                            "uploads_reach_server": p.uploads_reach_server,
+                        })
+                    })
+                    .collect();
+                let queue_size: u64 = stats
+                    .iter()
+                    .flat_map(|s| &s.pipelines)
+                    .map(|p| p.counts.pending())
+                    .sum();
+                // Whether every pipeline that tried an upload reached its server (null before any).
+                let tried: Vec<bool> = stats
+                    .iter()
+                    .flat_map(|s| &s.pipelines)
+                    .filter_map(|p| p.uploads_reach_server)
+                    .collect();
+                let server_reachable = (!tried.is_empty()).then(|| tried.iter().all(|&b| b));
+                Outcome::flat(json!({
+                    "status": "Running",
+                    "instance_id": status.instance,
+                    "pid": status.pid,
+                    "version": status.version,
+                    "uptime_s": status.uptime_s,
+                    "config_generation": status.config_generation,
+                    "subsystems": status.subsystems,
+                    "pipelines": pipelines,
+                    "queue_size": queue_size,
+                    "server_reachable": server_reachable,
+                }))
             }
             CompatCommand::GetConfig => match self.dispatch("config").await {
                 Ok(v) => Outcome::flat(v),

@@ -73,6 +73,12 @@ impl Subsystem for Control {
             };
             let mut listener = transport::bind(&opts).await.map_err(|e| e.to_string())?;
             tracing::info!(socket = %opts.path.display(), "listening");
+            // Recorded beside the pid file: a CLI that cannot read the config still finds us.
+            let record = ctx.layout().socket_record();
+            let recorded = opts.path.as_os_str().as_encoded_bytes().to_vec();
+            if let Err(e) = std::fs::write(&record, &recorded) {
+                tracing::warn!(file = %record.display(), "cannot record the socket path: {e}");
+            }
             // What the sessions read of [control], kept current.
             let (session_tx, session_rx) = watch::channel(Arc::new(session_config(&cfg.control)));
             {
@@ -134,6 +140,10 @@ impl Subsystem for Control {
                         .instrument(span),
                 );
             }
+            // Forget the record unless a newer listener wrote its own meanwhile.
+            if std::fs::read(&record).is_ok_and(|r| r == recorded) {
+                let _ = std::fs::remove_file(&record);
+            }
             Ok(())
         })
     }
@@ -163,7 +173,11 @@ async fn serve(
         line.push(b'\n');
         line
     };
-    if count > cfg.max_connections {
+    // Beyond max_connections, a few reserved connections for the daemon's own user and root
+    // (as databases keep for the superuser): a flood by others never locks the owner out.
+    let reserved =
+        count <= cfg.max_connections.saturating_add(RESERVED_FOR_OWNER) && is_owner(&peer);
+    if count > cfg.max_connections && !reserved {
         let line = refuse(
             ErrorCode::Busy,
             format!(
@@ -191,6 +205,25 @@ async fn serve(
         return;
     }
     session.serve(conn, id, peer).await;
+}
+
+/// Connections beyond `max_connections` kept for the daemon's own user and root.
+const RESERVED_FOR_OWNER: usize = 8;
+
+/// Whether the peer is the daemon's own user or root (Unix); a named pipe's owner (Windows).
+fn is_owner(peer: &Peer) -> bool {
+    let Some(uid) = peer.uid else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        uid == 0 || uid == nix::unistd::geteuid().as_raw()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = uid;
+        false
+    }
 }
 
 fn peer_allowed(peer: &Peer, cfg: &ControlConfig) -> bool {

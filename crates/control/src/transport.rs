@@ -30,6 +30,42 @@ mod imp {
     pub struct Listener {
         inner: tokio::net::UnixListener,
         path: PathBuf,
+        /// (device, inode) of the socket this listener made: only that file is ever removed.
+        id: Option<(u64, u64)>,
+    }
+
+    /// Whether `path` is free for a socket: absent, or a socket (stale: the caller holds the
+    /// instance lock). Anything else (a file, a folder, a symlink) is never replaced.
+    fn free_for_socket(path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::FileTypeExt;
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => Ok(()),
+            Ok(m) => {
+                let what = if m.is_dir() {
+                    "a folder"
+                } else if m.file_type().is_symlink() {
+                    "a symbolic link"
+                } else {
+                    "a file that is not a socket"
+                };
+                Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} is {what}; the daemon only ever replaces a socket. Move it away, or set [paths] socket to another path",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(annotate(e, path, "inspect")),
+        }
+    }
+
+    fn file_id(path: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
     }
 
     /// Binds atomically: at a temporary name, permissions set, then renamed into place, so no
@@ -51,7 +87,9 @@ mod imp {
             std::fs::create_dir_all(dir)
                 .map_err(|e| annotate(e, dir, "create the socket folder"))?;
         }
+        free_for_socket(path)?;
         let tmp = tmp_path(path);
+        free_for_socket(&tmp)?;
         let _ = std::fs::remove_file(&tmp);
         let inner = tokio::net::UnixListener::bind(&tmp).map_err(|e| annotate(e, &tmp, "bind"))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(opts.mode))
@@ -70,10 +108,16 @@ mod imp {
             nix::unistd::chown(&tmp, None, Some(gid))
                 .map_err(|e| annotate(io::Error::from(e), &tmp, "change the group of"))?;
         }
+        // Checked again right before the rename, which would replace whatever is there.
+        if let Err(e) = free_for_socket(path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         std::fs::rename(&tmp, path)
             .map_err(|e| annotate(e, path, "move the socket into place at"))?;
         Ok(Listener {
             inner,
+            id: file_id(path),
             path: path.clone(),
         })
     }
@@ -100,7 +144,10 @@ mod imp {
 
     impl Drop for Listener {
         fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.path);
+            // Only the socket this listener made, never whatever took its place since.
+            if self.id.is_some() && file_id(&self.path) == self.id {
+                let _ = std::fs::remove_file(&self.path);
+            }
         }
     }
 }

@@ -91,6 +91,33 @@ pub struct Layout {
     pub pid_file: PathBuf,
 }
 
+/// Whether a file can be created in `dir` (creates and removes a probe file).
+fn probe_writable(dir: &Path) -> bool {
+    let probe = dir.join(format!(".majordomo-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(unix)]
+fn is_socket(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    m.file_type().is_socket()
+}
+
+#[cfg(not(unix))]
+fn is_socket(_m: &std::fs::Metadata) -> bool {
+    true
+}
+
 impl fmt::Display for Layout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "  config  {}", self.config_file.display())?;
@@ -115,6 +142,58 @@ impl Layout {
             lock_file: p.run_dir.join(format!("{instance}.lock")),
             pid_file: p.run_dir.join(format!("{instance}.pid")),
         })
+    }
+
+    /// What can be checked before a reload moves to this layout from `prev`: the state and log
+    /// folders exist as folders or can be created, and a new socket path's folder is writable
+    /// and holds no other file at that name. Creates the folders (they are needed anyway);
+    /// touches nothing else. Each problem names the path and what to do.
+    pub fn preflight(&self, prev: &Layout) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (what, dir, old) in [
+            ("[paths] state_dir", &self.state_dir, &prev.state_dir),
+            ("[paths] log_dir", &self.log_dir, &prev.log_dir),
+        ] {
+            if dir == old {
+                continue;
+            }
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                problems.push(format!(
+                    "{what}: cannot create the folder {}: {e}; choose a writable place",
+                    dir.display()
+                ));
+            } else if !probe_writable(dir) {
+                problems.push(format!(
+                    "{what}: the folder {} is not writable by the daemon",
+                    dir.display()
+                ));
+            }
+        }
+        if self.socket != prev.socket && cfg!(unix) {
+            match std::fs::symlink_metadata(&self.socket) {
+                Ok(m) if !is_socket(&m) => problems.push(format!(
+                    "[paths] socket: {} exists and is not a socket; the daemon never replaces it",
+                    self.socket.display()
+                )),
+                _ => {}
+            }
+            if let Some(dir) = self.socket.parent() {
+                let ok = std::fs::create_dir_all(dir).is_ok() && probe_writable(dir);
+                if !ok {
+                    problems.push(format!(
+                        "[paths] socket: cannot create a socket in {}; choose a writable folder",
+                        dir.display()
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// The run file beside the pid file where the running daemon records its socket, so a CLI
+    /// that cannot read the config still finds the instance (`<instance>.socket`).
+    pub fn socket_record(&self) -> PathBuf {
+        self.pid_file.with_extension("socket")
     }
 
     /// Applies the `[paths]` overrides of a config.

@@ -10,10 +10,12 @@ pub mod backoff;
 pub mod commands;
 pub mod exit;
 pub mod hub;
+pub mod jsonl;
 pub mod layout;
 pub mod lifecycle;
 pub mod load;
 pub mod lock;
+pub mod procs;
 pub mod units;
 
 pub use commands::Commands;

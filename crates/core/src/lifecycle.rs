@@ -576,6 +576,54 @@ impl<R: 'static> Registry<R> {
     }
 
     /// Waits until no subsystem is `starting` any more, at most `limit`.
+    /// A reload's apply that cannot leave the daemon broken: applies `new`, waits until no
+    /// subsystem is starting, and when one it started or restarted failed, applies `old` again
+    /// (with `old_layout`) and answers why. Start-up does not use it: there is nothing to go
+    /// back to.
+    pub async fn apply_or_roll_back(
+        &mut self,
+        old: &R,
+        new: &R,
+        layouts: (Layout, Layout),
+        grace: Duration,
+        force: bool,
+    ) -> Result<Applied, String> {
+        let (old_layout, new_layout) = layouts;
+        let applied = self.apply(Some(old), new, new_layout, grace, force).await;
+        self.wait_started(grace).await;
+        let failed: Vec<String> = applied
+            .started
+            .iter()
+            .chain(&applied.restarted)
+            .filter(|n| self.shared.board.state(n) == Some("failed"))
+            .map(|n| {
+                let detail = self
+                    .shared
+                    .board
+                    .snapshot()
+                    .get(n.as_str())
+                    .and_then(|s| s.detail.clone())
+                    .unwrap_or_default();
+                format!("{n}: {detail}")
+            })
+            .collect();
+        if failed.is_empty() {
+            return Ok(applied);
+        }
+        let back = self.apply(Some(new), old, old_layout, grace, false).await;
+        self.wait_started(grace).await;
+        let still = self.shared.board.failed();
+        Err(format!(
+            "{} failed to start with the new config ({}); rolled back to the previous config{}",
+            failed.len(),
+            failed.join("; "),
+            match still {
+                Some(f) => format!(", but {f} still fails"),
+                None => format!(" (restarted {})", back.restarted.join(", ")),
+            }
+        ))
+    }
+
     pub async fn wait_started(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {

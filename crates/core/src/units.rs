@@ -156,8 +156,110 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// A URL as it may be shown: the userinfo (`user:password@`) and every query value replaced by
+/// [`Secret::REDACTED`], the rest kept (`https://<redacted>@host/path?apikey=<redacted>`). Text
+/// that is not a URL is returned with the same rules applied as far as they fit.
+pub fn redact_url(url: &str) -> String {
+    let (before_frag, frag) = match url.find('#') {
+        Some(i) => (&url[..i], &url[i..]),
+        None => (url, ""),
+    };
+    let (base, query) = match before_frag.find('?') {
+        Some(i) => (&before_frag[..i], Some(&before_frag[i + 1..])),
+        None => (before_frag, None),
+    };
+    let mut out = String::with_capacity(url.len() + 16);
+    match base.find("://") {
+        Some(i) => {
+            let (scheme, rest) = base.split_at(i + 3);
+            out.push_str(scheme);
+            let host_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(host_end);
+            match authority.rfind('@') {
+                Some(at) => {
+                    out.push_str(Secret::REDACTED);
+                    out.push_str(&authority[at..]);
+                }
+                None => out.push_str(authority),
+            }
+            out.push_str(path);
+        }
+        None => out.push_str(base),
+    }
+    if let Some(q) = query {
+        out.push('?');
+        for (n, pair) in q.split('&').enumerate() {
+            if n > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((k, _)) => {
+                    out.push_str(k);
+                    out.push('=');
+                    out.push_str(Secret::REDACTED);
+                }
+                None => out.push_str(pair),
+            }
+        }
+    }
+    out.push_str(frag);
+    out
+}
+
+/// `serialize_with` for a URL field: written redacted ([`redact_url`]), so `config show` and
+/// every other serialization of a config never prints credentials.
+pub fn serialize_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+/// [`serialize_url`] for an optional URL.
+pub fn serialize_opt_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_some(&redact_url(u)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Replaces every `${VAR}` in `template` with the environment variable VAR.
+pub fn expand_env(template: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err("an unclosed `${`".into());
+        };
+        let var = &after[..end];
+        if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`${{{var}}}` is not a variable name"));
+        }
+        match env(var) {
+            Some(v) => out.push_str(&v),
+            None => return Err(format!("environment variable {var} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        assert_eq!(
+            redact_url("https://user:pw@host.example:8443/a/b?apikey=k1&x=2&flag#frag"),
+            "https://<redacted>@host.example:8443/a/b?apikey=<redacted>&x=<redacted>&flag#frag"
+        );
+        assert_eq!(redact_url("http://h/p"), "http://h/p");
+        assert_eq!(redact_url("http://h/p@x"), "http://h/p@x");
+        assert_eq!(
+            redact_url("not a url?token=s"),
+            "not a url?token=<redacted>"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -144,6 +144,8 @@ pub fn run_code(args: RunArgs) -> u8 {
         }
     };
     let code = runtime.block_on(main_loop(args, loaded, log.clone()));
+    // Nothing a program or converter started outlives the daemon (its cgroups, where it has them).
+    majordomo_core::procs::release();
     // Let the log writer flush before the process ends.
     log.close();
     runtime.shutdown_timeout(Duration::from_millis(200));
@@ -378,27 +380,42 @@ impl Daemon {
             let s = self.core.state();
             (s.config.clone(), s.generation, s.digest)
         };
-        let outcome = match result {
-            Err(problems) => {
-                let errors = problems.lines();
-                tracing::error!(%trigger, problems = errors.len(), "new config refused; the running config stays in force");
-                for e in &errors {
-                    tracing::error!("  {e}");
-                }
-                self.core.hub.emit(Event::ConfigRejected {
-                    trigger: trigger.to_string(),
-                    errors: errors.clone(),
-                });
-                Err(ReloadOutcome {
-                    ok: false,
-                    trigger: trigger.to_string(),
-                    at: now_rfc3339(),
-                    generation,
-                    restarted: vec![],
-                    updated: vec![],
-                    errors,
-                })
+        let refuse = |errors: Vec<String>| {
+            tracing::error!(%trigger, problems = errors.len(), "new config refused; the running config stays in force");
+            for e in &errors {
+                tracing::error!("  {e}");
             }
+            self.core.hub.emit(Event::ConfigRejected {
+                trigger: trigger.to_string(),
+                errors: errors.clone(),
+            });
+            Err(ReloadOutcome {
+                ok: false,
+                trigger: trigger.to_string(),
+                at: now_rfc3339(),
+                generation,
+                restarted: vec![],
+                updated: vec![],
+                errors,
+            })
+        };
+        // What can be checked before anything is applied (folders, the socket's place).
+        let old_eff = self.core.layout.clone().with_overrides(&old.paths);
+        let result = result.map_err(|p| p.lines()).and_then(|loaded| {
+            let eff = self
+                .core
+                .layout
+                .clone()
+                .with_overrides(&loaded.config.paths);
+            let problems = eff.preflight(&old_eff);
+            if problems.is_empty() {
+                Ok(loaded)
+            } else {
+                Err(problems)
+            }
+        });
+        let outcome = match result {
+            Err(errors) => refuse(errors),
             Ok(loaded) if loaded.digest == digest && !force => Ok(ReloadOutcome {
                 ok: true,
                 trigger: trigger.to_string(),
@@ -413,19 +430,37 @@ impl Daemon {
                 let generation = generation + 1;
                 // The config in force changes in one step, before the subsystems get their
                 // sections: `config` and `status` never show an older config than a subsystem runs.
-                {
+                let previous = {
                     let mut s = self.core.state();
+                    let previous = (s.source.clone(), s.digest);
                     s.config = new.clone();
                     s.generation = generation;
                     s.source = loaded.source;
                     s.digest = loaded.digest;
-                }
+                    previous
+                };
                 let eff = self.core.layout.clone().with_overrides(&new.paths);
                 let grace = new.daemon.grace_period.get();
-                let applied = self
+                let applied = match self
                     .registry
-                    .apply(Some(&old), &new, eff, grace, force)
-                    .await;
+                    .apply_or_roll_back(&old, &new, (old_eff, eff), grace, force)
+                    .await
+                {
+                    Ok(a) => a,
+                    Err(why) => {
+                        // The previous config is in force again, as if this one never came.
+                        {
+                            let mut s = self.core.state();
+                            s.config = old.clone();
+                            s.generation = generation - 1;
+                            (s.source, s.digest) = previous;
+                        }
+                        let r = refuse(vec![why]);
+                        self.core.state().last_reload = r.clone().err();
+                        self.notifier.ready("running");
+                        return r;
+                    }
+                };
                 let mut restarted = applied.restarted;
                 restarted.extend(applied.started);
                 restarted.extend(applied.stopped);

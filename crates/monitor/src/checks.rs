@@ -22,7 +22,9 @@ pub fn http_client(c: &CheckConfig) -> Option<reqwest::Client> {
 pub async fn run(c: &CheckConfig, st: &State, client: Option<&reqwest::Client>) -> (bool, String) {
     let timeout = c.timeout.get();
     if let Some((prog, args)) = c.command.split_first() {
-        let child = tokio::process::Command::new(prog)
+        let mut cmd = tokio::process::Command::new(prog);
+        majordomo_platform::process::scrub_daemon_env(cmd.as_std_mut());
+        let child = cmd
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -80,19 +82,24 @@ pub async fn run(c: &CheckConfig, st: &State, client: Option<&reqwest::Client>) 
     if let Some(name) = &c.program {
         let seen = st.programs.lock().ok().and_then(|p| p.get(name).cloned());
         return match seen {
-            Some(s) if s.running() => (true, format!("program {name} is {}", s.state.as_str())),
-            Some(s) => (
+            Some(s) if s.failing() => (
                 false,
-                format!("program {name} is not running (state {})", s.state.as_str()),
+                format!(
+                    "program {name} is not running (state {}, {} restart{})",
+                    s.state.as_str(),
+                    s.restarts,
+                    if s.restarts == 1 { "" } else { "s" }
+                ),
             ),
-            None => (
-                false,
-                format!("program {name} is not running (never reported running)"),
-            ),
+            Some(s) => (true, format!("program {name} is {}", s.state.as_str())),
+            // The supervisor has not reported it yet (the daemon is starting).
+            None => (true, format!("program {name} is not reported yet")),
         };
     }
     (true, String::new())
 }
+
+use majordomo_core::units::redact_url;
 
 /// A GET: healthy on 2xx/3xx, or on exactly `expect` when set.
 async fn http(
@@ -108,9 +115,12 @@ async fn http(
                 Some(e) => code == e,
                 None => (200..400).contains(&code),
             };
-            (ok, format!("{url} answered HTTP {code}"))
+            (ok, format!("{} answered HTTP {code}", redact_url(url)))
         }
-        Err(e) if e.is_timeout() => (false, format!("{url}: no answer within {timeout:?}")),
-        Err(e) => (false, format!("{url}: {e}")),
+        Err(e) if e.is_timeout() => (
+            false,
+            format!("{}: no answer within {timeout:?}", redact_url(url)),
+        ),
+        Err(e) => (false, format!("{}: {}", redact_url(url), e.without_url())),
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use majordomo_core::{Dur, Problem};
+use majordomo_core::{Dur, Problem, Secret};
 pub use majordomo_proto::monitor::{NotifierKind, Severity};
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +90,7 @@ pub struct CheckConfig {
     /// "host:port" that must accept a TCP connection.
     pub tcp: Option<String>,
     /// A URL that must answer a GET with a 2xx or 3xx status (or `expect_status`).
+    #[serde(serialize_with = "majordomo_core::units::serialize_opt_url")]
     pub http: Option<String>,
     /// With `http`: the exact status that means healthy.
     pub expect_status: Option<u16>,
@@ -208,10 +209,11 @@ pub struct NotifierConfig {
     pub dedup: Dur,
     /// At most this many notifications per hour (0: no limit); the rest are recorded as suppressed.
     pub max_per_hour: u32,
-    /// For webhook: the URL that gets a POST with the alert as JSON.
+    /// For webhook: the URL that gets a POST with the alert as JSON (its userinfo and query values are never printed).
+    #[serde(serialize_with = "majordomo_core::units::serialize_opt_url")]
     pub url: Option<String>,
-    /// For webhook: extra HTTP headers.
-    pub headers: BTreeMap<String, String>,
+    /// For webhook: extra HTTP headers; `${VAR}` is replaced by the environment variable VAR (values are secrets: never printed).
+    pub headers: BTreeMap<String, Secret>,
     /// For webhook and command: how long one attempt may take.
     pub timeout: Dur,
     /// For webhook and command: attempts after the first failed one.
@@ -497,6 +499,16 @@ pub fn validate(
                 "add command = [\"/usr/local/bin/page-me\"]",
             )),
             _ => {}
+        }
+        for (k, v) in &n.headers {
+            if let Err(e) = majordomo_core::units::expand_env(v.expose(), |k| std::env::var(k).ok())
+            {
+                problems.push(Problem::at(
+                    at(&format!("headers.{k}")),
+                    e,
+                    "set the variable in the daemon's environment, or write `${NAME}` with a valid NAME",
+                ));
+            }
         }
         if n.kind != NotifierKind::Webhook && (n.url.is_some() || !n.headers.is_empty()) {
             problems.push(Problem::at(

@@ -28,17 +28,15 @@ pub use notifier::Notify;
 
 /// Appends to a JSON-lines file, keeping it under 1 MB (the previous part is kept as `.1.jsonl`).
 pub(crate) fn append_rotating(path: &std::path::Path, text: &str) {
-    use std::io::Write;
     if std::fs::metadata(path).is_ok_and(|m| m.len() > 1_000_000) {
         let _ = std::fs::rename(path, path.with_extension("1.jsonl"));
     }
-    let res = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()));
-    if let Err(e) = res {
-        tracing::warn!(path = %path.display(), error = %e, "cannot append");
+    match majordomo_core::jsonl::append_line(path, text.trim_end_matches('\n').as_bytes()) {
+        Ok(true) => {
+            tracing::warn!(path = %path.display(), "its last line was torn (a crash or a full disk); ended it so the new record stays whole")
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot append"),
     }
 }
 

@@ -208,7 +208,11 @@ fn listen(ctx: &Ctx<MonitorSection>, st: &Arc<State>, wake: Arc<tokio::sync::Not
         let st = st.clone();
         move |ev: &Event| {
             let Event::ProgramState {
-                name, state, pid, ..
+                name,
+                state,
+                pid,
+                restarts,
+                ..
             } = ev
             else {
                 return;
@@ -224,6 +228,7 @@ fn listen(ctx: &Ctx<MonitorSection>, st: &Arc<State>, wake: Arc<tokio::sync::Not
                         state: *state,
                         pid: *pid,
                         since,
+                        restarts: *restarts,
                     },
                 );
             }
@@ -302,7 +307,14 @@ async fn run_check(
             } else {
                 alerts::Cond::Trip
             },
-            value: None,
+            // A program check carries the restart count: a crash loop that gets worse is a
+            // new notification, not a duplicate.
+            value: check.program.as_ref().and_then(|name| {
+                st.programs
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.get(name).map(|s| s.restarts as f64))
+            }),
             detail,
         };
         let t = st

@@ -7,8 +7,6 @@
 //! at once instead of waiting.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -44,12 +42,14 @@ impl Record {
         let old = r.path.with_extension("1.jsonl");
         for p in [&old, &r.path.clone()] {
             if let Ok(text) = std::fs::read_to_string(p) {
-                for line in text.lines() {
-                    if let Ok(d) = serde_json::from_str::<Delivery>(line) {
-                        r.count(&d);
-                        r.recent.push_front(d);
-                        r.recent.truncate(RECENT);
-                    }
+                let (records, skipped) = majordomo_core::jsonl::parse_lines::<Delivery>(&text);
+                if skipped > 0 {
+                    tracing::warn!(path = %p.display(), skipped, "lines of the delivery record that do not read were skipped");
+                }
+                for d in records {
+                    r.count(&d);
+                    r.recent.push_front(d);
+                    r.recent.truncate(RECENT);
                 }
             }
         }
@@ -72,11 +72,11 @@ impl Record {
             if std::fs::metadata(&self.path).is_ok_and(|m| m.len() > MAX_FILE) {
                 let _ = std::fs::rename(&self.path, self.path.with_extension("1.jsonl"));
             }
-            let res = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+            let res = majordomo_core::jsonl::append_line(&self.path, line.as_bytes()).map(|torn| {
+                if torn {
+                    tracing::warn!(path = %self.path.display(), "its last line was torn (a crash or a full disk); ended it so the new record stays whole");
+                }
+            });
             if let Err(e) = res {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot append to the delivery record");
             }
@@ -137,7 +137,7 @@ pub fn routes(n: &NotifierConfig, a: &Alert) -> bool {
 /// Per-notifier memory for de-duplication and rate limiting.
 #[derive(Default)]
 pub struct Gate {
-    sent: HashMap<(String, AlertState), Instant>,
+    sent: HashMap<(String, AlertState, Option<u64>), Instant>,
     window: VecDeque<Instant>,
 }
 
@@ -156,7 +156,13 @@ impl Gate {
         {
             return Some(format!("quiet hours {}-{}", q.from, q.to));
         }
-        let key = (a.id.clone(), a.state);
+        // A program alert with more restarts than the last one sent is news (a crash loop
+        // getting worse), not a duplicate.
+        let worse = (a.source == "program")
+            .then_some(a.value)
+            .flatten()
+            .map(f64::to_bits);
+        let key = (a.id.clone(), a.state, worse);
         if let Some(t) = self.sent.get(&key)
             && now.duration_since(*t) < n.dedup.get()
         {
@@ -306,20 +312,29 @@ impl Deliverer {
                     .header("content-type", "application/json")
                     .body(body);
                 for (k, v) in &n.headers {
-                    req = req.header(k.as_str(), v.as_str());
+                    // `${VAR}` from the daemon's environment; checked when the config loaded.
+                    let v =
+                        majordomo_core::units::expand_env(v.expose(), |k| std::env::var(k).ok())
+                            .map_err(|e| format!("header {k}: {e}"))?;
+                    req = req.header(k.as_str(), v);
                 }
+                // Messages go to the log, notify.jsonl and $sys.notify.failed: never the
+                // URL's credentials or query values.
+                let shown = majordomo_core::units::redact_url(url);
                 match req.send().await {
                     Ok(resp) if resp.status().is_success() => Ok(()),
-                    Ok(resp) => Err(format!("{url} answered HTTP {}", resp.status())),
+                    Ok(resp) => Err(format!("{shown} answered HTTP {}", resp.status())),
                     Err(e) if e.is_timeout() => {
-                        Err(format!("{url} did not answer within {}", n.timeout))
+                        Err(format!("{shown} did not answer within {}", n.timeout))
                     }
-                    Err(e) => Err(error_chain(&e)),
+                    Err(e) => Err(format!("{shown}: {}", error_chain(&e.without_url()))),
                 }
             }
             NotifierKind::Command => {
                 let (prog, args) = n.command.split_first().ok_or("no command")?;
-                let mut child = tokio::process::Command::new(prog)
+                let mut cmd = tokio::process::Command::new(prog);
+                majordomo_platform::process::scrub_daemon_env(cmd.as_std_mut());
+                let mut child = cmd
                     .args(args)
                     .stdin(std::process::Stdio::piped())
                     .stdout(std::process::Stdio::null())
@@ -541,6 +556,28 @@ mod tests {
         );
         // After the window, the same alert may be sent again.
         assert_eq!(g.check(&n, &a, t0 + Duration::from_secs(3700), w), None);
+    }
+
+    #[test]
+    fn a_crash_loop_that_gets_worse_is_not_a_duplicate() {
+        let n = NotifierConfig {
+            name: "n".into(),
+            dedup: majordomo_core::Dur::secs(600),
+            max_per_hour: 0,
+            ..NotifierConfig::default()
+        };
+        let mut g = Gate::default();
+        let t0 = Instant::now();
+        let w = ts("2025-01-15T12:00:00Z");
+        let mut a = alert(Severity::Critical, AlertState::Firing);
+        a.source = "program".into();
+        a.value = Some(1.0);
+        assert_eq!(g.check(&n, &a, t0, w), None);
+        assert!(g.check(&n, &a, t0 + Duration::from_secs(5), w).is_some());
+        a.value = Some(2.0);
+        assert_eq!(g.check(&n, &a, t0 + Duration::from_secs(10), w), None);
+        a.value = Some(3.0);
+        assert_eq!(g.check(&n, &a, t0 + Duration::from_secs(20), w), None);
     }
 
     #[test]

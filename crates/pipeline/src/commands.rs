@@ -217,6 +217,11 @@ fn stats_of(pipe: &Pipe) -> PipelineStats {
         counts,
         oldest_pending_age_s: oldest.map(|o| item::age(o, SystemTime::now()).as_secs()),
         paused: pipe.paused.lock().ok().and_then(|p| p.clone()),
+        uploads_reach_server: match m.last_upload.load(Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        },
         since_start: SinceStart {
             claimed: get(&m.claimed),
             converted: get(&m.converted),

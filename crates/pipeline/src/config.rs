@@ -151,7 +151,8 @@ pub enum PostAction {
 pub struct UploaderConfig {
     /// Unique name, referenced by a pipeline's `upload`.
     pub name: String,
-    /// `http://` or `https://` URL each item is sent to, as the request body.
+    /// `http://` or `https://` URL each item is sent to, as the request body (its userinfo and query values are never printed).
+    #[serde(serialize_with = "majordomo_core::units::serialize_url")]
     pub url: String,
     /// `POST`, `PUT` or `PATCH`.
     pub method: String,
@@ -176,29 +177,7 @@ impl Default for UploaderConfig {
     }
 }
 
-/// Replaces every `${VAR}` in `template` with the environment variable VAR.
-pub fn expand_env(template: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            return Err("an unclosed `${`".into());
-        };
-        let var = &after[..end];
-        if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("`${{{var}}}` is not a variable name"));
-        }
-        match env(var) {
-            Some(v) => out.push_str(&v),
-            None => return Err(format!("environment variable {var} is not set")),
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
+pub use majordomo_core::units::expand_env;
 
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
@@ -234,12 +213,18 @@ pub fn validate(pipes: &[PipelineConfig], ups: &[UploaderConfig], problems: &mut
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
             Ok(_) => problems.push(Problem::at(
                 at("url"),
-                format!("{:?} is not an http(s) URL", u.url),
+                format!(
+                    "{:?} is not an http(s) URL",
+                    majordomo_core::units::redact_url(&u.url)
+                ),
                 "write it like \"https://server.example/api/reports\"",
             )),
             Err(e) => problems.push(Problem::at(
                 at("url"),
-                format!("{:?} is not a URL: {e}", u.url),
+                format!(
+                    "{:?} is not a URL: {e}",
+                    majordomo_core::units::redact_url(&u.url)
+                ),
                 "write it like \"https://server.example/api/reports\"",
             )),
         }

@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use majordomo_core::hub::Event;
+use majordomo_core::procs::{Procs, Spawned};
 use majordomo_platform::fsops;
+use majordomo_platform::process::SpawnOpts;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -117,6 +119,15 @@ fn to_error_dir(pipe: &Pipe, input: &ItemName, reason: &str) -> std::io::Result<
     Ok(to)
 }
 
+/// How long a converter's stderr may stay open after it exited.
+const STDERR_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The process registry of every converter of this daemon (its own guard process).
+fn procs() -> &'static Arc<Procs> {
+    static PROCS: std::sync::OnceLock<Arc<Procs>> = std::sync::OnceLock::new();
+    PROCS.get_or_init(Procs::new)
+}
+
 async fn run_converter(
     pipe: &Pipe,
     c: &CommandConverter,
@@ -130,19 +141,22 @@ async fn run_converter(
         a.replace("{input}", &inp.to_string_lossy())
             .replace("{output}", &out.to_string_lossy())
     };
-    let mut cmd = tokio::process::Command::new(&c.command);
+    let mut cmd = std::process::Command::new(&c.command);
+    majordomo_platform::process::scrub_daemon_env(&mut cmd);
     cmd.args(c.args.iter().map(|a| subst(a)))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    fsops::own_process_group(&mut cmd);
-    let mut child = cmd
-        .spawn()
+        .stderr(std::process::Stdio::piped());
+    // Owned like a program: own session and group, parent-death signal, the guard, its own
+    // cgroup where possible; killed as a whole tree on timeout and when it exits.
+    let procs = procs();
+    procs.sweep();
+    let Spawned { mut child, group } = procs
+        .spawn(cmd, &SpawnOpts::default())
         .map_err(|e| format!("cannot start converter {:?}: {e}", c.command))?;
-    let pid = child.id();
+    let tree = group.id();
     let mut stderr = child.stderr.take();
-    let err_text = tokio::spawn(async move {
+    let mut err_text = tokio::spawn(async move {
         use tokio::io::AsyncReadExt;
         let mut buf = Vec::new();
         if let Some(s) = stderr.as_mut() {
@@ -152,12 +166,15 @@ async fn run_converter(
     });
     let status = match tokio::time::timeout(c.timeout.get(), child.wait()).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("converter {:?}: {e}", c.command)),
+        Ok(Err(e)) => {
+            procs.kill_tree(tree);
+            err_text.abort();
+            return Err(format!("converter {:?}: {e}", c.command));
+        }
         Err(_) => {
-            if let Some(pid) = pid {
-                fsops::kill_tree(pid);
-            }
+            procs.kill_tree(tree);
             let _ = child.kill().await;
+            err_text.abort();
             let _ = std::fs::remove_file(&out);
             return Err(format!(
                 "converter {:?} did not finish within {}; it and its children were killed",
@@ -165,7 +182,17 @@ async fn run_converter(
             ));
         }
     };
-    let stderr_text = err_text.await.unwrap_or_default();
+    // The converter is done: anything it left running in its tree goes with it.
+    procs.kill_tree(tree);
+    // Its stderr ends at once, unless something outside the tree (no cgroup here, a setsid
+    // grandchild) still holds it: then it is not waited for.
+    let stderr_text = match tokio::time::timeout(STDERR_GRACE, &mut err_text).await {
+        Ok(r) => r.unwrap_or_default(),
+        Err(_) => {
+            err_text.abort();
+            String::new()
+        }
+    };
     let detail = if stderr_text.is_empty() {
         String::new()
     } else {

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub rescans: AtomicU64,
     /// Items in the work folder that are not done yet (the high-water mark counts these).
     pub pending: AtomicU64,
+    /// The last upload attempt: 0 none yet, 1 the server answered (uploaded or refused for
+    /// good), 2 it failed in transit or with a retryable status.
+    pub last_upload: std::sync::atomic::AtomicU8,
 }
 
 /// One running pipeline: its config, folders and channels.

@@ -127,6 +127,12 @@ async fn upload_one(pipe: &Pipe, item: ItemName) -> Outcome {
         pipe.uploader.send(&key, &item.orig, body).await
     };
     let ms = started.elapsed().as_millis() as u64;
+    let reached = if matches!(attempt, Attempt::Transient(_)) {
+        2
+    } else {
+        1
+    };
+    pipe.metrics.last_upload.store(reached, Ordering::Relaxed);
     match attempt {
         Attempt::Uploaded => {
             let done = processing.with_state(State::Done);

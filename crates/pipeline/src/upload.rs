@@ -98,7 +98,8 @@ impl Uploader {
                 } else {
                     "request failed"
                 };
-                Attempt::Transient(format!("{what}: {}", error_chain(&e)))
+                // Never the URL: its credentials and query values are secrets.
+                Attempt::Transient(format!("{what}: {}", error_chain(&e.without_url())))
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Operating-system specifics: signals, the service manager's notify protocol, and the
 //! environment the daemon must not pass on. Each behind one function, with `#[cfg] mod imp`.
 
+pub mod cgroup;
 mod disk;
 #[cfg(windows)]
 pub mod eventlog;

@@ -15,6 +15,9 @@ pub struct SpawnOpts {
     /// A pipe (the guard's, Unix) to which the child writes `+PID\n` before it runs anything,
     /// so that its process group is known to the guard before it can have children.
     pub announce_fd: Option<i32>,
+    /// An open `cgroup.procs` (Linux) the child writes `0` to before it runs anything, so that
+    /// it and everything it starts live in that cgroup ([`crate::cgroup`]).
+    pub cgroup_fd: Option<i32>,
 }
 
 /// One `/proc/PID/stat` line (Linux), the fields majordomo reads. The one parser of that
@@ -84,6 +87,7 @@ mod imp {
         let parent = std::process::id() as i32;
         let umask = opts.umask;
         let announce = opts.announce_fd;
+        let cgroup = opts.cgroup_fd;
         let creds = opts.creds.clone().map(|(uid, gid, groups)| {
             (
                 Uid::from_raw(uid),
@@ -93,6 +97,12 @@ mod imp {
         });
         let hook = move || -> io::Result<()> {
             nix::unistd::setsid()?;
+            if let Some(fd) = cgroup {
+                // SAFETY: write(2) of a static byte string on a descriptor the parent keeps open
+                // for the whole spawn; async-signal-safe. Failing means no cgroup for this tree:
+                // process groups still apply.
+                let _ = unsafe { nix::libc::write(fd, b"0".as_ptr().cast(), 1) };
+            }
             if let Some(fd) = announce {
                 let mut buf = [0u8; 24];
                 let n = announce_line(&mut buf, nix::unistd::getpid().as_raw());
@@ -580,6 +590,18 @@ mod imp {
         Err(format!(
             "user = {user:?}: running a program as another user is not supported on Windows; install the service under that account instead"
         ))
+    }
+}
+
+/// Keeps the daemon's own `MAJORDOMO_*` variables (`MAJORDOMO_CONTROL__TOKEN` and every other
+/// config override, `MAJORDOMO_TOKEN`, ...) out of what `cmd` passes on to its child. Call it
+/// right after creating the command, before setting the variables the child should get: every
+/// program, probe, converter and notifier command goes through it.
+pub fn scrub_daemon_env(cmd: &mut std::process::Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.as_encoded_bytes().starts_with(b"MAJORDOMO_") {
+            cmd.env_remove(k);
+        }
     }
 }
 

@@ -156,6 +156,101 @@ pub fn is_literal(pattern: &str) -> bool {
     !pattern.split('.').any(|t| t == "*" || t == ">")
 }
 
+/// How deep arrays and objects in `data` may nest: what `serde_json` (and so the SDK) parses.
+pub const MAX_DATA_DEPTH: usize = 128;
+
+/// Refuses JSON text that strict parsers reject although it is well-formed: a number a 64-bit
+/// float cannot hold (`1e999999`), a lone UTF-16 surrogate escape (`"\ud800"`), nesting deeper
+/// than [`MAX_DATA_DEPTH`]. `data` has already been read as JSON (structure and UTF-8 checked);
+/// this is one pass over its bytes, with no allocation, so it stays on the publish path.
+pub fn check_strict_json(data: &[u8]) -> Result<(), &'static str> {
+    let n = data.len();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < n {
+        match data[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    let Some(k) = memchr::memchr2(b'"', b'\\', &data[i..]) else {
+                        return Ok(());
+                    };
+                    i += k;
+                    if data[i] == b'"' {
+                        i += 1;
+                        break;
+                    }
+                    if data.get(i + 1) != Some(&b'u') {
+                        i += 2;
+                        continue;
+                    }
+                    let cp = hex4(data, i + 2);
+                    i += 6;
+                    match cp {
+                        Some(0xD800..=0xDBFF) => {
+                            let low =
+                                if data.get(i) == Some(&b'\\') && data.get(i + 1) == Some(&b'u') {
+                                    hex4(data, i + 2)
+                                } else {
+                                    None
+                                };
+                            if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                                return Err(LONE_SURROGATE);
+                            }
+                            i += 6;
+                        }
+                        Some(0xDC00..=0xDFFF) => return Err(LONE_SURROGATE),
+                        _ => {}
+                    }
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DATA_DEPTH {
+                    return Err("arrays and objects nested deeper than 128 levels");
+                }
+                i += 1;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                let mut integer = true;
+                while i < n {
+                    match data[i] {
+                        b'0'..=b'9' | b'-' => {}
+                        b'.' | b'e' | b'E' | b'+' => integer = false,
+                        _ => break,
+                    }
+                    i += 1;
+                }
+                // Integers under 300 digits always fit a float; anything else is converted.
+                if !integer || i - start > 300 {
+                    let finite = std::str::from_utf8(&data[start..i])
+                        .ok()
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .is_some_and(f64::is_finite);
+                    if !finite {
+                        return Err("a number out of the range of a 64-bit float (e.g. 1e999999)");
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+const LONE_SURROGATE: &str =
+    "a lone UTF-16 surrogate escape in a string (\\ud800-\\udfff without its pair)";
+
+fn hex4(data: &[u8], at: usize) -> Option<u32> {
+    let h = data.get(at..at + 4)?;
+    u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+}
+
 /// Appends `s` as a JSON string.
 pub fn put_json_str(buf: &mut BytesMut, s: &str) {
     // Writing to a BytesMut cannot fail.
@@ -398,6 +493,43 @@ pub fn encode_bin(frame: &BinFrame, buf: &mut BytesMut) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn strict_json_refuses_what_strict_parsers_reject() {
+        for ok in [
+            &b"null"[..],
+            br#"{"a":[1,2.5,-3e10,"x\ud83d\ude00\"y",{"b":"\u0041"}]}"#,
+            b"123456789012345678901234567890",
+            b"1e-999999",
+            b"\"e1e999999 [[[[\"",
+        ] {
+            assert_eq!(
+                check_strict_json(ok),
+                Ok(()),
+                "{}",
+                String::from_utf8_lossy(ok)
+            );
+        }
+        for bad in [
+            &b"1e999999"[..],
+            b"[1,-1E400]",
+            br#""\ud800""#,
+            br#""\udc00x""#,
+            br#"{"k":"\ud800\u0041"}"#,
+        ] {
+            assert!(
+                check_strict_json(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(check_strict_json(deep.as_bytes()).is_err());
+        let fine = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        assert_eq!(check_strict_json(fine.as_bytes()), Ok(()));
+        let big = "9".repeat(400);
+        assert!(check_strict_json(big.as_bytes()).is_err());
+    }
 
     #[test]
     fn wildcards() {

@@ -234,12 +234,25 @@ pub struct ProgramSeen {
     pub pid: Option<u32>,
     /// RFC 3339: since when it is in this state.
     pub since: String,
+    /// Restarts since the daemon started (a crash loop makes it grow).
+    #[serde(default)]
+    pub restarts: u64,
 }
 
 impl ProgramSeen {
     /// Whether a process of the program runs (`running` or `ready`).
     pub fn running(&self) -> bool {
         matches!(self.state, ProgramState::Running | ProgramState::Ready)
+    }
+
+    /// Whether a program check should call this a failure: it ended, waits out a restart
+    /// delay, or gave up. Starting, waiting for dependencies, and a stop (asked for, or part of
+    /// a reload or a shutdown) are not failures.
+    pub fn failing(&self) -> bool {
+        matches!(
+            self.state,
+            ProgramState::Exited | ProgramState::Backoff | ProgramState::Failed
+        )
     }
 }
 

@@ -179,6 +179,11 @@ pub struct ItemCounts {
 }
 
 impl ItemCounts {
+    /// Items not uploaded yet: input, queued, processing and waiting to retry (error).
+    pub fn pending(&self) -> u64 {
+        self.input + self.queued + self.processing + self.error
+    }
+
     /// The counter of `state`, if it is counted (`converting` is not).
     pub fn get_mut(&mut self, state: ItemState) -> Option<&mut u64> {
         Some(match state {
@@ -234,6 +239,10 @@ pub struct PipelineStats {
     pub oldest_pending_age_s: Option<u64>,
     /// Why intake is paused (high-water mark or free-disk floor), if it is.
     pub paused: Option<String>,
+    /// Whether the last upload attempt reached the server (uploaded, or refused for good):
+    /// `false` while uploads fail in transit or with retryable statuses, unset before the first.
+    #[serde(default)]
+    pub uploads_reach_server: Option<bool>,
     pub since_start: SinceStart,
 }
 

@@ -1,6 +1,7 @@
 //! Readiness gates and health checks: one attempt of a [`Probe`] (TCP connect, HTTP(S) GET, a
 //! command). `bus` is answered from hub events by the program task itself.
 
+use majordomo_core::units::redact_url;
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -36,6 +37,7 @@ async fn run(probe: &Probe, env: &[(String, String)], procs: &Procs) -> Result<(
         Probe::Http { url } => http_get(url).await,
         Probe::Command { argv } => {
             let mut cmd = std::process::Command::new(&argv[0]);
+            majordomo_platform::process::scrub_daemon_env(&mut cmd);
             cmd.args(&argv[1..])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -100,12 +102,12 @@ async fn http_get(url: &str) -> Result<(), String> {
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+        .map_err(|e| format!("{}: {}", redact_url(url), error_chain(&e.without_url())))?;
     let status = response.status();
     if status.is_success() || status.is_redirection() {
         Ok(())
     } else {
-        Err(format!("{url}: HTTP {}", status.as_u16()))
+        Err(format!("{}: HTTP {}", redact_url(url), status.as_u16()))
     }
 }
 

@@ -236,7 +236,7 @@ impl fmt::Display for Probe {
             Probe::Tcp { host, port } if host == "127.0.0.1" => write!(f, "tcp:{port}"),
             Probe::Tcp { host, port } if host.contains(':') => write!(f, "tcp:[{host}]:{port}"),
             Probe::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
-            Probe::Http { url } => f.write_str(url),
+            Probe::Http { url } => f.write_str(&majordomo_core::units::redact_url(url)),
             Probe::Bus => f.write_str("bus"),
             Probe::Command { argv } => write!(f, "command:{}", argv.join(" ")),
         }
@@ -537,6 +537,35 @@ pub fn depths(programs: &[ProgramConfig]) -> BTreeMap<String, usize> {
     }
     for p in programs {
         depth(&p.name, &by_name, &mut out, 0);
+    }
+    out
+}
+
+/// What `config check` warns about in `[[program]]`s because it depends on this machine and may
+/// change before a start: a missing or non-executable command, a bare command not in PATH, a
+/// missing `cwd`, an unknown `user` or `group`. Each names the program's place in the config.
+pub fn environment_warnings(programs: &[ProgramConfig]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, p) in programs.iter().enumerate() {
+        let at = format!("program[{i}] ({:?})", p.name);
+        if let Some(cwd) = &p.cwd
+            && !cwd.is_dir()
+        {
+            out.push(format!(
+                "{at}.cwd: the folder {} does not exist; the program cannot start until it does",
+                cwd.display()
+            ));
+        }
+        let path_var = p.env.get("PATH").map(String::as_str);
+        let cwd = p.cwd.as_deref().filter(|c| c.is_dir());
+        if let Err(e) = majordomo_core::procs::find_executable(&p.command, cwd, path_var) {
+            out.push(format!("{at}.command: {e}"));
+        }
+        if let Some(user) = &p.user
+            && let Err(e) = majordomo_platform::process::lookup_creds(user, p.group.as_deref())
+        {
+            out.push(format!("{at}.user: {e}"));
+        }
     }
     out
 }

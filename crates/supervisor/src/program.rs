@@ -573,11 +573,13 @@ impl Program {
             creds,
             umask: cfg.umask.as_deref().and_then(super::config::parse_umask),
             announce_fd: None,
+            cgroup_fd: None,
         })
     }
 
     fn command(&self, argv0: &str, args: &[String], opts_out: bool) -> std::process::Command {
         let mut cmd = std::process::Command::new(argv0);
+        majordomo_platform::process::scrub_daemon_env(&mut cmd);
         cmd.args(args).stdin(Stdio::null());
         if opts_out {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -984,12 +986,12 @@ fn log_transition(
 ) {
     match state {
         ProgramState::Failed => {
-            tracing::error!(program = %name, ?exit_code, ?signal, restarts, detail = detail.unwrap_or(""), "program failed")
+            tracing::error!(program = %name, exit_code, signal, restarts, detail = detail.unwrap_or(""), "program failed")
         }
         ProgramState::Exited | ProgramState::Backoff => {
-            tracing::warn!(program = %name, ?pid, ?exit_code, ?signal, restarts, "program {state}")
+            tracing::warn!(program = %name, pid, exit_code, signal, restarts, "program {state}")
         }
-        _ => tracing::info!(program = %name, ?pid, restarts, "program {state}"),
+        _ => tracing::info!(program = %name, pid, restarts, "program {state}"),
     }
 }
 

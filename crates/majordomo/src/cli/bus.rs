@@ -77,9 +77,9 @@ pub async fn run(cmd: &BusCmd, opts: &ConnectOptions, as_json: bool) -> Result<u
             let data = parse_json("the data", data)?;
             let n = bus.publish_acked(topic, &data).await?;
             if as_json {
-                println!("{}", json!({"ok": true, "delivered": n}));
+                outln!("{}", json!({"ok": true, "delivered": n}));
             } else {
-                println!(
+                outln!(
                     "published on {topic} to {n} subscriber{}",
                     if n == 1 { "" } else { "s" }
                 );
@@ -100,7 +100,7 @@ pub async fn run(cmd: &BusCmd, opts: &ConnectOptions, as_json: bool) -> Result<u
             }
             while let Some(m) = sub.next().await {
                 let data: Value = m.json().unwrap_or(Value::Null);
-                println!(
+                outln!(
                     "{}",
                     json!({"topic": m.topic, "data": data, "reply_to": m.reply_to})
                 );
@@ -130,9 +130,9 @@ pub async fn run(cmd: &BusCmd, opts: &ConnectOptions, as_json: bool) -> Result<u
                 None => bus.send(endpoint, event, &data).await?,
             }
             if as_json {
-                println!("{}", json!({"ok": true}));
+                outln!("{}", json!({"ok": true}));
             } else {
-                println!("sent {event} to {endpoint}");
+                outln!("sent {event} to {endpoint}");
             }
         }
         BusCmd::Request {
@@ -143,15 +143,15 @@ pub async fn run(cmd: &BusCmd, opts: &ConnectOptions, as_json: bool) -> Result<u
             let data = parse_json("the data", data)?;
             let v = bus.request(topic, &data, *timeout).await?;
             if as_json {
-                println!("{v}");
+                outln!("{v}");
             } else {
-                println!("{v:#}");
+                outln!("{v:#}");
             }
         }
         BusCmd::Ls => {
             let v = bus.call(BusLs::NAME, Value::Null).await?;
             if as_json {
-                println!("{v}");
+                outln!("{v}");
             } else {
                 let list: BusList = serde_json::from_value(v).map_err(|e| {
                     ClientError::Protocol(format!("unexpected reply to {:?}: {e}", BusLs::NAME))
@@ -165,19 +165,24 @@ pub async fn run(cmd: &BusCmd, opts: &ConnectOptions, as_json: bool) -> Result<u
 
 fn print_ls(v: &BusList) {
     let opt = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or_else(|| "null".into());
-    println!("endpoints ({})", v.endpoints.len());
+    outln!("endpoints ({})", v.endpoints.len());
     for e in &v.endpoints {
-        println!(
+        outln!(
             "  {:<24} conn {:<6} pid {}",
             e.id,
             e.conn,
             opt(e.pid.map(i64::from))
         );
     }
-    println!("connections ({})", v.connections.len());
-    println!(
+    outln!("connections ({})", v.connections.len());
+    outln!(
         "  {:<6} {:<20} {:>8} {:>10} {:>10} {:>8}  subscriptions",
-        "conn", "endpoint", "pid", "queued", "sent", "dropped"
+        "conn",
+        "endpoint",
+        "pid",
+        "queued",
+        "sent",
+        "dropped"
     );
     for c in &v.connections {
         let subs: Vec<String> = c
@@ -188,7 +193,7 @@ fn print_ls(v: &BusList) {
                 None => s.pattern.clone(),
             })
             .collect();
-        println!(
+        outln!(
             "  {:<6} {:<20} {:>8} {:>10} {:>10} {:>8}  {}",
             c.conn.to_string(),
             c.endpoint.as_deref().unwrap_or("-"),
@@ -199,11 +204,11 @@ fn print_ls(v: &BusList) {
             subs.join(", ")
         );
     }
-    println!("counters");
+    outln!("counters");
     // By name, as the daemon sends them.
     if let Ok(Value::Object(m)) = serde_json::to_value(&v.counters) {
         for (k, n) in m {
-            println!("  {k:<16} {n}");
+            outln!("  {k:<16} {n}");
         }
     }
 }

@@ -19,6 +19,33 @@ use crate::app::{self, Config};
 use crate::daemon;
 use crate::logging::LogFormat;
 
+/// `println!` for every verb's output: a closed stdout (`majordomo config show | head -1`) ends
+/// the process quietly with exit 0 instead of panicking.
+macro_rules! outln {
+    () => { $crate::cli::stdout_write(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::cli::stdout_write(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// `print!` with the same rule as [`outln!`].
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::stdout_write(format_args!($($t)*)) };
+}
+
+/// Writes to stdout; on a closed pipe, exits quietly (there is no reader left to tell).
+pub(crate) fn stdout_write(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let r = std::io::stdout().lock().write_fmt(args);
+    quiet_on_closed(r);
+}
+
+fn quiet_on_closed(r: std::io::Result<()>) {
+    if let Err(e) = r
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
 pub mod bus;
 pub mod monitor;
 pub mod pipeline;
@@ -199,7 +226,7 @@ pub fn main(notifier: Notifier) -> ExitCode {
             run_daemon(args)
         }
         Cmd::Config(ConfigCmd::Default) => {
-            print!("{}", app::DEFAULT_TOML);
+            out!("{}", app::DEFAULT_TOML);
             ExitCode::SUCCESS
         }
         Cmd::Config(ConfigCmd::Check { file }) => config_check(&cli, &layout, file.as_deref()),
@@ -271,17 +298,29 @@ fn config_check(cli: &Cli, layout: &Layout, file: Option<&str>) -> ExitCode {
     };
     let overrides = Override::from_env(std::env::vars());
     match majordomo_core::load::check_text::<Config>(&text, &label, &overrides) {
-        Ok(_) => {
+        Ok(config) => {
+            // What depends on this machine and may change before a start: warnings.
+            let warnings = majordomo_supervisor::config::environment_warnings(&config.program);
             if cli.json {
-                println!("{}", serde_json::json!({"ok": true, "file": label}));
+                outln!(
+                    "{}",
+                    serde_json::json!({"ok": true, "file": label, "warnings": warnings})
+                );
             } else {
-                println!("{label}: OK");
+                for w in &warnings {
+                    eprintln!("warning: {w}");
+                }
+                if warnings.is_empty() {
+                    outln!("{label}: OK");
+                } else {
+                    outln!("{label}: OK, with {} warning(s)", warnings.len());
+                }
             }
             ExitCode::SUCCESS
         }
         Err(problems) => {
             if cli.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"ok": false, "file": label, "problems": problems.lines()})
                 );
@@ -293,23 +332,63 @@ fn config_check(cli: &Cli, layout: &Layout, file: Option<&str>) -> ExitCode {
     }
 }
 
-/// The socket to talk to: `--socket`, else the config file's `[paths] socket`, else the layout's.
+/// The socket to talk to: `--socket`; else the socket the running daemon recorded beside its
+/// pid file (where it listens now, even before a changed `[paths] socket` is reloaded); else the
+/// config file's `[paths] socket`; else the layout's. A config that cannot be read is reported
+/// on stderr.
 fn socket_for(cli: &Cli, layout: &Layout) -> PathBuf {
     if let Some(s) = &cli.socket {
         return s.clone();
     }
-    std::fs::read_to_string(&layout.config_file)
+    let record = layout.socket_record();
+    let recorded = std::fs::read(&record)
         .ok()
-        .and_then(|text| {
-            majordomo_core::load::check_text::<Config>(
-                &text,
-                "",
-                &Override::from_env(std::env::vars()),
-            )
-            .ok()
-        })
-        .and_then(|c| c.paths.socket)
-        .unwrap_or_else(|| layout.socket.clone())
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| cfg!(windows) || p.exists());
+    let loaded = match std::fs::read_to_string(&layout.config_file) {
+        Ok(text) => majordomo_core::load::check_text::<Config>(
+            &text,
+            &layout.config_file.display().to_string(),
+            &Override::from_env(std::env::vars()),
+        )
+        .map_err(|p| p.to_string()),
+        // No config file: the defaults apply, as for the daemon.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return recorded.unwrap_or_else(|| layout.socket.clone());
+        }
+        Err(e) => Err(format!(
+            "cannot read {}: {e}\n",
+            layout.config_file.display()
+        )),
+    };
+    match loaded {
+        Ok(c) => recorded
+            .or(c.paths.socket)
+            .unwrap_or_else(|| layout.socket.clone()),
+        Err(problems) => {
+            eprint!("majordomo: the config could not be read for its socket: {problems}");
+            match recorded {
+                Some(s) => {
+                    eprintln!(
+                        "majordomo: using the socket the running daemon recorded in {}: {}",
+                        record.display(),
+                        s.display()
+                    );
+                    s
+                }
+                None => {
+                    eprintln!(
+                        "majordomo: no running daemon recorded its socket in {}; trying {}",
+                        record.display(),
+                        layout.socket.display()
+                    );
+                    layout.socket.clone()
+                }
+            }
+        }
+    }
 }
 
 fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
@@ -334,7 +413,7 @@ fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
                 _ => exit::FAILURE,
             };
             if cli.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"ok": false, "error": e.to_string()})
                 );
@@ -364,7 +443,7 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         _ => {}
     }
     let mut client = Client::connect(opts).await?;
-    let print_json = |v: &dyn erased::Json| println!("{}", v.json());
+    let print_json = |v: &dyn erased::Json| outln!("{}", v.json());
     match &cli.cmd {
         Cmd::Status => {
             let s = client.status().await?;
@@ -379,12 +458,12 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
             client.ping().await?;
             let rtt = t.elapsed();
             if cli.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"ok": true, "rtt_us": rtt.as_micros() as u64})
                 );
             } else {
-                println!(
+                outln!(
                     "pong from {} in {:.2} ms",
                     opts.socket().display(),
                     rtt.as_secs_f64() * 1e3
@@ -407,9 +486,9 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
                 wait_gone(opts.socket()).await;
             }
             if cli.json {
-                println!("{}", serde_json::json!({"ok": true, "pid": pid}));
+                outln!("{}", serde_json::json!({"ok": true, "pid": pid}));
             } else {
-                println!(
+                outln!(
                     "stopped{}",
                     pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
                 );
@@ -418,11 +497,11 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         Cmd::Config(ConfigCmd::Show) => {
             let v = client.config().await?;
             if cli.json {
-                println!("{v}");
+                outln!("{v}");
             } else {
                 match toml::to_string_pretty(&v) {
-                    Ok(t) => print!("{t}"),
-                    Err(_) => println!("{v:#}"),
+                    Ok(t) => out!("{t}"),
+                    Err(_) => outln!("{v:#}"),
                 }
             }
         }
@@ -432,9 +511,9 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
             })?;
             let v = client.call_named(cmd, args).await?;
             if cli.json {
-                println!("{v}");
+                outln!("{v}");
             } else {
-                println!("{v:#}");
+                outln!("{v:#}");
             }
         }
         #[cfg(unix)]
@@ -471,46 +550,52 @@ fn fmt_secs(s: u64) -> String {
 }
 
 fn print_status(s: &Status) {
-    println!(
+    outln!(
         "majordomo {} · instance '{}' · pid {} · up {}",
         s.version,
         s.instance,
         s.pid,
         fmt_secs(s.uptime_s)
     );
-    println!(
+    outln!(
         "  config  {} ({}, generation {})",
-        s.config_path, s.config_source, s.config_generation
+        s.config_path,
+        s.config_source,
+        s.config_generation
     );
-    println!("  socket  {}", s.socket);
-    println!("  state   {}", s.state_dir);
-    println!("  logs    {}", s.log_dir);
+    outln!("  socket  {}", s.socket);
+    outln!("  state   {}", s.state_dir);
+    outln!("  logs    {}", s.log_dir);
     if let Some(r) = &s.last_reload {
-        println!(
+        outln!(
             "  last reload  {} at {} ({})",
             if r.ok { "ok" } else { "REFUSED" },
             r.at,
             r.trigger
         );
         for e in &r.errors {
-            println!("    {e}");
+            outln!("    {e}");
         }
     }
     if !s.alerts.active.is_empty() {
-        println!(
+        outln!(
             "  alerts  {} firing, {} pending",
-            s.alerts.firing, s.alerts.pending
+            s.alerts.firing,
+            s.alerts.pending
         );
         for a in &s.alerts.active {
-            println!(
+            outln!(
                 "    {:<8} {:<9} {}  {}",
-                a.state, a.severity, a.id, a.summary
+                a.state,
+                a.severity,
+                a.id,
+                a.summary
             );
         }
     }
-    println!("  subsystems");
+    outln!("  subsystems");
     for (name, st) in &s.subsystems {
-        println!(
+        outln!(
             "    {name:<14} {:<9} {:>8}  {}",
             st.state,
             fmt_secs(st.since_s),
@@ -521,14 +606,14 @@ fn print_status(s: &Status) {
 
 fn print_reload(o: &ReloadOutcome) {
     if o.restarted.is_empty() && o.updated.is_empty() {
-        println!("reloaded: generation {}; nothing changed", o.generation);
+        outln!("reloaded: generation {}; nothing changed", o.generation);
     } else {
-        println!("reloaded: generation {}", o.generation);
+        outln!("reloaded: generation {}", o.generation);
         if !o.restarted.is_empty() {
-            println!("  restarted: {}", o.restarted.join(", "));
+            outln!("  restarted: {}", o.restarted.join(", "));
         }
         if !o.updated.is_empty() {
-            println!("  updated live: {}", o.updated.join(", "));
+            outln!("  updated live: {}", o.updated.join(", "));
         }
     }
 }

@@ -92,7 +92,7 @@ async fn call<K: Cmd>(client: &mut Client, args: &K::Args) -> Result<K::Reply, C
 /// Prints a reply as one JSON line.
 fn print_json<T: Serialize>(v: &T) {
     match serde_json::to_string(v) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => outln!("{s}"),
         Err(e) => eprintln!("majordomo: the reply could not be printed as JSON: {e}"),
     }
 }
@@ -123,25 +123,34 @@ async fn metrics(client: &mut Client, a: &MetricsArgs, json_out: bool) -> Result
     match reply {
         MetricsReply::History(h) => {
             if h.series.is_empty() {
-                println!(
+                outln!(
                     "no history for {:?} in that window",
                     a.name.as_deref().unwrap_or("any metric")
                 );
             }
-            println!(
+            outln!(
                 "{:<40} {:>12} {:>12} {:>12} {:>12} {:>7}",
-                "SERIES", "MIN", "AVG", "MAX", "LAST", "POINTS"
+                "SERIES",
+                "MIN",
+                "AVG",
+                "MAX",
+                "LAST",
+                "POINTS"
             );
             for (k, s) in &h.series {
                 let Some(st) = s.stats else {
-                    println!(
+                    outln!(
                         "{k:<40} {:>12} {:>12} {:>12} {:>12} {:>7}",
-                        "-", "-", "-", "-", 0
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        0
                     );
                     continue;
                 };
                 let f = |v: f64| human_value(k, v);
-                println!(
+                outln!(
                     "{k:<40} {:>12} {:>12} {:>12} {:>12} {:>7}",
                     f(st.min),
                     f(st.avg),
@@ -153,7 +162,7 @@ async fn metrics(client: &mut Client, a: &MetricsArgs, json_out: bool) -> Result
         }
         MetricsReply::Now(now) => {
             for (k, x) in &now.values {
-                println!("{k:<44} {}", human_value(k, *x));
+                outln!("{k:<44} {}", human_value(k, *x));
             }
             if a.name.is_none() {
                 for (title, list) in [
@@ -163,9 +172,9 @@ async fn metrics(client: &mut Client, a: &MetricsArgs, json_out: bool) -> Result
                     if list.is_empty() {
                         continue;
                     }
-                    println!("\n{title}:");
+                    outln!("\n{title}:");
                     for p in list {
-                        println!(
+                        outln!(
                             "  {:>7}  {:<20} {:>6.1} %  {}",
                             p.pid,
                             p.name,
@@ -198,17 +207,17 @@ async fn alerts(client: &mut Client, json_out: bool) -> Result<u8, ClientError> 
         return Ok(exit::OK);
     }
     if v.active.is_empty() {
-        println!("no active alerts");
+        outln!("no active alerts");
     } else {
-        println!("active:");
+        outln!("active:");
         for a in &v.active {
-            println!("  {}", alert_line(a));
+            outln!("  {}", alert_line(a));
         }
     }
     if !v.recent.is_empty() {
-        println!("recently ended:");
+        outln!("recently ended:");
         for a in v.recent.iter().take(10) {
-            println!("  {}", alert_line(a));
+            outln!("  {}", alert_line(a));
         }
     }
     Ok(exit::OK)
@@ -229,7 +238,7 @@ async fn report(client: &mut Client, a: &ReportArgs) -> Result<u8, ClientError> 
             }
             eprintln!("report written to {}", path.display());
         }
-        None => println!("{text}"),
+        None => outln!("{text}"),
     }
     Ok(exit::OK)
 }
@@ -270,23 +279,32 @@ async fn notify(client: &mut Client, cmd: &NotifyCmd, json_out: bool) -> Result<
                 print_json(&v);
                 return Ok(exit::OK);
             }
-            println!(
+            outln!(
                 "{:<16} {:>9} {:>7} {:>10} {:>8} {:>9}",
-                "NOTIFIER", "DELIVERED", "FAILED", "SUPPRESSED", "ATTEMPTS", "RATE"
+                "NOTIFIER",
+                "DELIVERED",
+                "FAILED",
+                "SUPPRESSED",
+                "ATTEMPTS",
+                "RATE"
             );
             for (k, c) in &v.counts {
                 let rate = c
                     .delivery_rate_pct
                     .map(|r| format!("{r:.1} %"))
                     .unwrap_or_else(|| "-".into());
-                println!(
+                outln!(
                     "{k:<16} {:>9} {:>7} {:>10} {:>8} {:>9}",
-                    c.delivered, c.failed, c.suppressed, c.attempts, rate
+                    c.delivered,
+                    c.failed,
+                    c.suppressed,
+                    c.attempts,
+                    rate
                 );
             }
-            println!();
+            outln!();
             for d in &v.deliveries {
-                println!("{}", delivery_line(d));
+                outln!("{}", delivery_line(d));
             }
             Ok(exit::OK)
         }
@@ -297,7 +315,7 @@ async fn notify(client: &mut Client, cmd: &NotifyCmd, json_out: bool) -> Result<
             if json_out {
                 print_json(&d);
             } else if ok {
-                println!(
+                outln!(
                     "test notification delivered through {name:?} ({} attempt(s))",
                     d.attempts.len()
                 );

@@ -79,7 +79,7 @@ pub async fn run(cmd: &QueueCmd, opts: &ConnectOptions, as_json: bool) -> Result
                 ids: ids.clone(),
             };
             let r = client.call_cmd::<QueueRetry>(&args).await?;
-            print(as_json, &r, |r| println!("requeued {}", r.requeued));
+            print(as_json, &r, |r| outln!("requeued {}", r.requeued));
         }
         QueueCmd::Purge { pipeline, state } => {
             let args = QueuePurgeArgs {
@@ -87,7 +87,7 @@ pub async fn run(cmd: &QueueCmd, opts: &ConnectOptions, as_json: bool) -> Result
                 state: *state,
             };
             let r = client.call_cmd::<QueuePurge>(&args).await?;
-            print(as_json, &r, |r| println!("purged {}", r.purged));
+            print(as_json, &r, |r| outln!("purged {}", r.purged));
         }
     }
     Ok(exit::OK)
@@ -97,7 +97,7 @@ pub async fn run(cmd: &QueueCmd, opts: &ConnectOptions, as_json: bool) -> Result
 fn print<T: Serialize>(as_json: bool, reply: &T, human: impl FnOnce(&T)) {
     if as_json {
         match serde_json::to_string(reply) {
-            Ok(line) => println!("{line}"),
+            Ok(line) => outln!("{line}"),
             Err(e) => eprintln!("majordomo: the reply cannot be shown as JSON: {e}"),
         }
     } else {
@@ -110,9 +110,13 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
 }
 
 fn print_ls(list: &QueueList) {
-    println!(
+    outln!(
         "{:<10} {:<26} {:<10} {:>4} {:>8}  FILE",
-        "PIPELINE", "ID", "STATE", "TRY", "AGE"
+        "PIPELINE",
+        "ID",
+        "STATE",
+        "TRY",
+        "AGE"
     );
     for QueueItem {
         pipeline,
@@ -129,7 +133,7 @@ fn print_ls(list: &QueueList) {
             .as_deref()
             .map(|r| format!("  ({r})"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "{:<10} {:<26} {:<10} {:>4} {:>7}s  {file}{reason}",
             pipeline,
             or_dash(id.as_deref()),
@@ -139,15 +143,15 @@ fn print_ls(list: &QueueList) {
         );
     }
     if list.total > list.items.len() {
-        println!("... {} more (use --limit)", list.total - list.items.len());
+        outln!("... {} more (use --limit)", list.total - list.items.len());
     }
 }
 
 fn print_stats(stats: &QueueStats) {
     for p in &stats.pipelines {
-        println!("pipeline {}  ({})", p.pipeline, p.work_dir.display());
+        outln!("pipeline {}  ({})", p.pipeline, p.work_dir.display());
         if let Some(reason) = &p.paused {
-            println!("  PAUSED: {reason}");
+            outln!("  PAUSED: {reason}");
         }
         let parts: Vec<String> = p
             .counts
@@ -155,21 +159,29 @@ fn print_stats(stats: &QueueStats) {
             .iter()
             .map(|(state, n)| format!("{state} {n}"))
             .collect();
-        println!("  now          {}", parts.join(" · "));
-        println!(
+        outln!("  now          {}", parts.join(" · "));
+        outln!(
             "  oldest pending  {}",
             p.oldest_pending_age_s
                 .map(|a| format!("{a} s"))
                 .unwrap_or_else(|| "-".into())
         );
         let m = &p.since_start;
-        println!(
+        outln!(
             "  since start  claimed {} · converted {} (avg {:.1} ms) · conversion failures {}",
-            m.claimed, m.converted, m.convert_ms_avg, m.convert_failed
+            m.claimed,
+            m.converted,
+            m.convert_ms_avg,
+            m.convert_failed
         );
-        println!(
+        outln!(
             "               uploaded {} (avg {:.1} ms, max {} ms) · retries {} · dead letters {} · rescans {}",
-            m.uploaded, m.upload_ms_avg, m.upload_ms_max, m.retries, m.dead_letters, m.rescans
+            m.uploaded,
+            m.upload_ms_avg,
+            m.upload_ms_max,
+            m.retries,
+            m.dead_letters,
+            m.rescans
         );
     }
 }

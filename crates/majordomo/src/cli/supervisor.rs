@@ -86,7 +86,7 @@ pub async fn run(cmd: &ProgramsCmd, conn: &ConnectOptions, json: bool) -> Result
             let reply = client.call_cmd::<SignalCmd>(&args).await?;
             show(&reply, json, |r| {
                 let pid = r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-                println!("sent SIG{} to {} (pid {pid})", r.signal, r.name);
+                outln!("sent SIG{} to {} (pid {pid})", r.signal, r.name);
             });
             Ok(exit::OK)
         }
@@ -98,7 +98,7 @@ pub async fn run(cmd: &ProgramsCmd, conn: &ConnectOptions, json: bool) -> Result
 fn show<T: Serialize>(reply: &T, json: bool, text: impl FnOnce(&T)) {
     if json {
         match serde_json::to_string(reply) {
-            Ok(line) => println!("{line}"),
+            Ok(line) => outln!("{line}"),
             Err(e) => eprintln!("majordomo: cannot print the reply as JSON: {e}"),
         }
     } else {
@@ -231,12 +231,19 @@ fn fmt_uptime(s: f64) -> String {
 
 fn print_table(rows: &[ProgramRow]) {
     if rows.is_empty() {
-        println!("no programs configured (add [[program]] entries to the config)");
+        outln!("no programs configured (add [[program]] entries to the config)");
         return;
     }
-    println!(
+    outln!(
         "{:<16} {:<9} {:>8} {:>8} {:>8} {:<11} {:>8} {:>8}  DETAIL",
-        "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "CPU", "RSS"
+        "NAME",
+        "STATE",
+        "PID",
+        "UPTIME",
+        "RESTARTS",
+        "LAST EXIT",
+        "CPU",
+        "RSS"
     );
     let dash = || "-".to_string();
     for r in rows {
@@ -249,7 +256,7 @@ fn print_table(rows: &[ProgramRow]) {
         };
         let cpu = r.cpu_s.map(|c| format!("{c:.2}s")).unwrap_or_else(dash);
         let rss = r.rss_bytes.map(fmt_bytes).unwrap_or_else(dash);
-        println!(
+        outln!(
             "{:<16} {:<9} {:>8} {:>8} {:>8} {:<11} {:>8} {:>8}  {}",
             r.name,
             r.state.as_str(),

@@ -9,6 +9,8 @@ mod bus;
 #[cfg(unix)]
 mod foundation;
 #[cfg(unix)]
+mod hostile;
+#[cfg(unix)]
 mod integration;
 mod layering;
 #[cfg(unix)]

@@ -434,7 +434,7 @@ fn health_monitor_program_check_follows_the_supervisor() {
         a["summary"]
             .as_str()
             .unwrap()
-            .contains("program api is not running (state failed)"),
+            .contains("program api is not running (state failed, 0 restarts)"),
         "{a}"
     );
     // db has been running all along (checked every second): never alerted.
