@@ -122,7 +122,7 @@ async fn control(payload: &[u8], me: &Identity, commands: &Commands) -> Result<V
         }
     };
     args.remove("id");
-    if !me.allow.iter().any(|a| *a == cmd) {
+    if !me.allow.contains(&cmd) {
         return Err(ErrorBody::new(
             ErrorCode::Forbidden,
             format!(
