@@ -149,7 +149,14 @@ impl NatsConfig {
                 .iter()
                 .any(|p| s.starts_with(p))
                 || !s.contains("://");
-            if s.trim().is_empty() || !scheme_ok {
+            if s.contains('@') {
+                // Never echo the address: it holds a secret.
+                problems.push(Problem::at(
+                    format!("nats.servers[{i}]"),
+                    "credentials in a server address would be shown by `config show` and in logs",
+                    "put them in nats.user + nats.password, nats.token, nats.nkey or nats.creds_file",
+                ));
+            } else if s.trim().is_empty() || !scheme_ok {
                 problems.push(Problem::at(
                     format!("nats.servers[{i}]"),
                     format!("{s:?} is not a NATS server address"),
@@ -289,7 +296,7 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let c = NatsConfig {
-            servers: vec!["http://x".into()],
+            servers: vec!["http://x".into(), "nats://u:hunter2@h".into()],
             node: Some("a.b".into()),
             export: vec!["a..b".into()],
             password: Some(Secret::new("x")),
@@ -300,8 +307,10 @@ mod tests {
         let mut p = Vec::new();
         c.validate(&mut p);
         let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        assert!(!format!("{p:?}").contains("hunter2"));
         for want in [
             "nats.servers[0]",
+            "nats.servers[1]",
             "nats.node",
             "nats.export[0]",
             "nats.password",
