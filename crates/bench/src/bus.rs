@@ -54,7 +54,7 @@ pub struct Args {
 }
 
 /// A 64-byte JSON payload (a string of 62 characters and its quotes).
-fn payload() -> Vec<u8> {
+pub(crate) fn payload() -> Vec<u8> {
     let mut p = b"\"".to_vec();
     p.extend(std::iter::repeat_n(b'x', 62));
     p.push(b'"');
@@ -440,7 +440,7 @@ async fn pub_sdk(socket: &Path, n: u64, subs: usize, binary: bool) -> anyhow::Re
     Ok(total as f64 / (end - start).as_secs_f64())
 }
 
-struct Nats(Child);
+pub(crate) struct Nats(pub(crate) Child);
 impl Drop for Nats {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -448,7 +448,7 @@ impl Drop for Nats {
     }
 }
 
-fn nats_server_bin() -> anyhow::Result<String> {
+pub(crate) fn nats_server_bin() -> anyhow::Result<String> {
     for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
         if Path::new(p).exists() {
             return Ok(p.into());
@@ -482,7 +482,7 @@ fn nats_server_bin() -> anyhow::Result<String> {
     bail!("nats-server is not installed and apt-get could not install it")
 }
 
-async fn nats_1to1(n: u64) -> anyhow::Result<f64> {
+pub(crate) async fn nats_1to1(n: u64) -> anyhow::Result<f64> {
     let bin = nats_server_bin()?;
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;

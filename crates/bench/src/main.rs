@@ -11,6 +11,8 @@ mod bus;
 #[cfg(unix)]
 mod control;
 #[cfg(unix)]
+mod fleet;
+#[cfg(unix)]
 mod monitor;
 #[cfg(unix)]
 mod pipeline;
@@ -52,6 +54,9 @@ enum Bench {
     Monitor(monitor::Args),
     /// Drop-folder pipeline: files/s from drop to upload to a local HTTP sink, with latency.
     Pipeline(pipeline::Args),
+    /// Two instances bridged through nats-server: cross-instance publish throughput and request
+    /// round trip, against a direct NATS client.
+    Fleet(fleet::Args),
 }
 
 #[cfg(unix)]
@@ -68,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Bus(a) => bus::run(a).await,
             Bench::Monitor(a) => monitor::run(a).await,
             Bench::Pipeline(a) => pipeline::run(a).await,
+            Bench::Fleet(a) => fleet::run(a).await,
         }
     })
 }

@@ -14,6 +14,7 @@ use majordomo_control::{ControlConfig, ControlSection};
 use majordomo_core::lifecycle::Registry;
 use majordomo_core::{Dur, PathsConfig, Problem, Root, Section};
 use majordomo_monitor::{CheckConfig, MonitorConfig, MonitorSection, NotifierConfig};
+use majordomo_nats::NatsConfig;
 use majordomo_pipeline::{PipelineConfig, PipelineSection, UploaderConfig};
 use majordomo_supervisor::ProgramConfig;
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,8 @@ pub struct Config {
     pub pipeline: Vec<PipelineConfig>,
     /// `[[uploader]]`: HTTP endpoints that pipelines upload to.
     pub uploader: Vec<UploaderConfig>,
+    /// `[nats]`: the NATS bridge, remote control and the fleet.
+    pub nats: NatsConfig,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             notifier: Vec::new(),
             pipeline: Vec::new(),
             uploader: Vec::new(),
+            nats: NatsConfig::default(),
         }
     }
 }
@@ -69,7 +73,7 @@ impl Root for Config {
     const DEFAULT_TOML: &'static str = DEFAULT_TOML;
     const SECTIONS: &'static [&'static str] = &[
         "daemon", "log", "control", "paths", "program", "bus", "monitor", "check", "notifier",
-        "pipeline", "uploader",
+        "pipeline", "uploader", "nats",
     ];
 
     fn section(&mut self, name: &str, value: Section<'_>, problems: &mut Vec<Problem>) -> bool {
@@ -89,6 +93,7 @@ impl Root for Config {
             "notifier" => value.many(&mut self.notifier, problems),
             "pipeline" => value.many(&mut self.pipeline, problems),
             "uploader" => value.many(&mut self.uploader, problems),
+            "nats" => value.one(&mut self.nats, problems),
             _ => return false,
         }
         true
@@ -101,6 +106,7 @@ impl Root for Config {
         self.bus.validate(problems);
         majordomo_monitor::validate(&self.monitor, &self.check, &self.notifier, problems);
         majordomo_pipeline::validate(&self.pipeline, &self.uploader, problems);
+        self.nats.validate(problems);
         self.validate_across(problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
@@ -160,6 +166,7 @@ impl Default for DaemonConfig {
 /// The subsystems, in start order, each with the function that takes its section out of the
 /// whole config.
 pub fn subsystems(registry: &mut Registry<Config>, log: Arc<LogHandle>, router: Arc<Router>) {
+    let router_nats = router.clone();
     registry
         .mount(crate::logging::Log(log), |c| c.log.clone())
         .mount(majordomo_bus::Bus::new(router.clone()), |c| c.bus.clone())
@@ -179,7 +186,8 @@ pub fn subsystems(registry: &mut Registry<Config>, log: Arc<LogHandle>, router: 
         .mount(majordomo_pipeline::Pipeline, |c| PipelineSection {
             pipeline: c.pipeline.clone(),
             uploader: c.uploader.clone(),
-        });
+        })
+        .mount(majordomo_nats::Nats::new(router_nats), |c| c.nats.clone());
 }
 
 #[cfg(test)]

@@ -106,6 +106,16 @@ pub enum Event {
         paused: bool,
         reason: String,
     },
+    /// The NATS bridge connected (or reconnected) to a server.
+    NatsConnected {
+        server: String,
+    },
+    /// The NATS bridge lost its server; exports wait in the bounded buffer meanwhile.
+    /// `dropped` is how many exports the full buffer dropped since start.
+    NatsDisconnected {
+        reason: String,
+        dropped: u64,
+    },
 }
 
 impl Event {
@@ -133,6 +143,8 @@ impl Event {
         "file.failed",
         "pipeline.rescan",
         "pipeline.backpressure",
+        "nats.connected",
+        "nats.disconnected",
     ];
 
     /// A stable name, used for counters and as the last part of the bus topic.
@@ -164,6 +176,8 @@ impl Event {
             Event::FileFailed { .. } => "file.failed",
             Event::PipelineRescan { .. } => "pipeline.rescan",
             Event::PipelineBackpressure { .. } => "pipeline.backpressure",
+            Event::NatsConnected { .. } => "nats.connected",
+            Event::NatsDisconnected { .. } => "nats.disconnected",
         }
     }
 }

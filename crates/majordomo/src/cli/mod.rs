@@ -48,6 +48,7 @@ fn quiet_on_closed(r: std::io::Result<()>) {
 
 pub mod bus;
 pub mod monitor;
+pub mod nats;
 pub mod pipeline;
 pub mod service;
 pub mod supervisor;
@@ -135,6 +136,10 @@ pub enum Cmd {
     /// The message bus: publish, subscribe, send events, requests, list endpoints.
     #[command(subcommand)]
     Bus(bus::BusCmd),
+    /// Every instance on a NATS server: list them, run allowed commands remotely; this
+    /// instance's bridge status.
+    #[command(subcommand)]
+    Fleet(nats::FleetCmd),
 }
 
 #[derive(Debug, Args)]
@@ -440,6 +445,7 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         Cmd::Programs(c) => return supervisor::run(c, opts, cli.json).await,
         Cmd::Monitor(c) => return monitor::run(c, opts, cli.json).await,
         Cmd::Queue(c) => return pipeline::run(c, opts, cli.json).await,
+        Cmd::Fleet(c) => return nats::run(c, opts, cli.json).await,
         _ => {}
     }
     let mut client = Client::connect(opts).await?;
@@ -527,7 +533,8 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         | Cmd::Bus(_)
         | Cmd::Programs(_)
         | Cmd::Monitor(_)
-        | Cmd::Queue(_) => {
+        | Cmd::Queue(_)
+        | Cmd::Fleet(_) => {
             return Ok(exit::USAGE);
         }
     }

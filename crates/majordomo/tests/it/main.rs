@@ -16,6 +16,8 @@ mod layering;
 #[cfg(unix)]
 mod monitor;
 #[cfg(unix)]
+mod nats;
+#[cfg(unix)]
 mod pipeline;
 #[cfg(unix)]
 mod service;

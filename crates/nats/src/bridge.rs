@@ -1,0 +1,854 @@
+//! The bridge: the local bus on one side, a NATS connection on the other.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use majordomo_bus::{Router, Session, SessionConfig};
+use majordomo_core::lifecycle::Ctx;
+use majordomo_core::{Commands, Hub, backoff};
+use majordomo_proto::bus as wire;
+use majordomo_proto::nats::{NatsStatus, NatsStatusCmd, ctl_subject};
+use majordomo_proto::{ErrorBody, ErrorCode, Event};
+use serde_json::value::RawValue;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{NatsConfig, token};
+use crate::local::{Link, Msg};
+
+/// The header that carries the error of a request answered with one (`bad_request`, ...).
+pub const ERROR_HEADER: &str = "Majordomo-Error";
+
+/// Counters and state shown by `nats.status`.
+#[derive(Default)]
+pub struct Stats {
+    pub connected: AtomicBool,
+    pub exported: AtomicU64,
+    pub imported: AtomicU64,
+    pub echo_suppressed: AtomicU64,
+    pub requests_out: AtomicU64,
+    pub requests_in: AtomicU64,
+    pub ctl_answered: AtomicU64,
+    pub ctl_refused: AtomicU64,
+    pub dropped: AtomicU64,
+    pub unconfirmed: AtomicU64,
+    pub connects: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// One message waiting to be exported.
+struct Out {
+    subject: String,
+    payload: Bytes,
+    /// JetStream message id (duplicate suppression across retries).
+    id: String,
+}
+
+/// The bounded export buffer: drop-oldest past `cap`, counted.
+pub(crate) struct Buffer {
+    q: Mutex<VecDeque<Out>>,
+    cap: usize,
+    notify: Notify,
+    stats: Arc<Stats>,
+    boot: String,
+    seq: AtomicU64,
+}
+
+impl Buffer {
+    fn push(&self, subject: String, payload: Bytes) {
+        let id = format!("{}-{}", self.boot, self.seq.fetch_add(1, Ordering::Relaxed));
+        if let Ok(mut q) = self.q.lock() {
+            while q.len() >= self.cap {
+                q.pop_front();
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            q.push_back(Out {
+                subject,
+                payload,
+                id,
+            });
+        }
+        self.notify.notify_one();
+    }
+
+    fn take(&self, max: usize) -> Vec<Out> {
+        match self.q.lock() {
+            Ok(mut q) => {
+                let n = q.len().min(max);
+                q.drain(..n).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Puts back what could not be sent, in order, ahead of newer messages.
+    fn requeue(&self, failed: Vec<Out>) {
+        if let Ok(mut q) = self.q.lock() {
+            for o in failed.into_iter().rev() {
+                q.push_front(o);
+            }
+            while q.len() > self.cap {
+                q.pop_front();
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.q.lock().map(|q| q.len()).unwrap_or(0)
+    }
+}
+
+/// Messages the bridge just delivered locally, which its own export subscription will see again:
+/// a multiset of (topic, payload hash), each entry consumed by one sighting.
+#[derive(Default)]
+pub(crate) struct Echo {
+    seen: Mutex<HashMap<(Box<str>, u64), u32>>,
+}
+
+fn digest(topic: &str, data: &[u8]) -> (Box<str>, u64) {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    (topic.into(), h.finish())
+}
+
+impl Echo {
+    fn note(&self, topic: &str, data: &[u8]) {
+        if let Ok(mut m) = self.seen.lock() {
+            if m.len() > 100_000 {
+                // Sightings the bus never delivered (dropped for a slow consumer): forget them.
+                m.clear();
+            }
+            *m.entry(digest(topic, data)).or_default() += 1;
+        }
+    }
+
+    fn take(&self, topic: &str, data: &[u8]) -> bool {
+        let Ok(mut m) = self.seen.lock() else {
+            return false;
+        };
+        if m.is_empty() {
+            return false;
+        }
+        let key = digest(topic, data);
+        match m.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                m.remove(&key);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// `s` as a JSON string literal.
+pub(crate) fn jstr(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// A NATS payload as bus data: JSON text as is; anything else as a JSON string.
+pub(crate) fn as_json(payload: &[u8]) -> Bytes {
+    if payload.is_empty() {
+        return Bytes::from_static(b"null");
+    }
+    if serde_json::from_slice::<&RawValue>(payload).is_ok() {
+        Bytes::copy_from_slice(payload)
+    } else {
+        Bytes::from(jstr(&String::from_utf8_lossy(payload)).into_bytes())
+    }
+}
+
+/// Connection options from `[nats]`.
+pub async fn connect_options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions, String> {
+    let mut o = match &cfg.creds_file {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
+            .await
+            .map_err(|e| {
+                format!(
+                    "[nats] creds_file {}: {e}; point it at the .creds file nsc wrote",
+                    path.display()
+                )
+            })?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    if let Some(u) = &cfg.user {
+        o = o.user_and_password(
+            u.clone(),
+            cfg.password
+                .as_ref()
+                .map(|p| p.expose().to_string())
+                .unwrap_or_default(),
+        );
+    }
+    if let Some(t) = &cfg.token {
+        o = o.token(t.expose().to_string());
+    }
+    if let Some(seed) = &cfg.nkey {
+        o = o.nkey(seed.expose().to_string());
+    }
+    if let Some(ca) = &cfg.tls_ca {
+        if !ca.is_file() {
+            return Err(format!(
+                "[nats] tls_ca {} is not a readable file; give the CA certificate (PEM) that signed the server's",
+                ca.display()
+            ));
+        }
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if cfg.tls_required {
+        o = o.require_tls(true);
+    }
+    Ok(o)
+}
+
+/// Runs the bridge until the subsystem stops.
+pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String> {
+    let cfg = ctx.config.borrow().clone();
+    let instance = ctx.layout().instance.clone();
+    let node = cfg.node();
+    let prefix = cfg.prefix(&node, &instance);
+    let ctl = ctl_subject(&node, &token(&instance));
+    let stats = Arc::new(Stats::default());
+    let servers = cfg.servers.join(",");
+    let shown_servers: Vec<String> = cfg.servers.iter().map(|s| redact_url(s)).collect();
+
+    let buffer = Arc::new(Buffer {
+        q: Mutex::new(VecDeque::new()),
+        cap: cfg.buffer.max(1),
+        notify: Notify::new(),
+        stats: stats.clone(),
+        boot: format!(
+            "{node}.{}.{}",
+            token(&instance),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ),
+        seq: AtomicU64::new(1),
+    });
+
+    {
+        let stats = stats.clone();
+        let buffer = buffer.clone();
+        let status = NatsStatus {
+            server: Some(shown_servers.join(",")),
+            node: node.clone(),
+            instance: instance.clone(),
+            prefix: prefix.clone(),
+            ctl_subject: if cfg.control {
+                ctl.clone()
+            } else {
+                String::new()
+            },
+            stream: cfg.stream.clone(),
+            ..Default::default()
+        };
+        ctx.handle::<NatsStatusCmd, _, _>(move |_| {
+            let s = status_of(&status, &stats, &buffer);
+            async move { Ok(s) }
+        });
+    }
+
+    // The NATS connection: reconnects forever, at most 5 s between attempts.
+    let opts = connect_options(&cfg)
+        .await?
+        .name(format!("majordomo {node}/{instance}"))
+        .no_echo()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(3))
+        .reconnect_delay_callback(|attempt| {
+            backoff::full_jitter(
+                Duration::from_millis(100),
+                Duration::from_secs(5),
+                attempt as u32,
+            )
+        })
+        .event_callback({
+            let stats = stats.clone();
+            let hub = ctx.hub.clone();
+            let server = shown_servers.join(",");
+            move |ev| {
+                let stats = stats.clone();
+                let hub = hub.clone();
+                let server = server.clone();
+                async move { on_event(ev, &stats, &hub, &server) }
+            }
+        });
+    let client = opts.connect(servers.as_str()).await.map_err(|e| {
+        format!(
+            "[nats] servers {}: {e}; check the addresses and credentials",
+            shown_servers.join(",")
+        )
+    })?;
+
+    // The bridge's own bus connection.
+    let (_session_tx, session_rx) = watch::channel(Arc::new(SessionConfig {
+        token: None,
+        max_line: 64 * 1024 * 1024,
+    }));
+    let session = Session {
+        commands: ctx.commands.clone(),
+        daemon: ctx.daemon.clone(),
+        router,
+        instance: instance.as_str().into(),
+        config: session_rx,
+        token: ctx.token.clone(),
+        tracker: ctx.tracker.clone(),
+    };
+    let (link, msgs) = Link::open(&session, ctx.token.clone());
+    for p in &cfg.export {
+        let line = format!(r#""cmd":"bus.sub","pattern":{}"#, jstr(p));
+        link.call(line.as_bytes()).await.map_err(|e| {
+            format!(
+                "[nats] export {p:?}: the bus refused the subscription: {}",
+                e.message
+            )
+        })?;
+    }
+    let echo = Arc::new(Echo::default());
+    let exports: Arc<[String]> = cfg.export.clone().into();
+
+    let token = ctx.token.clone();
+    let tracker = ctx.tracker.clone();
+
+    tracker.spawn(export_reader(
+        msgs,
+        link.clone(),
+        client.clone(),
+        buffer.clone(),
+        echo.clone(),
+        stats.clone(),
+        prefix.clone(),
+        cfg.request_timeout.get(),
+        token.clone(),
+    ));
+    tracker.spawn(publisher(
+        client.clone(),
+        buffer.clone(),
+        stats.clone(),
+        (*cfg).clone(),
+        prefix.clone(),
+        token.clone(),
+    ));
+    if !cfg.import.is_empty() {
+        let mut subs = Vec::new();
+        for p in &cfg.import {
+            let s = client
+                .subscribe(p.clone())
+                .await
+                .map_err(|e| format!("[nats] import {p:?}: {e}"))?;
+            subs.push(s);
+        }
+        tracker.spawn(importer(
+            futures_util::stream::select_all(subs),
+            link.clone(),
+            client.clone(),
+            echo.clone(),
+            exports.clone(),
+            stats.clone(),
+            token.clone(),
+        ));
+    }
+    if cfg.system_events {
+        tracker.spawn(export_events(
+            ctx.hub.clone(),
+            buffer.clone(),
+            prefix.clone(),
+            token.clone(),
+        ));
+    }
+    if let Some(every) = cfg.metrics_interval {
+        tracker.spawn(export_metrics(
+            ctx.commands.clone(),
+            buffer.clone(),
+            format!("{prefix}metrics"),
+            every.get(),
+            token.clone(),
+        ));
+    }
+    if cfg.control {
+        crate::remote::start(
+            &client,
+            &ctl,
+            crate::remote::Identity {
+                node: node.clone(),
+                instance: instance.clone(),
+                roles: cfg.roles.clone(),
+                allow: cfg.allowed(),
+            },
+            ctx.commands.clone(),
+            stats.clone(),
+            &tracker,
+            token.clone(),
+        )
+        .await?;
+    }
+    if client.connection_state() == async_nats::connection::State::Connected {
+        // The subscriptions are on the server before the instance reports itself ready.
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    }
+    tracing::info!(
+        servers = %shown_servers.join(","),
+        %node,
+        %prefix,
+        export = ?cfg.export,
+        import = ?cfg.import,
+        stream = ?cfg.stream,
+        "NATS bridge started"
+    );
+    ctx.ready();
+    token.cancelled().await;
+    // Give what is buffered a moment to leave, within the grace period.
+    let until = tokio::time::Instant::now() + ctx.grace().min(Duration::from_secs(2));
+    while buffer.len() > 0
+        && stats.connected.load(Ordering::Relaxed)
+        && tokio::time::Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+    ctx.commands.unregister_owner("nats");
+    Ok(())
+}
+
+fn status_of(base: &NatsStatus, s: &Stats, buffer: &Buffer) -> NatsStatus {
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    NatsStatus {
+        connected: s.connected.load(Ordering::Relaxed),
+        exported: g(&s.exported),
+        imported: g(&s.imported),
+        echo_suppressed: g(&s.echo_suppressed),
+        requests_out: g(&s.requests_out),
+        requests_in: g(&s.requests_in),
+        ctl_answered: g(&s.ctl_answered),
+        ctl_refused: g(&s.ctl_refused),
+        buffered: buffer.len() as u64,
+        dropped: g(&s.dropped),
+        unconfirmed: g(&s.unconfirmed),
+        connects: g(&s.connects),
+        last_error: s.last_error.lock().ok().and_then(|e| e.clone()),
+        ..base.clone()
+    }
+}
+
+/// `nats://user:pass@host` → `nats://host`: credentials never leave through status or logs.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://{host}"),
+            None => url.to_string(),
+        },
+        None => match url.rsplit_once('@') {
+            Some((_, host)) => host.to_string(),
+            None => url.to_string(),
+        },
+    }
+}
+
+fn on_event(ev: async_nats::Event, stats: &Stats, hub: &Hub, server: &str) {
+    match ev {
+        async_nats::Event::Connected => {
+            stats.connected.store(true, Ordering::Relaxed);
+            stats.connects.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%server, "connected to NATS");
+            hub.emit(Event::NatsConnected {
+                server: server.to_string(),
+            });
+        }
+        async_nats::Event::Disconnected => {
+            stats.connected.store(false, Ordering::Relaxed);
+            let dropped = stats.dropped.load(Ordering::Relaxed);
+            tracing::warn!(%server, dropped, "lost the NATS connection; exports wait in the buffer while reconnecting");
+            hub.emit(Event::NatsDisconnected {
+                reason: "connection lost".into(),
+                dropped,
+            });
+        }
+        async_nats::Event::ServerError(e) => {
+            tracing::warn!(%server, "NATS server error: {e}");
+            if let Ok(mut l) = stats.last_error.lock() {
+                *l = Some(e.to_string());
+            }
+        }
+        async_nats::Event::ClientError(e) => {
+            tracing::warn!(%server, "NATS client error: {e}");
+            if let Ok(mut l) = stats.last_error.lock() {
+                *l = Some(e.to_string());
+            }
+        }
+        async_nats::Event::SlowConsumer(sid) => {
+            tracing::warn!(sid, "NATS slow consumer: the bridge fell behind an import");
+        }
+        other => tracing::debug!("NATS: {other}"),
+    }
+}
+
+/// Local messages on exported topics: plain ones into the buffer, requests to NATS.
+#[allow(clippy::too_many_arguments)]
+async fn export_reader(
+    mut msgs: tokio::sync::mpsc::UnboundedReceiver<Msg>,
+    link: Link,
+    client: async_nats::Client,
+    buffer: Arc<Buffer>,
+    echo: Arc<Echo>,
+    stats: Arc<Stats>,
+    prefix: String,
+    request_timeout: Duration,
+    token: CancellationToken,
+) {
+    loop {
+        let m = tokio::select! {
+            _ = token.cancelled() => return,
+            m = msgs.recv() => m,
+        };
+        let Some(m) = m else { return };
+        if echo.take(&m.topic, &m.data) {
+            stats.echo_suppressed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let subject = format!("{prefix}{}", m.topic);
+        match m.reply_to {
+            None => buffer.push(subject, m.data),
+            Some(reply_to) => {
+                stats.requests_out.fetch_add(1, Ordering::Relaxed);
+                let client = client.clone();
+                let link = link.clone();
+                tokio::spawn(async move {
+                    let r = tokio::time::timeout(
+                        request_timeout,
+                        client.request(subject.clone(), m.data),
+                    )
+                    .await;
+                    match r {
+                        Ok(Ok(reply)) => {
+                            let data = as_json(&reply.payload);
+                            let mut line =
+                                format!(r#"{{"cmd":"bus.reply","to":{},"data":"#, jstr(&reply_to))
+                                    .into_bytes();
+                            line.extend_from_slice(&data);
+                            line.push(b'}');
+                            link.send(line);
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%subject, "request over NATS failed: {e}");
+                        }
+                        Err(_) => tracing::debug!(%subject, "request over NATS timed out"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Drains the buffer to NATS while connected: core publishes confirmed by a flush per batch,
+/// or JetStream publishes confirmed by their acks (retried until acknowledged).
+async fn publisher(
+    client: async_nats::Client,
+    buffer: Arc<Buffer>,
+    stats: Arc<Stats>,
+    cfg: NatsConfig,
+    prefix: String,
+    token: CancellationToken,
+) {
+    let js = cfg.stream.as_ref().map(|_| {
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(Duration::from_secs(2));
+        js
+    });
+    let mut stream_ready = js.is_none();
+    loop {
+        if buffer.len() == 0 {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = buffer.notify.notified() => {}
+            }
+            continue;
+        }
+        if !stats.connected.load(Ordering::Relaxed)
+            || client.connection_state() != async_nats::connection::State::Connected
+        {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            }
+            continue;
+        }
+        if let (Some(js), false) = (&js, stream_ready) {
+            match ensure_stream(js, &cfg, &prefix).await {
+                Ok(()) => stream_ready = true,
+                Err(e) => {
+                    tracing::warn!("JetStream stream not ready: {e}; retrying");
+                    if let Ok(mut l) = stats.last_error.lock() {
+                        *l = Some(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+        }
+        let batch = buffer.take(512);
+        match &js {
+            None => {
+                let connects = stats.connects.load(Ordering::Relaxed);
+                let n = batch.len() as u64;
+                let mut rest = Vec::new();
+                let mut it = batch.into_iter();
+                for o in it.by_ref() {
+                    if client
+                        .publish(o.subject.clone(), o.payload.clone())
+                        .await
+                        .is_err()
+                    {
+                        rest.push(o);
+                        break;
+                    }
+                }
+                rest.extend(it);
+                let sent = n - rest.len() as u64;
+                if !rest.is_empty() {
+                    buffer.requeue(rest);
+                }
+                let flushed = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
+                if matches!(flushed, Ok(Ok(())))
+                    && stats.connects.load(Ordering::Relaxed) == connects
+                {
+                    stats.exported.fetch_add(sent, Ordering::Relaxed);
+                } else {
+                    // The connection broke under this batch: what the server had not read is gone.
+                    stats.unconfirmed.fetch_add(sent, Ordering::Relaxed);
+                    tracing::warn!(
+                        messages = sent,
+                        "exports not confirmed by NATS before the connection broke; possibly lost (use [nats] stream for durable export)"
+                    );
+                }
+            }
+            Some(js) => {
+                let mut acks = Vec::with_capacity(batch.len());
+                let mut failed = Vec::new();
+                for o in batch {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", o.id.as_str());
+                    match js
+                        .publish_with_headers(o.subject.clone(), headers, o.payload.clone())
+                        .await
+                    {
+                        Ok(ack) => acks.push((o, ack)),
+                        Err(_) => failed.push(o),
+                    }
+                }
+                for (o, ack) in acks {
+                    match ack.await {
+                        Ok(a) if a.duplicate => {
+                            // Stored by an earlier attempt whose ack was lost.
+                        }
+                        Ok(_) => {
+                            stats.exported.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => failed.push(o),
+                    }
+                }
+                if !failed.is_empty() {
+                    tracing::debug!(
+                        messages = failed.len(),
+                        "JetStream did not acknowledge; retrying"
+                    );
+                    buffer.requeue(failed);
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn ensure_stream(
+    js: &async_nats::jetstream::Context,
+    cfg: &NatsConfig,
+    prefix: &str,
+) -> Result<(), String> {
+    let Some(name) = &cfg.stream else {
+        return Ok(());
+    };
+    let mut subjects: Vec<String> = cfg.export.iter().map(|p| format!("{prefix}{p}")).collect();
+    if cfg.system_events {
+        subjects.push(format!("{prefix}$sys.>"));
+    }
+    if cfg.metrics_interval.is_some() {
+        subjects.push(format!("{prefix}metrics"));
+    }
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("stream {name:?}: {e}"))
+}
+
+/// NATS subjects in, local subscribers out; requests answered by a local responder.
+async fn importer(
+    mut subs: futures_util::stream::SelectAll<async_nats::Subscriber>,
+    link: Link,
+    client: async_nats::Client,
+    echo: Arc<Echo>,
+    exports: Arc<[String]>,
+    stats: Arc<Stats>,
+    token: CancellationToken,
+) {
+    loop {
+        let m = tokio::select! {
+            _ = token.cancelled() => return,
+            m = subs.next() => m,
+        };
+        let Some(m) = m else { return };
+        let topic = m.subject.to_string();
+        if topic.starts_with("_INBOX.") || topic.starts_with("$sys.") {
+            continue;
+        }
+        if let Err(e) = wire::check_topic(&topic, false) {
+            tracing::debug!(%topic, "NATS subject not importable: {e}");
+            continue;
+        }
+        let data = as_json(&m.payload);
+        if exports.iter().any(|p| wire::matches(p, &topic)) {
+            echo.note(&topic, &data);
+        }
+        match m.reply {
+            None => {
+                stats.imported.fetch_add(1, Ordering::Relaxed);
+                let mut line =
+                    format!(r#"{{"cmd":"bus.pub","topic":{},"data":"#, jstr(&topic)).into_bytes();
+                line.extend_from_slice(&data);
+                line.push(b'}');
+                link.send(line);
+            }
+            Some(reply) => {
+                stats.requests_in.fetch_add(1, Ordering::Relaxed);
+                let link = link.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let mut line =
+                        format!(r#""cmd":"bus.request","topic":{},"data":"#, jstr(&topic))
+                            .into_bytes();
+                    line.extend_from_slice(&data);
+                    match link.call(&line).await {
+                        Ok(answer) => {
+                            let _ = client.publish(reply, answer).await;
+                        }
+                        Err(e) => {
+                            let mut headers = async_nats::HeaderMap::new();
+                            headers.insert(ERROR_HEADER, e.code.as_str());
+                            let body = serde_json::to_vec(&e).unwrap_or_default();
+                            let _ = client
+                                .publish_with_headers(reply, headers, body.into())
+                                .await;
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Every hub event, as `<prefix>$sys.<kind>`.
+async fn export_events(hub: Hub, buffer: Arc<Buffer>, prefix: String, token: CancellationToken) {
+    let mut rx = hub.subscribe();
+    loop {
+        let ev = tokio::select! {
+            _ = token.cancelled() => return,
+            ev = rx.recv() => ev,
+        };
+        match ev {
+            Ok(ev) => {
+                if let Ok(data) = serde_json::to_vec(&*ev) {
+                    buffer.push(format!("{prefix}$sys.{}", ev.kind()), data.into());
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "NATS event export fell behind the event hub");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// The monitor's `metrics` reply, every `every`, as `<prefix>metrics`.
+async fn export_metrics(
+    commands: Arc<Commands>,
+    buffer: Arc<Buffer>,
+    subject: String,
+    every: Duration,
+    token: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match commands.dispatch("metrics", Default::default()).await {
+            Ok(v) => {
+                if let Ok(data) = serde_json::to_vec(&v) {
+                    buffer.push(subject.clone(), data.into());
+                }
+            }
+            Err(e) => tracing::debug!("metrics not exported: {}", e.message),
+        }
+    }
+}
+
+/// An error body from a NATS reply that carries [`ERROR_HEADER`].
+pub fn reply_error(msg: &async_nats::Message) -> Option<ErrorBody> {
+    let code = msg.headers.as_ref()?.get(ERROR_HEADER)?.to_string();
+    Some(
+        serde_json::from_slice::<ErrorBody>(&msg.payload)
+            .unwrap_or_else(|_| ErrorBody::new(ErrorCode::Internal, code)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_is_consumed_once_per_delivery() {
+        let e = Echo::default();
+        e.note("a.b", b"1");
+        e.note("a.b", b"1");
+        assert!(e.take("a.b", b"1"));
+        assert!(!e.take("a.b", b"2"));
+        assert!(e.take("a.b", b"1"));
+        assert!(!e.take("a.b", b"1"));
+    }
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(redact_url("nats://u:p@h:4222"), "nats://h:4222");
+        assert_eq!(redact_url("tok@h:4222"), "h:4222");
+        assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+    }
+
+    #[test]
+    fn payloads_become_json() {
+        assert_eq!(&as_json(b"{\"a\":1}")[..], b"{\"a\":1}");
+        assert_eq!(&as_json(b"hello")[..], b"\"hello\"");
+        assert_eq!(&as_json(b"")[..], b"null");
+    }
+}
