@@ -16,6 +16,7 @@ use majordomo_core::{Dur, PathsConfig, Problem, Root, Section};
 use majordomo_monitor::{CheckConfig, MonitorConfig, MonitorSection, NotifierConfig};
 use majordomo_pipeline::{PipelineConfig, PipelineSection, UploaderConfig};
 use majordomo_supervisor::ProgramConfig;
+use majordomo_guest::GuestConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::logging::{LogConfig, LogHandle};
@@ -45,6 +46,8 @@ pub struct Config {
     pub pipeline: Vec<PipelineConfig>,
     /// `[[uploader]]`: HTTP endpoints that pipelines upload to.
     pub uploader: Vec<UploaderConfig>,
+    /// `[guest]`: the VM guest agent (QEMU Guest Agent protocol on virtio-serial).
+    pub guest: GuestConfig,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             notifier: Vec::new(),
             pipeline: Vec::new(),
             uploader: Vec::new(),
+            guest: GuestConfig::default(),
         }
     }
 }
@@ -70,6 +74,7 @@ impl Root for Config {
     const SECTIONS: &'static [&'static str] = &[
         "daemon", "log", "control", "paths", "program", "bus", "monitor", "check", "notifier",
         "pipeline", "uploader",
+        "guest",
     ];
 
     fn section(&mut self, name: &str, value: Section<'_>, problems: &mut Vec<Problem>) -> bool {
@@ -89,6 +94,7 @@ impl Root for Config {
             "notifier" => value.many(&mut self.notifier, problems),
             "pipeline" => value.many(&mut self.pipeline, problems),
             "uploader" => value.many(&mut self.uploader, problems),
+            "guest" => value.one(&mut self.guest, problems),
             _ => return false,
         }
         true
@@ -101,6 +107,7 @@ impl Root for Config {
         self.bus.validate(problems);
         majordomo_monitor::validate(&self.monitor, &self.check, &self.notifier, problems);
         majordomo_pipeline::validate(&self.pipeline, &self.uploader, problems);
+        majordomo_guest::validate(&self.guest, problems);
         self.validate_across(problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
@@ -179,7 +186,8 @@ pub fn subsystems(registry: &mut Registry<Config>, log: Arc<LogHandle>, router: 
         .mount(majordomo_pipeline::Pipeline, |c| PipelineSection {
             pipeline: c.pipeline.clone(),
             uploader: c.uploader.clone(),
-        });
+        })
+        .mount(majordomo_guest::Guest, |c| c.guest.clone());
 }
 
 #[cfg(test)]
