@@ -10,7 +10,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::io::AsyncReadExt;
 
 use crate::config::GuestConfig;
 use crate::qmp::{self, COMMANDS, Policy, QmpError, Request};
@@ -454,7 +453,9 @@ impl Agent {
             Some(Value::String(s)) if ["stdout", "stderr", "separated", "merged"].contains(&s.as_str()) => true,
             Some(v) => return Err(QmpError::generic(format!("Invalid parameter 'capture-output': {v}"))),
         };
-        let mut cmd = tokio::process::Command::new(&x.path);
+        // std::process and plain threads: the child's pipes and its wait never touch the
+        // runtime, so a guest with one vCPU keeps answering while children run.
+        let mut cmd = std::process::Command::new(&x.path);
         cmd.args(x.arg.unwrap_or_default());
         if !self.cfg.exec_inherit_env {
             cmd.env_clear();
@@ -470,11 +471,10 @@ impl Agent {
         cmd.stdin(if input.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() });
         let pipe = || if capture { std::process::Stdio::piped() } else { std::process::Stdio::null() };
         cmd.stdout(pipe()).stderr(pipe());
-        cmd.kill_on_drop(true);
         let mut child = cmd
             .spawn()
             .map_err(|e| QmpError::generic(format!("Guest agent command failed, error was '{}: {e}'", x.path)))?;
-        let pid = child.id().unwrap_or(0) as i64;
+        let pid = i64::from(child.id());
         let state = Arc::new(Mutex::new(ExecState {
             exited: None,
             out: Vec::new(),
@@ -491,32 +491,45 @@ impl Agent {
             .timeout
             .map(Duration::from_secs)
             .or_else(|| Some(self.cfg.exec_timeout.get()).filter(|d| !d.is_zero()));
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        tokio::spawn(async move {
-            if let (Some(mut w), Some(data)) = (stdin, input) {
-                tokio::spawn(async move {
-                    use tokio::io::AsyncWriteExt;
-                    let _ = w.write_all(&data).await;
-                });
-            }
-            let s1 = state.clone();
-            let s2 = state.clone();
-            let r_out = tokio::spawn(async move { drain(stdout, &s1, cap, true).await });
-            let r_err = tokio::spawn(async move { drain(stderr, &s2, cap, false).await });
-            let status = match limit {
-                Some(l) => match tokio::time::timeout(l, child.wait()).await {
-                    Ok(s) => s,
-                    Err(_) => {
-                        let _ = child.start_kill();
-                        child.wait().await
+        if let (Some(mut w), Some(data)) = (child.stdin.take(), input) {
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = w.write_all(&data);
+            });
+        }
+        let readers: Vec<_> = [
+            child.stdout.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let r = r?;
+            let st = state.clone();
+            std::thread::Builder::new()
+                .name("guest-exec-io".into())
+                .spawn(move || drain(r, &st, cap, i == 0))
+                .ok()
+        })
+        .collect();
+        let spawned = std::thread::Builder::new().name("guest-exec".into()).spawn(move || {
+            let started = Instant::now();
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(s)) => break Ok(s),
+                    Ok(None) => {
+                        if limit.is_some_and(|l| started.elapsed() > l) {
+                            let _ = child.kill();
+                            break child.wait();
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
                     }
-                },
-                None => child.wait().await,
+                    Err(e) => break Err(e),
+                }
             };
-            let _ = r_out.await;
-            let _ = r_err.await;
+            for r in readers {
+                let _ = r.join();
+            }
             let (code, sig) = match status {
                 #[cfg(unix)]
                 Ok(s) => {
@@ -531,6 +544,9 @@ impl Agent {
                 st.exited = Some((code, sig));
             }
         });
+        if let Err(e) = spawned {
+            return Err(QmpError::generic(format!("cannot watch the child: {e}")));
+        }
         Ok(json!({ "pid": pid }))
     }
 
@@ -762,24 +778,17 @@ impl Agent {
     }
 }
 
-async fn drain<T: tokio::io::AsyncRead + Unpin>(
-    src: Option<T>,
-    st: &Mutex<ExecState>,
-    cap: usize,
-    out: bool,
-) {
-    let Some(mut src) = src else { return };
+fn drain(mut src: Box<dyn std::io::Read + Send>, st: &Mutex<ExecState>, cap: usize, out: bool) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        match src.read(&mut buf).await {
+        match src.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 if let Ok(mut s) = st.lock() {
+                    let s = &mut *s;
                     let (v, t) = if out {
-                        let s = &mut *s;
                         (&mut s.out, &mut s.out_trunc)
                     } else {
-                        let s = &mut *s;
                         (&mut s.err, &mut s.err_trunc)
                     };
                     let room = cap.saturating_sub(v.len());
