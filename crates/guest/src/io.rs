@@ -66,16 +66,33 @@ mod imp {
         pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             loop {
                 let mut guard = self.fd.readable().await?;
+                let closed = guard.ready().is_read_closed();
                 match guard.try_io(|f| f.get_ref().read(buf)) {
                     Ok(Ok(0)) => {
                         // No host on the other end: sleep until the driver says something changed.
                         drop(guard);
                         self.host_absent().await;
+                        self.reregister()?;
                     }
                     Ok(r) => return r,
-                    Err(_would_block) => continue,
+                    Err(_would_block) => {
+                        // tokio keeps a hang-up (reported while no host was connected) sticky;
+                        // a host is here now, so start from the port's current state.
+                        if closed {
+                            self.reregister()?;
+                        }
+                    }
                 }
             }
+        }
+
+        fn reregister(&mut self) -> io::Result<()> {
+            // A placeholder registration is not needed: take the file out by replacing the
+            // AsyncFd with one for a duplicate descriptor, then drop the old registration.
+            let dup = self.fd.get_ref().try_clone()?;
+            let old = std::mem::replace(&mut self.fd, async_file(dup)?);
+            drop(old.into_inner());
+            Ok(())
         }
 
         async fn host_absent(&mut self) {

@@ -19,3 +19,5 @@ mod pipeline;
 mod service;
 #[cfg(unix)]
 mod supervisor;
+#[cfg(target_os = "linux")]
+mod guest;
