@@ -32,6 +32,7 @@ struct ExecState {
 }
 
 #[derive(Default)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct Freeze {
     frozen: Vec<PathBuf>,
     generation: u64,
@@ -78,7 +79,10 @@ impl Agent {
 
     /// Whether filesystems are frozen now.
     pub fn frozen(&self) -> bool {
-        self.freeze.lock().map(|f| !f.frozen.is_empty()).unwrap_or(false)
+        self.freeze
+            .lock()
+            .map(|f| !f.frozen.is_empty())
+            .unwrap_or(false)
     }
 
     /// Answers one framed request.
@@ -96,18 +100,30 @@ impl Agent {
             id,
         } = req;
         let Some(info) = qmp::lookup(&execute) else {
-            return Outcome::Reply(qmp::reply_line(&Err(QmpError::not_found(&execute)), id.as_ref()));
+            return Outcome::Reply(qmp::reply_line(
+                &Err(QmpError::not_found(&execute)),
+                id.as_ref(),
+            ));
         };
         if !self.policy.enabled(info) {
-            return Outcome::Reply(qmp::reply_line(&Err(QmpError::disabled(&execute)), id.as_ref()));
+            return Outcome::Reply(qmp::reply_line(
+                &Err(QmpError::disabled(&execute)),
+                id.as_ref(),
+            ));
         }
         // While frozen, only what cannot write to a filesystem (qemu-ga's frozen allow-list).
         if self.frozen()
             && !matches!(
                 execute.as_str(),
-                "guest-sync" | "guest-sync-delimited" | "guest-ping" | "guest-info"
-                    | "guest-fsfreeze-status" | "guest-fsfreeze-thaw" | "guest-get-time"
-                    | "guest-get-osinfo" | "guest-get-host-name"
+                "guest-sync"
+                    | "guest-sync-delimited"
+                    | "guest-ping"
+                    | "guest-info"
+                    | "guest-fsfreeze-status"
+                    | "guest-fsfreeze-thaw"
+                    | "guest-get-time"
+                    | "guest-get-osinfo"
+                    | "guest-get-host-name"
             )
         {
             return Outcome::Reply(qmp::reply_line(
@@ -119,11 +135,20 @@ impl Agent {
         }
         let audited = matches!(
             execute.as_str(),
-            "guest-exec" | "guest-set-user-password" | "guest-shutdown" | "guest-set-time"
-                | "guest-fsfreeze-freeze" | "guest-fsfreeze-freeze-list" | "guest-fsfreeze-thaw"
+            "guest-exec"
+                | "guest-set-user-password"
+                | "guest-shutdown"
+                | "guest-set-time"
+                | "guest-fsfreeze-freeze"
+                | "guest-fsfreeze-freeze-list"
+                | "guest-fsfreeze-thaw"
                 | "__org.majordomo_exec"
         ) || execute.starts_with("guest-file-");
-        let shown_args = if audited { redact(&execute, &arguments) } else { Value::Null };
+        let shown_args = if audited {
+            redact(&execute, &arguments)
+        } else {
+            Value::Null
+        };
         let started = Instant::now();
         let delimited = execute == "guest-sync-delimited";
         let result = self.dispatch(&execute, arguments).await;
@@ -205,7 +230,9 @@ impl Agent {
             }
             "guest-fsfreeze-thaw" => {
                 no_args(&a)?;
-                Ok(json!(thaw(&self.freeze, self.cfg.fsfreeze_hook_dir.as_deref()).await))
+                Ok(json!(
+                    thaw(&self.freeze, self.cfg.fsfreeze_hook_dir.as_deref()).await
+                ))
             }
             "guest-fstrim" => self.fstrim(a),
             "guest-shutdown" => self.shutdown(a).await,
@@ -248,8 +275,9 @@ impl Agent {
             match x.time {
                 Some(ns) => {
                     let ts = nix::sys::time::TimeSpec::new(ns / 1_000_000_000, ns % 1_000_000_000);
-                    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
-                        .map_err(|e| QmpError::generic(format!("Failed to set time to guest: {e}")))?;
+                    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts).map_err(
+                        |e| QmpError::generic(format!("Failed to set time to guest: {e}")),
+                    )?;
                     // Keep the hardware clock in step, as qemu-ga does (best effort).
                     let _ = run_quiet("hwclock", &["-w"]).await;
                 }
@@ -273,10 +301,15 @@ impl Agent {
         {
             use std::os::fd::AsFd;
             if self.frozen() {
-                return Err(QmpError::generic("Command guest-fsfreeze-freeze has been disabled: the agent is in frozen state"));
+                return Err(QmpError::generic(
+                    "Command guest-fsfreeze-freeze has been disabled: the agent is in frozen state",
+                ));
             }
             hooks(self.cfg.fsfreeze_hook_dir.as_deref(), "freeze").await?;
-            let mut mounts: Vec<String> = crate::sys::block_mounts().into_iter().map(|m| m.mountpoint).collect();
+            let mut mounts: Vec<String> = crate::sys::block_mounts()
+                .into_iter()
+                .map(|m| m.mountpoint)
+                .collect();
             if let Some(l) = list {
                 for m in &l {
                     if !mounts.contains(m) {
@@ -309,7 +342,10 @@ impl Agent {
             }
             let n = done.len();
             let generation = {
-                let mut f = self.freeze.lock().map_err(|_| QmpError::generic("internal lock"))?;
+                let mut f = self
+                    .freeze
+                    .lock()
+                    .map_err(|_| QmpError::generic("internal lock"))?;
                 f.frozen = done;
                 f.generation += 1;
                 f.generation
@@ -321,7 +357,10 @@ impl Agent {
                 let hook_dir = self.cfg.fsfreeze_hook_dir.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(limit).await;
-                    let still = state.lock().map(|f| f.generation == generation && !f.frozen.is_empty()).unwrap_or(false);
+                    let still = state
+                        .lock()
+                        .map(|f| f.generation == generation && !f.frozen.is_empty())
+                        .unwrap_or(false);
                     if still {
                         let n = thaw(&state, hook_dir.as_deref()).await;
                         tracing::warn!(thawed = n, after = ?limit, "filesystems were still frozen at the deadline ([guest] fsfreeze_timeout): thawed them");
@@ -359,13 +398,16 @@ impl Agent {
             for m in crate::sys::block_mounts() {
                 let mut r = json!({"path": m.mountpoint});
                 match std::fs::File::open(&m.mountpoint) {
-                    Ok(f) => match majordomo_platform::guest::fs_trim(f.as_fd(), x.minimum.unwrap_or(0)) {
-                        Ok(n) => {
-                            r["trimmed"] = json!(n);
-                            r["minimum"] = json!(x.minimum.unwrap_or(0));
+                    Ok(f) => {
+                        match majordomo_platform::guest::fs_trim(f.as_fd(), x.minimum.unwrap_or(0))
+                        {
+                            Ok(n) => {
+                                r["trimmed"] = json!(n);
+                                r["minimum"] = json!(x.minimum.unwrap_or(0));
+                            }
+                            Err(e) => r["error"] = json!(e.to_string()),
                         }
-                        Err(e) => r["error"] = json!(e.to_string()),
-                    },
+                    }
                     Err(e) => r["error"] = json!(e.to_string()),
                 }
                 paths.push(r);
@@ -399,7 +441,9 @@ impl Agent {
         };
         #[cfg(unix)]
         {
-            if run_quiet("shutdown", &[flag, "+0", "hypervisor initiated shutdown"]).await.is_ok()
+            if run_quiet("shutdown", &[flag, "+0", "hypervisor initiated shutdown"])
+                .await
+                .is_ok()
                 || run_quiet("systemctl", &[systemctl]).await.is_ok()
                 || run_quiet(systemctl, &[]).await.is_ok()
             {
@@ -442,16 +486,27 @@ impl Agent {
                 "Parameter 'cwd'/'timeout' is unexpected (use __org.majordomo_exec)",
             ));
         }
-        let input = match &x.input_data {
-            Some(s) => Some(B64.decode(s).map_err(|e| QmpError::generic(format!("Invalid base64 in 'input-data': {e}")))?),
-            None => None,
-        };
+        let input =
+            match &x.input_data {
+                Some(s) => Some(B64.decode(s).map_err(|e| {
+                    QmpError::generic(format!("Invalid base64 in 'input-data': {e}"))
+                })?),
+                None => None,
+            };
         let capture = match &x.capture_output {
             None | Some(Value::Bool(false)) => false,
             Some(Value::Bool(true)) => true,
             Some(Value::String(s)) if ["none"].contains(&s.as_str()) => false,
-            Some(Value::String(s)) if ["stdout", "stderr", "separated", "merged"].contains(&s.as_str()) => true,
-            Some(v) => return Err(QmpError::generic(format!("Invalid parameter 'capture-output': {v}"))),
+            Some(Value::String(s))
+                if ["stdout", "stderr", "separated", "merged"].contains(&s.as_str()) =>
+            {
+                true
+            }
+            Some(v) => {
+                return Err(QmpError::generic(format!(
+                    "Invalid parameter 'capture-output': {v}"
+                )));
+            }
         };
         // std::process and plain threads: the child's pipes and its wait never touch the
         // runtime, so a guest with one vCPU keeps answering while children run.
@@ -468,12 +523,25 @@ impl Agent {
         if let Some(d) = &x.cwd {
             cmd.current_dir(d);
         }
-        cmd.stdin(if input.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() });
-        let pipe = || if capture { std::process::Stdio::piped() } else { std::process::Stdio::null() };
+        cmd.stdin(if input.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        });
+        let pipe = || {
+            if capture {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            }
+        };
         cmd.stdout(pipe()).stderr(pipe());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| QmpError::generic(format!("Guest agent command failed, error was '{}: {e}'", x.path)))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            QmpError::generic(format!(
+                "Guest agent command failed, error was '{}: {e}'",
+                x.path
+            ))
+        })?;
         let pid = i64::from(child.id());
         let state = Arc::new(Mutex::new(ExecState {
             exited: None,
@@ -498,8 +566,14 @@ impl Agent {
             });
         }
         let readers: Vec<_> = [
-            child.stdout.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .enumerate()
@@ -512,38 +586,40 @@ impl Agent {
                 .ok()
         })
         .collect();
-        let spawned = std::thread::Builder::new().name("guest-exec".into()).spawn(move || {
-            let started = Instant::now();
-            let status = loop {
-                match child.try_wait() {
-                    Ok(Some(s)) => break Ok(s),
-                    Ok(None) => {
-                        if limit.is_some_and(|l| started.elapsed() > l) {
-                            let _ = child.kill();
-                            break child.wait();
+        let spawned = std::thread::Builder::new()
+            .name("guest-exec".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let status = loop {
+                    match child.try_wait() {
+                        Ok(Some(s)) => break Ok(s),
+                        Ok(None) => {
+                            if limit.is_some_and(|l| started.elapsed() > l) {
+                                let _ = child.kill();
+                                break child.wait();
+                            }
+                            std::thread::sleep(Duration::from_millis(50));
                         }
-                        std::thread::sleep(Duration::from_millis(50));
+                        Err(e) => break Err(e),
                     }
-                    Err(e) => break Err(e),
+                };
+                for r in readers {
+                    let _ = r.join();
                 }
-            };
-            for r in readers {
-                let _ = r.join();
-            }
-            let (code, sig) = match status {
-                #[cfg(unix)]
-                Ok(s) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    (s.code(), s.signal())
+                let (code, sig) = match status {
+                    #[cfg(unix)]
+                    Ok(s) => {
+                        use std::os::unix::process::ExitStatusExt;
+                        (s.code(), s.signal())
+                    }
+                    #[cfg(not(unix))]
+                    Ok(s) => (s.code(), None),
+                    Err(_) => (None, None),
+                };
+                if let Ok(mut st) = state.lock() {
+                    st.exited = Some((code, sig));
                 }
-                #[cfg(not(unix))]
-                Ok(s) => (s.code(), None),
-                Err(_) => (None, None),
-            };
-            if let Ok(mut st) = state.lock() {
-                st.exited = Some((code, sig));
-            }
-        });
+            });
         if let Err(e) = spawned {
             return Err(QmpError::generic(format!("cannot watch the child: {e}")));
         }
@@ -562,7 +638,7 @@ impl Agent {
             .lock()
             .ok()
             .and_then(|m| m.get(&x.pid).cloned())
-            .ok_or_else(|| QmpError::generic(format!("Invalid parameter 'pid'")))?;
+            .ok_or_else(|| QmpError::generic("Invalid parameter 'pid'"))?;
         let st = st.lock().map_err(|_| QmpError::generic("internal lock"))?;
         let Some((code, sig)) = st.exited else {
             return Ok(json!({"exited": false}));
@@ -621,12 +697,22 @@ impl Agent {
             "w+" => o.read(true).write(true).create(true).truncate(true),
             "a" => o.append(true).create(true),
             "a+" => o.read(true).append(true).create(true),
-            _ => return Err(QmpError::generic(format!("invalid file open mode '{mode}'"))),
+            _ => {
+                return Err(QmpError::generic(format!(
+                    "invalid file open mode '{mode}'"
+                )));
+            }
         };
-        let f = o
-            .open(&x.path)
-            .map_err(|e| QmpError::generic(format!("failed to open file '{}' (mode: '{mode}'): {e}", x.path)))?;
-        let mut n = self.next_handle.lock().map_err(|_| QmpError::generic("internal lock"))?;
+        let f = o.open(&x.path).map_err(|e| {
+            QmpError::generic(format!(
+                "failed to open file '{}' (mode: '{mode}'): {e}",
+                x.path
+            ))
+        })?;
+        let mut n = self
+            .next_handle
+            .lock()
+            .map_err(|_| QmpError::generic("internal lock"))?;
         *n += 1;
         let h = *n;
         if let Ok(mut m) = self.files.lock() {
@@ -646,7 +732,9 @@ impl Agent {
         let x: A = qmp::args(a)?;
         let count = x.count.unwrap_or(4096);
         if !(0..=48 * 1024 * 1024).contains(&count) {
-            return Err(QmpError::generic(format!("value '{count}' is invalid for argument count")));
+            return Err(QmpError::generic(format!(
+                "value '{count}' is invalid for argument count"
+            )));
         }
         let mut f = self.handle_of(x.handle)?;
         let mut buf = vec![0u8; count as usize];
@@ -673,13 +761,18 @@ impl Agent {
             count: Option<usize>,
         }
         let x: A = qmp::args(a)?;
-        let data = B64.decode(&x.buf).map_err(|e| QmpError::generic(format!("Invalid base64 in 'buf-b64': {e}")))?;
+        let data = B64
+            .decode(&x.buf)
+            .map_err(|e| QmpError::generic(format!("Invalid base64 in 'buf-b64': {e}")))?;
         let n = x.count.unwrap_or(data.len());
         if n > data.len() {
-            return Err(QmpError::generic(format!("value '{n}' is invalid for argument count")));
+            return Err(QmpError::generic(format!(
+                "value '{n}' is invalid for argument count"
+            )));
         }
         let mut f = self.handle_of(x.handle)?;
-        f.write_all(&data[..n]).map_err(|e| QmpError::generic(format!("failed to write to file: {e}")))?;
+        f.write_all(&data[..n])
+            .map_err(|e| QmpError::generic(format!("failed to write to file: {e}")))?;
         Ok(json!({"count": n, "eof": false}))
     }
 
@@ -703,7 +796,9 @@ impl Agent {
             w => return Err(QmpError::generic(format!("invalid whence code {w}"))),
         };
         let mut f = self.handle_of(x.handle)?;
-        let p = f.seek(pos).map_err(|e| QmpError::generic(format!("failed to seek file: {e}")))?;
+        let p = f
+            .seek(pos)
+            .map_err(|e| QmpError::generic(format!("failed to seek file: {e}")))?;
         Ok(json!({"position": p, "eof": false}))
     }
 
@@ -730,7 +825,10 @@ impl Agent {
         let removed = self.files.lock().ok().and_then(|mut m| m.remove(&x.handle));
         match removed {
             Some(_) => Ok(json!({})),
-            None => Err(QmpError::generic(format!("handle '{}' has not been found", x.handle))),
+            None => Err(QmpError::generic(format!(
+                "handle '{}' has not been found",
+                x.handle
+            ))),
         }
     }
 
@@ -748,7 +846,9 @@ impl Agent {
             .map_err(|e| QmpError::generic(format!("Invalid base64 in 'password': {e}")))?;
         let pw = String::from_utf8(pw).map_err(|_| QmpError::generic("password is not UTF-8"))?;
         if pw.contains('\n') || x.username.contains(':') || x.username.contains('\n') {
-            return Err(QmpError::generic("username or password contains a forbidden character"));
+            return Err(QmpError::generic(
+                "username or password contains a forbidden character",
+            ));
         }
         let mut args = vec![];
         if x.crypted {
@@ -766,7 +866,10 @@ impl Agent {
             use tokio::io::AsyncWriteExt;
             let _ = w.write_all(input.as_bytes()).await;
         }
-        let out = child.wait_with_output().await.map_err(|e| QmpError::generic(e.to_string()))?;
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| QmpError::generic(e.to_string()))?;
         if out.status.success() {
             Ok(json!({}))
         } else {
@@ -808,6 +911,7 @@ async fn thaw(state: &Mutex<Freeze>, hook_dir: Option<&std::path::Path>) -> usiz
         Ok(mut f) => std::mem::take(&mut f.frozen),
         Err(_) => return 0,
     };
+    #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
     let mut n = 0;
     #[cfg(target_os = "linux")]
     for m in list.iter().rev() {
@@ -830,8 +934,14 @@ async fn thaw(state: &Mutex<Freeze>, hook_dir: Option<&std::path::Path>) -> usiz
 /// reverse), as qemu-ga's fsfreeze-hook.d does. A failing freeze hook fails the freeze.
 async fn hooks(dir: Option<&std::path::Path>, phase: &str) -> Result<(), QmpError> {
     let Some(dir) = dir else { return Ok(()) };
-    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
-    let mut list: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut list: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
     list.sort();
     if phase == "thaw" {
         list.reverse();
@@ -862,7 +972,11 @@ async fn run_quiet(prog: &str, args: &[&str]) -> Result<(), String> {
         .status()
         .await
         .map_err(|e| format!("{prog}: {e}"))?;
-    if st.success() { Ok(()) } else { Err(format!("{prog}: {st}")) }
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("{prog}: {st}"))
+    }
 }
 
 /// The arguments as the audit record shows them: passwords and file/stdin contents replaced.
@@ -874,8 +988,10 @@ pub fn redact(cmd: &str, args: &Map<String, Value>) -> Value {
             *v = json!(format!("<redacted {len} chars>"));
         }
     }
-    if cmd == "guest-exec" || cmd == "__org.majordomo_exec" {
-        if let Some(Value::Array(env)) = m.get_mut("env") {
+    if (cmd == "guest-exec" || cmd == "__org.majordomo_exec")
+        && let Some(Value::Array(env)) = m.get_mut("env")
+    {
+        {
             for e in env.iter_mut() {
                 if let Some(s) = e.as_str()
                     && let Some((k, _)) = s.split_once('=')
@@ -912,15 +1028,28 @@ mod tests {
     #[tokio::test]
     async fn sync_ping_info_and_errors() {
         let a = agent(GuestConfig::default());
-        assert_eq!(ask(&a, r#"{"execute":"guest-sync","arguments":{"id":42}}"#).await, json!({"return":42}));
-        match a.handle_bytes(br#"{"execute":"guest-sync-delimited","arguments":{"id":1}}"#).await {
+        assert_eq!(
+            ask(&a, r#"{"execute":"guest-sync","arguments":{"id":42}}"#).await,
+            json!({"return":42})
+        );
+        match a
+            .handle_bytes(br#"{"execute":"guest-sync-delimited","arguments":{"id":1}}"#)
+            .await
+        {
             Outcome::Reply(l) => assert_eq!(l, b"\xff{\"return\":1}\n"),
             Outcome::Silent => panic!(),
         }
-        assert_eq!(ask(&a, r#"{"execute":"guest-ping","id":"x"}"#).await, json!({"return":{},"id":"x"}));
+        assert_eq!(
+            ask(&a, r#"{"execute":"guest-ping","id":"x"}"#).await,
+            json!({"return":{},"id":"x"})
+        );
         let e = ask(&a, r#"{"execute":"nope"}"#).await;
         assert_eq!(e["error"]["class"], "CommandNotFound");
-        let e = ask(&a, r#"{"execute":"guest-exec","arguments":{"path":"/bin/true"}}"#).await;
+        let e = ask(
+            &a,
+            r#"{"execute":"guest-exec","arguments":{"path":"/bin/true"}}"#,
+        )
+        .await;
         assert_eq!(e["error"]["desc"], "Command guest-exec has been disabled");
         let e = ask(&a, r#"{"execute":"guest-sync","arguments":{"id":1,"x":2}}"#).await;
         assert_eq!(e["error"]["desc"], "Parameter 'x' is unexpected");
@@ -943,7 +1072,11 @@ mod tests {
         let r = ask(&a, r#"{"execute":"guest-exec","arguments":{"path":"/bin/sh","arg":["-c","echo hi; echo err >&2; exit 3"],"capture-output":true}}"#).await;
         let pid = r["return"]["pid"].as_i64().unwrap();
         let st = loop {
-            let st = ask(&a, &format!(r#"{{"execute":"guest-exec-status","arguments":{{"pid":{pid}}}}}"#)).await;
+            let st = ask(
+                &a,
+                &format!(r#"{{"execute":"guest-exec-status","arguments":{{"pid":{pid}}}}}"#),
+            )
+            .await;
             if st["return"]["exited"] == true {
                 break st;
             }
@@ -954,22 +1087,55 @@ mod tests {
         assert_eq!(st["return"]["err-data"], B64.encode("err\n"));
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("f");
-        let h = ask(&a, &format!(r#"{{"execute":"guest-file-open","arguments":{{"path":"{}","mode":"w+"}}}}"#, p.display())).await["return"].as_i64().unwrap();
-        let w = ask(&a, &format!(r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{}"}}}}"#, B64.encode("hello"))).await;
+        let h = ask(
+            &a,
+            &format!(
+                r#"{{"execute":"guest-file-open","arguments":{{"path":"{}","mode":"w+"}}}}"#,
+                p.display()
+            ),
+        )
+        .await["return"]
+            .as_i64()
+            .unwrap();
+        let w = ask(
+            &a,
+            &format!(
+                r#"{{"execute":"guest-file-write","arguments":{{"handle":{h},"buf-b64":"{}"}}}}"#,
+                B64.encode("hello")
+            ),
+        )
+        .await;
         assert_eq!(w["return"]["count"], 5);
         let s = ask(&a, &format!(r#"{{"execute":"guest-file-seek","arguments":{{"handle":{h},"offset":0,"whence":"set"}}}}"#)).await;
         assert_eq!(s["return"]["position"], 0);
-        let r = ask(&a, &format!(r#"{{"execute":"guest-file-read","arguments":{{"handle":{h},"count":100}}}}"#)).await;
-        assert_eq!(r["return"], json!({"count":5,"buf-b64":B64.encode("hello"),"eof":true}));
-        assert_eq!(ask(&a, &format!(r#"{{"execute":"guest-file-close","arguments":{{"handle":{h}}}}}"#)).await, json!({"return":{}}));
+        let r = ask(
+            &a,
+            &format!(r#"{{"execute":"guest-file-read","arguments":{{"handle":{h},"count":100}}}}"#),
+        )
+        .await;
+        assert_eq!(
+            r["return"],
+            json!({"count":5,"buf-b64":B64.encode("hello"),"eof":true})
+        );
+        assert_eq!(
+            ask(
+                &a,
+                &format!(r#"{{"execute":"guest-file-close","arguments":{{"handle":{h}}}}}"#)
+            )
+            .await,
+            json!({"return":{}})
+        );
     }
 
     #[test]
     fn audit_redacts_secrets() {
-        let m: Map<String, Value> = serde_json::from_str(r#"{"username":"root","password":"c2VjcmV0","crypted":false}"#).unwrap();
+        let m: Map<String, Value> =
+            serde_json::from_str(r#"{"username":"root","password":"c2VjcmV0","crypted":false}"#)
+                .unwrap();
         let r = redact("guest-set-user-password", &m).to_string();
         assert!(!r.contains("c2VjcmV0"), "{r}");
-        let m: Map<String, Value> = serde_json::from_str(r#"{"path":"/bin/x","env":["TOKEN=abc"]}"#).unwrap();
+        let m: Map<String, Value> =
+            serde_json::from_str(r#"{"path":"/bin/x","env":["TOKEN=abc"]}"#).unwrap();
         let r = redact("guest-exec", &m).to_string();
         assert!(!r.contains("abc") && r.contains("TOKEN="), "{r}");
     }

@@ -13,12 +13,12 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 #[cfg(unix)]
 mod imp {
     use super::*;
+    use majordomo_platform::guest::async_file;
     use std::fs::{File, OpenOptions};
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
     use std::os::unix::fs::OpenOptionsExt;
     use tokio::io::unix::AsyncFd;
-    use majordomo_platform::guest::async_file;
     use tokio::signal::unix::{Signal, SignalKind, signal};
 
     pub struct Port {
@@ -111,7 +111,12 @@ mod imp {
             while !data.is_empty() {
                 let mut guard = match tokio::time::timeout_at(deadline, self.fd.writable()).await {
                     Ok(g) => g?,
-                    Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "no host took the reply")),
+                    Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "no host took the reply",
+                        ));
+                    }
                 };
                 match guard.try_io(|f| f.get_ref().write(data)) {
                     Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
@@ -120,7 +125,10 @@ mod imp {
                     Err(_would_block) => {
                         // Host absent: the driver reports writable yet EAGAIN; retry gently.
                         if tokio::time::Instant::now() >= deadline {
-                            return Err(io::Error::new(io::ErrorKind::TimedOut, "no host took the reply"));
+                            return Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "no host took the reply",
+                            ));
                         }
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
@@ -209,7 +217,10 @@ mod imp {
             match tokio::time::timeout(WRITE_TIMEOUT, job).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => Err(io::Error::other(e)),
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no host took the reply")),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no host took the reply",
+                )),
             }
         }
     }

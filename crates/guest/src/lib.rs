@@ -33,7 +33,11 @@ pub struct Guest;
 
 /// The port `[guest]` would use on this machine, if any.
 pub fn agent_port(c: &GuestConfig) -> Option<std::path::PathBuf> {
-    port::resolve(c.port.as_deref(), port::AGENT_PORT, c.serial_fallback.as_deref())
+    port::resolve(
+        c.port.as_deref(),
+        port::AGENT_PORT,
+        c.serial_fallback.as_deref(),
+    )
 }
 
 impl Subsystem for Guest {
@@ -106,7 +110,11 @@ async fn sleep_or_cancel(token: &CancellationToken, d: Duration) -> bool {
 }
 
 /// Serves one open port: frames in, replies out, one request at a time. `Ok` when cancelled.
-pub async fn serve(mut port: io::Port, agent: &Agent, token: &CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    mut port: io::Port,
+    agent: &Agent,
+    token: &CancellationToken,
+) -> std::io::Result<()> {
     let mut framer = Framer::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut frames = Vec::new();
@@ -126,11 +134,15 @@ pub async fn serve(mut port: io::Port, agent: &Agent, token: &CancellationToken)
                 // reply, so there is nothing useful to say (libvirt and Proxmox never send it).
                 Frame::Resync => continue,
                 Frame::Stray(b) => qmp::reply_line(
-                    &Err(qmp::QmpError::generic(format!("JSON parse error, stray '\\x{b:02x}'"))),
+                    &Err(qmp::QmpError::generic(format!(
+                        "JSON parse error, stray '\\x{b:02x}'"
+                    ))),
                     None,
                 ),
                 Frame::TooLarge => qmp::reply_line(
-                    &Err(qmp::QmpError::generic("JSON parse error, request too large or too deeply nested")),
+                    &Err(qmp::QmpError::generic(
+                        "JSON parse error, request too large or too deeply nested",
+                    )),
                     None,
                 ),
             };

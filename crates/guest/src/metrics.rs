@@ -7,7 +7,9 @@ pub fn snapshot() -> Value {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let mut mem = serde_json::Map::new();
     for line in read("/proc/meminfo").lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let key = match k {
             "MemTotal" => "total",
             "MemAvailable" => "available",
@@ -16,7 +18,11 @@ pub fn snapshot() -> Value {
             "SwapFree" => "swap_free",
             _ => continue,
         };
-        let kb: u64 = v.split_whitespace().next().and_then(|x| x.parse().ok()).unwrap_or(0);
+        let kb: u64 = v
+            .split_whitespace()
+            .next()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0);
         mem.insert(key.into(), json!(kb * 1024));
     }
     let load: Vec<f64> = read("/proc/loadavg")
@@ -37,7 +43,12 @@ pub fn snapshot() -> Value {
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
-    let busy: u64 = cpu.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    let busy: u64 = cpu
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
     let idle: u64 = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
     let at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -34,7 +34,9 @@ impl QmpError {
         }
     }
     pub fn unsupported(name: &str) -> Self {
-        Self::generic(format!("this feature or command is not currently supported: {name}"))
+        Self::generic(format!(
+            "this feature or command is not currently supported: {name}"
+        ))
     }
 }
 
@@ -72,10 +74,7 @@ pub fn parse(bytes: &[u8]) -> Result<Request, (QmpError, Option<Value>)> {
             ));
         }
         None => {
-            return Err((
-                QmpError::generic("QMP input lacks member 'execute'"),
-                id,
-            ));
+            return Err((QmpError::generic("QMP input lacks member 'execute'"), id));
         }
     };
     let arguments = match obj.remove("arguments") {
@@ -174,7 +173,12 @@ const fn silent(name: &'static str) -> CommandInfo {
 }
 
 /// The protocol's own commands: never disabled (a host must always be able to sync and ask).
-pub const ESSENTIAL: &[&str] = &["guest-sync", "guest-sync-delimited", "guest-ping", "guest-info"];
+pub const ESSENTIAL: &[&str] = &[
+    "guest-sync",
+    "guest-sync-delimited",
+    "guest-ping",
+    "guest-info",
+];
 
 /// Every command answered, in `guest-info` order.
 pub const COMMANDS: &[CommandInfo] = &[

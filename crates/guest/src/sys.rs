@@ -29,8 +29,14 @@ pub fn osinfo() -> R {
     #[cfg(unix)]
     {
         let u = nix::sys::utsname::uname().map_err(|e| QmpError::generic(e.to_string()))?;
-        out.insert("kernel-release".into(), json!(u.release().to_string_lossy()));
-        out.insert("kernel-version".into(), json!(u.version().to_string_lossy()));
+        out.insert(
+            "kernel-release".into(),
+            json!(u.release().to_string_lossy()),
+        );
+        out.insert(
+            "kernel-version".into(),
+            json!(u.version().to_string_lossy()),
+        );
         out.insert("machine".into(), json!(u.machine().to_string_lossy()));
     }
     let text = std::env::var("QGA_OS_RELEASE")
@@ -153,7 +159,14 @@ pub fn cpustats_from(text: &str, hz: u64) -> Value {
             continue;
         }
         let mut o = json!({"type": "linux", "cpu": n, "user": ms(f[0]), "nice": ms(f[1]), "system": ms(f[2]), "idle": ms(f[3])});
-        for (i, k) in [(4, "iowait"), (5, "irq"), (6, "softirq"), (7, "steal"), (8, "guest"), (9, "guestnice")] {
+        for (i, k) in [
+            (4, "iowait"),
+            (5, "irq"),
+            (6, "softirq"),
+            (7, "steal"),
+            (8, "guest"),
+            (9, "guestnice"),
+        ] {
             if let Some(v) = f.get(i) {
                 o[k] = json!(ms(*v));
             }
@@ -171,9 +184,23 @@ pub fn cpustats() -> R {
 /// `/proc/diskstats` → GuestDiskStatsInfo.
 pub fn diskstats_from(text: &str) -> Value {
     const KEYS: [&str; 17] = [
-        "read-ios", "read-merges", "read-sectors", "read-ticks", "write-ios", "write-merges",
-        "write-sectors", "write-ticks", "ios-pgr", "total-ticks", "weight-ticks", "discard-ios",
-        "discard-merges", "discard-sectors", "discard-ticks", "flush-ios", "flush-ticks",
+        "read-ios",
+        "read-merges",
+        "read-sectors",
+        "read-ticks",
+        "write-ios",
+        "write-merges",
+        "write-sectors",
+        "write-ticks",
+        "ios-pgr",
+        "total-ticks",
+        "weight-ticks",
+        "discard-ios",
+        "discard-merges",
+        "discard-sectors",
+        "discard-ticks",
+        "flush-ios",
+        "flush-ticks",
     ];
     let mut out = Vec::new();
     for line in text.lines() {
@@ -238,7 +265,10 @@ pub fn users_from_utmp(data: &[u8]) -> Value {
             continue;
         }
         let user_raw = &rec[44..76];
-        let end = user_raw.iter().position(|&b| b == 0).unwrap_or(user_raw.len());
+        let end = user_raw
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(user_raw.len());
         let user = String::from_utf8_lossy(&user_raw[..end]).to_string();
         if user.is_empty() {
             continue;
@@ -291,7 +321,11 @@ pub fn interfaces(exclude: &[glob::Pattern]) -> R {
         let Some(addr) = ifa.address else { continue };
         if let Some(ll) = addr.as_link_addr() {
             if let Some(mac) = ll.addr() {
-                let s = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+                let s = mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
                 entry.insert("hardware-address".into(), json!(s));
             }
             continue;
@@ -324,8 +358,13 @@ pub fn interfaces(exclude: &[glob::Pattern]) -> R {
     }
     let dev = read("/proc/net/dev").unwrap_or_default();
     for line in dev.lines().skip(2) {
-        let Some((name, rest)) = line.split_once(':') else { continue };
-        let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
         if f.len() < 12 {
             continue;
         }
@@ -368,7 +407,8 @@ fn unescape_mount(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'\\'
             && i + 4 <= b.len()
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
         {
             out.push(v);
             i += 4;
@@ -383,14 +423,20 @@ fn unescape_mount(s: &str) -> String {
 pub fn mounts_from(text: &str) -> Vec<Mount> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         let l: Vec<&str> = left.split(' ').collect();
         let r: Vec<&str> = right.split(' ').collect();
         if l.len() < 5 || r.len() < 2 {
             continue;
         }
-        let Some((maj, min)) = l[2].split_once(':') else { continue };
-        let (Ok(major), Ok(minor)) = (maj.parse(), min.parse()) else { continue };
+        let Some((maj, min)) = l[2].split_once(':') else {
+            continue;
+        };
+        let (Ok(major), Ok(minor)) = (maj.parse(), min.parse()) else {
+            continue;
+        };
         out.push(Mount {
             major,
             minor,
@@ -438,10 +484,10 @@ fn disk_devices(name: &str) -> Vec<std::path::PathBuf> {
         }
     }
     let real = std::fs::canonicalize(&sys).unwrap_or(sys.clone());
-    if real.join("partition").exists() {
-        if let Some(parent) = real.parent() {
-            return vec![parent.to_path_buf()];
-        }
+    if real.join("partition").exists()
+        && let Some(parent) = real.parent()
+    {
+        return vec![parent.to_path_buf()];
     }
     vec![real]
 }
@@ -484,7 +530,9 @@ fn disk_address(dev: &std::path::Path) -> Option<Value> {
     });
     // SCSI: host:channel:target:lun from the path.
     if bus_type == "scsi"
-        && let Some(hctl) = s.split('/').find(|c| c.split(':').count() == 4 && c.split(':').all(|x| x.parse::<u32>().is_ok()))
+        && let Some(hctl) = s
+            .split('/')
+            .find(|c| c.split(':').count() == 4 && c.split(':').all(|x| x.parse::<u32>().is_ok()))
     {
         let v: Vec<i64> = hctl.split(':').filter_map(|x| x.parse().ok()).collect();
         a["bus"] = json!(v[1]);
@@ -493,7 +541,10 @@ fn disk_address(dev: &std::path::Path) -> Option<Value> {
     }
     let serial = read(&format!("/sys/class/block/{name}/serial"))
         .or_else(|| read(&format!("/sys/class/block/{name}/device/serial")));
-    if let Some(sr) = serial.map(|x| x.trim().to_string()).filter(|x| !x.is_empty()) {
+    if let Some(sr) = serial
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+    {
         a["serial"] = json!(sr);
     }
     Some(a)
@@ -507,8 +558,11 @@ pub fn fsinfo() -> R {
             .iter()
             .filter_map(|d| disk_address(d))
             .collect();
-        let mut fs = json!({"name": name, "mountpoint": m.mountpoint, "type": m.fstype, "disk": disks});
+        #[cfg_attr(not(unix), allow(unused_mut))]
+        let mut fs =
+            json!({"name": name, "mountpoint": m.mountpoint, "type": m.fstype, "disk": disks});
         #[cfg(unix)]
+        #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
         if let Ok(st) = nix::sys::statvfs::statvfs(m.mountpoint.as_str()) {
             let frsize = st.fragment_size() as u64;
             let total = st.blocks() as u64 * frsize;
@@ -523,8 +577,12 @@ pub fn fsinfo() -> R {
 }
 
 pub fn disks() -> R {
-    let dir = std::fs::read_dir("/sys/block").map_err(|_| QmpError::unsupported("guest-get-disks"))?;
-    let mut names: Vec<String> = dir.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    let dir =
+        std::fs::read_dir("/sys/block").map_err(|_| QmpError::unsupported("guest-get-disks"))?;
+    let mut names: Vec<String> = dir
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
     names.sort();
     let mut out = Vec::new();
     for name in names {
@@ -534,7 +592,11 @@ pub fn disks() -> R {
         let real = std::fs::canonicalize(format!("/sys/block/{name}")).unwrap_or_default();
         let mut d = json!({"name": format!("/dev/{name}"), "partition": false});
         let deps: Vec<String> = std::fs::read_dir(real.join("slaves"))
-            .map(|r| r.flatten().map(|e| format!("/dev/{}", e.file_name().to_string_lossy())).collect())
+            .map(|r| {
+                r.flatten()
+                    .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()))
+                    .collect()
+            })
             .unwrap_or_default();
         d["dependencies"] = json!(deps);
         if let Some(a) = disk_address(&real) {
@@ -574,11 +636,16 @@ mod tests {
         assert_eq!(m[0].mountpoint, "/");
         assert_eq!(m[2].mountpoint, "/mnt/my data");
         assert_eq!(m[2].fstype, "xfs");
-        let st = cpustats_from("cpu  1 2 3 4\ncpu0 100 0 50 1000 5 0 1 0 0 0\nintr 5\n", 100);
+        let st = cpustats_from(
+            "cpu  1 2 3 4\ncpu0 100 0 50 1000 5 0 1 0 0 0\nintr 5\n",
+            100,
+        );
         assert_eq!(st[0]["cpu"], 0);
         assert_eq!(st[0]["user"], 1000);
         assert_eq!(st[0]["type"], "linux");
-        let ds = diskstats_from(" 254       0 vda 3058 1201 196046 2129 94 55 1170 89 0 1820 2218 0 0 0 0 12 3\n");
+        let ds = diskstats_from(
+            " 254       0 vda 3058 1201 196046 2129 94 55 1170 89 0 1820 2218 0 0 0 0 12 3\n",
+        );
         assert_eq!(ds[0]["name"], "vda");
         assert_eq!(ds[0]["stats"]["read-sectors"], 196046);
         assert_eq!(ds[0]["stats"]["flush-ticks"], 3);
@@ -600,7 +667,16 @@ mod tests {
 
     #[test]
     fn parsers_never_panic_on_junk() {
-        for junk in ["", "x", " - ", "1 2 3:4 5 6 - a", "cpu", "cpu0 a b", "\\\\\\", "a\\1"] {
+        for junk in [
+            "",
+            "x",
+            " - ",
+            "1 2 3:4 5 6 - a",
+            "cpu",
+            "cpu0 a b",
+            "\\\\\\",
+            "a\\1",
+        ] {
             let _ = mounts_from(junk);
             let _ = cpustats_from(junk, 0);
             let _ = diskstats_from(junk);

@@ -13,10 +13,10 @@ use majordomo_bus::{BusConfig, Router};
 use majordomo_control::{ControlConfig, ControlSection};
 use majordomo_core::lifecycle::Registry;
 use majordomo_core::{Dur, PathsConfig, Problem, Root, Section};
+use majordomo_guest::GuestConfig;
 use majordomo_monitor::{CheckConfig, MonitorConfig, MonitorSection, NotifierConfig};
 use majordomo_pipeline::{PipelineConfig, PipelineSection, UploaderConfig};
 use majordomo_supervisor::ProgramConfig;
-use majordomo_guest::GuestConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::logging::{LogConfig, LogHandle};
@@ -73,8 +73,7 @@ impl Root for Config {
     const DEFAULT_TOML: &'static str = DEFAULT_TOML;
     const SECTIONS: &'static [&'static str] = &[
         "daemon", "log", "control", "paths", "program", "bus", "monitor", "check", "notifier",
-        "pipeline", "uploader",
-        "guest",
+        "pipeline", "uploader", "guest",
     ];
 
     fn section(&mut self, name: &str, value: Section<'_>, problems: &mut Vec<Problem>) -> bool {

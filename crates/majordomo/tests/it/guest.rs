@@ -44,7 +44,8 @@ impl Host {
         self.send(req.as_bytes());
         self.send(b"\n");
         let l = self.lines(1).remove(0);
-        serde_json::from_slice(&l).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&l)))
+        serde_json::from_slice(&l)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&l)))
     }
 }
 
@@ -158,7 +159,11 @@ fn qga_protocol_through_the_binary() {
     assert!(fs["return"].is_array(), "{fs}");
     let ifs = host.ask(r#"{"execute":"guest-network-get-interfaces"}"#);
     assert!(
-        ifs["return"].as_array().unwrap().iter().any(|i| i["name"] == "lo"),
+        ifs["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "lo"),
         "{ifs}"
     );
 }

@@ -8,6 +8,8 @@ mod common;
 mod bus;
 #[cfg(unix)]
 mod foundation;
+#[cfg(target_os = "linux")]
+mod guest;
 #[cfg(unix)]
 mod integration;
 mod layering;
@@ -19,5 +21,3 @@ mod pipeline;
 mod service;
 #[cfg(unix)]
 mod supervisor;
-#[cfg(target_os = "linux")]
-mod guest;
