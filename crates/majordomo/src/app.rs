@@ -13,6 +13,7 @@ use majordomo_bus::{BusConfig, Router};
 use majordomo_control::{ControlConfig, ControlSection};
 use majordomo_core::lifecycle::Registry;
 use majordomo_core::{Dur, PathsConfig, Problem, Root, Section};
+use majordomo_guest::GuestConfig;
 use majordomo_monitor::{CheckConfig, MonitorConfig, MonitorSection, NotifierConfig};
 use majordomo_nats::NatsConfig;
 use majordomo_pipeline::{PipelineConfig, PipelineSection, UploaderConfig};
@@ -48,6 +49,8 @@ pub struct Config {
     pub uploader: Vec<UploaderConfig>,
     /// `[nats]`: the NATS bridge, remote control and the fleet.
     pub nats: NatsConfig,
+    /// `[guest]`: the VM guest agent (QEMU Guest Agent protocol on virtio-serial).
+    pub guest: GuestConfig,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             pipeline: Vec::new(),
             uploader: Vec::new(),
             nats: NatsConfig::default(),
+            guest: GuestConfig::default(),
         }
     }
 }
@@ -73,7 +77,7 @@ impl Root for Config {
     const DEFAULT_TOML: &'static str = DEFAULT_TOML;
     const SECTIONS: &'static [&'static str] = &[
         "daemon", "log", "control", "paths", "program", "bus", "monitor", "check", "notifier",
-        "pipeline", "uploader", "nats",
+        "pipeline", "uploader", "nats", "guest",
     ];
 
     fn section(&mut self, name: &str, value: Section<'_>, problems: &mut Vec<Problem>) -> bool {
@@ -94,6 +98,7 @@ impl Root for Config {
             "pipeline" => value.many(&mut self.pipeline, problems),
             "uploader" => value.many(&mut self.uploader, problems),
             "nats" => value.one(&mut self.nats, problems),
+            "guest" => value.one(&mut self.guest, problems),
             _ => return false,
         }
         true
@@ -107,6 +112,7 @@ impl Root for Config {
         majordomo_monitor::validate(&self.monitor, &self.check, &self.notifier, problems);
         majordomo_pipeline::validate(&self.pipeline, &self.uploader, problems);
         self.nats.validate(problems);
+        majordomo_guest::validate(&self.guest, problems);
         self.validate_across(problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
@@ -187,7 +193,8 @@ pub fn subsystems(registry: &mut Registry<Config>, log: Arc<LogHandle>, router: 
             pipeline: c.pipeline.clone(),
             uploader: c.uploader.clone(),
         })
-        .mount(majordomo_nats::Nats::new(router_nats), |c| c.nats.clone());
+        .mount(majordomo_nats::Nats::new(router_nats), |c| c.nats.clone())
+        .mount(majordomo_guest::Guest, |c| c.guest.clone());
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ pub mod eventlog;
 #[cfg(windows)]
 pub mod folders;
 pub mod fsops;
+#[cfg(unix)]
+pub mod guest;
 mod limits;
 mod notify;
 pub mod process;

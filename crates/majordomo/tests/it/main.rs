@@ -8,6 +8,8 @@ mod common;
 mod bus;
 #[cfg(unix)]
 mod foundation;
+#[cfg(target_os = "linux")]
+mod guest;
 #[cfg(unix)]
 mod hostile;
 #[cfg(unix)]

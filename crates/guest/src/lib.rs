@@ -1,0 +1,155 @@
+//! The guest-agent subsystem: majordomo inside a VM answers the QEMU Guest Agent protocol on
+//! the virtio-serial port `org.qemu.guest_agent.0`, so libvirt (`virsh domfsinfo`, `domifaddr
+//! --source agent`, `guestinfo`, `domtime`, ...) and Proxmox (agent checks, fsfreeze for
+//! backups, `qm guest exec`) drive it unchanged.
+//!
+//! `frame` splits the host's byte stream (0xFF resync), `qmp` is the envelope and the command
+//! table with the allow/block policy, `agent` answers (one request at a time, like qemu-ga),
+//! `sys` reads the facts, `port` finds the port and `io` waits on it without polling.
+#![deny(unsafe_code)]
+
+pub mod agent;
+pub mod config;
+pub mod frame;
+pub mod io;
+pub mod metrics;
+pub mod port;
+pub mod qmp;
+pub mod sys;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use majordomo_core::lifecycle::{BoxFuture, Ctx, Subsystem};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{GuestConfig, validate};
+
+use crate::agent::{Agent, Outcome};
+use crate::frame::{Frame, Framer};
+
+/// The `guest` subsystem.
+pub struct Guest;
+
+/// The port `[guest]` would use on this machine, if any.
+pub fn agent_port(c: &GuestConfig) -> Option<std::path::PathBuf> {
+    port::resolve(
+        c.port.as_deref(),
+        port::AGENT_PORT,
+        c.serial_fallback.as_deref(),
+    )
+}
+
+impl Subsystem for Guest {
+    type Config = GuestConfig;
+
+    fn name(&self) -> &'static str {
+        "guest"
+    }
+
+    fn enabled(&self, c: &GuestConfig) -> bool {
+        // Default: on exactly when the agent port exists (inside a VM whose host asked for an
+        // agent); elsewhere one stat() and nothing runs.
+        c.enabled.unwrap_or_else(|| agent_port(c).is_some())
+    }
+
+    fn run(&self, ctx: Ctx<GuestConfig>) -> BoxFuture {
+        Box::pin(async move {
+            let cfg = (**ctx.config.borrow()).clone();
+            let agent = Arc::new(Agent::new(cfg.clone(), port::AGENT_PORT.into()));
+            ctx.ready();
+            serve_port(&ctx, &cfg, agent).await;
+            Ok(())
+        })
+    }
+}
+
+/// Opens the agent port and serves it until cancelled; a port that disappears or refuses to
+/// open (device hot-unplugged, the Windows driver restarting) is reopened with a backoff.
+async fn serve_port(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, agent: Arc<Agent>) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let Some(path) = agent_port(cfg) else {
+            ctx.detail("waiting for the agent port to appear");
+            if sleep_or_cancel(&ctx.token, delay).await {
+                return;
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+            continue;
+        };
+        match io::Port::open(&path) {
+            Ok(p) => {
+                delay = Duration::from_millis(250);
+                tracing::info!(port = %path.display(), "guest agent listening");
+                ctx.detail(format!("port {}", path.display()));
+                let r = serve(p, &agent, &ctx.token).await;
+                match r {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(port = %path.display(), error = %e, "the agent port failed; reopening it");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(port = %path.display(), error = %e, retry_in = ?delay, "cannot open the agent port; retrying");
+                ctx.detail(format!("cannot open {}: {e}", path.display()));
+            }
+        }
+        if sleep_or_cancel(&ctx.token, delay).await {
+            return;
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn sleep_or_cancel(token: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = token.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+/// Serves one open port: frames in, replies out, one request at a time. `Ok` when cancelled.
+pub async fn serve(
+    mut port: io::Port,
+    agent: &Agent,
+    token: &CancellationToken,
+) -> std::io::Result<()> {
+    let mut framer = Framer::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut frames = Vec::new();
+    loop {
+        let n = tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            r = port.read(&mut buf) => r?,
+        };
+        framer.push(&buf[..n], &mut frames);
+        for f in frames.drain(..) {
+            let line = match f {
+                Frame::Value(v) => match agent.handle_bytes(&v).await {
+                    Outcome::Reply(l) => l,
+                    Outcome::Silent => continue,
+                },
+                // A deliberate resync: the host discards whatever it gets until its sync
+                // reply, so there is nothing useful to say (libvirt and Proxmox never send it).
+                Frame::Resync => continue,
+                Frame::Stray(b) => qmp::reply_line(
+                    &Err(qmp::QmpError::generic(format!(
+                        "JSON parse error, stray '\\x{b:02x}'"
+                    ))),
+                    None,
+                ),
+                Frame::TooLarge => qmp::reply_line(
+                    &Err(qmp::QmpError::generic(
+                        "JSON parse error, request too large or too deeply nested",
+                    )),
+                    None,
+                ),
+            };
+            if let Err(e) = port.write_all(&line).await {
+                // The host left mid-reply; the next one resyncs.
+                tracing::debug!(error = %e, "reply dropped");
+            }
+        }
+    }
+}
