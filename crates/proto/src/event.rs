@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::monitor::{Alert, AlertState, Delivery, Outcome};
+use crate::scheduler::{Notice, Run};
 use crate::supervisor::ProgramState;
 
 /// Everything that happens inside the daemon that someone else may want to know. On the bus
@@ -106,6 +107,13 @@ pub enum Event {
         paused: bool,
         reason: String,
     },
+    /// A job's run started (`run.outcome` is empty).
+    JobStarted { job: String, run: Run },
+    /// A job's run ended: `run.outcome` says how.
+    JobFinished { job: String, run: Run },
+    /// A notification that is not an alert (`notify send`, a job's `notify_on`): the notifiers
+    /// deliver it.
+    Notice(Notice),
 }
 
 impl Event {
@@ -133,6 +141,9 @@ impl Event {
         "file.failed",
         "pipeline.rescan",
         "pipeline.backpressure",
+        "job.started",
+        "job.finished",
+        "notice",
     ];
 
     /// A stable name, used for counters and as the last part of the bus topic.
@@ -164,6 +175,9 @@ impl Event {
             Event::FileFailed { .. } => "file.failed",
             Event::PipelineRescan { .. } => "pipeline.rescan",
             Event::PipelineBackpressure { .. } => "pipeline.backpressure",
+            Event::JobStarted { .. } => "job.started",
+            Event::JobFinished { .. } => "job.finished",
+            Event::Notice(_) => "notice",
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod control;
 pub mod event;
 pub mod monitor;
 pub mod pipeline;
+pub mod scheduler;
 pub mod schema;
 pub mod supervisor;
 
