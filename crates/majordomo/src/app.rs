@@ -15,6 +15,7 @@ use majordomo_core::lifecycle::Registry;
 use majordomo_core::{Dur, PathsConfig, Problem, Root, Section};
 use majordomo_monitor::{CheckConfig, MonitorConfig, MonitorSection, NotifierConfig};
 use majordomo_pipeline::{PipelineConfig, PipelineSection, UploaderConfig};
+use majordomo_scheduler::{JobConfig, SchedulerConfig, SchedulerSection};
 use majordomo_supervisor::ProgramConfig;
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,10 @@ pub struct Config {
     pub pipeline: Vec<PipelineConfig>,
     /// `[[uploader]]`: HTTP endpoints that pipelines upload to.
     pub uploader: Vec<UploaderConfig>,
+    /// `[scheduler]`: daemon-wide settings of the jobs.
+    pub scheduler: SchedulerConfig,
+    /// `[[job]]`: scheduled jobs.
+    pub job: Vec<JobConfig>,
 }
 
 impl Default for Config {
@@ -61,6 +66,8 @@ impl Default for Config {
             notifier: Vec::new(),
             pipeline: Vec::new(),
             uploader: Vec::new(),
+            scheduler: SchedulerConfig::default(),
+            job: Vec::new(),
         }
     }
 }
@@ -68,8 +75,19 @@ impl Default for Config {
 impl Root for Config {
     const DEFAULT_TOML: &'static str = DEFAULT_TOML;
     const SECTIONS: &'static [&'static str] = &[
-        "daemon", "log", "control", "paths", "program", "bus", "monitor", "check", "notifier",
-        "pipeline", "uploader",
+        "daemon",
+        "log",
+        "control",
+        "paths",
+        "program",
+        "bus",
+        "monitor",
+        "check",
+        "notifier",
+        "pipeline",
+        "uploader",
+        "scheduler",
+        "job",
     ];
 
     fn section(&mut self, name: &str, value: Section<'_>, problems: &mut Vec<Problem>) -> bool {
@@ -89,6 +107,8 @@ impl Root for Config {
             "notifier" => value.many(&mut self.notifier, problems),
             "pipeline" => value.many(&mut self.pipeline, problems),
             "uploader" => value.many(&mut self.uploader, problems),
+            "scheduler" => value.one(&mut self.scheduler, problems),
+            "job" => value.many(&mut self.job, problems),
             _ => return false,
         }
         true
@@ -101,6 +121,7 @@ impl Root for Config {
         self.bus.validate(problems);
         majordomo_monitor::validate(&self.monitor, &self.check, &self.notifier, problems);
         majordomo_pipeline::validate(&self.pipeline, &self.uploader, problems);
+        majordomo_scheduler::validate(&self.scheduler, &self.job, problems);
         self.validate_across(problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
@@ -163,7 +184,7 @@ pub fn subsystems(registry: &mut Registry<Config>, log: Arc<LogHandle>, router: 
     registry
         .mount(crate::logging::Log(log), |c| c.log.clone())
         .mount(majordomo_bus::Bus::new(router.clone()), |c| c.bus.clone())
-        .mount(majordomo_control::Control::new(router), |c| {
+        .mount(majordomo_control::Control::new(router.clone()), |c| {
             ControlSection {
                 control: c.control.clone(),
                 socket: c.paths.socket.clone(),
@@ -179,6 +200,12 @@ pub fn subsystems(registry: &mut Registry<Config>, log: Arc<LogHandle>, router: 
         .mount(majordomo_pipeline::Pipeline, |c| PipelineSection {
             pipeline: c.pipeline.clone(),
             uploader: c.uploader.clone(),
+        })
+        .mount(majordomo_scheduler::Scheduler::new(router), |c| {
+            SchedulerSection {
+                scheduler: c.scheduler.clone(),
+                job: c.job.clone(),
+            }
         });
 }
 

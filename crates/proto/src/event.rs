@@ -108,9 +108,15 @@ pub enum Event {
         reason: String,
     },
     /// A job's run started (`run.outcome` is empty).
-    JobStarted { job: String, run: Run },
+    JobStarted {
+        job: String,
+        run: Run,
+    },
     /// A job's run ended: `run.outcome` says how.
-    JobFinished { job: String, run: Run },
+    JobFinished {
+        job: String,
+        run: Run,
+    },
     /// A notification that is not an alert (`notify send`, a job's `notify_on`): the notifiers
     /// deliver it.
     Notice(Notice),

@@ -80,7 +80,11 @@ pub fn try_acquire(state_dir: &Path, name: &str) -> io::Result<Option<NamedLock>
 
 /// Takes the lock, waiting until it is free (`wait` = `None`) or at most `wait`; `None` when
 /// it was still held at the end. Blocks the thread.
-pub fn acquire(state_dir: &Path, name: &str, wait: Option<Duration>) -> io::Result<Option<NamedLock>> {
+pub fn acquire(
+    state_dir: &Path,
+    name: &str,
+    wait: Option<Duration>,
+) -> io::Result<Option<NamedLock>> {
     let Some(wait) = wait else {
         let file = open(state_dir, name)?;
         file.lock()?;

@@ -91,7 +91,18 @@ pub fn run_due(state_dir: &Path, jobs: &[JobConfig], cap: usize) -> Vec<String> 
     rt.block_on(async {
         let mut lines = vec![];
         for j in jobs.iter().filter(|j| j.persistent) {
-            if let Some(r) = due_once(state_dir, j, &by, Trigger::Backup, cap, None, &kill, &|_| {}).await {
+            if let Some(r) = due_once(
+                state_dir,
+                j,
+                &by,
+                Trigger::Backup,
+                cap,
+                None,
+                &kill,
+                &|_| {},
+            )
+            .await
+            {
                 lines.push(format!(
                     "job {}: ran the occurrence of {} ({:?}{})",
                     j.name,

@@ -269,10 +269,7 @@ mod tests {
         let n = p
             .next_after(local("Europe/Berlin", "2026-01-01T00:00"))
             .expect("next");
-        assert_eq!(
-            show(&[n], "Europe/Berlin"),
-            ["2028-02-29 12:00:00 CET"]
-        );
+        assert_eq!(show(&[n], "Europe/Berlin"), ["2028-02-29 12:00:00 CET"]);
         let n2 = p.next_after(n).expect("next");
         assert_eq!(show(&[n2], "Europe/Berlin"), ["2032-02-29 12:00:00 CET"]);
     }
@@ -310,7 +307,10 @@ mod tests {
         assert_eq!(c, CatchUp::Run("2026-01-01T07:00:00Z".parse().expect("ts")));
         // Once it is recorded, nothing more.
         let CatchUp::Run(t) = c else { unreachable!() };
-        assert_eq!(catch_up(&p, Some(t.as_millisecond()), now), CatchUp::Nothing);
+        assert_eq!(
+            catch_up(&p, Some(t.as_millisecond()), now),
+            CatchUp::Nothing
+        );
         // Never seen: a baseline, no run.
         assert!(matches!(catch_up(&p, None, now), CatchUp::Baseline(_)));
         // Suspend across a DST change: still one.
@@ -320,10 +320,7 @@ mod tests {
             Some(local("Europe/Berlin", "2026-03-20T02:30").as_millisecond()),
             local("Europe/Berlin", "2026-04-02T09:00"),
         );
-        assert_eq!(
-            c,
-            CatchUp::Run(local("Europe/Berlin", "2026-04-02T02:30"))
-        );
+        assert_eq!(c, CatchUp::Run(local("Europe/Berlin", "2026-04-02T02:30")));
     }
 
     proptest! {

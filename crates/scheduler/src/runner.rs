@@ -72,7 +72,8 @@ pub async fn execute(
                 },
             },
         };
-        action(job, kill, publish, &mut run.output_tail).await
+        let planned = run.planned.clone();
+        action(job, &planned, kill, publish, &mut run.output_tail).await
     }
     .await;
     match result {
@@ -98,13 +99,14 @@ type ActionError = (RunOutcome, Option<i32>, String);
 
 async fn action(
     job: &JobConfig,
+    planned: &str,
     kill: &CancellationToken,
     publish: Option<&Publisher>,
     tail: &mut String,
 ) -> Result<Option<i32>, ActionError> {
     let timeout = job.timeout.map(|d| d.get());
     if !job.command.is_empty() {
-        return command(job, kill, timeout, tail).await;
+        return command(job, planned, kill, timeout, tail).await;
     }
     if let Some(h) = &job.http {
         let fut = http(h, timeout, tail);
@@ -131,6 +133,7 @@ async fn action(
 
 async fn command(
     job: &JobConfig,
+    planned: &str,
     kill: &CancellationToken,
     timeout: Option<Duration>,
     tail: &mut String,
@@ -140,6 +143,7 @@ async fn command(
     cmd.args(&job.command[1..])
         .envs(&job.env)
         .env("MAJORDOMO_JOB", &job.name)
+        .env("MAJORDOMO_JOB_PLANNED", planned)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -290,4 +294,3 @@ async fn http(
 pub fn by_label(who: &str) -> String {
     format!("{who} pid {}", std::process::id())
 }
-

@@ -208,10 +208,14 @@ mod tests {
         let s = Store::new(dir.path());
         assert_eq!(s.get("a").expect("get").value, None);
         assert_eq!(s.set("a", json!({"n": 1})).expect("set").version, 1);
-        let (ok, v) = s.cas("a", Some(&json!({"n": 2})), Some(json!(3))).expect("cas");
+        let (ok, v) = s
+            .cas("a", Some(&json!({"n": 2})), Some(json!(3)))
+            .expect("cas");
         assert!(!ok);
         assert_eq!(v.value, Some(json!({"n": 1})));
-        let (ok, v) = s.cas("a", Some(&json!({"n": 1})), Some(json!(3))).expect("cas");
+        let (ok, v) = s
+            .cas("a", Some(&json!({"n": 1})), Some(json!(3)))
+            .expect("cas");
         assert!(ok);
         assert_eq!((v.value, v.version), (Some(json!(3)), 2));
         let (ok, _) = s.cas("b", None, Some(json!("x"))).expect("cas");
@@ -219,7 +223,10 @@ mod tests {
         let (ok, _) = s.cas("b", None, Some(json!("y"))).expect("cas");
         assert!(!ok);
         assert_eq!(s.del("a").expect("del").value, None);
-        assert_eq!(Store::new(dir.path()).get("b").expect("get").value, Some(json!("x")));
+        assert_eq!(
+            Store::new(dir.path()).get("b").expect("get").value,
+            Some(json!("x"))
+        );
         assert!(s.set("", json!(1)).is_err());
     }
 }

@@ -41,7 +41,11 @@ impl Subsystem for Scheduler {
     }
 
     fn change(&self, old: &SchedulerSection, new: &SchedulerSection) -> Change {
-        if old == new { Change::None } else { Change::Live }
+        if old == new {
+            Change::None
+        } else {
+            Change::Live
+        }
     }
 
     fn run(&self, ctx: Ctx<SchedulerSection>) -> BoxFuture {
@@ -270,7 +274,12 @@ async fn timer(sh: Arc<Shared>, cfg: Arc<JobConfig>, plan: Plan) {
 }
 
 /// One occurrence: overlap policy, the daemon-wide cap, the claim, the run.
-async fn fire(sh: Arc<Shared>, cfg: Arc<JobConfig>, planned: Timestamp, trigger: Trigger) -> String {
+async fn fire(
+    sh: Arc<Shared>,
+    cfg: Arc<JobConfig>,
+    planned: Timestamp,
+    trigger: Trigger,
+) -> String {
     let rt = rt(&sh, &cfg.name);
     let _slot = match cfg.overlap {
         Overlap::Skip => match rt.slot.clone().try_lock_owned() {
@@ -295,15 +304,21 @@ async fn fire(sh: Arc<Shared>, cfg: Arc<JobConfig>, planned: Timestamp, trigger:
     if let Ok(mut k) = rt.kill.lock() {
         *k = kill.clone();
     }
-    let held = match record::hold(&sh.dir, &cfg.name, cfg.persistent) {
-        Ok(Some(h)) => h,
-        Ok(None) => {
-            tracing::info!(job = %cfg.name, "skipped: another process (majordomo check) runs this job");
-            return "skipped: another process runs this job".into();
-        }
-        Err(e) => {
-            tracing::error!(job = %cfg.name, error = %e, "cannot claim the run");
-            return format!("cannot claim the run: {e}");
+    // Runs of this job in this daemon are serialized by the slot above: a busy job lock is
+    // another process (`majordomo check` catching up). Wait for it, then the record decides.
+    let held = loop {
+        match record::hold(&sh.dir, &cfg.name, cfg.persistent) {
+            Ok(Some(h)) => break h,
+            Ok(None) => {
+                tokio::select! {
+                    _ = kill.cancelled() => return "the scheduler is stopping".into(),
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!(job = %cfg.name, error = %e, "cannot claim the run");
+                return format!("cannot claim the run: {e}");
+            }
         }
     };
     run_held(&sh, &rt, &cfg, held, planned, trigger, 1, &kill).await
@@ -444,7 +459,10 @@ fn row(sh: &Shared, c: &JobConfig, plan: Option<&Plan>) -> JobRow {
             .lock()
             .ok()
             .and_then(|n| *n)
-            .or_else(|| plan.and_then(|p| p.next_after(Timestamp::now())).map(|t| t.as_millisecond()))
+            .or_else(|| {
+                plan.and_then(|p| p.next_after(Timestamp::now()))
+                    .map(|t| t.as_millisecond())
+            })
             .and_then(|ms| Timestamp::from_millisecond(ms).ok())
             .map(rfc3339)
     };
@@ -477,7 +495,13 @@ fn find(sh: &Shared, name: &str) -> Result<(Arc<JobConfig>, Plan), ErrorBody> {
 fn state_topic(key: &str) -> String {
     let clean: String = key
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("state.{clean}")
 }

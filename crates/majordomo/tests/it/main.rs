@@ -16,6 +16,8 @@ mod monitor;
 #[cfg(unix)]
 mod pipeline;
 #[cfg(unix)]
+mod scheduler;
+#[cfg(unix)]
 mod service;
 #[cfg(unix)]
 mod supervisor;
