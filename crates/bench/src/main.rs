@@ -15,6 +15,8 @@ mod monitor;
 #[cfg(unix)]
 mod pipeline;
 #[cfg(unix)]
+mod scheduler;
+#[cfg(unix)]
 mod supervisor;
 #[cfg(unix)]
 mod util;
@@ -52,6 +54,8 @@ enum Bench {
     Monitor(monitor::Args),
     /// Drop-folder pipeline: files/s from drop to upload to a local HTTP sink, with latency.
     Pipeline(pipeline::Args),
+    /// Scheduler: N jobs (every 1-60 s) on one daemon: start lateness, CPU %, bytes per job.
+    Scheduler(scheduler::Args),
 }
 
 #[cfg(unix)]
@@ -68,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Bus(a) => bus::run(a).await,
             Bench::Monitor(a) => monitor::run(a).await,
             Bench::Pipeline(a) => pipeline::run(a).await,
+            Bench::Scheduler(a) => scheduler::run(a).await,
         }
     })
 }

@@ -15,7 +15,8 @@ use crate::plan::{CatchUp, catch_up};
 use crate::record;
 use crate::runner::{self, Publisher};
 
-/// What `due_once` did, for `check`'s report.
+/// Catches up one job (see the module); the run, if one happened.
+#[allow(clippy::too_many_arguments)]
 pub async fn due_once(
     state_dir: &Path,
     job: &JobConfig,
@@ -69,7 +70,7 @@ pub async fn due_once(
         job: job.name.clone(),
         run: run.clone(),
     });
-    let done = runner::execute(job, state_dir, held, run, kill, publish, cap).await;
+    let done = runner::execute(job, state_dir, Some(held), run, kill, publish, cap).await;
     emit(Event::JobFinished {
         job: job.name.clone(),
         run: done.clone(),

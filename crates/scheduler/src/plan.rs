@@ -50,7 +50,7 @@ impl Plan {
         };
         if let Some(s) = schedule {
             let fields = s.split_whitespace().count();
-            if !(fields == 5 || fields == 6) && !s.trim_start().starts_with('@') {
+            if !(fields == 5 || fields == 6 || s.trim_start().starts_with('@')) {
                 return Err(format!(
                     "{s:?} has {fields} fields; a cron schedule has 5 (minute hour day month weekday) or 6 (seconds first)"
                 ));

@@ -50,11 +50,12 @@ pub fn new_run(planned: Timestamp, trigger: Trigger, by: &str, attempt: u32) -> 
 }
 
 /// Runs the claimed occurrence `run` of `job` (its claim already recorded in `held`), records
-/// its end and releases the claim. `kill` ends it early (kill-previous, shutdown).
+/// its end and releases the claim (`held` is `None` for the daemon's in-memory runs of jobs that
+/// are not persistent: their history is written in batches). `kill` ends it early (kill-previous, shutdown).
 pub async fn execute(
     job: &JobConfig,
     state_dir: &Path,
-    held: Held,
+    held: Option<Held>,
     mut run: Run,
     kill: &CancellationToken,
     publish: Option<&Publisher>,
@@ -89,7 +90,9 @@ pub async fn execute(
     }
     run.ended = Some(rfc3339(Timestamp::now()));
     run.duration_ms = Some(t0.elapsed().as_millis() as u64);
-    if let Err(e) = held.finish(run.clone(), cap) {
+    if let Some(held) = held
+        && let Err(e) = held.finish(run.clone(), cap)
+    {
         tracing::error!(job = %job.name, error = %e, "cannot record the end of the run");
     }
     run

@@ -69,6 +69,9 @@ struct JobRt {
     paused: AtomicBool,
     next_ms: Mutex<Option<i64>>,
     last: Mutex<Option<Run>>,
+    /// Jobs that are not persistent: the record, kept here and written in batches (`dirty`).
+    mem: Mutex<Option<JobRecord>>,
+    dirty: AtomicBool,
 }
 
 struct Shared {
@@ -142,9 +145,23 @@ async fn run(ctx: Ctx<SchedulerSection>, router: Arc<Router>) -> Result<(), Stri
     });
     register(&ctx, &sh);
     // Start-up: interrupted runs and missed occurrences of persistent jobs, once each.
-    for j in &section.job {
+    for j in section.job.iter().filter(|j| j.persistent) {
         start_up(&sh, j).await;
     }
+    let flusher = sh.clone();
+    ctx.tracker.spawn(async move {
+        loop {
+            let stop = tokio::select! {
+                _ = flusher.token.cancelled() => true,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            };
+            let f = flusher.clone();
+            let _ = tokio::task::spawn_blocking(move || flush(&f)).await;
+            if stop {
+                return;
+            }
+        }
+    });
     reconcile(&sh, &section);
     ctx.ready();
     ctx.detail(format!("{} jobs", section.job.len()));
@@ -304,6 +321,9 @@ async fn fire(
     if let Ok(mut k) = rt.kill.lock() {
         *k = kill.clone();
     }
+    if !cfg.persistent {
+        return run_mem(&sh, &rt, &cfg, planned, trigger, &kill).await;
+    }
     // Runs of this job in this daemon are serialized by the slot above: a busy job lock is
     // another process (`majordomo check` catching up). Wait for it, then the record decides.
     let held = loop {
@@ -360,11 +380,90 @@ async fn run_held(
     if cfg.notify_on.contains(&NotifyOn::Start) {
         notice(sh, cfg, "started", &run);
     }
-    let done = runner::execute(cfg, &sh.dir, held, run, kill, Some(&sh.publish), cap).await;
+    let done = runner::execute(cfg, &sh.dir, Some(held), run, kill, Some(&sh.publish), cap).await;
+    ended(sh, rt, cfg, done);
+    "started".into()
+}
+
+/// A job that is not persistent: only this daemon runs it (the backup task runs persistent jobs
+/// only), so its record lives in memory and is written in batches by `flush`; no file work on
+/// the hot path.
+async fn run_mem(
+    sh: &Arc<Shared>,
+    rt: &JobRt,
+    cfg: &JobConfig,
+    planned: Timestamp,
+    trigger: Trigger,
+    kill: &CancellationToken,
+) -> String {
+    let cap = sh.cap.load(Ordering::Relaxed);
+    {
+        let Ok(mut mem) = rt.mem.lock() else {
+            return "internal error".into();
+        };
+        let rec = mem.get_or_insert_with(|| JobRecord::load(&sh.dir, &cfg.name));
+        if trigger == Trigger::Schedule
+            && rec
+                .last_planned_ms
+                .is_some_and(|l| l >= planned.as_millisecond())
+        {
+            return "skipped: this occurrence already ran".into();
+        }
+        if trigger != Trigger::Manual {
+            rec.last_planned_ms = Some(planned.as_millisecond());
+        }
+    }
+    let run = runner::new_run(planned, trigger, &sh.by, 1);
+    rt.running.store(true, Ordering::Relaxed);
+    sh.running.fetch_add(1, Ordering::Relaxed);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        tracing::debug!(job = %cfg.name, planned = %run.planned, late_ms = run.late_ms, "job started");
+    }
+    sh.hub.emit(Event::JobStarted {
+        job: cfg.name.clone(),
+        run: run.clone(),
+    });
+    if cfg.notify_on.contains(&NotifyOn::Start) {
+        notice(sh, cfg, "started", &run);
+    }
+    let done = runner::execute(cfg, &sh.dir, None, run, kill, Some(&sh.publish), cap).await;
+    if let Ok(mut mem) = rt.mem.lock()
+        && let Some(rec) = mem.as_mut()
+    {
+        rec.push(done.clone(), cap);
+        rt.dirty.store(true, Ordering::Relaxed);
+    }
+    ended(sh, rt, cfg, done);
+    "started".into()
+}
+
+/// Writes the in-memory records that changed (not fsync'd: history of non-persistent jobs).
+fn flush(sh: &Shared) {
+    let rts: Vec<(String, Arc<JobRt>)> = match sh.rts.read() {
+        Ok(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Err(_) => return,
+    };
+    for (name, rt) in rts {
+        if !rt.dirty.swap(false, Ordering::Relaxed) {
+            continue;
+        }
+        let rec = rt.mem.lock().ok().and_then(|m| m.clone());
+        if let Some(rec) = rec
+            && let Err(e) = rec.save(&sh.dir, &name, false)
+        {
+            tracing::warn!(job = %name, error = %e, "cannot write the job's history");
+        }
+    }
+}
+
+/// The end of a run: counters, log, notifications, event.
+fn ended(sh: &Arc<Shared>, rt: &JobRt, cfg: &JobConfig, done: Run) {
     rt.running.store(false, Ordering::Relaxed);
     sh.running.fetch_sub(1, Ordering::Relaxed);
     let ok = done.outcome == Some(RunOutcome::Ok);
-    if ok {
+    if ok && !cfg.persistent && cfg.command.is_empty() {
+        tracing::debug!(job = %cfg.name, duration_ms = ?done.duration_ms, "job succeeded");
+    } else if ok {
         tracing::info!(job = %cfg.name, duration_ms = ?done.duration_ms, "job succeeded");
     } else {
         tracing::warn!(job = %cfg.name, outcome = ?done.outcome, error = ?done.error, "job failed");
@@ -381,7 +480,6 @@ async fn run_held(
         job: cfg.name.clone(),
         run: done,
     });
-    "started".into()
 }
 
 fn notice(sh: &Shared, cfg: &JobConfig, what: &str, run: &Run) {
@@ -571,7 +669,11 @@ fn register(ctx: &Ctx<SchedulerSection>, sh: &Arc<Shared>) {
             let known = find(&sh, &a.name).is_ok();
             let dir = sh.dir.clone();
             let name = a.name.clone();
-            let rec = blocking(move || Ok(JobRecord::load(&dir, &name))).await?;
+            let mem = rt(&sh, &a.name).mem.lock().ok().and_then(|m| m.clone());
+            let rec = match mem {
+                Some(r) => r,
+                None => blocking(move || Ok(JobRecord::load(&dir, &name))).await?,
+            };
             if !known && rec.history.is_empty() {
                 find(&sh, &a.name)?;
             }
