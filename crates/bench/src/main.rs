@@ -17,6 +17,8 @@ mod monitor;
 #[cfg(unix)]
 mod pipeline;
 #[cfg(unix)]
+mod scheduler;
+#[cfg(unix)]
 mod supervisor;
 #[cfg(unix)]
 mod util;
@@ -57,6 +59,8 @@ enum Bench {
     /// Two instances bridged through nats-server: cross-instance publish throughput and request
     /// round trip, against a direct NATS client.
     Fleet(fleet::Args),
+    /// Scheduler: N jobs (every 1-60 s) on one daemon: start lateness, CPU %, bytes per job.
+    Scheduler(scheduler::Args),
 }
 
 #[cfg(unix)]
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Monitor(a) => monitor::run(a).await,
             Bench::Pipeline(a) => pipeline::run(a).await,
             Bench::Fleet(a) => fleet::run(a).await,
+            Bench::Scheduler(a) => scheduler::run(a).await,
         }
     })
 }

@@ -17,6 +17,7 @@ use majordomo_guest::GuestConfig;
 use majordomo_monitor::{CheckConfig, MonitorConfig, MonitorSection, NotifierConfig};
 use majordomo_nats::NatsConfig;
 use majordomo_pipeline::{PipelineConfig, PipelineSection, UploaderConfig};
+use majordomo_scheduler::{JobConfig, SchedulerConfig, SchedulerSection};
 use majordomo_supervisor::ProgramConfig;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,10 @@ pub struct Config {
     pub nats: NatsConfig,
     /// `[guest]`: the VM guest agent (QEMU Guest Agent protocol on virtio-serial).
     pub guest: GuestConfig,
+    /// `[scheduler]`: daemon-wide settings of the jobs.
+    pub scheduler: SchedulerConfig,
+    /// `[[job]]`: scheduled jobs.
+    pub job: Vec<JobConfig>,
 }
 
 impl Default for Config {
@@ -69,6 +74,8 @@ impl Default for Config {
             uploader: Vec::new(),
             nats: NatsConfig::default(),
             guest: GuestConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            job: Vec::new(),
         }
     }
 }
@@ -76,8 +83,21 @@ impl Default for Config {
 impl Root for Config {
     const DEFAULT_TOML: &'static str = DEFAULT_TOML;
     const SECTIONS: &'static [&'static str] = &[
-        "daemon", "log", "control", "paths", "program", "bus", "monitor", "check", "notifier",
-        "pipeline", "uploader", "nats", "guest",
+        "daemon",
+        "log",
+        "control",
+        "paths",
+        "program",
+        "bus",
+        "monitor",
+        "check",
+        "notifier",
+        "pipeline",
+        "uploader",
+        "nats",
+        "guest",
+        "scheduler",
+        "job",
     ];
 
     fn section(&mut self, name: &str, value: Section<'_>, problems: &mut Vec<Problem>) -> bool {
@@ -99,6 +119,8 @@ impl Root for Config {
             "uploader" => value.many(&mut self.uploader, problems),
             "nats" => value.one(&mut self.nats, problems),
             "guest" => value.one(&mut self.guest, problems),
+            "scheduler" => value.one(&mut self.scheduler, problems),
+            "job" => value.many(&mut self.job, problems),
             _ => return false,
         }
         true
@@ -113,6 +135,7 @@ impl Root for Config {
         majordomo_pipeline::validate(&self.pipeline, &self.uploader, problems);
         self.nats.validate(problems);
         majordomo_guest::validate(&self.guest, problems);
+        majordomo_scheduler::validate(&self.scheduler, &self.job, problems);
         self.validate_across(problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
@@ -176,7 +199,7 @@ pub fn subsystems(registry: &mut Registry<Config>, log: Arc<LogHandle>, router: 
     registry
         .mount(crate::logging::Log(log), |c| c.log.clone())
         .mount(majordomo_bus::Bus::new(router.clone()), |c| c.bus.clone())
-        .mount(majordomo_control::Control::new(router), |c| {
+        .mount(majordomo_control::Control::new(router.clone()), |c| {
             ControlSection {
                 control: c.control.clone(),
                 socket: c.paths.socket.clone(),
@@ -194,7 +217,13 @@ pub fn subsystems(registry: &mut Registry<Config>, log: Arc<LogHandle>, router: 
             uploader: c.uploader.clone(),
         })
         .mount(majordomo_nats::Nats::new(router_nats), |c| c.nats.clone())
-        .mount(majordomo_guest::Guest, |c| c.guest.clone());
+        .mount(majordomo_guest::Guest, |c| c.guest.clone())
+        .mount(majordomo_scheduler::Scheduler::new(router), |c| {
+            SchedulerSection {
+                scheduler: c.scheduler.clone(),
+                job: c.job.clone(),
+            }
+        });
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The `notify` subsystem: one task per `[[notifier]]`, fed from the hub's alert events, and
+//! The `notify` subsystem: one task per `[[notifier]]`, fed from the hub's alert and notice events, and
 //! the `notify.log` and `notify.test` commands.
 
 use std::collections::BTreeMap;
@@ -92,11 +92,22 @@ async fn run(ctx: NotifyCtx) -> Result<(), String> {
         };
         match ev {
             Ok(ev) => {
-                let Event::Alert(a) = &*ev else {
-                    continue;
+                let (a, only) = match &*ev {
+                    Event::Alert(a) => (a.clone(), None),
+                    Event::Notice(n) => (notice_alert(n), n.notifier.as_deref()),
+                    _ => continue,
                 };
+                let a = &a;
                 for (n, tx) in &queues {
-                    if notify::routes(n, a) && tx.try_send(a.clone()).is_err() {
+                    if only.is_some_and(|o| o != n.name) {
+                        continue;
+                    }
+                    let routed = if only.is_some() {
+                        a.severity >= n.min_severity
+                    } else {
+                        notify::routes(n, a)
+                    };
+                    if routed && tx.try_send(a.clone()).is_err() {
                         let reason = "the notifier's queue is full (it is failing or slow)";
                         emit_delivery(
                             &ctx,
@@ -112,6 +123,31 @@ async fn run(ctx: NotifyCtx) -> Result<(), String> {
             ),
             Err(RecvError::Closed) => return Ok(()),
         }
+    }
+}
+
+/// A notification raised by a program (`notify send`) or a job (`notify_on`), as the alert
+/// the notifiers deliver: firing, its title and body in `labels`, dedup by its id.
+fn notice_alert(n: &majordomo_proto::scheduler::Notice) -> Alert {
+    let mut labels = BTreeMap::new();
+    labels.insert("title".to_string(), n.title.clone());
+    labels.insert("body".to_string(), n.body.clone());
+    Alert {
+        id: n.id.clone(),
+        check: n.id.clone(),
+        source: n.source.clone(),
+        state: AlertState::Firing,
+        severity: n.severity,
+        labels,
+        value: None,
+        summary: if n.body.is_empty() {
+            n.title.clone()
+        } else {
+            format!("{}: {}", n.title, n.body)
+        },
+        since: n.at.clone(),
+        fired_at: Some(n.at.clone()),
+        resolved_at: None,
     }
 }
 

@@ -93,6 +93,7 @@ pub fn catalog() -> Vec<CommandDoc> {
         crate::monitor::COMMANDS,
         crate::pipeline::COMMANDS,
         crate::nats::COMMANDS,
+        crate::scheduler::COMMANDS,
     ]
     .concat();
     all.sort_by_key(|c| c.name);

@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::monitor::{Alert, AlertState, Delivery, Outcome};
+use crate::scheduler::{Notice, Run};
 use crate::supervisor::ProgramState;
 
 /// Everything that happens inside the daemon that someone else may want to know. On the bus
@@ -116,6 +117,19 @@ pub enum Event {
         reason: String,
         dropped: u64,
     },
+    /// A job's run started (`run.outcome` is empty).
+    JobStarted {
+        job: String,
+        run: Run,
+    },
+    /// A job's run ended: `run.outcome` says how.
+    JobFinished {
+        job: String,
+        run: Run,
+    },
+    /// A notification that is not an alert (`notify send`, a job's `notify_on`): the notifiers
+    /// deliver it.
+    Notice(Notice),
 }
 
 impl Event {
@@ -145,6 +159,9 @@ impl Event {
         "pipeline.backpressure",
         "nats.connected",
         "nats.disconnected",
+        "job.started",
+        "job.finished",
+        "notice",
     ];
 
     /// A stable name, used for counters and as the last part of the bus topic.
@@ -178,6 +195,9 @@ impl Event {
             Event::PipelineBackpressure { .. } => "pipeline.backpressure",
             Event::NatsConnected { .. } => "nats.connected",
             Event::NatsDisconnected { .. } => "nats.disconnected",
+            Event::JobStarted { .. } => "job.started",
+            Event::JobFinished { .. } => "job.finished",
+            Event::Notice(_) => "notice",
         }
     }
 }

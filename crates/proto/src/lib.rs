@@ -23,6 +23,7 @@ pub mod event;
 pub mod monitor;
 pub mod nats;
 pub mod pipeline;
+pub mod scheduler;
 pub mod schema;
 pub mod supervisor;
 

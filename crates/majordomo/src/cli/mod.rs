@@ -50,6 +50,7 @@ pub mod bus;
 pub mod monitor;
 pub mod nats;
 pub mod pipeline;
+pub mod scheduler;
 pub mod service;
 pub mod supervisor;
 
@@ -140,6 +141,14 @@ pub enum Cmd {
     /// instance's bridge status.
     #[command(subcommand)]
     Fleet(nats::FleetCmd),
+    /// Scheduled jobs: list, run now, history, pause, resume.
+    #[command(subcommand)]
+    Job(scheduler::JobCmd),
+    /// The shared state store (works while the daemon is down, under the same lock).
+    #[command(subcommand)]
+    State(scheduler::StateCmd),
+    /// Run a command holding a named cross-process lock (with or without the daemon).
+    Lock(scheduler::LockArgs),
 }
 
 #[derive(Debug, Args)]
@@ -236,7 +245,17 @@ pub fn main(notifier: Notifier) -> ExitCode {
         }
         Cmd::Config(ConfigCmd::Check { file }) => config_check(&cli, &layout, file.as_deref()),
         Cmd::Service(cmd) => ExitCode::from(service::service(cmd, &globals(&cli))),
-        Cmd::Check => ExitCode::from(service::check(&globals(&cli))),
+        Cmd::Check => {
+            backup_jobs(&cli, &layout);
+            ExitCode::from(service::check(&globals(&cli)))
+        }
+        Cmd::State(c) => scheduler::state(
+            c,
+            &connect_options(&cli, &layout),
+            &state_dir(&layout),
+            cli.json,
+        ),
+        Cmd::Lock(a) => scheduler::lock(a, &state_dir(&layout)),
         Cmd::Doctor => ExitCode::from(service::doctor(&globals(&cli), &layout)),
         #[cfg(unix)]
         Cmd::Guard => majordomo_supervisor::guard::main(),
@@ -396,6 +415,55 @@ fn socket_for(cli: &Cli, layout: &Layout) -> PathBuf {
     }
 }
 
+/// The instance's state folder, `[paths]` of its config applied.
+fn state_dir(layout: &Layout) -> PathBuf {
+    std::fs::read_to_string(&layout.config_file)
+        .ok()
+        .and_then(|text| {
+            majordomo_core::load::check_text::<Config>(
+                &text,
+                "",
+                &Override::from_env(std::env::vars()),
+            )
+            .ok()
+        })
+        .map(|c| layout.clone().with_overrides(&c.paths).state_dir)
+        .unwrap_or_else(|| layout.state_dir.clone())
+}
+
+fn connect_options(cli: &Cli, layout: &Layout) -> ConnectOptions {
+    ConnectOptions::new(socket_for(cli, layout))
+        .instance(layout.instance.clone())
+        .token(cli.token.clone())
+}
+
+/// `check` while the daemon is down: the persistent jobs that are due run once, through the
+/// scheduler's own catch-up (the job's lock and run record decide against the daemon).
+fn backup_jobs(cli: &Cli, layout: &Layout) {
+    let overrides = Override::from_env(std::env::vars());
+    let Ok(loaded) = majordomo_core::load::load::<Config>(&layout.config_file, &overrides) else {
+        return;
+    };
+    let config = loaded.config;
+    if !config.job.iter().any(|j| j.persistent) {
+        return;
+    }
+    let socket = config
+        .paths
+        .socket
+        .clone()
+        .unwrap_or_else(|| layout.socket.clone());
+    if majordomo_service::check::ping(&socket, cli.token.clone()).is_ok() {
+        return;
+    }
+    let dir = layout.clone().with_overrides(&config.paths).state_dir;
+    for line in majordomo_scheduler::offline::run_due(&dir, &config.job, config.scheduler.history) {
+        if !cli.json {
+            println!("{line}");
+        }
+    }
+}
+
 fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -446,6 +514,7 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         Cmd::Monitor(c) => return monitor::run(c, opts, cli.json).await,
         Cmd::Queue(c) => return pipeline::run(c, opts, cli.json).await,
         Cmd::Fleet(c) => return nats::run(c, opts, cli.json).await,
+        Cmd::Job(c) => return scheduler::run(c, opts, cli.json).await,
         _ => {}
     }
     let mut client = Client::connect(opts).await?;
@@ -534,7 +603,10 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         | Cmd::Programs(_)
         | Cmd::Monitor(_)
         | Cmd::Queue(_)
-        | Cmd::Fleet(_) => {
+        | Cmd::Fleet(_)
+        | Cmd::Job(_)
+        | Cmd::State(_)
+        | Cmd::Lock(_) => {
             return Ok(exit::USAGE);
         }
     }

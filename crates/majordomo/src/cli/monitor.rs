@@ -60,11 +60,17 @@ pub enum NotifyCmd {
         /// The notifier's name.
         name: String,
     },
+    /// Raise a notification of your own through the notifiers (quiet hours, dedup, rate limit
+    /// and the delivery record apply).
+    Send(super::scheduler::NotifySendArgs),
 }
 
 /// Runs one monitor verb against the instance at `conn`. Errors go back to the CLI's common
 /// error printing (exit 1, or 64 for an invalid config).
 pub async fn run(cmd: &MonitorCmd, conn: &ConnectOptions, json: bool) -> Result<u8, ClientError> {
+    if let MonitorCmd::Notify(NotifyCmd::Send(a)) = cmd {
+        return super::scheduler::notify_send(a, conn, json).await;
+    }
     let mut client = Client::connect(conn).await?;
     match cmd {
         MonitorCmd::Metrics(a) => metrics(&mut client, a, json).await,
@@ -269,6 +275,7 @@ fn delivery_line(d: &Delivery) -> String {
 
 async fn notify(client: &mut Client, cmd: &NotifyCmd, json_out: bool) -> Result<u8, ClientError> {
     match cmd {
+        NotifyCmd::Send(_) => Ok(exit::USAGE),
         NotifyCmd::Log { notifier, limit } => {
             let args = NotifyLogArgs {
                 notifier: notifier.clone(),

@@ -22,6 +22,8 @@ mod nats;
 #[cfg(unix)]
 mod pipeline;
 #[cfg(unix)]
+mod scheduler;
+#[cfg(unix)]
 mod service;
 #[cfg(unix)]
 mod supervisor;

@@ -1,0 +1,170 @@
+//! `majordomo-bench scheduler`: N jobs (`every` between 1 s and 60 s, publishing a bus message)
+//! on one daemon for a while: lateness of job starts against their planned time (as each run
+//! record has it), daemon CPU %, and resident memory per job (against the same daemon with no
+//! jobs, measured in the same run).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::util::{Daemon, table};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// How many jobs.
+    #[arg(long, default_value_t = 10_000)]
+    pub jobs: usize,
+    /// How long to measure, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub secs: u64,
+}
+
+fn proc_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = s.rsplit_once(')').context("odd stat line")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+fn proc_rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}
+
+fn pct(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    // The same daemon without jobs, for the memory per job.
+    let base = Daemon::start("[monitor]\nenabled = false\n")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let base_rss = proc_rss_kb(base.pid())?;
+    drop(base);
+
+    let mut cfg = String::from(
+        "[monitor]\nenabled = false\n[scheduler]\nmax_concurrent = 64\nhistory = 10\n",
+    );
+    for i in 0..args.jobs {
+        let every = 1 + (i * 7919) % 60;
+        cfg.push_str(&format!(
+            "[[job]]\nname = \"j{i}\"\nevery = \"{every}s\"\npublish = {{ topic = \"bench.j{i}\", data = {{ n = {i} }} }}\n"
+        ));
+    }
+    let d = Daemon::start(&cfg)?;
+    // Settle: start-up work (records of 10,000 jobs) is not the steady state.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = d.pid();
+    let from_ms = jiff_now_ms();
+    let cpu0 = proc_cpu(pid)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.secs)).await;
+    let cpu = proc_cpu(pid)?.saturating_sub(cpu0);
+    let window = t0.elapsed();
+    let rss = proc_rss_kb(pid)?;
+    let to_ms = jiff_now_ms();
+    // Lateness from every run record.
+    let jobs_dir = d.home().join("bench").join("state").join("jobs");
+    let jobs_dir = if jobs_dir.exists() {
+        jobs_dir
+    } else {
+        find_dir(d.home(), "jobs").context("no jobs folder in the daemon's home")?
+    };
+    let mut late = Vec::new();
+    for e in std::fs::read_dir(&jobs_dir)?.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        for r in v["history"].as_array().into_iter().flatten() {
+            let p = r["planned_ms"].as_i64().unwrap_or(0);
+            if p >= from_ms && p < to_ms && r["trigger"] == "schedule" {
+                late.push(r["late_ms"].as_i64().unwrap_or(0));
+            }
+        }
+    }
+    drop(d);
+    late.sort_unstable();
+    let cpu_pct = cpu.as_secs_f64() / window.as_secs_f64() * 100.0;
+    let bytes_per_job = (rss.saturating_sub(base_rss) * 1024) as f64 / args.jobs.max(1) as f64;
+    let (p50, p99, max) = (
+        pct(&late, 50.0),
+        pct(&late, 99.0),
+        late.last().copied().unwrap_or(0),
+    );
+    table(
+        &format!(
+            "scheduler: {} jobs (every 1-60 s, publish) for {} s",
+            args.jobs, args.secs
+        ),
+        &[
+            (
+                "runs measured (history keeps the last 10 per job)",
+                late.len().to_string(),
+            ),
+            (
+                "lateness p50 / p99 / max",
+                format!("{p50} / {p99} / {max} ms  (bar: p99 <= 5 ms)"),
+            ),
+            ("daemon CPU", format!("{cpu_pct:.2} %  (bar: <= 0.5 %)")),
+            (
+                "RSS with jobs / without",
+                format!("{rss} KB / {base_rss} KB"),
+            ),
+            (
+                "memory per job",
+                format!("{bytes_per_job:.0} bytes  (bar: <= 2048)"),
+            ),
+        ],
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "scheduler",
+            "jobs": args.jobs,
+            "secs": args.secs,
+            "runs": late.len(),
+            "lateness_p50_ms": p50,
+            "lateness_p99_ms": p99,
+            "lateness_max_ms": max,
+            "cpu_pct": cpu_pct,
+            "rss_kb": rss,
+            "base_rss_kb": base_rss,
+            "bytes_per_job": bytes_per_job,
+        })
+    );
+    Ok(())
+}
+
+fn jiff_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn find_dir(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n == name) {
+                return Some(p);
+            }
+            if let Some(f) = find_dir(&p, name) {
+                return Some(f);
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,404 @@
+//! The scheduler, black-box: jobs seen through `job history`, persistent catch-up across a stop
+//! and start, the exactly-once race between the daemon and `majordomo check`, `lock` mutual
+//! exclusion between processes, `state cas` races, `notify send` delivered to a webhook.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{Home, eventually, stderr, stdout};
+
+fn history(home: &Home, job: &str) -> Vec<Value> {
+    let o = home.cli(
+        "default",
+        &["--json", "job", "history", job, "--limit", "100"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str::<Value>(&stdout(&o))
+        .expect("history JSON")
+        .as_array()
+        .cloned()
+        .expect("an array of runs")
+}
+
+fn ended(runs: &[Value]) -> Vec<&Value> {
+    runs.iter().filter(|r| !r["outcome"].is_null()).collect()
+}
+
+#[test]
+fn a_job_every_second_shows_in_history() {
+    let home = Home::new();
+    home.write_config(
+        "default",
+        "[[job]]\nname = \"tick\"\nevery = \"1s\"\ncommand = [\"sh\", \"-c\", \"echo tick $MAJORDOMO_JOB\"]\n\n\
+         [[job]]\nname = \"slow\"\nschedule = \"0 0 1 1 *\"\ntimezone = \"Europe/Berlin\"\ncommand = [\"sh\", \"-c\", \"sleep 30\"]\ntimeout = \"300ms\"\n",
+    );
+    let _d = home.start("default");
+    let runs = eventually(Duration::from_secs(10), || {
+        let h = history(&home, "tick");
+        (ended(&h).len() >= 3).then_some(h)
+    })
+    .expect("three runs within 10 s");
+    let runs = ended(&runs);
+    for r in &runs {
+        assert_eq!(r["outcome"], "ok", "{r:#}");
+        assert_eq!(r["exit_code"], 0, "{r:#}");
+        assert_eq!(r["output_tail"], "tick tick\n", "{r:#}");
+        assert_eq!(r["trigger"], "schedule", "{r:#}");
+        assert_eq!(
+            r["planned_ms"].as_i64().unwrap() % 1000,
+            0,
+            "every is anchored: {r:#}"
+        );
+    }
+    // Newest first, one per second, none doubled.
+    let planned: Vec<i64> = runs
+        .iter()
+        .map(|r| r["planned_ms"].as_i64().unwrap())
+        .collect();
+    for w in planned.windows(2) {
+        assert!(w[0] > w[1], "{planned:?}");
+    }
+    // `job ls` shows both; a manual run of the slow one is killed by its timeout, tree and all.
+    let o = home.cli("default", &["--json", "job", "ls"]);
+    let ls: Value = serde_json::from_str(&stdout(&o)).expect("ls JSON");
+    assert_eq!(ls["jobs"].as_array().unwrap().len(), 2, "{ls:#}");
+    let slow = &ls["jobs"].as_array().unwrap()[0];
+    assert_eq!(slow["name"], "slow");
+    assert!(slow["next"].as_str().unwrap().starts_with("20"), "{slow:#}");
+    let o = home.cli("default", &["job", "run", "slow"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = eventually(Duration::from_secs(10), || {
+        ended(&history(&home, "slow")).first().map(|r| (*r).clone())
+    })
+    .expect("the slow run ends");
+    assert_eq!(r["outcome"], "timed_out", "{r:#}");
+    assert_eq!(r["trigger"], "manual", "{r:#}");
+    // Pause holds it.
+    let o = home.cli("default", &["--json", "job", "pause", "tick"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = ended(&history(&home, "tick")).len();
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(ended(&history(&home, "tick")).len(), before, "paused");
+    let o = home.cli("default", &["job", "history", "nope"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no job named \"nope\""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_persistent_job_catches_up_once_after_downtime() {
+    let home = Home::new();
+    let out = home.path().join("ran.txt");
+    home.write_config(
+        "default",
+        &format!(
+            "[[job]]\nname = \"p\"\nevery = \"1s\"\npersistent = true\ncommand = [\"sh\", \"-c\", \"echo $MAJORDOMO_JOB_PLANNED >> {}\"]\n",
+            out.display()
+        ),
+    );
+    let mut d = home.start("default");
+    eventually(Duration::from_secs(10), || {
+        (!ended(&history(&home, "p")).is_empty()).then_some(())
+    })
+    .expect("a first run");
+    let o = home.cli("default", &["shutdown"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    d.wait_exit(Duration::from_secs(10));
+    // Three occurrences are missed while it is down.
+    std::thread::sleep(Duration::from_millis(3200));
+    let _d = home.start("default");
+    let runs = eventually(Duration::from_secs(10), || {
+        let h = history(&home, "p");
+        h.iter()
+            .any(|r| r["trigger"] == "catch_up" && !r["outcome"].is_null())
+            .then_some(h)
+    })
+    .expect("a catch-up run");
+    let catch_ups: Vec<&Value> = runs.iter().filter(|r| r["trigger"] == "catch_up").collect();
+    assert_eq!(
+        catch_ups.len(),
+        1,
+        "once, not once per missed occurrence: {runs:#?}"
+    );
+    let lines = std::fs::read_to_string(&out).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for l in lines.lines() {
+        assert!(
+            seen.insert(l.to_string()),
+            "occurrence {l} ran twice:\n{lines}"
+        );
+    }
+}
+
+#[test]
+fn daemon_and_check_started_together_run_each_occurrence_once() {
+    let home = Home::new();
+    let out = home.path().join("ran.txt");
+    home.write_config(
+        "default",
+        &format!(
+            "[[job]]\nname = \"once\"\nevery = \"1s\"\npersistent = true\ncommand = [\"sh\", \"-c\", \"echo $MAJORDOMO_JOB_PLANNED >> {}\"]\n",
+            out.display()
+        ),
+    );
+    // First sight (daemon down): `check` sets the baseline and runs nothing.
+    let o = home.cli("default", &["check"]);
+    let _ = o;
+    assert!(!out.exists(), "nothing runs at first sight");
+    let iterations = 20;
+    for _ in 0..iterations {
+        // Down across at least one occurrence.
+        std::thread::sleep(Duration::from_millis(1050));
+        let check = home
+            .command("default")
+            .arg("check")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn check");
+        let mut d = home.start("default");
+        let mut check = check;
+        let _ = check.wait();
+        let o = home.cli("default", &["shutdown"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        d.wait_exit(Duration::from_secs(10));
+    }
+    let lines = std::fs::read_to_string(&out).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for l in lines.lines() {
+        assert!(
+            seen.insert(l.to_string()),
+            "occurrence {l} ran twice:\n{lines}"
+        );
+    }
+    // Every downtime was caught up, by one or the other.
+    assert!(seen.len() >= iterations, "{} runs:\n{lines}", seen.len());
+    let rec: Value = serde_json::from_str(
+        &std::fs::read_to_string(home.path().join("default/state/jobs/once.json"))
+            .or_else(|_| {
+                // The state folder's place depends on the layout; find the record.
+                find(home.path(), "once.json")
+                    .map(std::fs::read_to_string)
+                    .unwrap()
+            })
+            .unwrap(),
+    )
+    .unwrap();
+    let runs = rec["history"].as_array().unwrap();
+    let by_check = runs.iter().filter(|r| r["trigger"] == "backup").count();
+    let by_daemon = runs.iter().filter(|r| r["trigger"] == "catch_up").count();
+    eprintln!("catch-ups: {by_check} by check, {by_daemon} by the daemon");
+    assert!(by_check + by_daemon >= 1, "{rec:#}");
+}
+
+fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if p.is_dir()
+            && let Some(f) = find(&p, name)
+        {
+            return Some(f);
+        }
+    }
+    None
+}
+
+#[test]
+fn lock_excludes_between_processes_without_the_daemon() {
+    let home = Home::new();
+    let log = home.path().join("log.txt");
+    let script = format!(
+        "echo start >> {0}; sleep 0.3; echo end >> {0}",
+        log.display()
+    );
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            home.command("default")
+                .args(["lock", "shared", "--", "sh", "-c", &script])
+                .spawn()
+                .expect("spawn lock")
+        })
+        .collect();
+    // While one holds it, a bounded wait gives up with 75.
+    std::thread::sleep(Duration::from_millis(100));
+    let o = home.cli(
+        "default",
+        &["lock", "shared", "--wait", "50ms", "--", "true"],
+    );
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    assert!(stderr(&o).contains("still held"), "{}", stderr(&o));
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text, "start\nend\n".repeat(3), "interleaved:\n{text}");
+    // The command's exit code is passed through.
+    let o = home.cli("default", &["lock", "shared", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7));
+}
+
+fn cas_increments(home: &Home, key: &str, n: usize) -> std::process::Child {
+    // A shell loop of read + compare-and-swap, retried when another process won.
+    let bin = crate::common::BIN;
+    let script = format!(
+        "i=0; while [ $i -lt {n} ]; do v=$(\"{bin}\" --home \"{home}\" state get {key}); \
+         v=${{v:-null}}; if [ \"$v\" = null ]; then new=1; else new=$((v+1)); fi; \
+         if \"{bin}\" --home \"{home}\" state cas {key} \"$v\" $new >/dev/null; then i=$((i+1)); fi; done",
+        home = home.path().display()
+    );
+    std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env_remove("MAJORDOMO_INSTANCE")
+        .spawn()
+        .expect("spawn")
+}
+
+#[test]
+fn state_cas_races_lose_no_update_with_and_without_the_daemon() {
+    let home = Home::new();
+    // Daemon down: the CLI uses the store under its lock.
+    let kids: Vec<_> = (0..4).map(|_| cas_increments(&home, "n", 5)).collect();
+    for mut k in kids {
+        assert!(k.wait().unwrap().success());
+    }
+    let o = home.cli("default", &["state", "get", "n"]);
+    assert_eq!(stdout(&o).trim(), "20", "{}", stderr(&o));
+    // Daemon up: the same store through the socket.
+    let d = home.start("default");
+    let kids: Vec<_> = (0..4).map(|_| cas_increments(&home, "n", 5)).collect();
+    for mut k in kids {
+        assert!(k.wait().unwrap().success());
+    }
+    let o = home.cli("default", &["--json", "state", "get", "n"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["value"], 40, "{v}");
+    assert_eq!(v["version"], 40, "{v}");
+    let o = home.cli("default", &["state", "set", "doc", "{\"a\":[1,2]}"]);
+    assert!(o.status.success());
+    let o = home.cli("default", &["state", "cas", "doc", "{\"a\":[1]}", "3"]);
+    assert_eq!(o.status.code(), Some(1), "a failed swap exits 1");
+    assert_eq!(stdout(&o).trim(), "{\"a\":[1,2]}");
+    drop(d);
+    // Survives the daemon (kill -9 on drop): readable offline.
+    let o = home.cli("default", &["state", "get", "doc"]);
+    assert_eq!(stdout(&o).trim(), "{\"a\":[1,2]}");
+    let o = home.cli("default", &["state", "del", "doc"]);
+    assert!(o.status.success());
+    let o = home.cli("default", &["state", "get", "doc"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+/// An HTTP server that answers 200 and keeps the bodies.
+fn hook() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let b = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut r = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            b.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&body).into_owned());
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (port, bodies)
+}
+
+#[test]
+fn notify_send_and_a_failing_job_reach_a_webhook() {
+    let home = Home::new();
+    let (port, bodies) = hook();
+    home.write_config(
+        "default",
+        &format!(
+            "[[notifier]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{port}/n\"\n\n\
+             [[job]]\nname = \"bad\"\nschedule = \"0 0 1 1 *\"\ncommand = [\"sh\", \"-c\", \"echo oops; exit 3\"]\nnotify_on = [\"failure\"]\n"
+        ),
+    );
+    let _d = home.start("default");
+    let o = home.cli(
+        "default",
+        &[
+            "notify",
+            "send",
+            "--title",
+            "Backup done",
+            "--body",
+            "42 files",
+            "--severity",
+            "warning",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = eventually(Duration::from_secs(10), || {
+        bodies.lock().unwrap().first().cloned()
+    })
+    .expect("the webhook got the notification");
+    let v: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(v["labels"]["title"], "Backup done", "{v:#}");
+    assert_eq!(v["labels"]["body"], "42 files", "{v:#}");
+    assert_eq!(v["severity"], "warning", "{v:#}");
+    assert_eq!(v["source"], "program", "{v:#}");
+    // A job's failure goes the same way.
+    let o = home.cli("default", &["job", "run", "bad"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = eventually(Duration::from_secs(10), || {
+        bodies.lock().unwrap().get(1).cloned()
+    })
+    .expect("the job's failure notified");
+    let v: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(v["source"], "job", "{v:#}");
+    assert!(
+        v["summary"].as_str().unwrap().contains("job bad failed"),
+        "{v:#}"
+    );
+    assert!(
+        v["labels"]["body"].as_str().unwrap().contains("oops"),
+        "{v:#}"
+    );
+    // The delivery record has both.
+    let o = home.cli("default", &["--json", "notify", "log"]);
+    assert!(stdout(&o).contains("notify:Backup done"), "{}", stdout(&o));
+    // A bad severity is refused before anything is sent.
+    let o = home.cli(
+        "default",
+        &["notify", "send", "--title", "x", "--severity", "loud"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("info, warning or critical"),
+        "{}",
+        stderr(&o)
+    );
+}
