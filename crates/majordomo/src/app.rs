@@ -13,6 +13,7 @@ use majordomo_bus::{BusConfig, Router};
 use majordomo_control::{ControlConfig, ControlSection};
 use majordomo_core::lifecycle::Registry;
 use majordomo_core::{Dur, PathsConfig, Problem, Root, Section};
+use majordomo_http::HttpConfig;
 use majordomo_monitor::{CheckConfig, MonitorConfig, MonitorSection, NotifierConfig};
 use majordomo_pipeline::{PipelineConfig, PipelineSection, UploaderConfig};
 use majordomo_supervisor::ProgramConfig;
@@ -45,6 +46,8 @@ pub struct Config {
     pub pipeline: Vec<PipelineConfig>,
     /// `[[uploader]]`: HTTP endpoints that pipelines upload to.
     pub uploader: Vec<UploaderConfig>,
+    /// `[http]`: the REST API, dashboard, metrics and WebSocket.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             notifier: Vec::new(),
             pipeline: Vec::new(),
             uploader: Vec::new(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -69,7 +73,7 @@ impl Root for Config {
     const DEFAULT_TOML: &'static str = DEFAULT_TOML;
     const SECTIONS: &'static [&'static str] = &[
         "daemon", "log", "control", "paths", "program", "bus", "monitor", "check", "notifier",
-        "pipeline", "uploader",
+        "pipeline", "uploader", "http",
     ];
 
     fn section(&mut self, name: &str, value: Section<'_>, problems: &mut Vec<Problem>) -> bool {
@@ -89,6 +93,7 @@ impl Root for Config {
             "notifier" => value.many(&mut self.notifier, problems),
             "pipeline" => value.many(&mut self.pipeline, problems),
             "uploader" => value.many(&mut self.uploader, problems),
+            "http" => value.one(&mut self.http, problems),
             _ => return false,
         }
         true
@@ -101,6 +106,7 @@ impl Root for Config {
         self.bus.validate(problems);
         majordomo_monitor::validate(&self.monitor, &self.check, &self.notifier, problems);
         majordomo_pipeline::validate(&self.pipeline, &self.uploader, problems);
+        majordomo_http::validate(&self.http, problems);
         self.validate_across(problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
@@ -163,7 +169,7 @@ pub fn subsystems(registry: &mut Registry<Config>, log: Arc<LogHandle>, router: 
     registry
         .mount(crate::logging::Log(log), |c| c.log.clone())
         .mount(majordomo_bus::Bus::new(router.clone()), |c| c.bus.clone())
-        .mount(majordomo_control::Control::new(router), |c| {
+        .mount(majordomo_control::Control::new(router.clone()), |c| {
             ControlSection {
                 control: c.control.clone(),
                 socket: c.paths.socket.clone(),
@@ -179,6 +185,9 @@ pub fn subsystems(registry: &mut Registry<Config>, log: Arc<LogHandle>, router: 
         .mount(majordomo_pipeline::Pipeline, |c| PipelineSection {
             pipeline: c.pipeline.clone(),
             uploader: c.uploader.clone(),
+        })
+        .mount(majordomo_http::Http::new(router.clone()), |c| {
+            c.http.clone()
         });
 }
 

@@ -92,6 +92,7 @@ pub fn catalog() -> Vec<CommandDoc> {
         crate::supervisor::COMMANDS,
         crate::monitor::COMMANDS,
         crate::pipeline::COMMANDS,
+        crate::http::COMMANDS,
     ]
     .concat();
     all.sort_by_key(|c| c.name);

@@ -20,6 +20,7 @@ use crate::daemon;
 use crate::logging::LogFormat;
 
 pub mod bus;
+pub mod http;
 pub mod monitor;
 pub mod pipeline;
 pub mod service;
@@ -108,6 +109,9 @@ pub enum Cmd {
     /// The message bus: publish, subscribe, send events, requests, list endpoints.
     #[command(subcommand)]
     Bus(bus::BusCmd),
+    /// The HTTP dashboard: print its link with the login token, or rotate the token.
+    #[command(subcommand)]
+    Http(http::HttpCmd),
 }
 
 #[derive(Debug, Args)]
@@ -358,6 +362,7 @@ fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
 async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError> {
     match &cli.cmd {
         Cmd::Bus(c) => return bus::run(c, opts, cli.json).await,
+        Cmd::Http(c) => return http::run(c, opts, cli.json).await,
         Cmd::Programs(c) => return supervisor::run(c, opts, cli.json).await,
         Cmd::Monitor(c) => return monitor::run(c, opts, cli.json).await,
         Cmd::Queue(c) => return pipeline::run(c, opts, cli.json).await,
@@ -446,6 +451,7 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         | Cmd::Check
         | Cmd::Doctor
         | Cmd::Bus(_)
+        | Cmd::Http(_)
         | Cmd::Programs(_)
         | Cmd::Monitor(_)
         | Cmd::Queue(_) => {
