@@ -9,6 +9,8 @@ mod bus;
 #[cfg(unix)]
 mod foundation;
 #[cfg(unix)]
+mod http;
+#[cfg(unix)]
 mod integration;
 mod layering;
 #[cfg(unix)]
