@@ -177,6 +177,8 @@ async fn via_session(
 ) -> Result<Value, ErrorBody> {
     let internal = |e: std::io::Error| ErrorBody::new(ErrorCode::Internal, format!("session: {e}"));
     args.insert("cmd".into(), Value::String(name.into()));
+    // With an id: bus lines without one are fire-and-forget (no reply).
+    args.insert("id".into(), Value::from(1));
     let mut line = serde_json::to_vec(&Value::Object(args))
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
     line.push(b'\n');

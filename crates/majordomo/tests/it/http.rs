@@ -45,6 +45,7 @@ impl Web {
             token: token.to_string(),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .read_timeout(Duration::from_secs(20))
                 .build()
                 .unwrap(),
         }
