@@ -116,6 +116,9 @@ fn monitor_name(key: &str) -> (String, Option<(String, String)>) {
         ("_pct", "_percent"),
         ("_kb", "_kilobytes"),
         ("_ms", "_milliseconds"),
+        ("_count", ""),
+        ("_sum", "_sum_value"),
+        ("_bucket", "_bucket_value"),
     ] {
         if let Some(stem) = n.strip_suffix(from) {
             n = format!("{stem}{to}");
