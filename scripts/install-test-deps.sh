@@ -27,6 +27,11 @@ add dbus-bin dbus-send
 add dunst dunst
 add xvfb Xvfb
 add prometheus-node-exporter prometheus-node-exporter
+# HTTP: `promtool check metrics` on /metrics, and the dashboard journey in headless Chromium
+# driven over WebDriver.
+add prometheus promtool
+add chromium chromium
+add chromium-driver chromedriver
 
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""

@@ -14,6 +14,7 @@ use majordomo_control::{ControlConfig, ControlSection};
 use majordomo_core::lifecycle::Registry;
 use majordomo_core::{Dur, PathsConfig, Problem, Root, Section};
 use majordomo_guest::GuestConfig;
+use majordomo_http::HttpConfig;
 use majordomo_monitor::{CheckConfig, MonitorConfig, MonitorSection, NotifierConfig};
 use majordomo_nats::NatsConfig;
 use majordomo_pipeline::{PipelineConfig, PipelineSection, UploaderConfig};
@@ -56,6 +57,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// `[[job]]`: scheduled jobs.
     pub job: Vec<JobConfig>,
+    /// `[http]`: the REST API, dashboard, metrics and WebSocket.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             guest: GuestConfig::default(),
             scheduler: SchedulerConfig::default(),
             job: Vec::new(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -98,6 +102,7 @@ impl Root for Config {
         "guest",
         "scheduler",
         "job",
+        "http",
     ];
 
     fn section(&mut self, name: &str, value: Section<'_>, problems: &mut Vec<Problem>) -> bool {
@@ -121,6 +126,7 @@ impl Root for Config {
             "guest" => value.one(&mut self.guest, problems),
             "scheduler" => value.one(&mut self.scheduler, problems),
             "job" => value.many(&mut self.job, problems),
+            "http" => value.one(&mut self.http, problems),
             _ => return false,
         }
         true
@@ -136,6 +142,7 @@ impl Root for Config {
         self.nats.validate(problems);
         majordomo_guest::validate(&self.guest, problems);
         majordomo_scheduler::validate(&self.scheduler, &self.job, problems);
+        majordomo_http::validate(&self.http, problems);
         self.validate_across(problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
@@ -218,12 +225,13 @@ pub fn subsystems(registry: &mut Registry<Config>, log: Arc<LogHandle>, router: 
         })
         .mount(majordomo_nats::Nats::new(router_nats), |c| c.nats.clone())
         .mount(majordomo_guest::Guest, |c| c.guest.clone())
-        .mount(majordomo_scheduler::Scheduler::new(router), |c| {
+        .mount(majordomo_scheduler::Scheduler::new(router.clone()), |c| {
             SchedulerSection {
                 scheduler: c.scheduler.clone(),
                 job: c.job.clone(),
             }
-        });
+        })
+        .mount(majordomo_http::Http::new(router), |c| c.http.clone());
 }
 
 #[cfg(test)]

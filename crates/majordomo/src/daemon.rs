@@ -350,9 +350,20 @@ fn banner(core: &Core, loaded: &Loaded<Config>) {
     );
     if !stderr_is_journal() {
         eprintln!(
-            "majordomo {} · instance '{}' · pid {}\n  config  {}{source}\n  socket  {}\n  state   {}\n  logs    {}\nCtrl+C to stop.",
+            "majordomo {} · instance '{}' · pid {}\n  config  {}{source}\n  socket  {}\n  state   {}\n  logs    {}",
             s.version, s.instance, s.pid, s.config_path, s.socket, s.state_dir, s.log_dir
         );
+        // The dashboard link carries the login token: on a terminal only, never into a file
+        // or a log (`majordomo http url` prints it again).
+        if let Some(link) = majordomo_http::console_link(&s) {
+            use std::io::IsTerminal;
+            if std::io::stderr().is_terminal() {
+                eprintln!("  web     {link}");
+            } else if let Some((base, _)) = link.split_once("?token=") {
+                eprintln!("  web     {base} (the link with the login token: `majordomo http url`)");
+            }
+        }
+        eprintln!("Ctrl+C to stop.");
     }
 }
 

@@ -94,6 +94,7 @@ pub fn catalog() -> Vec<CommandDoc> {
         crate::pipeline::COMMANDS,
         crate::nats::COMMANDS,
         crate::scheduler::COMMANDS,
+        crate::http::COMMANDS,
     ]
     .concat();
     all.sort_by_key(|c| c.name);

@@ -47,6 +47,7 @@ fn quiet_on_closed(r: std::io::Result<()>) {
 }
 
 pub mod bus;
+pub mod http;
 pub mod monitor;
 pub mod nats;
 pub mod pipeline;
@@ -149,6 +150,9 @@ pub enum Cmd {
     State(scheduler::StateCmd),
     /// Run a command holding a named cross-process lock (with or without the daemon).
     Lock(scheduler::LockArgs),
+    /// The HTTP dashboard: print its link with the login token, or rotate the token.
+    #[command(subcommand)]
+    Http(http::HttpCmd),
 }
 
 #[derive(Debug, Args)]
@@ -510,6 +514,7 @@ fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
 async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError> {
     match &cli.cmd {
         Cmd::Bus(c) => return bus::run(c, opts, cli.json).await,
+        Cmd::Http(c) => return http::run(c, opts, cli.json).await,
         Cmd::Programs(c) => return supervisor::run(c, opts, cli.json).await,
         Cmd::Monitor(c) => return monitor::run(c, opts, cli.json).await,
         Cmd::Queue(c) => return pipeline::run(c, opts, cli.json).await,
@@ -600,6 +605,7 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         | Cmd::Check
         | Cmd::Doctor
         | Cmd::Bus(_)
+        | Cmd::Http(_)
         | Cmd::Programs(_)
         | Cmd::Monitor(_)
         | Cmd::Queue(_)

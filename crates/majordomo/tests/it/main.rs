@@ -13,6 +13,8 @@ mod guest;
 #[cfg(unix)]
 mod hostile;
 #[cfg(unix)]
+mod http;
+#[cfg(unix)]
 mod integration;
 mod layering;
 #[cfg(unix)]
