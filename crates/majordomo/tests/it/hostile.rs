@@ -481,7 +481,9 @@ fn hostile_secrets_appear_in_no_output() {
         c.env("MJ_TEST_HEADER", "HEADER-SECRET-3");
     });
     let mut sys = Line::connect(&d);
-    assert!(sys.call(r#"{"id":1,"cmd":"bus.sub","pattern":"$sys.>"}"#)["ok"].is_object());
+    // The events that carry these secrets' neighbours: deliveries and upload failures.
+    assert!(sys.call(r#"{"id":1,"cmd":"bus.sub","pattern":"$sys.notify.>"}"#)["ok"].is_object());
+    assert!(sys.call(r#"{"id":2,"cmd":"bus.sub","pattern":"$sys.file.>"}"#)["ok"].is_object());
     std::fs::write(inbox.join("r.csv"), b"x").unwrap();
     let mut seen = Vec::new();
     loop {

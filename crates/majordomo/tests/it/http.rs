@@ -918,17 +918,24 @@ async fn dashboard_journey_in_headless_chromium() {
         .expect("the restart button")
         .to_string();
     b.js("window.__marker = 1").await;
+    // Every state the row shows, recorded as the page changes it: a restart of a `sleep` can
+    // pass through stopping/starting in a few milliseconds, faster than any polling sees.
+    b.js("window.__states = []; new MutationObserver(() => { const e = document.querySelector('[data-program=\\\"sleeper\\\"] .state span'); const s = e ? e.dataset.state : null; if (s && window.__states[window.__states.length - 1] !== s) window.__states.push(s); }).observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true})").await;
     b.cmd("POST", &format!("/element/{id}/click"), json!({}))
         .await;
-    let mut seen = vec![];
+    let mut seen: Vec<String> = vec![];
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        let s = b.js(state_js).await;
-        let s = s.as_str().unwrap_or("").to_string();
-        if seen.last() != Some(&s) {
-            seen.push(s.clone());
-        }
-        if seen.len() > 2 && s == "ready" {
+        let s = b.js("return window.__states").await;
+        seen = s
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if seen.len() >= 2 && seen.last().map(String::as_str) == Some("ready") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
