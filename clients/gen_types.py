@@ -77,7 +77,8 @@ class Model:
         for k in keys:
             p = props[k]
             t = self.conv(p, defs, owner + pascal(k))
-            out.append((k, t, k in req, p.get("description", "")))
+            doc = p.get("description", "") if isinstance(p, dict) else ""
+            out.append((k, t, k in req, doc))
         return out
 
     def conv(self, s: Any, defs: Dict[str, Any], hint: str) -> Any:

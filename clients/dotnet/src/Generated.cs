@@ -25,8 +25,19 @@ namespace Majordomo.Protocol
             new[] { "bus.unsub", "action", "BusUnsubAsync" },
             new[] { "config", "read", "ConfigAsync" },
             new[] { "hello", "read", "HelloAsync" },
+            new[] { "http.info", "read", "HttpInfoAsync" },
+            new[] { "http.rotate_token", "action", "HttpRotateTokenAsync" },
+            new[] { "job.history", "read", "JobHistoryAsync" },
+            new[] { "job.ls", "read", "JobLsAsync" },
+            new[] { "job.pause", "action", "JobPauseAsync" },
+            new[] { "job.resume", "action", "JobResumeAsync" },
+            new[] { "job.run", "action", "JobRunAsync" },
+            new[] { "lock.acquire", "action", "LockAcquireAsync" },
+            new[] { "lock.release", "action", "LockReleaseAsync" },
             new[] { "metrics", "read", "MetricsAsync" },
+            new[] { "nats.status", "read", "NatsStatusAsync" },
             new[] { "notify.log", "read", "NotifyLogAsync" },
+            new[] { "notify.send", "action", "NotifySendAsync" },
             new[] { "notify.test", "action", "NotifyTestAsync" },
             new[] { "ping", "read", "PingAsync" },
             new[] { "ps", "read", "PsAsync" },
@@ -40,6 +51,11 @@ namespace Majordomo.Protocol
             new[] { "shutdown", "action", "ShutdownAsync" },
             new[] { "signal", "action", "SignalAsync" },
             new[] { "start", "action", "StartAsync" },
+            new[] { "state.cas", "action", "StateCasAsync" },
+            new[] { "state.del", "action", "StateDelAsync" },
+            new[] { "state.get", "read", "StateGetAsync" },
+            new[] { "state.set", "action", "StateSetAsync" },
+            new[] { "state.watch", "read", "StateWatchAsync" },
             new[] { "status", "read", "StatusAsync" },
             new[] { "stop", "action", "StopAsync" },
         };
@@ -441,6 +457,34 @@ namespace Majordomo.Protocol
         }
     }
 
+    public sealed partial class CasReply
+    {
+        /// <summary>Whether the swap happened.</summary>
+        public bool Swapped { get; set; }
+        /// <summary>The value in force afterwards.</summary>
+        public StateValue Current { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static CasReply FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new CasReply();
+            o.Raw = j;
+            o.Swapped = JsonConv.ToBool(j["swapped"]);
+            o.Current = global::Majordomo.Protocol.StateValue.FromJson(j["current"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Swapped != null) o["swapped"] = JsonNode.From(Swapped);
+            if (Current != null) o["current"] = (Current == null ? JsonNode.Null : Current.ToJson());
+            return o;
+        }
+    }
+
     /// <summary>One configured check and its state.</summary>
     public sealed partial class CheckBrief
     {
@@ -686,6 +730,39 @@ namespace Majordomo.Protocol
         }
     }
 
+    /// <summary>Where the HTTP server listens.</summary>
+    public sealed partial class HttpInfo
+    {
+        /// <summary>The addresses actually listened on (`127.0.0.1:7373`, or the free port chosen when that was taken).</summary>
+        public List<string> Listen { get; set; }
+        /// <summary>Whether the listeners speak TLS (`https://`).</summary>
+        public bool Tls { get; set; }
+        /// <summary>The file holding the login token.</summary>
+        public string TokenFile { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static HttpInfo FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new HttpInfo();
+            o.Raw = j;
+            o.Listen = JsonConv.ToList(j["listen"], x => JsonConv.ToStr(x));
+            o.Tls = JsonConv.ToBool(j["tls"]);
+            o.TokenFile = JsonConv.ToStr(j["token_file"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Listen != null) o["listen"] = JsonConv.FromList(Listen, x => JsonNode.From(x));
+            if (Tls != null) o["tls"] = JsonNode.From(Tls);
+            if (TokenFile != null) o["token_file"] = JsonNode.From(TokenFile);
+            return o;
+        }
+    }
+
     /// <summary>Items per state, now.</summary>
     public sealed partial class ItemCounts
     {
@@ -752,6 +829,266 @@ namespace Majordomo.Protocol
         public const string Dead = "dead";
         /// <summary>Its conversion failed: the input is in the error folder, with its reason.</summary>
         public const string Failed = "failed";
+    }
+
+    /// <summary>A job by name.</summary>
+    public sealed partial class JobArgs
+    {
+        public string Name { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static JobArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new JobArgs();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            return o;
+        }
+    }
+
+    public sealed partial class JobHistoryArgs
+    {
+        public string Name { get; set; }
+        /// <summary>How many runs, newest first (default 20).</summary>
+        public long? Limit { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static JobHistoryArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new JobHistoryArgs();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            o.Limit = JsonConv.ToNullableLong(j["limit"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            if (Limit != null) o["limit"] = JsonNode.From(Limit);
+            return o;
+        }
+    }
+
+    public sealed partial class JobList
+    {
+        public List<JobRow> Jobs { get; set; }
+        /// <summary>Runs in progress and the daemon-wide cap.</summary>
+        public long Running { get; set; }
+        public long MaxConcurrent { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static JobList FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new JobList();
+            o.Raw = j;
+            o.Jobs = JsonConv.ToList(j["jobs"], x => global::Majordomo.Protocol.JobRow.FromJson(x));
+            o.Running = JsonConv.ToLong(j["running"]);
+            o.MaxConcurrent = JsonConv.ToLong(j["max_concurrent"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Jobs != null) o["jobs"] = JsonConv.FromList(Jobs, x => (x == null ? JsonNode.Null : x.ToJson()));
+            if (Running != null) o["running"] = JsonNode.From(Running);
+            if (MaxConcurrent != null) o["max_concurrent"] = JsonNode.From(MaxConcurrent);
+            return o;
+        }
+    }
+
+    /// <summary>One job as `job ls` shows it.</summary>
+    public sealed partial class JobRow
+    {
+        public string Name { get; set; }
+        /// <summary>`cron 0 3 * * * (Europe/Berlin)`, `every 5m`, `at 2026-12-24T18:00`.</summary>
+        public string Schedule { get; set; }
+        public bool Paused { get; set; }
+        public bool Running { get; set; }
+        public bool Persistent { get; set; }
+        public Run Last { get; set; }
+        /// <summary>RFC 3339, none when paused or when an `at` job is past.</summary>
+        public string Next { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static JobRow FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new JobRow();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            o.Schedule = JsonConv.ToStr(j["schedule"]);
+            o.Paused = JsonConv.ToBool(j["paused"]);
+            o.Running = JsonConv.ToBool(j["running"]);
+            o.Persistent = JsonConv.ToBool(j["persistent"]);
+            o.Last = global::Majordomo.Protocol.Run.FromJson(j["last"]);
+            o.Next = JsonConv.ToStr(j["next"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            if (Schedule != null) o["schedule"] = JsonNode.From(Schedule);
+            if (Paused != null) o["paused"] = JsonNode.From(Paused);
+            if (Running != null) o["running"] = JsonNode.From(Running);
+            if (Persistent != null) o["persistent"] = JsonNode.From(Persistent);
+            if (Last != null) o["last"] = (Last == null ? JsonNode.Null : Last.ToJson());
+            if (Next != null) o["next"] = JsonNode.From(Next);
+            return o;
+        }
+    }
+
+    /// <summary>What `job run` did.</summary>
+    public sealed partial class JobRunReply
+    {
+        public string Name { get; set; }
+        /// <summary>`started`, or why not (`skipped: already running`).</summary>
+        public string Result { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static JobRunReply FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new JobRunReply();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            o.Result = JsonConv.ToStr(j["result"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            if (Result != null) o["result"] = JsonNode.From(Result);
+            return o;
+        }
+    }
+
+    public sealed partial class KeyArgs
+    {
+        public string Key { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static KeyArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new KeyArgs();
+            o.Raw = j;
+            o.Key = JsonConv.ToStr(j["key"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Key != null) o["key"] = JsonNode.From(Key);
+            return o;
+        }
+    }
+
+    public sealed partial class LockArgs
+    {
+        public string Name { get; set; }
+        /// <summary>Give up after this many ms (default: do not wait at all).</summary>
+        public long? WaitMs { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static LockArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new LockArgs();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            o.WaitMs = JsonConv.ToNullableLong(j["wait_ms"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            if (WaitMs != null) o["wait_ms"] = JsonNode.From(WaitMs);
+            return o;
+        }
+    }
+
+    public sealed partial class LockReleaseArgs
+    {
+        public string Name { get; set; }
+        /// <summary>The token `lock.acquire` answered.</summary>
+        public long Token { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static LockReleaseArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new LockReleaseArgs();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            o.Token = JsonConv.ToLong(j["token"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            if (Token != null) o["token"] = JsonNode.From(Token);
+            return o;
+        }
+    }
+
+    public sealed partial class LockReply
+    {
+        public string Name { get; set; }
+        public bool Acquired { get; set; }
+        /// <summary>Pass it to `lock.release`.</summary>
+        public long Token { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static LockReply FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new LockReply();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            o.Acquired = JsonConv.ToBool(j["acquired"]);
+            o.Token = JsonConv.ToLong(j["token"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            if (Acquired != null) o["acquired"] = JsonNode.From(Acquired);
+            if (Token != null) o["token"] = JsonNode.From(Token);
+            return o;
+        }
     }
 
     /// <summary>The arguments of `metrics`.</summary>
@@ -917,6 +1254,99 @@ namespace Majordomo.Protocol
         }
     }
 
+    /// <summary>`nats.status`: the bridge as it is now.</summary>
+    public sealed partial class NatsStatus
+    {
+        /// <summary>Whether the bridge holds a connection to a NATS server now.</summary>
+        public bool Connected { get; set; }
+        public string Node { get; set; }
+        public string Instance { get; set; }
+        /// <summary>Prefix of exported subjects, e.g. `majordomo.host1.default.`.</summary>
+        public string Prefix { get; set; }
+        /// <summary>The control subject this instance answers on (empty when remote control is off).</summary>
+        public string CtlSubject { get; set; }
+        /// <summary>Local messages published to NATS (acknowledged by JetStream in durable mode).</summary>
+        public long Exported { get; set; }
+        /// <summary>NATS messages delivered on the local bus.</summary>
+        public long Imported { get; set; }
+        /// <summary>Local messages not exported because they had just come in over the bridge (no echo).</summary>
+        public long EchoSuppressed { get; set; }
+        /// <summary>Requests crossing the bridge: local → NATS and NATS → local.</summary>
+        public long RequestsOut { get; set; }
+        public long RequestsIn { get; set; }
+        /// <summary>Remote control commands answered (and refused by the allow-list).</summary>
+        public long CtlAnswered { get; set; }
+        public long CtlRefused { get; set; }
+        /// <summary>Exports waiting in the buffer (NATS unreachable or slower than the bus).</summary>
+        public long Buffered { get; set; }
+        /// <summary>Exports dropped because the buffer was full (oldest first), since start.</summary>
+        public long Dropped { get; set; }
+        /// <summary>Exports handed to a connection that broke before they were confirmed: possibly lost (core NATS only; JetStream retries them).</summary>
+        public long Unconfirmed { get; set; }
+        /// <summary>Times the connection was (re-)established.</summary>
+        public long Connects { get; set; }
+        /// <summary>Last connection error, if any.</summary>
+        public string LastError { get; set; }
+        /// <summary>The server it is connected to, or tries to reach (credentials never shown).</summary>
+        public string Server { get; set; }
+        /// <summary>JetStream stream exports go to (durable mode), if any.</summary>
+        public string Stream { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static NatsStatus FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new NatsStatus();
+            o.Raw = j;
+            o.Connected = JsonConv.ToBool(j["connected"]);
+            o.Node = JsonConv.ToStr(j["node"]);
+            o.Instance = JsonConv.ToStr(j["instance"]);
+            o.Prefix = JsonConv.ToStr(j["prefix"]);
+            o.CtlSubject = JsonConv.ToStr(j["ctl_subject"]);
+            o.Exported = JsonConv.ToLong(j["exported"]);
+            o.Imported = JsonConv.ToLong(j["imported"]);
+            o.EchoSuppressed = JsonConv.ToLong(j["echo_suppressed"]);
+            o.RequestsOut = JsonConv.ToLong(j["requests_out"]);
+            o.RequestsIn = JsonConv.ToLong(j["requests_in"]);
+            o.CtlAnswered = JsonConv.ToLong(j["ctl_answered"]);
+            o.CtlRefused = JsonConv.ToLong(j["ctl_refused"]);
+            o.Buffered = JsonConv.ToLong(j["buffered"]);
+            o.Dropped = JsonConv.ToLong(j["dropped"]);
+            o.Unconfirmed = JsonConv.ToLong(j["unconfirmed"]);
+            o.Connects = JsonConv.ToLong(j["connects"]);
+            o.LastError = JsonConv.ToStr(j["last_error"]);
+            o.Server = JsonConv.ToStr(j["server"]);
+            o.Stream = JsonConv.ToStr(j["stream"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Connected != null) o["connected"] = JsonNode.From(Connected);
+            if (Node != null) o["node"] = JsonNode.From(Node);
+            if (Instance != null) o["instance"] = JsonNode.From(Instance);
+            if (Prefix != null) o["prefix"] = JsonNode.From(Prefix);
+            if (CtlSubject != null) o["ctl_subject"] = JsonNode.From(CtlSubject);
+            if (Exported != null) o["exported"] = JsonNode.From(Exported);
+            if (Imported != null) o["imported"] = JsonNode.From(Imported);
+            if (EchoSuppressed != null) o["echo_suppressed"] = JsonNode.From(EchoSuppressed);
+            if (RequestsOut != null) o["requests_out"] = JsonNode.From(RequestsOut);
+            if (RequestsIn != null) o["requests_in"] = JsonNode.From(RequestsIn);
+            if (CtlAnswered != null) o["ctl_answered"] = JsonNode.From(CtlAnswered);
+            if (CtlRefused != null) o["ctl_refused"] = JsonNode.From(CtlRefused);
+            if (Buffered != null) o["buffered"] = JsonNode.From(Buffered);
+            if (Dropped != null) o["dropped"] = JsonNode.From(Dropped);
+            if (Unconfirmed != null) o["unconfirmed"] = JsonNode.From(Unconfirmed);
+            if (Connects != null) o["connects"] = JsonNode.From(Connects);
+            if (LastError != null) o["last_error"] = JsonNode.From(LastError);
+            if (Server != null) o["server"] = JsonNode.From(Server);
+            if (Stream != null) o["stream"] = JsonNode.From(Stream);
+            return o;
+        }
+    }
+
     /// <summary>The arguments of a command that takes none. Unknown fields are refused.</summary>
     public sealed partial class NoArgs
     {
@@ -1042,6 +1472,64 @@ namespace Majordomo.Protocol
         }
     }
 
+    /// <summary>A notification raised by a program (`notify send`).</summary>
+    public sealed partial class NotifySendArgs
+    {
+        public string Title { get; set; }
+        public string Body { get; set; }
+        /// <summary>Only this notifier (default: every notifier that routes it).</summary>
+        public string Notifier { get; set; }
+        public string Severity { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static NotifySendArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new NotifySendArgs();
+            o.Raw = j;
+            o.Title = JsonConv.ToStr(j["title"]);
+            o.Body = JsonConv.ToStr(j["body"]);
+            o.Notifier = JsonConv.ToStr(j["notifier"]);
+            o.Severity = JsonConv.ToStr(j["severity"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Title != null) o["title"] = JsonNode.From(Title);
+            if (Body != null) o["body"] = JsonNode.From(Body);
+            if (Notifier != null) o["notifier"] = JsonNode.From(Notifier);
+            if (Severity != null) o["severity"] = JsonNode.From(Severity);
+            return o;
+        }
+    }
+
+    public sealed partial class NotifySendReply
+    {
+        /// <summary>The notification's id in `notify log`.</summary>
+        public string Id { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static NotifySendReply FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new NotifySendReply();
+            o.Raw = j;
+            o.Id = JsonConv.ToStr(j["id"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Id != null) o["id"] = JsonNode.From(Id);
+            return o;
+        }
+    }
+
     /// <summary>The arguments of `notify.test`.</summary>
     public sealed partial class NotifyTestArgs
     {
@@ -1086,6 +1574,8 @@ namespace Majordomo.Protocol
         public long? OldestPendingAgeS { get; set; }
         /// <summary>Why intake is paused (high-water mark or free-disk floor), if it is.</summary>
         public string Paused { get; set; }
+        /// <summary>Whether the last upload attempt reached the server (uploaded, or refused for good): `false` while uploads fail in transit or with retryable statuses, unset before the first.</summary>
+        public bool? UploadsReachServer { get; set; }
         /// <summary>The object as received (with any member this client does not know).</summary>
         public JsonNode Raw { get; private set; }
 
@@ -1100,6 +1590,7 @@ namespace Majordomo.Protocol
             o.SinceStart = global::Majordomo.Protocol.SinceStart.FromJson(j["since_start"]);
             o.OldestPendingAgeS = JsonConv.ToNullableLong(j["oldest_pending_age_s"]);
             o.Paused = JsonConv.ToStr(j["paused"]);
+            o.UploadsReachServer = JsonConv.ToNullableBool(j["uploads_reach_server"]);
             return o;
         }
 
@@ -1112,6 +1603,7 @@ namespace Majordomo.Protocol
             if (SinceStart != null) o["since_start"] = (SinceStart == null ? JsonNode.Null : SinceStart.ToJson());
             if (OldestPendingAgeS != null) o["oldest_pending_age_s"] = JsonNode.From(OldestPendingAgeS);
             if (Paused != null) o["paused"] = JsonNode.From(Paused);
+            if (UploadsReachServer != null) o["uploads_reach_server"] = JsonNode.From(UploadsReachServer);
             return o;
         }
     }
@@ -1297,6 +1789,8 @@ namespace Majordomo.Protocol
         /// <summary>RFC 3339: since when it is in this state.</summary>
         public string Since { get; set; }
         public long? Pid { get; set; }
+        /// <summary>Restarts since the daemon started (a crash loop makes it grow).</summary>
+        public long Restarts { get; set; }
         /// <summary>The object as received (with any member this client does not know).</summary>
         public JsonNode Raw { get; private set; }
 
@@ -1308,6 +1802,7 @@ namespace Majordomo.Protocol
             o.State = JsonConv.ToStr(j["state"]);
             o.Since = JsonConv.ToStr(j["since"]);
             o.Pid = JsonConv.ToNullableLong(j["pid"]);
+            o.Restarts = JsonConv.ToLong(j["restarts"]);
             return o;
         }
 
@@ -1317,6 +1812,7 @@ namespace Majordomo.Protocol
             if (State != null) o["state"] = JsonNode.From(State);
             if (Since != null) o["since"] = JsonNode.From(Since);
             if (Pid != null) o["pid"] = JsonNode.From(Pid);
+            if (Restarts != null) o["restarts"] = JsonNode.From(Restarts);
             return o;
         }
     }
@@ -1981,6 +2477,109 @@ namespace Majordomo.Protocol
         }
     }
 
+    /// <summary>What `http.rotate_token` did. The new token itself is never in a reply: it is in the file.</summary>
+    public sealed partial class Rotated
+    {
+        /// <summary>The file holding the new login token (mode 0600).</summary>
+        public string Path { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static Rotated FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new Rotated();
+            o.Raw = j;
+            o.Path = JsonConv.ToStr(j["path"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Path != null) o["path"] = JsonNode.From(Path);
+            return o;
+        }
+    }
+
+    /// <summary>One run of a job, as `job history` shows it.</summary>
+    public sealed partial class Run
+    {
+        /// <summary>The occurrence it ran for (RFC 3339); a manual run has the time it was asked for.</summary>
+        public string Planned { get; set; }
+        /// <summary>Milliseconds since the Unix epoch of `planned`: the occurrence's identity.</summary>
+        public long PlannedMs { get; set; }
+        public string Started { get; set; }
+        /// <summary>How late the start was against `planned`, in ms.</summary>
+        public long LateMs { get; set; }
+        public string Trigger { get; set; }
+        /// <summary>`daemon` or `check`, and the PID.</summary>
+        public string By { get; set; }
+        /// <summary>1, or 2 for the one retry after an interruption.</summary>
+        public long Attempt { get; set; }
+        public long? DurationMs { get; set; }
+        public string Ended { get; set; }
+        public string Error { get; set; }
+        public long? ExitCode { get; set; }
+        public string Outcome { get; set; }
+        /// <summary>The end of its output (stdout and stderr), at most a few KB.</summary>
+        public string OutputTail { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static Run FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new Run();
+            o.Raw = j;
+            o.Planned = JsonConv.ToStr(j["planned"]);
+            o.PlannedMs = JsonConv.ToLong(j["planned_ms"]);
+            o.Started = JsonConv.ToStr(j["started"]);
+            o.LateMs = JsonConv.ToLong(j["late_ms"]);
+            o.Trigger = JsonConv.ToStr(j["trigger"]);
+            o.By = JsonConv.ToStr(j["by"]);
+            o.Attempt = JsonConv.ToLong(j["attempt"]);
+            o.DurationMs = JsonConv.ToNullableLong(j["duration_ms"]);
+            o.Ended = JsonConv.ToStr(j["ended"]);
+            o.Error = JsonConv.ToStr(j["error"]);
+            o.ExitCode = JsonConv.ToNullableLong(j["exit_code"]);
+            o.Outcome = JsonConv.ToStr(j["outcome"]);
+            o.OutputTail = JsonConv.ToStr(j["output_tail"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Planned != null) o["planned"] = JsonNode.From(Planned);
+            if (PlannedMs != null) o["planned_ms"] = JsonNode.From(PlannedMs);
+            if (Started != null) o["started"] = JsonNode.From(Started);
+            if (LateMs != null) o["late_ms"] = JsonNode.From(LateMs);
+            if (Trigger != null) o["trigger"] = JsonNode.From(Trigger);
+            if (By != null) o["by"] = JsonNode.From(By);
+            if (Attempt != null) o["attempt"] = JsonNode.From(Attempt);
+            if (DurationMs != null) o["duration_ms"] = JsonNode.From(DurationMs);
+            if (Ended != null) o["ended"] = JsonNode.From(Ended);
+            if (Error != null) o["error"] = JsonNode.From(Error);
+            if (ExitCode != null) o["exit_code"] = JsonNode.From(ExitCode);
+            if (Outcome != null) o["outcome"] = JsonNode.From(Outcome);
+            if (OutputTail != null) o["output_tail"] = JsonNode.From(OutputTail);
+            return o;
+        }
+    }
+
+    /// <summary>How a run ended.</summary>
+    public static class RunOutcome
+    {
+        public const string Ok = "ok";
+        public const string Failed = "failed";
+        public const string TimedOut = "timed_out";
+        /// <summary>Killed because the next occurrence started (`overlap = "kill-previous"`) or the daemon stopped.</summary>
+        public const string Killed = "killed";
+        /// <summary>The process that ran it disappeared (crash) before it could record the end.</summary>
+        public const string Interrupted = "interrupted";
+    }
+
     /// <summary>The arguments of `bus.send`.</summary>
     public sealed partial class SendArgs
     {
@@ -2190,6 +2789,92 @@ namespace Majordomo.Protocol
         }
     }
 
+    /// <summary>Compare and swap: `value` replaces the key's value only if the current one equals `expected` (`null` or absent = the key must not exist). A `value` of `null` deletes.</summary>
+    public sealed partial class StateCasArgs
+    {
+        public string Key { get; set; }
+        public JsonNode Expected { get; set; }
+        public JsonNode Value { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static StateCasArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new StateCasArgs();
+            o.Raw = j;
+            o.Key = JsonConv.ToStr(j["key"]);
+            o.Expected = JsonConv.Node(j["expected"]);
+            o.Value = JsonConv.Node(j["value"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Key != null) o["key"] = JsonNode.From(Key);
+            if (Expected != null) o["expected"] = (Expected ?? JsonNode.Null);
+            if (Value != null) o["value"] = (Value ?? JsonNode.Null);
+            return o;
+        }
+    }
+
+    public sealed partial class StateSetArgs
+    {
+        public string Key { get; set; }
+        public JsonNode Value { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static StateSetArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new StateSetArgs();
+            o.Raw = j;
+            o.Key = JsonConv.ToStr(j["key"]);
+            o.Value = JsonConv.Node(j["value"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Key != null) o["key"] = JsonNode.From(Key);
+            if (Value != null) o["value"] = (Value ?? JsonNode.Null);
+            return o;
+        }
+    }
+
+    /// <summary>A key's value (`null` when absent) and its version (bumped on each change, 0 when absent).</summary>
+    public sealed partial class StateValue
+    {
+        public string Key { get; set; }
+        public long Version { get; set; }
+        public JsonNode Value { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static StateValue FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new StateValue();
+            o.Raw = j;
+            o.Key = JsonConv.ToStr(j["key"]);
+            o.Version = JsonConv.ToLong(j["version"]);
+            o.Value = JsonConv.Node(j["value"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Key != null) o["key"] = JsonNode.From(Key);
+            if (Version != null) o["version"] = JsonNode.From(Version);
+            if (Value != null) o["value"] = (Value ?? JsonNode.Null);
+            return o;
+        }
+    }
+
     /// <summary>min / avg / max / last / count of a series' points.</summary>
     public sealed partial class Stats
     {
@@ -2367,6 +3052,49 @@ namespace Majordomo.Protocol
             return o;
         }
     }
+
+    /// <summary>Who started a run.</summary>
+    public static class Trigger
+    {
+        /// <summary>The daemon, at the planned time.</summary>
+        public const string Schedule = "schedule";
+        /// <summary>The daemon at start-up, for an occurrence missed while it was down (`persistent`).</summary>
+        public const string CatchUp = "catch_up";
+        /// <summary>`majordomo check` (the OS backup task) while the daemon was down.</summary>
+        public const string Backup = "backup";
+        /// <summary>`job run` (CLI or socket).</summary>
+        public const string Manual = "manual";
+        /// <summary>A retry of an occurrence whose run was interrupted (crash, kill -9).</summary>
+        public const string Retry = "retry";
+    }
+
+    /// <summary>Where `state.watch` publishes a key's changes.</summary>
+    public sealed partial class WatchReply
+    {
+        /// <summary>Subscribe to this bus topic: each change is a message whose data is a `StateValue`.</summary>
+        public string Topic { get; set; }
+        public StateValue Current { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static WatchReply FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new WatchReply();
+            o.Raw = j;
+            o.Topic = JsonConv.ToStr(j["topic"]);
+            o.Current = global::Majordomo.Protocol.StateValue.FromJson(j["current"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Topic != null) o["topic"] = JsonNode.From(Topic);
+            if (Current != null) o["current"] = (Current == null ? JsonNode.Null : Current.ToJson());
+            return o;
+        }
+    }
 }
 
 namespace Majordomo
@@ -2460,6 +3188,69 @@ namespace Majordomo
             return global::Majordomo.Protocol.Hello.FromJson(r);
         }
 
+        /// <summary><c>http.info</c> (read): Where the HTTP server listens and where its login token is (never the token itself).</summary>
+        public async Task<HttpInfo> HttpInfoAsync(CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("http.info", JsonNode.NewObject(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.HttpInfo.FromJson(r);
+        }
+
+        /// <summary><c>http.rotate_token</c> (action): Replaces the HTTP login token with a new random one: every link and cookie made with the old one stops working.</summary>
+        public async Task<Rotated> HttpRotateTokenAsync(CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("http.rotate_token", JsonNode.NewObject(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.Rotated.FromJson(r);
+        }
+
+        /// <summary><c>job.history</c> (read): A job's runs, newest first.</summary>
+        public async Task<List<Run>> JobHistoryAsync(JobHistoryArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("job.history", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return JsonConv.ToList(r, x => global::Majordomo.Protocol.Run.FromJson(x));
+        }
+
+        /// <summary><c>job.ls</c> (read): The jobs: schedule, next run, last result.</summary>
+        public async Task<JobList> JobLsAsync(CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("job.ls", JsonNode.NewObject(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.JobList.FromJson(r);
+        }
+
+        /// <summary><c>job.pause</c> (action): Stops scheduling a job (a running run continues); kept across restarts.</summary>
+        public async Task<JobRow> JobPauseAsync(JobArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("job.pause", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.JobRow.FromJson(r);
+        }
+
+        /// <summary><c>job.resume</c> (action): Schedules a paused job again from its next occurrence.</summary>
+        public async Task<JobRow> JobResumeAsync(JobArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("job.resume", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.JobRow.FromJson(r);
+        }
+
+        /// <summary><c>job.run</c> (action): Runs a job now (its `overlap` policy applies).</summary>
+        public async Task<JobRunReply> JobRunAsync(JobArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("job.run", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.JobRunReply.FromJson(r);
+        }
+
+        /// <summary><c>lock.acquire</c> (action): Takes a named lock (the one `majordomo lock` and jobs use); released by `lock.release` or when the daemon stops.</summary>
+        public async Task<LockReply> LockAcquireAsync(LockArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("lock.acquire", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.LockReply.FromJson(r);
+        }
+
+        /// <summary><c>lock.release</c> (action): Releases a named lock taken with `lock.acquire`.</summary>
+        public async Task<LockReply> LockReleaseAsync(LockReleaseArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("lock.release", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.LockReply.FromJson(r);
+        }
+
         /// <summary><c>metrics</c> (read): The health monitor's metrics: the last collection's values, or with `since` the history of every matching series.</summary>
         public async Task<MetricsReply> MetricsAsync(MetricsArgs args = null, CancellationToken cancel = default(CancellationToken))
         {
@@ -2467,11 +3258,25 @@ namespace Majordomo
             return global::Majordomo.Protocol.MetricsReply.FromJson(r);
         }
 
+        /// <summary><c>nats.status</c> (read): The NATS bridge: connection, subjects, counters.</summary>
+        public async Task<NatsStatus> NatsStatusAsync(CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("nats.status", JsonNode.NewObject(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.NatsStatus.FromJson(r);
+        }
+
         /// <summary><c>notify.log</c> (read): The notifiers' delivery record: totals per notifier and the recent deliveries.</summary>
         public async Task<NotifyLog> NotifyLogAsync(NotifyLogArgs args = null, CancellationToken cancel = default(CancellationToken))
         {
             var r = await CallAsync("notify.log", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
             return global::Majordomo.Protocol.NotifyLog.FromJson(r);
+        }
+
+        /// <summary><c>notify.send</c> (action): Raises a notification through the notifiers (quiet hours, dedup, rate limit apply).</summary>
+        public async Task<NotifySendReply> NotifySendAsync(NotifySendArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("notify.send", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.NotifySendReply.FromJson(r);
         }
 
         /// <summary><c>notify.test</c> (action): Sends a test notification through one notifier (bypassing routing, quiet hours and rate limits); the reply is its delivery.</summary>
@@ -2563,6 +3368,41 @@ namespace Majordomo
         {
             var r = await CallAsync("start", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
             return global::Majordomo.Protocol.ProgramsResult.FromJson(r);
+        }
+
+        /// <summary><c>state.cas</c> (action): Compare and swap.</summary>
+        public async Task<CasReply> StateCasAsync(StateCasArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("state.cas", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.CasReply.FromJson(r);
+        }
+
+        /// <summary><c>state.del</c> (action): Deletes a key.</summary>
+        public async Task<StateValue> StateDelAsync(KeyArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("state.del", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.StateValue.FromJson(r);
+        }
+
+        /// <summary><c>state.get</c> (read): A key of the shared state store.</summary>
+        public async Task<StateValue> StateGetAsync(KeyArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("state.get", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.StateValue.FromJson(r);
+        }
+
+        /// <summary><c>state.set</c> (action): Sets a key (durable before the reply).</summary>
+        public async Task<StateValue> StateSetAsync(StateSetArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("state.set", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.StateValue.FromJson(r);
+        }
+
+        /// <summary><c>state.watch</c> (read): The bus topic on which a key's changes are published.</summary>
+        public async Task<WatchReply> StateWatchAsync(KeyArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("state.watch", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.WatchReply.FromJson(r);
         }
 
         /// <summary><c>status</c> (read): The daemon's status: instance, places, subsystems, event counts, active alerts.</summary>

@@ -115,6 +115,13 @@ export interface BusSubscription {
   queue?: string | null;
 }
 
+export interface CasReply {
+  /** Whether the swap happened. */
+  swapped: boolean;
+  /** The value in force afterwards. */
+  current: StateValue;
+}
+
 /** One configured check and its state. */
 export interface CheckBrief {
   name: string;
@@ -181,6 +188,16 @@ export interface HelloArgs {
   token?: string | null;
 }
 
+/** Where the HTTP server listens. */
+export interface HttpInfo {
+  /** The addresses actually listened on (`127.0.0.1:7373`, or the free port chosen when that was taken). */
+  listen: string[];
+  /** Whether the listeners speak TLS (`https://`). */
+  tls: boolean;
+  /** The file holding the login token. */
+  token_file: string;
+}
+
 /** Items per state, now. */
 export interface ItemCounts {
   dead: number;
@@ -195,6 +212,67 @@ export interface ItemCounts {
 
 /** Where an item is in its life. The first seven are work-folder states (the last part of the item's file name); `dead` and `failed` are the dead-letter and error folders. */
 export type ItemState = "input" | "converting" | "queued" | "processing" | "error" | "done" | "kept" | "dead" | "failed";
+
+/** A job by name. */
+export interface JobArgs {
+  name: string;
+}
+
+export interface JobHistoryArgs {
+  name: string;
+  /** How many runs, newest first (default 20). */
+  limit?: number | null;
+}
+
+export interface JobList {
+  jobs: JobRow[];
+  /** Runs in progress and the daemon-wide cap. */
+  running: number;
+  max_concurrent: number;
+}
+
+/** One job as `job ls` shows it. */
+export interface JobRow {
+  name: string;
+  /** `cron 0 3 * * * (Europe/Berlin)`, `every 5m`, `at 2026-12-24T18:00`. */
+  schedule: string;
+  paused: boolean;
+  running: boolean;
+  persistent: boolean;
+  last?: Run | null;
+  /** RFC 3339, none when paused or when an `at` job is past. */
+  next?: string | null;
+}
+
+/** What `job run` did. */
+export interface JobRunReply {
+  name: string;
+  /** `started`, or why not (`skipped: already running`). */
+  result: string;
+}
+
+export interface KeyArgs {
+  key: string;
+}
+
+export interface LockArgs {
+  name: string;
+  /** Give up after this many ms (default: do not wait at all). */
+  wait_ms?: number | null;
+}
+
+export interface LockReleaseArgs {
+  name: string;
+  /** The token `lock.acquire` answered. */
+  token: number;
+}
+
+export interface LockReply {
+  name: string;
+  acquired: boolean;
+  /** Pass it to `lock.release`. */
+  token: number;
+}
 
 /** The arguments of `metrics`. */
 export interface MetricsArgs {
@@ -232,6 +310,44 @@ export interface NamesArgs {
   names?: string[];
 }
 
+/** `nats.status`: the bridge as it is now. */
+export interface NatsStatus {
+  /** Whether the bridge holds a connection to a NATS server now. */
+  connected: boolean;
+  node: string;
+  instance: string;
+  /** Prefix of exported subjects, e.g. `majordomo.host1.default.`. */
+  prefix: string;
+  /** The control subject this instance answers on (empty when remote control is off). */
+  ctl_subject: string;
+  /** Local messages published to NATS (acknowledged by JetStream in durable mode). */
+  exported: number;
+  /** NATS messages delivered on the local bus. */
+  imported: number;
+  /** Local messages not exported because they had just come in over the bridge (no echo). */
+  echo_suppressed: number;
+  /** Requests crossing the bridge: local → NATS and NATS → local. */
+  requests_out: number;
+  requests_in: number;
+  /** Remote control commands answered (and refused by the allow-list). */
+  ctl_answered: number;
+  ctl_refused: number;
+  /** Exports waiting in the buffer (NATS unreachable or slower than the bus). */
+  buffered: number;
+  /** Exports dropped because the buffer was full (oldest first), since start. */
+  dropped: number;
+  /** Exports handed to a connection that broke before they were confirmed: possibly lost (core NATS only; JetStream retries them). */
+  unconfirmed: number;
+  /** Times the connection was (re-)established. */
+  connects: number;
+  /** Last connection error, if any. */
+  last_error?: string | null;
+  /** The server it is connected to, or tries to reach (credentials never shown). */
+  server?: string | null;
+  /** JetStream stream exports go to (durable mode), if any. */
+  stream?: string | null;
+}
+
 /** The arguments of a command that takes none. Unknown fields are refused. */
 export type NoArgs = Record<string, never>;
 
@@ -264,6 +380,20 @@ export interface NotifyLogArgs {
   notifier?: string | null;
 }
 
+/** A notification raised by a program (`notify send`). */
+export interface NotifySendArgs {
+  title: string;
+  body?: string;
+  /** Only this notifier (default: every notifier that routes it). */
+  notifier?: string | null;
+  severity?: Severity;
+}
+
+export interface NotifySendReply {
+  /** The notification's id in `notify log`. */
+  id: string;
+}
+
 /** The arguments of `notify.test`. */
 export interface NotifyTestArgs {
   /** The notifier's name. */
@@ -283,6 +413,8 @@ export interface PipelineStats {
   oldest_pending_age_s?: number | null;
   /** Why intake is paused (high-water mark or free-disk floor), if it is. */
   paused?: string | null;
+  /** Whether the last upload attempt reached the server (uploaded, or refused for good): `false` while uploads fail in transit or with retryable statuses, unset before the first. */
+  uploads_reach_server?: boolean | null;
 }
 
 /** One stored point of one series: `[min, avg, max]` (all equal at full resolution). */
@@ -345,6 +477,8 @@ export interface ProgramSeen {
   /** RFC 3339: since when it is in this state. */
   since: string;
   pid?: number | null;
+  /** Restarts since the daemon started (a crash loop makes it grow). */
+  restarts?: number;
 }
 
 /** The states of a program. `as_str` is what `ps`, events and `docs/supervisor.md` use. */
@@ -530,6 +664,38 @@ export interface Requeued {
   requeued: number;
 }
 
+/** What `http.rotate_token` did. The new token itself is never in a reply: it is in the file. */
+export interface Rotated {
+  /** The file holding the new login token (mode 0600). */
+  path: string;
+}
+
+/** One run of a job, as `job history` shows it. */
+export interface Run {
+  /** The occurrence it ran for (RFC 3339); a manual run has the time it was asked for. */
+  planned: string;
+  /** Milliseconds since the Unix epoch of `planned`: the occurrence's identity. */
+  planned_ms: number;
+  started: string;
+  /** How late the start was against `planned`, in ms. */
+  late_ms: number;
+  trigger: Trigger;
+  /** `daemon` or `check`, and the PID. */
+  by: string;
+  /** 1, or 2 for the one retry after an interruption. */
+  attempt: number;
+  duration_ms?: number | null;
+  ended?: string | null;
+  error?: string | null;
+  exit_code?: number | null;
+  outcome?: RunOutcome | null;
+  /** The end of its output (stdout and stderr), at most a few KB. */
+  output_tail?: string;
+}
+
+/** How a run ended. */
+export type RunOutcome = "ok" | "failed" | "timed_out" | "killed" | "interrupted";
+
 /** The arguments of `bus.send`. */
 export interface SendArgs {
   /** The target endpoint. */
@@ -588,6 +754,25 @@ export interface SinceStart {
   rescans: number;
 }
 
+/** Compare and swap: `value` replaces the key's value only if the current one equals `expected` (`null` or absent = the key must not exist). A `value` of `null` deletes. */
+export interface StateCasArgs {
+  key: string;
+  expected?: unknown;
+  value?: unknown;
+}
+
+export interface StateSetArgs {
+  key: string;
+  value: unknown;
+}
+
+/** A key's value (`null` when absent) and its version (bumped on each change, 0 when absent). */
+export interface StateValue {
+  key: string;
+  version: number;
+  value?: JsonValue;
+}
+
 /** min / avg / max / last / count of a series' points. */
 export interface Stats {
   min: number;
@@ -642,6 +827,16 @@ export interface SubsystemStatus {
   detail?: string | null;
 }
 
+/** Who started a run. */
+export type Trigger = "schedule" | "catch_up" | "backup" | "manual" | "retry";
+
+/** Where `state.watch` publishes a key's changes. */
+export interface WatchReply {
+  /** Subscribe to this bus topic: each change is a message whose data is a `StateValue`. */
+  topic: string;
+  current: StateValue;
+}
+
 /** Every command of the contract: its arguments and its reply. */
 export interface Commands {
   "alerts": { args: NoArgs; reply: AlertsReply };
@@ -656,8 +851,19 @@ export interface Commands {
   "bus.unsub": { args: Sid; reply: Sid };
   "config": { args: NoArgs; reply: JsonValue };
   "hello": { args: HelloArgs; reply: Hello };
+  "http.info": { args: NoArgs; reply: HttpInfo };
+  "http.rotate_token": { args: NoArgs; reply: Rotated };
+  "job.history": { args: JobHistoryArgs; reply: Run[] };
+  "job.ls": { args: NoArgs; reply: JobList };
+  "job.pause": { args: JobArgs; reply: JobRow };
+  "job.resume": { args: JobArgs; reply: JobRow };
+  "job.run": { args: JobArgs; reply: JobRunReply };
+  "lock.acquire": { args: LockArgs; reply: LockReply };
+  "lock.release": { args: LockReleaseArgs; reply: LockReply };
   "metrics": { args: MetricsArgs; reply: MetricsReply };
+  "nats.status": { args: NoArgs; reply: NatsStatus };
   "notify.log": { args: NotifyLogArgs; reply: NotifyLog };
+  "notify.send": { args: NotifySendArgs; reply: NotifySendReply };
   "notify.test": { args: NotifyTestArgs; reply: Delivery };
   "ping": { args: NoArgs; reply: string };
   "ps": { args: NamesArgs; reply: Programs };
@@ -671,6 +877,11 @@ export interface Commands {
   "shutdown": { args: NoArgs; reply: string };
   "signal": { args: SignalArgs; reply: Signaled };
   "start": { args: NamesArgs; reply: Programs };
+  "state.cas": { args: StateCasArgs; reply: CasReply };
+  "state.del": { args: KeyArgs; reply: StateValue };
+  "state.get": { args: KeyArgs; reply: StateValue };
+  "state.set": { args: StateSetArgs; reply: StateValue };
+  "state.watch": { args: KeyArgs; reply: WatchReply };
   "status": { args: NoArgs; reply: Status };
   "stop": { args: NamesArgs; reply: Programs };
 }
@@ -691,8 +902,19 @@ export const COMMANDS: ReadonlyArray<{ name: CommandName; kind: "read" | "action
   { name: "bus.unsub", kind: "action", method: "busUnsub" },
   { name: "config", kind: "read", method: "config" },
   { name: "hello", kind: "read", method: "hello" },
+  { name: "http.info", kind: "read", method: "httpInfo" },
+  { name: "http.rotate_token", kind: "action", method: "httpRotateToken" },
+  { name: "job.history", kind: "read", method: "jobHistory" },
+  { name: "job.ls", kind: "read", method: "jobLs" },
+  { name: "job.pause", kind: "action", method: "jobPause" },
+  { name: "job.resume", kind: "action", method: "jobResume" },
+  { name: "job.run", kind: "action", method: "jobRun" },
+  { name: "lock.acquire", kind: "action", method: "lockAcquire" },
+  { name: "lock.release", kind: "action", method: "lockRelease" },
   { name: "metrics", kind: "read", method: "metrics" },
+  { name: "nats.status", kind: "read", method: "natsStatus" },
   { name: "notify.log", kind: "read", method: "notifyLog" },
+  { name: "notify.send", kind: "action", method: "notifySend" },
   { name: "notify.test", kind: "action", method: "notifyTest" },
   { name: "ping", kind: "read", method: "ping" },
   { name: "ps", kind: "read", method: "ps" },
@@ -706,6 +928,11 @@ export const COMMANDS: ReadonlyArray<{ name: CommandName; kind: "read" | "action
   { name: "shutdown", kind: "action", method: "shutdown" },
   { name: "signal", kind: "action", method: "signal" },
   { name: "start", kind: "action", method: "start" },
+  { name: "state.cas", kind: "action", method: "stateCas" },
+  { name: "state.del", kind: "action", method: "stateDel" },
+  { name: "state.get", kind: "read", method: "stateGet" },
+  { name: "state.set", kind: "action", method: "stateSet" },
+  { name: "state.watch", kind: "read", method: "stateWatch" },
   { name: "status", kind: "read", method: "status" },
   { name: "stop", kind: "action", method: "stop" },
 ];
@@ -781,14 +1008,69 @@ export abstract class CommandMethods {
     return this.call("hello", args, opts);
   }
 
+  /** `http.info` (read): Where the HTTP server listens and where its login token is (never the token itself). */
+  httpInfo(opts?: CallOptions): Promise<HttpInfo> {
+    return this.call("http.info", {}, opts);
+  }
+
+  /** `http.rotate_token` (action): Replaces the HTTP login token with a new random one: every link and cookie made with the old one stops working. */
+  httpRotateToken(opts?: CallOptions): Promise<Rotated> {
+    return this.call("http.rotate_token", {}, opts);
+  }
+
+  /** `job.history` (read): A job's runs, newest first. */
+  jobHistory(args: JobHistoryArgs, opts?: CallOptions): Promise<Run[]> {
+    return this.call("job.history", args, opts);
+  }
+
+  /** `job.ls` (read): The jobs: schedule, next run, last result. */
+  jobLs(opts?: CallOptions): Promise<JobList> {
+    return this.call("job.ls", {}, opts);
+  }
+
+  /** `job.pause` (action): Stops scheduling a job (a running run continues); kept across restarts. */
+  jobPause(args: JobArgs, opts?: CallOptions): Promise<JobRow> {
+    return this.call("job.pause", args, opts);
+  }
+
+  /** `job.resume` (action): Schedules a paused job again from its next occurrence. */
+  jobResume(args: JobArgs, opts?: CallOptions): Promise<JobRow> {
+    return this.call("job.resume", args, opts);
+  }
+
+  /** `job.run` (action): Runs a job now (its `overlap` policy applies). */
+  jobRun(args: JobArgs, opts?: CallOptions): Promise<JobRunReply> {
+    return this.call("job.run", args, opts);
+  }
+
+  /** `lock.acquire` (action): Takes a named lock (the one `majordomo lock` and jobs use); released by `lock.release` or when the daemon stops. */
+  lockAcquire(args: LockArgs, opts?: CallOptions): Promise<LockReply> {
+    return this.call("lock.acquire", args, opts);
+  }
+
+  /** `lock.release` (action): Releases a named lock taken with `lock.acquire`. */
+  lockRelease(args: LockReleaseArgs, opts?: CallOptions): Promise<LockReply> {
+    return this.call("lock.release", args, opts);
+  }
+
   /** `metrics` (read): The health monitor's metrics: the last collection's values, or with `since` the history of every matching series. */
   metrics(args: MetricsArgs = {}, opts?: CallOptions): Promise<MetricsReply> {
     return this.call("metrics", args, opts);
   }
 
+  /** `nats.status` (read): The NATS bridge: connection, subjects, counters. */
+  natsStatus(opts?: CallOptions): Promise<NatsStatus> {
+    return this.call("nats.status", {}, opts);
+  }
+
   /** `notify.log` (read): The notifiers' delivery record: totals per notifier and the recent deliveries. */
   notifyLog(args: NotifyLogArgs = {}, opts?: CallOptions): Promise<NotifyLog> {
     return this.call("notify.log", args, opts);
+  }
+
+  /** `notify.send` (action): Raises a notification through the notifiers (quiet hours, dedup, rate limit apply). */
+  notifySend(args: NotifySendArgs, opts?: CallOptions): Promise<NotifySendReply> {
+    return this.call("notify.send", args, opts);
   }
 
   /** `notify.test` (action): Sends a test notification through one notifier (bypassing routing, quiet hours and rate limits); the reply is its delivery. */
@@ -854,6 +1136,31 @@ export abstract class CommandMethods {
   /** `start` (action): Starts programs (after their dependencies are ready); clears a `failed` state. Answers once their states settled. */
   start(args: NamesArgs = {}, opts?: CallOptions): Promise<Programs> {
     return this.call("start", args, opts);
+  }
+
+  /** `state.cas` (action): Compare and swap. */
+  stateCas(args: StateCasArgs, opts?: CallOptions): Promise<CasReply> {
+    return this.call("state.cas", args, opts);
+  }
+
+  /** `state.del` (action): Deletes a key. */
+  stateDel(args: KeyArgs, opts?: CallOptions): Promise<StateValue> {
+    return this.call("state.del", args, opts);
+  }
+
+  /** `state.get` (read): A key of the shared state store. */
+  stateGet(args: KeyArgs, opts?: CallOptions): Promise<StateValue> {
+    return this.call("state.get", args, opts);
+  }
+
+  /** `state.set` (action): Sets a key (durable before the reply). */
+  stateSet(args: StateSetArgs, opts?: CallOptions): Promise<StateValue> {
+    return this.call("state.set", args, opts);
+  }
+
+  /** `state.watch` (read): The bus topic on which a key's changes are published. */
+  stateWatch(args: KeyArgs, opts?: CallOptions): Promise<WatchReply> {
+    return this.call("state.watch", args, opts);
   }
 
   /** `status` (read): The daemon's status: instance, places, subsystems, event counts, active alerts. */

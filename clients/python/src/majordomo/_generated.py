@@ -68,6 +68,16 @@ class BusEndpoint(_BusEndpointRequired, _BusEndpointOptional):
 BusList = TypedDict("BusList", {"connections": List[BusConn], "counters": BusCounters, "endpoints": List[BusEndpoint]})
 """The reply to `bus.ls`."""
 
+_StateValueRequired = TypedDict("_StateValueRequired", {"key": str, "version": int})
+_StateValueOptional = TypedDict("_StateValueOptional", {"value": Any}, total=False)
+
+
+class StateValue(_StateValueRequired, _StateValueOptional):
+    """A key's value (`null` when absent) and its version (bumped on each change, 0 when absent)."""
+
+
+CasReply = TypedDict("CasReply", {"swapped": bool, "current": StateValue})
+
 CheckBrief = TypedDict("CheckBrief", {"name": str, "kind": str, "severity": Severity, "state": str})
 """One configured check and its state."""
 
@@ -105,11 +115,66 @@ class Hello(_HelloRequired, _HelloOptional):
 HelloArgs = TypedDict("HelloArgs", {"client": Optional[str], "framing": Optional[str], "protocol": Optional[int], "token": Optional[str]}, total=False)
 """The arguments of `hello`."""
 
+HttpInfo = TypedDict("HttpInfo", {"listen": List[str], "tls": bool, "token_file": str})
+"""Where the HTTP server listens."""
+
 ItemCounts = TypedDict("ItemCounts", {"dead": int, "done": int, "error": int, "failed": int, "input": int, "kept": int, "processing": int, "queued": int})
 """Items per state, now."""
 
 ItemState = Literal["input", "converting", "queued", "processing", "error", "done", "kept", "dead", "failed"]
 """Where an item is in its life. The first seven are work-folder states (the last part of the item's file name); `dead` and `failed` are the dead-letter and error folders."""
+
+JobArgs = TypedDict("JobArgs", {"name": str})
+"""A job by name."""
+
+_JobHistoryArgsRequired = TypedDict("_JobHistoryArgsRequired", {"name": str})
+_JobHistoryArgsOptional = TypedDict("_JobHistoryArgsOptional", {"limit": Optional[int]}, total=False)
+
+
+class JobHistoryArgs(_JobHistoryArgsRequired, _JobHistoryArgsOptional):
+    """JobHistoryArgs"""
+
+
+Trigger = Literal["schedule", "catch_up", "backup", "manual", "retry"]
+"""Who started a run."""
+
+RunOutcome = Literal["ok", "failed", "timed_out", "killed", "interrupted"]
+"""How a run ended."""
+
+_RunRequired = TypedDict("_RunRequired", {"planned": str, "planned_ms": int, "started": str, "late_ms": int, "trigger": Trigger, "by": str, "attempt": int})
+_RunOptional = TypedDict("_RunOptional", {"duration_ms": Optional[int], "ended": Optional[str], "error": Optional[str], "exit_code": Optional[int], "outcome": Optional[RunOutcome], "output_tail": str}, total=False)
+
+
+class Run(_RunRequired, _RunOptional):
+    """One run of a job, as `job history` shows it."""
+
+
+_JobRowRequired = TypedDict("_JobRowRequired", {"name": str, "schedule": str, "paused": bool, "running": bool, "persistent": bool})
+_JobRowOptional = TypedDict("_JobRowOptional", {"last": Optional[Run], "next": Optional[str]}, total=False)
+
+
+class JobRow(_JobRowRequired, _JobRowOptional):
+    """One job as `job ls` shows it."""
+
+
+JobList = TypedDict("JobList", {"jobs": List[JobRow], "running": int, "max_concurrent": int})
+
+JobRunReply = TypedDict("JobRunReply", {"name": str, "result": str})
+"""What `job run` did."""
+
+KeyArgs = TypedDict("KeyArgs", {"key": str})
+
+_LockArgsRequired = TypedDict("_LockArgsRequired", {"name": str})
+_LockArgsOptional = TypedDict("_LockArgsOptional", {"wait_ms": Optional[int]}, total=False)
+
+
+class LockArgs(_LockArgsRequired, _LockArgsOptional):
+    """LockArgs"""
+
+
+LockReleaseArgs = TypedDict("LockReleaseArgs", {"name": str, "token": int})
+
+LockReply = TypedDict("LockReply", {"name": str, "acquired": bool, "token": int})
 
 MetricsArgs = TypedDict("MetricsArgs", {"name": Optional[str], "since": Optional[str]}, total=False)
 """The arguments of `metrics`."""
@@ -148,6 +213,14 @@ MetricsReply = Union[MetricsNow, MetricsHistory]
 NamesArgs = TypedDict("NamesArgs", {"name": Optional[str], "names": List[str]}, total=False)
 """Which programs a command is about: `names`, and `name` for one (the two are joined)."""
 
+_NatsStatusRequired = TypedDict("_NatsStatusRequired", {"connected": bool, "node": str, "instance": str, "prefix": str, "ctl_subject": str, "exported": int, "imported": int, "echo_suppressed": int, "requests_out": int, "requests_in": int, "ctl_answered": int, "ctl_refused": int, "buffered": int, "dropped": int, "unconfirmed": int, "connects": int})
+_NatsStatusOptional = TypedDict("_NatsStatusOptional", {"last_error": Optional[str], "server": Optional[str], "stream": Optional[str]}, total=False)
+
+
+class NatsStatus(_NatsStatusRequired, _NatsStatusOptional):
+    """`nats.status`: the bridge as it is now."""
+
+
 NoArgs = TypedDict("NoArgs", {})
 """The arguments of a command that takes none. Unknown fields are refused."""
 
@@ -165,6 +238,16 @@ NotifyLog = TypedDict("NotifyLog", {"counts": Dict[str, NotifierTotals], "delive
 NotifyLogArgs = TypedDict("NotifyLogArgs", {"limit": Optional[int], "notifier": Optional[str]}, total=False)
 """The arguments of `notify.log`."""
 
+_NotifySendArgsRequired = TypedDict("_NotifySendArgsRequired", {"title": str})
+_NotifySendArgsOptional = TypedDict("_NotifySendArgsOptional", {"body": str, "notifier": Optional[str], "severity": Severity}, total=False)
+
+
+class NotifySendArgs(_NotifySendArgsRequired, _NotifySendArgsOptional):
+    """A notification raised by a program (`notify send`)."""
+
+
+NotifySendReply = TypedDict("NotifySendReply", {"id": str})
+
 NotifyTestArgs = TypedDict("NotifyTestArgs", {"name": str})
 """The arguments of `notify.test`."""
 
@@ -172,7 +255,7 @@ SinceStart = TypedDict("SinceStart", {"claimed": int, "converted": int, "convert
 """A pipeline's counters since the daemon (or the pipeline) started."""
 
 _PipelineStatsRequired = TypedDict("_PipelineStatsRequired", {"pipeline": str, "work_dir": str, "counts": ItemCounts, "since_start": SinceStart})
-_PipelineStatsOptional = TypedDict("_PipelineStatsOptional", {"oldest_pending_age_s": Optional[int], "paused": Optional[str]}, total=False)
+_PipelineStatsOptional = TypedDict("_PipelineStatsOptional", {"oldest_pending_age_s": Optional[int], "paused": Optional[str], "uploads_reach_server": Optional[bool]}, total=False)
 
 
 class PipelineStats(_PipelineStatsRequired, _PipelineStatsOptional):
@@ -199,7 +282,7 @@ class ProgramRow(_ProgramRowRequired, _ProgramRowOptional):
 
 
 _ProgramSeenRequired = TypedDict("_ProgramSeenRequired", {"state": ProgramState, "since": str})
-_ProgramSeenOptional = TypedDict("_ProgramSeenOptional", {"pid": Optional[int]}, total=False)
+_ProgramSeenOptional = TypedDict("_ProgramSeenOptional", {"pid": Optional[int], "restarts": int}, total=False)
 
 
 class ProgramSeen(_ProgramSeenRequired, _ProgramSeenOptional):
@@ -304,6 +387,9 @@ class RequestArgs(_RequestArgsRequired, _RequestArgsOptional):
 Requeued = TypedDict("Requeued", {"requeued": int})
 """Reply of `queue.retry`."""
 
+Rotated = TypedDict("Rotated", {"path": str})
+"""What `http.rotate_token` did. The new token itself is never in a reply: it is in the file."""
+
 _SendArgsRequired = TypedDict("_SendArgsRequired", {"to": str, "event": str})
 _SendArgsOptional = TypedDict("_SendArgsOptional", {"data": Any, "wait_ms": Optional[int]}, total=False)
 
@@ -325,6 +411,16 @@ _SignaledOptional = TypedDict("_SignaledOptional", {"pid": Optional[int]}, total
 class Signaled(_SignaledRequired, _SignaledOptional):
     """The reply of `signal`."""
 
+
+_StateCasArgsRequired = TypedDict("_StateCasArgsRequired", {"key": str})
+_StateCasArgsOptional = TypedDict("_StateCasArgsOptional", {"expected": Any, "value": Any}, total=False)
+
+
+class StateCasArgs(_StateCasArgsRequired, _StateCasArgsOptional):
+    """Compare and swap: `value` replaces the key's value only if the current one equals `expected` (`null` or absent = the key must not exist). A `value` of `null` deletes."""
+
+
+StateSetArgs = TypedDict("StateSetArgs", {"key": str, "value": Any})
 
 _SubsystemStatusRequired = TypedDict("_SubsystemStatusRequired", {"state": str, "since_s": int})
 _SubsystemStatusOptional = TypedDict("_SubsystemStatusOptional", {"detail": Optional[str]}, total=False)
@@ -350,6 +446,9 @@ class SubArgs(_SubArgsRequired, _SubArgsOptional):
     """The arguments of `bus.sub`."""
 
 
+WatchReply = TypedDict("WatchReply", {"topic": str, "current": StateValue})
+"""Where `state.watch` publishes a key's changes."""
+
 
 COMMANDS: Dict[str, Dict[str, str]] = {
     "alerts": {"kind": "read", "method": "alerts", "args": "NoArgs"},
@@ -364,8 +463,19 @@ COMMANDS: Dict[str, Dict[str, str]] = {
     "bus.unsub": {"kind": "action", "method": "bus_unsub", "args": "Sid"},
     "config": {"kind": "read", "method": "config", "args": "NoArgs"},
     "hello": {"kind": "read", "method": "hello", "args": "HelloArgs"},
+    "http.info": {"kind": "read", "method": "http_info", "args": "NoArgs"},
+    "http.rotate_token": {"kind": "action", "method": "http_rotate_token", "args": "NoArgs"},
+    "job.history": {"kind": "read", "method": "job_history", "args": "JobHistoryArgs"},
+    "job.ls": {"kind": "read", "method": "job_ls", "args": "NoArgs"},
+    "job.pause": {"kind": "action", "method": "job_pause", "args": "JobArgs"},
+    "job.resume": {"kind": "action", "method": "job_resume", "args": "JobArgs"},
+    "job.run": {"kind": "action", "method": "job_run", "args": "JobArgs"},
+    "lock.acquire": {"kind": "action", "method": "lock_acquire", "args": "LockArgs"},
+    "lock.release": {"kind": "action", "method": "lock_release", "args": "LockReleaseArgs"},
     "metrics": {"kind": "read", "method": "metrics", "args": "MetricsArgs"},
+    "nats.status": {"kind": "read", "method": "nats_status", "args": "NoArgs"},
     "notify.log": {"kind": "read", "method": "notify_log", "args": "NotifyLogArgs"},
+    "notify.send": {"kind": "action", "method": "notify_send", "args": "NotifySendArgs"},
     "notify.test": {"kind": "action", "method": "notify_test", "args": "NotifyTestArgs"},
     "ping": {"kind": "read", "method": "ping", "args": "NoArgs"},
     "ps": {"kind": "read", "method": "ps", "args": "NamesArgs"},
@@ -379,6 +489,11 @@ COMMANDS: Dict[str, Dict[str, str]] = {
     "shutdown": {"kind": "action", "method": "shutdown", "args": "NoArgs"},
     "signal": {"kind": "action", "method": "signal", "args": "SignalArgs"},
     "start": {"kind": "action", "method": "start", "args": "NamesArgs"},
+    "state.cas": {"kind": "action", "method": "state_cas", "args": "StateCasArgs"},
+    "state.del": {"kind": "action", "method": "state_del", "args": "KeyArgs"},
+    "state.get": {"kind": "read", "method": "state_get", "args": "KeyArgs"},
+    "state.set": {"kind": "action", "method": "state_set", "args": "StateSetArgs"},
+    "state.watch": {"kind": "read", "method": "state_watch", "args": "KeyArgs"},
     "status": {"kind": "read", "method": "status", "args": "NoArgs"},
     "stop": {"kind": "action", "method": "stop", "args": "NamesArgs"},
 }
@@ -479,6 +594,55 @@ class AsyncCommands:
             args["token"] = token
         return cast(Hello, await self.call("hello", args, timeout=timeout))
 
+    async def http_info(self, *, timeout: Optional[float] = None) -> HttpInfo:
+        """`http.info` (read): Where the HTTP server listens and where its login token is (never the token itself)."""
+        args: Dict[str, Any] = {}
+        return cast(HttpInfo, await self.call("http.info", args, timeout=timeout))
+
+    async def http_rotate_token(self, *, timeout: Optional[float] = None) -> Rotated:
+        """`http.rotate_token` (action): Replaces the HTTP login token with a new random one: every link and cookie made with the old one stops working."""
+        args: Dict[str, Any] = {}
+        return cast(Rotated, await self.call("http.rotate_token", args, timeout=timeout))
+
+    async def job_history(self, name: str, *, limit: Optional[int] = None, timeout: Optional[float] = None) -> List[Run]:
+        """`job.history` (read): A job's runs, newest first."""
+        args: Dict[str, Any] = {"name": name}
+        if limit is not None:
+            args["limit"] = limit
+        return cast("List[Run]", await self.call("job.history", args, timeout=timeout))
+
+    async def job_ls(self, *, timeout: Optional[float] = None) -> JobList:
+        """`job.ls` (read): The jobs: schedule, next run, last result."""
+        args: Dict[str, Any] = {}
+        return cast(JobList, await self.call("job.ls", args, timeout=timeout))
+
+    async def job_pause(self, name: str, *, timeout: Optional[float] = None) -> JobRow:
+        """`job.pause` (action): Stops scheduling a job (a running run continues); kept across restarts."""
+        args: Dict[str, Any] = {"name": name}
+        return cast(JobRow, await self.call("job.pause", args, timeout=timeout))
+
+    async def job_resume(self, name: str, *, timeout: Optional[float] = None) -> JobRow:
+        """`job.resume` (action): Schedules a paused job again from its next occurrence."""
+        args: Dict[str, Any] = {"name": name}
+        return cast(JobRow, await self.call("job.resume", args, timeout=timeout))
+
+    async def job_run(self, name: str, *, timeout: Optional[float] = None) -> JobRunReply:
+        """`job.run` (action): Runs a job now (its `overlap` policy applies)."""
+        args: Dict[str, Any] = {"name": name}
+        return cast(JobRunReply, await self.call("job.run", args, timeout=timeout))
+
+    async def lock_acquire(self, name: str, *, wait_ms: Optional[int] = None, timeout: Optional[float] = None) -> LockReply:
+        """`lock.acquire` (action): Takes a named lock (the one `majordomo lock` and jobs use); released by `lock.release` or when the daemon stops."""
+        args: Dict[str, Any] = {"name": name}
+        if wait_ms is not None:
+            args["wait_ms"] = wait_ms
+        return cast(LockReply, await self.call("lock.acquire", args, timeout=timeout))
+
+    async def lock_release(self, name: str, token: int, *, timeout: Optional[float] = None) -> LockReply:
+        """`lock.release` (action): Releases a named lock taken with `lock.acquire`."""
+        args: Dict[str, Any] = {"name": name, "token": token}
+        return cast(LockReply, await self.call("lock.release", args, timeout=timeout))
+
     async def metrics(self, *, name: Optional[str] = None, since: Optional[str] = None, timeout: Optional[float] = None) -> MetricsReply:
         """`metrics` (read): The health monitor's metrics: the last collection's values, or with `since` the history of every matching series."""
         args: Dict[str, Any] = {}
@@ -488,6 +652,11 @@ class AsyncCommands:
             args["since"] = since
         return cast(MetricsReply, await self.call("metrics", args, timeout=timeout))
 
+    async def nats_status(self, *, timeout: Optional[float] = None) -> NatsStatus:
+        """`nats.status` (read): The NATS bridge: connection, subjects, counters."""
+        args: Dict[str, Any] = {}
+        return cast(NatsStatus, await self.call("nats.status", args, timeout=timeout))
+
     async def notify_log(self, *, limit: Optional[int] = None, notifier: Optional[str] = None, timeout: Optional[float] = None) -> NotifyLog:
         """`notify.log` (read): The notifiers' delivery record: totals per notifier and the recent deliveries."""
         args: Dict[str, Any] = {}
@@ -496,6 +665,17 @@ class AsyncCommands:
         if notifier is not None:
             args["notifier"] = notifier
         return cast(NotifyLog, await self.call("notify.log", args, timeout=timeout))
+
+    async def notify_send(self, title: str, *, body: Optional[str] = None, notifier: Optional[str] = None, severity: Optional[Severity] = None, timeout: Optional[float] = None) -> NotifySendReply:
+        """`notify.send` (action): Raises a notification through the notifiers (quiet hours, dedup, rate limit apply)."""
+        args: Dict[str, Any] = {"title": title}
+        if body is not None:
+            args["body"] = body
+        if notifier is not None:
+            args["notifier"] = notifier
+        if severity is not None:
+            args["severity"] = severity
+        return cast(NotifySendReply, await self.call("notify.send", args, timeout=timeout))
 
     async def notify_test(self, name: str, *, timeout: Optional[float] = None) -> Delivery:
         """`notify.test` (action): Sends a test notification through one notifier (bypassing routing, quiet hours and rate limits); the reply is its delivery."""
@@ -587,6 +767,35 @@ class AsyncCommands:
         if names is not None:
             args["names"] = names
         return cast(Programs, await self.call("start", args, timeout=timeout))
+
+    async def state_cas(self, key: str, *, expected: Any = None, value: Any = None, timeout: Optional[float] = None) -> CasReply:
+        """`state.cas` (action): Compare and swap."""
+        args: Dict[str, Any] = {"key": key}
+        if expected is not None:
+            args["expected"] = expected
+        if value is not None:
+            args["value"] = value
+        return cast(CasReply, await self.call("state.cas", args, timeout=timeout))
+
+    async def state_del(self, key: str, *, timeout: Optional[float] = None) -> StateValue:
+        """`state.del` (action): Deletes a key."""
+        args: Dict[str, Any] = {"key": key}
+        return cast(StateValue, await self.call("state.del", args, timeout=timeout))
+
+    async def state_get(self, key: str, *, timeout: Optional[float] = None) -> StateValue:
+        """`state.get` (read): A key of the shared state store."""
+        args: Dict[str, Any] = {"key": key}
+        return cast(StateValue, await self.call("state.get", args, timeout=timeout))
+
+    async def state_set(self, key: str, value: Any, *, timeout: Optional[float] = None) -> StateValue:
+        """`state.set` (action): Sets a key (durable before the reply)."""
+        args: Dict[str, Any] = {"key": key, "value": value}
+        return cast(StateValue, await self.call("state.set", args, timeout=timeout))
+
+    async def state_watch(self, key: str, *, timeout: Optional[float] = None) -> WatchReply:
+        """`state.watch` (read): The bus topic on which a key's changes are published."""
+        args: Dict[str, Any] = {"key": key}
+        return cast(WatchReply, await self.call("state.watch", args, timeout=timeout))
 
     async def status(self, *, timeout: Optional[float] = None) -> Status:
         """`status` (read): The daemon's status: instance, places, subsystems, event counts, active alerts."""
@@ -696,6 +905,55 @@ class SyncCommands:
             args["token"] = token
         return cast(Hello, self.call("hello", args, timeout=timeout))
 
+    def http_info(self, *, timeout: Optional[float] = None) -> HttpInfo:
+        """`http.info` (read): Where the HTTP server listens and where its login token is (never the token itself)."""
+        args: Dict[str, Any] = {}
+        return cast(HttpInfo, self.call("http.info", args, timeout=timeout))
+
+    def http_rotate_token(self, *, timeout: Optional[float] = None) -> Rotated:
+        """`http.rotate_token` (action): Replaces the HTTP login token with a new random one: every link and cookie made with the old one stops working."""
+        args: Dict[str, Any] = {}
+        return cast(Rotated, self.call("http.rotate_token", args, timeout=timeout))
+
+    def job_history(self, name: str, *, limit: Optional[int] = None, timeout: Optional[float] = None) -> List[Run]:
+        """`job.history` (read): A job's runs, newest first."""
+        args: Dict[str, Any] = {"name": name}
+        if limit is not None:
+            args["limit"] = limit
+        return cast("List[Run]", self.call("job.history", args, timeout=timeout))
+
+    def job_ls(self, *, timeout: Optional[float] = None) -> JobList:
+        """`job.ls` (read): The jobs: schedule, next run, last result."""
+        args: Dict[str, Any] = {}
+        return cast(JobList, self.call("job.ls", args, timeout=timeout))
+
+    def job_pause(self, name: str, *, timeout: Optional[float] = None) -> JobRow:
+        """`job.pause` (action): Stops scheduling a job (a running run continues); kept across restarts."""
+        args: Dict[str, Any] = {"name": name}
+        return cast(JobRow, self.call("job.pause", args, timeout=timeout))
+
+    def job_resume(self, name: str, *, timeout: Optional[float] = None) -> JobRow:
+        """`job.resume` (action): Schedules a paused job again from its next occurrence."""
+        args: Dict[str, Any] = {"name": name}
+        return cast(JobRow, self.call("job.resume", args, timeout=timeout))
+
+    def job_run(self, name: str, *, timeout: Optional[float] = None) -> JobRunReply:
+        """`job.run` (action): Runs a job now (its `overlap` policy applies)."""
+        args: Dict[str, Any] = {"name": name}
+        return cast(JobRunReply, self.call("job.run", args, timeout=timeout))
+
+    def lock_acquire(self, name: str, *, wait_ms: Optional[int] = None, timeout: Optional[float] = None) -> LockReply:
+        """`lock.acquire` (action): Takes a named lock (the one `majordomo lock` and jobs use); released by `lock.release` or when the daemon stops."""
+        args: Dict[str, Any] = {"name": name}
+        if wait_ms is not None:
+            args["wait_ms"] = wait_ms
+        return cast(LockReply, self.call("lock.acquire", args, timeout=timeout))
+
+    def lock_release(self, name: str, token: int, *, timeout: Optional[float] = None) -> LockReply:
+        """`lock.release` (action): Releases a named lock taken with `lock.acquire`."""
+        args: Dict[str, Any] = {"name": name, "token": token}
+        return cast(LockReply, self.call("lock.release", args, timeout=timeout))
+
     def metrics(self, *, name: Optional[str] = None, since: Optional[str] = None, timeout: Optional[float] = None) -> MetricsReply:
         """`metrics` (read): The health monitor's metrics: the last collection's values, or with `since` the history of every matching series."""
         args: Dict[str, Any] = {}
@@ -705,6 +963,11 @@ class SyncCommands:
             args["since"] = since
         return cast(MetricsReply, self.call("metrics", args, timeout=timeout))
 
+    def nats_status(self, *, timeout: Optional[float] = None) -> NatsStatus:
+        """`nats.status` (read): The NATS bridge: connection, subjects, counters."""
+        args: Dict[str, Any] = {}
+        return cast(NatsStatus, self.call("nats.status", args, timeout=timeout))
+
     def notify_log(self, *, limit: Optional[int] = None, notifier: Optional[str] = None, timeout: Optional[float] = None) -> NotifyLog:
         """`notify.log` (read): The notifiers' delivery record: totals per notifier and the recent deliveries."""
         args: Dict[str, Any] = {}
@@ -713,6 +976,17 @@ class SyncCommands:
         if notifier is not None:
             args["notifier"] = notifier
         return cast(NotifyLog, self.call("notify.log", args, timeout=timeout))
+
+    def notify_send(self, title: str, *, body: Optional[str] = None, notifier: Optional[str] = None, severity: Optional[Severity] = None, timeout: Optional[float] = None) -> NotifySendReply:
+        """`notify.send` (action): Raises a notification through the notifiers (quiet hours, dedup, rate limit apply)."""
+        args: Dict[str, Any] = {"title": title}
+        if body is not None:
+            args["body"] = body
+        if notifier is not None:
+            args["notifier"] = notifier
+        if severity is not None:
+            args["severity"] = severity
+        return cast(NotifySendReply, self.call("notify.send", args, timeout=timeout))
 
     def notify_test(self, name: str, *, timeout: Optional[float] = None) -> Delivery:
         """`notify.test` (action): Sends a test notification through one notifier (bypassing routing, quiet hours and rate limits); the reply is its delivery."""
@@ -804,6 +1078,35 @@ class SyncCommands:
         if names is not None:
             args["names"] = names
         return cast(Programs, self.call("start", args, timeout=timeout))
+
+    def state_cas(self, key: str, *, expected: Any = None, value: Any = None, timeout: Optional[float] = None) -> CasReply:
+        """`state.cas` (action): Compare and swap."""
+        args: Dict[str, Any] = {"key": key}
+        if expected is not None:
+            args["expected"] = expected
+        if value is not None:
+            args["value"] = value
+        return cast(CasReply, self.call("state.cas", args, timeout=timeout))
+
+    def state_del(self, key: str, *, timeout: Optional[float] = None) -> StateValue:
+        """`state.del` (action): Deletes a key."""
+        args: Dict[str, Any] = {"key": key}
+        return cast(StateValue, self.call("state.del", args, timeout=timeout))
+
+    def state_get(self, key: str, *, timeout: Optional[float] = None) -> StateValue:
+        """`state.get` (read): A key of the shared state store."""
+        args: Dict[str, Any] = {"key": key}
+        return cast(StateValue, self.call("state.get", args, timeout=timeout))
+
+    def state_set(self, key: str, value: Any, *, timeout: Optional[float] = None) -> StateValue:
+        """`state.set` (action): Sets a key (durable before the reply)."""
+        args: Dict[str, Any] = {"key": key, "value": value}
+        return cast(StateValue, self.call("state.set", args, timeout=timeout))
+
+    def state_watch(self, key: str, *, timeout: Optional[float] = None) -> WatchReply:
+        """`state.watch` (read): The bus topic on which a key's changes are published."""
+        args: Dict[str, Any] = {"key": key}
+        return cast(WatchReply, self.call("state.watch", args, timeout=timeout))
 
     def status(self, *, timeout: Optional[float] = None) -> Status:
         """`status` (read): The daemon's status: instance, places, subsystems, event counts, active alerts."""
