@@ -490,6 +490,7 @@ mod tests {
 #[cfg(test)]
 mod doc_tests {
     use super::*;
+    #[cfg(unix)]
     use majordomo_core::load::{Root, Section, check_text};
 
     /// The application's commented default config (owned by the binary crate).
@@ -526,9 +527,11 @@ mod doc_tests {
     }
 
     /// A config of just this subsystem's two sections, to run the real loader on them.
+    #[cfg(unix)]
     #[derive(Debug, Default)]
     struct Only(PipelineSection);
 
+    #[cfg(unix)]
     impl Root for Only {
         const DEFAULT_TOML: &'static str = "";
         const SECTIONS: &'static [&'static str] = &["pipeline", "uploader"];

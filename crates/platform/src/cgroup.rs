@@ -121,10 +121,18 @@ pub fn is_empty(dir: &Path) -> bool {
 /// Kills every process in a cgroup (and its descendants): `cgroup.kill`, or SIGKILL to each
 /// listed pid where the kernel has no `cgroup.kill`.
 pub fn kill(dir: &Path) {
-    if std::fs::write(dir.join("cgroup.kill"), b"1").is_ok() {
-        return;
-    }
+    let done = std::fs::write(dir.join("cgroup.kill"), b"1").is_ok();
     #[cfg(unix)]
+    if !done {
+        kill_each(dir);
+    }
+    #[cfg(not(unix))]
+    let _ = done;
+}
+
+/// SIGKILL to each pid listed in the cgroup, a few rounds (for kernels without `cgroup.kill`).
+#[cfg(unix)]
+fn kill_each(dir: &Path) {
     for _ in 0..10 {
         let Ok(list) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
             return;
