@@ -22,6 +22,8 @@ if [ -z "${MAJORDOMO_BIN:-}" ] || [ ! -x "$MAJORDOMO_BIN" ]; then
     echo "clients-test: no daemon binary: build it (cargo build -p majordomo) or set MAJORDOMO_BIN" >&2
     exit 1
 fi
+# The suites run in their own folders: an absolute path.
+MAJORDOMO_BIN=$(cd "$(dirname "$MAJORDOMO_BIN")" && pwd)/$(basename "$MAJORDOMO_BIN")
 export MAJORDOMO_BIN
 export MAJORDOMO_REQUIRE_DAEMON=1 # the daemon tests fail rather than skip
 echo "clients-test: daemon $MAJORDOMO_BIN"
