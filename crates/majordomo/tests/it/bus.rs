@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use crate::common::{Daemon, Home, eventually, stderr, stdout};
+use crate::common::{Daemon, Home, Line, eventually, stderr, stdout};
 use futures_util::StreamExt;
 use majordomo_client::bus::{Bus, BusOptions};
 use majordomo_client::{ClientError, ConnectOptions};
@@ -46,35 +46,6 @@ fn code(e: &ClientError) -> Option<ErrorCode> {
     match e {
         ClientError::Remote(b) => Some(b.code),
         _ => None,
-    }
-}
-
-struct Line {
-    r: BufReader<UnixStream>,
-    w: UnixStream,
-}
-
-impl Line {
-    fn connect(d: &Daemon) -> Self {
-        let s = UnixStream::connect(&d.socket).unwrap();
-        s.set_read_timeout(Some(LONG)).unwrap();
-        Self {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        }
-    }
-    fn send(&mut self, line: &str) {
-        self.w.write_all(line.as_bytes()).unwrap();
-        self.w.write_all(b"\n").unwrap();
-    }
-    fn recv(&mut self) -> Value {
-        let mut out = String::new();
-        self.r.read_line(&mut out).unwrap();
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out:?} is not JSON: {e}"))
-    }
-    fn call(&mut self, line: &str) -> Value {
-        self.send(line);
-        self.recv()
     }
 }
 

@@ -4,11 +4,14 @@
 #![allow(dead_code)]
 #![cfg(unix)]
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use majordomo_client::{Client, ConnectOptions};
+use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_majordomo");
 
@@ -205,4 +208,54 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// One raw connection speaking JSON lines.
+pub struct Line {
+    pub r: BufReader<UnixStream>,
+    pub w: UnixStream,
+}
+
+impl Line {
+    pub fn connect(d: &Daemon) -> Self {
+        let s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Self {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+    pub fn send(&mut self, line: &str) {
+        self.w.write_all(line.as_bytes()).unwrap();
+        self.w.write_all(b"\n").unwrap();
+    }
+    /// The next line, or `None` at end of stream.
+    pub fn next(&mut self) -> Option<Value> {
+        let mut out = String::new();
+        match self.r.read_line(&mut out) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out:?}: {e}"))),
+        }
+    }
+    pub fn recv(&mut self) -> Value {
+        self.next().expect("a line before end of stream")
+    }
+    pub fn call(&mut self, line: &str) -> Value {
+        self.send(line);
+        self.recv()
+    }
+    /// Whether nothing arrives within `wait`.
+    pub fn quiet(&mut self, wait: Duration) -> bool {
+        self.w.set_read_timeout(Some(wait)).unwrap();
+        let mut out = String::new();
+        let r = self.r.read_line(&mut out);
+        self.w
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        match r {
+            Ok(0) => true,
+            Ok(_) => panic!("unexpected line {out:?}"),
+            Err(_) => out.is_empty(),
+        }
+    }
 }

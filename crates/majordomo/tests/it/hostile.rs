@@ -6,58 +6,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use crate::common::{Daemon, Home, raw_call, stdout};
+use crate::common::{Daemon, Home, Line, raw_call, stdout};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(20);
-
-/// One raw connection speaking JSON lines.
-struct Line {
-    r: BufReader<UnixStream>,
-    w: UnixStream,
-}
-
-impl Line {
-    fn connect(d: &Daemon) -> Self {
-        let s = UnixStream::connect(&d.socket).unwrap();
-        s.set_read_timeout(Some(LONG)).unwrap();
-        Self {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        }
-    }
-    fn send(&mut self, line: &str) {
-        self.w.write_all(line.as_bytes()).unwrap();
-        self.w.write_all(b"\n").unwrap();
-    }
-    /// The next line, or `None` at end of stream.
-    fn next(&mut self) -> Option<Value> {
-        let mut out = String::new();
-        match self.r.read_line(&mut out) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out:?}: {e}"))),
-        }
-    }
-    fn recv(&mut self) -> Value {
-        self.next().expect("a line before end of stream")
-    }
-    fn call(&mut self, line: &str) -> Value {
-        self.send(line);
-        self.recv()
-    }
-    /// Whether nothing arrives within `wait`.
-    fn quiet(&mut self, wait: Duration) -> bool {
-        self.w.set_read_timeout(Some(wait)).unwrap();
-        let mut out = String::new();
-        let r = self.r.read_line(&mut out);
-        self.w.set_read_timeout(Some(LONG)).unwrap();
-        match r {
-            Ok(0) => true,
-            Ok(_) => panic!("unexpected line {out:?}"),
-            Err(_) => out.is_empty(),
-        }
-    }
-}
 
 fn serving(d: &Daemon) {
     let v = raw_call(&d.socket, r#"{"id":0,"cmd":"ping"}"#).expect("the daemon still answers");
