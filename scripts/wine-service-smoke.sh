@@ -23,7 +23,13 @@ cleanup() {
 trap cleanup EXIT
 cp "$exe" "$WINE_SHIM_DLL" "$work/"
 fail() { echo "wine-service-smoke: FAILED: $*" >&2; exit 1; }
-w() { local t=$1; shift; timeout "$t" "$WINE" "$@"; }
+# A Wine call under a time limit; one that overruns says so (timeout itself is silent).
+w() {
+  local t=$1 rc=0; shift
+  timeout "$t" "$WINE" "$@" || rc=$?
+  [ "$rc" -ne 124 ] || echo "wine-service-smoke: \`$*\` did not finish within ${t}s" >&2
+  return "$rc"
+}
 state() { w 30 sc query "$name" 2>&1 | tr -d '\r' | awk '/STATE/ {print $4}'; }
 
 # Keep one Wine "boot" for the whole test: a restarted Wine starts auto-start services again.
@@ -66,7 +72,7 @@ w 60 "$work/majordomo.exe" --instance "$instance" --system doctor | tr -d '\r' |
 w 120 "$work/majordomo.exe" --instance "$instance" --system check | grep -q answers || fail "second check"
 
 echo "-- service uninstall"
-w 120 "$work/majordomo.exe" service uninstall --instance "$instance" || fail "uninstall"
+w 240 "$work/majordomo.exe" service uninstall --instance "$instance" || fail "uninstall"
 if w 30 sc query "$name" >/dev/null 2>&1; then fail "the service is still registered after uninstall"; fi
 [ -z "$(task_file)" ] || fail "the scheduled task is still there after uninstall"
 if w 30 reg query "$evkey" >/dev/null 2>&1; then fail "the Event Log source is still registered after uninstall"; fi

@@ -1063,6 +1063,7 @@ mod tests {
         assert_eq!(sd["success-response"], false);
     }
 
+    #[cfg(unix)] // runs /bin/sh
     #[tokio::test]
     async fn exec_and_files_when_allowed() {
         let a = agent(GuestConfig {

@@ -123,10 +123,9 @@ fn domain(scope: Scope) -> String {
 
 #[cfg(target_os = "macos")]
 fn launchctl(args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new("launchctl")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run launchctl: {e}"))?;
+    let mut c = std::process::Command::new("launchctl");
+    c.args(args);
+    let out = crate::tool::run(c, "launchctl", std::time::Duration::from_secs(120))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

@@ -20,6 +20,7 @@ mod manifest;
 #[cfg(windows)]
 mod scm;
 pub mod systemd;
+mod tool;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

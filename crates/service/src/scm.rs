@@ -340,11 +340,13 @@ fn event_source_key(service: &str) -> String {
 }
 
 /// Runs `reg.exe`; the error says what it printed.
+/// How long reg.exe and schtasks.exe may take (they answer in well under a second).
+const TOOL_LIMIT: Duration = Duration::from_secs(30);
+
 fn reg(args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("reg.exe")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run reg.exe: {e}"))?;
+    let mut c = std::process::Command::new("reg.exe");
+    c.args(args);
+    let out = crate::tool::run(c, "reg.exe", TOOL_LIMIT)?;
     if out.status.success() {
         Ok(())
     } else {
@@ -359,10 +361,10 @@ fn reg(args: &[&str]) -> Result<(), String> {
 }
 
 fn schtasks(args: &[&str]) -> Result<(), Failure> {
-    let out = std::process::Command::new("schtasks.exe")
-        .args(args)
-        .output()
-        .map_err(|e| Failure::new(exit::FAILURE, format!("cannot run schtasks.exe: {e}")))?;
+    let mut c = std::process::Command::new("schtasks.exe");
+    c.args(args);
+    let out = crate::tool::run(c, "schtasks.exe", TOOL_LIMIT)
+        .map_err(|e| Failure::new(exit::FAILURE, e))?;
     if out.status.success() {
         Ok(())
     } else {

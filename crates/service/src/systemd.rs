@@ -211,9 +211,8 @@ fn systemctl(scope: Scope, args: &[&str]) -> Result<String, String> {
         c.arg("--user");
     }
     c.args(args);
-    let out = c
-        .output()
-        .map_err(|e| format!("cannot run systemctl: {e}; is systemd installed?"))?;
+    let out = crate::tool::run(c, "systemctl", std::time::Duration::from_secs(120))
+        .map_err(|e| format!("{e}; is systemd installed and running?"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
