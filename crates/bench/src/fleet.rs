@@ -146,6 +146,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
     let requester = bus(&a).await?;
+    // Warm-up: until B's bridge has subscribed on the server, a request finds no responders.
+    let t0 = Instant::now();
+    loop {
+        let first: Result<Value, _> = requester
+            .request("bench.rq", &json!("ping"), Duration::from_secs(2))
+            .await;
+        match first {
+            Ok(_) => break,
+            Err(_) if t0.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e).context("no request crossed the bridge within 10 s"),
+        }
+    }
     let mut bridged = Vec::with_capacity(args.rtt);
     for _ in 0..args.rtt {
         let t = Instant::now();
