@@ -41,6 +41,7 @@ impl Record {
         };
         let old = r.path.with_extension("1.jsonl");
         for p in [&old, &r.path.clone()] {
+            crate::repair_jsonl(p, "the delivery record");
             if let Ok(text) = std::fs::read_to_string(p) {
                 let (records, skipped) = majordomo_core::jsonl::parse_lines::<Delivery>(&text);
                 if skipped > 0 {
