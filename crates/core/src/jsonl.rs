@@ -154,7 +154,10 @@ mod tests {
         std::fs::write(&p, b"{\"n\":1}\n{\"n\":2}").unwrap();
         let r = repair(&p).unwrap();
         assert_eq!((r.ended, r.cut, r.corrupt), (true, 0, 0), "{r:?}");
-        assert!(repair(&p).unwrap().is_clean(), "a second look finds nothing");
+        assert!(
+            repair(&p).unwrap().is_clean(),
+            "a second look finds nothing"
+        );
         // Appending after a repair never glues.
         let (mut f, torn) = open_append(&p).unwrap();
         assert!(!torn);
