@@ -4,15 +4,17 @@
 //! starts at Unix time `T`, one JSON line each (`{"t":..,"m":{"cpu.used_pct":12.5,..}}`);
 //! `ds-<T>.jsonl` holds the day starting at `T` downsampled to buckets of `downsample`, each value
 //! as `[min, avg, max]`. Raw hours older than `full_resolution` are folded into their day file
-//! and deleted; day files older than `retention` are deleted. A torn last line (crash
-//! mid-write) is skipped when reading. Nothing is kept in memory between writes but an open
-//! file handle.
+//! and deleted; day files older than `retention` are deleted. Every file goes through core's
+//! `jsonl`: [`History::open`] repairs torn tails (a crash or a full disk mid-write) and counts
+//! corrupt lines, logging both; appends never glue a record onto a torn tail; reading skips
+//! what does not parse. Nothing is kept in memory between writes but an open file handle.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use majordomo_core::jsonl;
 use serde::{Deserialize, Serialize};
 
 pub use majordomo_proto::monitor::{Point, Stats};
@@ -64,6 +66,22 @@ impl History {
         }
     }
 
+    /// [`History::new`], after repairing the files already in `dir` (see the module doc).
+    pub fn open(dir: PathBuf, full_s: u64, bucket_s: u64, retention_s: u64) -> Self {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if stamp(&name, "raw-")
+                    .or_else(|| stamp(&name, "ds-"))
+                    .is_some()
+                {
+                    crate::repair_jsonl(&e.path(), "the metrics history");
+                }
+            }
+        }
+        Self::new(dir, full_s, bucket_s, retention_s)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -83,15 +101,10 @@ impl History {
             std::fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
             self.compact(snap.at).map_err(|e| self.io(e))?;
             let path = self.dir.join(format!("raw-{hour}.jsonl"));
-            let mut f = OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| self.io(e))?;
             // A line torn by a crash is ended, so that it does not swallow the next one.
-            if !ends_with_newline(&mut f) {
-                f.write_all(b"\n").map_err(|e| self.io(e))?;
+            let (f, torn) = jsonl::open_append(&path).map_err(|e| self.io(e))?;
+            if torn {
+                tracing::warn!(path = %path.display(), "the metrics history: its last line was torn (a crash or a full disk); ended it so the new record stays whole");
             }
             self.open = Some((hour, f));
         }
@@ -157,10 +170,11 @@ impl History {
             }
             let path = self.dir.join(format!("raw-{hour}.jsonl"));
             let mut buckets: BTreeMap<u64, BTreeMap<String, Acc>> = BTreeMap::new();
-            for line in read_lines(&path) {
-                let Ok(l) = serde_json::from_str::<RawLine>(&line) else {
-                    continue;
-                };
+            let (lines, skipped) = read_records::<RawLine>(&path);
+            if skipped > 0 {
+                tracing::warn!(path = %path.display(), lines = skipped, "the metrics history: lines that do not read were left out of the day's summary");
+            }
+            for l in lines {
                 let b = buckets.entry(l.t - l.t % self.bucket).or_default();
                 for (k, v) in l.m {
                     let e = b.entry(k).or_insert((f64::MAX, 0.0, f64::MIN, 0));
@@ -187,10 +201,11 @@ impl History {
                         out.push('\n');
                     }
                 }
-                let mut f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.join(format!("ds-{day}.jsonl")))?;
+                let ds_path = self.dir.join(format!("ds-{day}.jsonl"));
+                let (mut f, torn) = jsonl::open_append(&ds_path)?;
+                if torn {
+                    tracing::warn!(path = %ds_path.display(), "the metrics history: its last line was torn (a crash or a full disk); ended it so the new records stay whole");
+                }
                 f.write_all(out.as_bytes())?;
                 f.sync_data()?;
             }
@@ -226,11 +241,8 @@ impl History {
         }
         files.sort_by_key(|(t, raw, _)| (*t, *raw));
         for (_, raw, path) in files {
-            for line in read_lines(&path) {
-                if raw {
-                    let Ok(l) = serde_json::from_str::<RawLine>(&line) else {
-                        continue;
-                    };
+            if raw {
+                for l in read_records::<RawLine>(&path).0 {
                     if l.t < since {
                         continue;
                     }
@@ -244,10 +256,9 @@ impl History {
                             });
                         }
                     }
-                } else {
-                    let Ok(l) = serde_json::from_str::<DsLine>(&line) else {
-                        continue;
-                    };
+                }
+            } else {
+                for l in read_records::<DsLine>(&path).0 {
                     if l.t < since {
                         continue;
                     }
@@ -274,15 +285,6 @@ impl History {
 /// min, sum, max and count of one series in one bucket.
 type Acc = (f64, f64, f64, u32);
 
-fn ends_with_newline(f: &mut File) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut last = [0u8; 1];
-    match f.seek(SeekFrom::End(-1)) {
-        Ok(_) => f.read_exact(&mut last).is_err() || last[0] == b'\n',
-        Err(_) => true, // empty file
-    }
-}
-
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
@@ -294,11 +296,13 @@ fn stamp(name: &str, prefix: &str) -> Option<u64> {
         .ok()
 }
 
-fn read_lines(path: &Path) -> impl Iterator<Item = String> {
-    File::open(path)
-        .ok()
-        .into_iter()
-        .flat_map(|f| BufReader::new(f).lines().map_while(Result::ok))
+/// The records of one history file that read, and how many lines did not (core's `jsonl`). A
+/// file that cannot be read is empty: the history is best effort.
+fn read_records<T: serde::de::DeserializeOwned>(path: &Path) -> (Vec<T>, usize) {
+    match std::fs::read(path) {
+        Ok(bytes) => jsonl::parse_lines(&String::from_utf8_lossy(&bytes)),
+        Err(_) => (Vec::new(), 0),
+    }
 }
 
 /// min / avg / max / last / count of a series' points.
@@ -319,6 +323,7 @@ pub fn stats(points: &[Point]) -> Option<Stats> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn snap(t: u64, v: f64) -> Snapshot {
         let mut s = Snapshot {
@@ -371,5 +376,34 @@ mod tests {
         f.write_all(b"{\"t\":17000").unwrap();
         let q = History::query(dir.path(), 0, "");
         assert_eq!(q["cpu.used_pct"].len(), 1);
+    }
+
+    #[test]
+    fn open_repairs_torn_tails_and_appends_stay_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = 1_700_000_000 - 1_700_000_000 % HOUR;
+        let mut h = History::new(dir.path().to_path_buf(), DAY, 300, 2 * DAY);
+        h.append(&snap(t0, 1.0)).unwrap();
+        drop(h);
+        let p = dir.path().join(format!("raw-{t0}.jsonl"));
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"garbage\n{\"t\":17000").unwrap();
+        drop(f);
+        // Opening cuts the torn fragment (the corrupt line stays, counted and skipped).
+        let mut h = History::open(dir.path().to_path_buf(), DAY, 300, 2 * DAY);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.ends_with("garbage\n"), "{text:?}");
+        h.append(&snap(t0 + 60, 2.0)).unwrap();
+        let (records, skipped) = read_records::<RawLine>(&p);
+        assert_eq!((records.len(), skipped), (2, 1));
+        // A torn tail made while the store was closed never swallows the next record either.
+        drop(h);
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"t\":1").unwrap();
+        drop(f);
+        let mut h = History::new(dir.path().to_path_buf(), DAY, 300, 2 * DAY);
+        h.append(&snap(t0 + 120, 3.0)).unwrap();
+        let q = History::query(dir.path(), 0, "cpu.");
+        assert_eq!(q["cpu.used_pct"].len(), 3);
     }
 }

@@ -40,6 +40,28 @@ pub(crate) fn append_rotating(path: &std::path::Path, text: &str) {
     }
 }
 
+/// Repairs a JSON-lines store's file when it is opened (core's `jsonl::repair`: a torn tail
+/// cut or ended, corrupt lines counted) and says what it found, once. `what` names the store.
+pub(crate) fn repair_jsonl(path: &std::path::Path, what: &str) {
+    match majordomo_core::jsonl::repair(path) {
+        Ok(r) if r.is_clean() => {}
+        Ok(r) => {
+            if r.cut > 0 {
+                tracing::warn!(path = %path.display(), bytes = r.cut, "{what}: cut a torn last line (a crash or a full disk mid-write); that record is lost");
+            }
+            if r.ended {
+                tracing::warn!(path = %path.display(), "{what}: its last record had no newline (a crash mid-write); ended it");
+            }
+            if r.corrupt > 0 {
+                tracing::warn!(path = %path.display(), lines = r.corrupt, "{what}: lines that are not JSON are skipped when read");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "{what}: cannot check the file; check its permissions")
+        }
+    }
+}
+
 /// Logs an alert transition (the monitor emits it on the hub right after).
 pub(crate) fn log_alert(a: &Alert) {
     match (a.state, a.severity) {

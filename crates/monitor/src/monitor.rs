@@ -125,6 +125,9 @@ async fn run(ctx: Ctx<MonitorSection>, daemon_started: Instant) -> Result<(), St
         alert_log: dir.join("alerts.jsonl"),
         daemon_started,
     });
+    for p in [st.alert_log.with_extension("1.jsonl"), st.alert_log.clone()] {
+        crate::repair_jsonl(&p, "the alert log");
+    }
     ctx.publish(&AlertSummary::default());
     register_commands(&ctx, &st);
     let checks: Arc<Vec<CheckConfig>> = Arc::new(cfg.check.clone());
@@ -152,7 +155,7 @@ async fn run(ctx: Ctx<MonitorSection>, daemon_started: Instant) -> Result<(), St
 
     let mut collector = collect::Collector::new(cfg.monitor.top);
     let mut history = cfg.monitor.history.then(|| {
-        history::History::new(
+        history::History::open(
             st.history_dir.clone(),
             cfg.monitor.full_resolution.get().as_secs(),
             cfg.monitor.downsample.get().as_secs(),
@@ -481,14 +484,14 @@ async fn report(st: &Arc<State>, cfg: &MonitorSection, instance: String) -> Repo
             .collect();
         let mut hist: Vec<Alert> = Vec::new();
         for p in [log.with_extension("1.jsonl"), log] {
+            // Corrupt lines were counted and logged when the monitor opened the log.
             if let Ok(text) = std::fs::read_to_string(&p) {
-                for line in text.lines() {
-                    if let Ok(a) = serde_json::from_str::<Alert>(line)
-                        && matches!(a.state, AlertState::Firing | AlertState::Resolved)
-                    {
-                        hist.push(a);
-                    }
-                }
+                let (alerts, _) = majordomo_core::jsonl::parse_lines::<Alert>(&text);
+                hist.extend(
+                    alerts
+                        .into_iter()
+                        .filter(|a| matches!(a.state, AlertState::Firing | AlertState::Resolved)),
+                );
             }
         }
         let skip = hist.len().saturating_sub(500);

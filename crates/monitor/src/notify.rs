@@ -41,6 +41,7 @@ impl Record {
         };
         let old = r.path.with_extension("1.jsonl");
         for p in [&old, &r.path.clone()] {
+            crate::repair_jsonl(p, "the delivery record");
             if let Ok(text) = std::fs::read_to_string(p) {
                 let (records, skipped) = majordomo_core::jsonl::parse_lines::<Delivery>(&text);
                 if skipped > 0 {
@@ -599,5 +600,36 @@ mod tests {
         let mut a = alert(Severity::Critical, AlertState::Firing);
         a.check = "cpu-high".into();
         assert!(!routes(&n, &a));
+    }
+
+    #[test]
+    fn the_delivery_record_repairs_a_torn_tail_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.jsonl");
+        let d = Delivery {
+            at: "2026-01-01T00:00:00Z".into(),
+            notifier: "ops".into(),
+            kind: NotifierKind::Log,
+            alert: "a".into(),
+            state: AlertState::Firing,
+            severity: Severity::Warning,
+            outcome: Outcome::Delivered,
+            reason: None,
+            attempts: Vec::new(),
+            test: false,
+        };
+        let line = serde_json::to_string(&d).unwrap();
+        std::fs::write(&path, format!("{line}\nnot json\n{}", &line[..10])).unwrap();
+        let mut r = Record::open(path.clone());
+        assert_eq!(r.recent(None, 10).len(), 1);
+        // The torn fragment was cut at open; the corrupt line stays, skipped.
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{line}\nnot json\n")
+        );
+        r.add(d);
+        let r = Record::open(path);
+        assert_eq!(r.recent(None, 10).len(), 2);
+        assert_eq!(r.counts()["ops"].delivered, 2);
     }
 }

@@ -2,7 +2,7 @@
 //! then applies the input's `post_action`. A failed conversion moves the input to the error
 //! folder with its reason.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
@@ -98,23 +98,42 @@ async fn convert_one(pipe: &Pipe, input: ItemName) {
 
 /// The input of a failed conversion goes to the error folder, after its `.reason` file.
 fn to_error_dir(pipe: &Pipe, input: &ItemName, reason: &str) -> std::io::Result<PathBuf> {
+    move_to_error_dir(
+        pipe,
+        &pipe.path(input),
+        &input.orig,
+        &input.orig,
+        Some(input.id),
+        reason,
+    )
+}
+
+/// Moves `src` into the error folder as `name` (suffixed if taken), after a `.reason` file
+/// saying why: the one way a file the pipeline gives up on ends there (a failed conversion, an
+/// input it cannot take, a stray file in the work folder). `file` is how the reason names it.
+pub(crate) fn move_to_error_dir(
+    pipe: &Pipe,
+    src: &Path,
+    name: &str,
+    file: &str,
+    id: Option<ulid::Ulid>,
+    reason: &str,
+) -> std::io::Result<PathBuf> {
+    let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
     let text = format!(
-        "pipeline: {}\nfile: {}\nid: {}\nat: {}\nreason: {reason}\n",
+        "pipeline: {}\nfile: {file}\n{id}at: {}\nreason: {reason}\n",
         pipe.cfg.name,
-        input.orig,
-        input.id,
         humantime::format_rfc3339_seconds(SystemTime::now())
     );
-    // Reason first (durably), then the input, under the same (suffixed) base name.
-    let reason_path =
-        store::write_durable(&pipe.error_dir, &format!("{}.reason", input.orig), &text)?;
+    // Reason first (durably), then the file, under the same (suffixed) base name.
+    let reason_path = store::write_durable(&pipe.error_dir, &format!("{name}.reason"), &text)?;
     let base = reason_path
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_suffix(".reason"))
-        .unwrap_or(&input.orig)
+        .unwrap_or(name)
         .to_string();
-    let to = store::move_noclobber(&pipe.path(input), &pipe.error_dir, &base)?;
+    let to = store::move_noclobber(src, &pipe.error_dir, &base)?;
     fsops::sync_dir(&pipe.error_dir)?;
     Ok(to)
 }

@@ -39,7 +39,7 @@ pub(crate) fn log(event: &Event) {
             pipeline,
             file,
             reason,
-        } => tracing::error!(%pipeline, %file, "conversion failed: {reason}"),
+        } => tracing::error!(%pipeline, %file, "failed: {reason}"),
         Event::PipelineRescan {
             pipeline,
             reason,

@@ -87,13 +87,14 @@ pub(crate) async fn run(
     let mut claims: JoinSet<PathBuf> = JoinSet::new();
     let mut last_scan = Instant::now();
     let mut space = SpaceCheck::default();
-    scan(&pipe, &mut cands, "start-up");
+    let mut noted: HashSet<PathBuf> = HashSet::new();
+    scan(&pipe, &mut cands, &mut noted, "start-up");
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
             Some(h) = hints.recv() => match h {
                 Hint::Path(p) => observe(&pipe, &mut cands, &p),
-                Hint::Rescan(why) => { scan(&pipe, &mut cands, why); last_scan = Instant::now(); }
+                Hint::Rescan(why) => { scan(&pipe, &mut cands, &mut noted, why); last_scan = Instant::now(); }
             },
             Some(done) = claims.join_next(), if !claims.is_empty() => {
                 if let Ok(p) = done { claiming.remove(&p); }
@@ -101,7 +102,7 @@ pub(crate) async fn run(
             _ = tick.tick() => {
                 let every = if polling { pipe.cfg.poll_interval.get() } else { pipe.cfg.rescan.get() };
                 if last_scan.elapsed() >= every {
-                    scan(&pipe, &mut cands, if polling { "poll" } else { "periodic" });
+                    scan(&pipe, &mut cands, &mut noted, if polling { "poll" } else { "periodic" });
                     last_scan = Instant::now();
                     if !polling { prune(&pipe); }
                 }
@@ -184,12 +185,14 @@ fn start_watcher(
     Ok(w)
 }
 
-/// Whether a path in a watch folder is one this pipeline may take.
+/// Whether a path in a watch folder is one this pipeline may take. A name that is not UTF-8 is
+/// matched as printed (invalid bytes as U+FFFD): if it matches, the pipeline takes it only to
+/// refuse it with a reason (see [`claim`]).
 fn eligible(pipe: &Pipe, path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy()) else {
         return false;
     };
-    if !pipe.takes(name) {
+    if !pipe.takes(&name) {
         return false;
     }
     let Some(parent) = path.parent() else {
@@ -253,9 +256,39 @@ fn observe(pipe: &Pipe, cands: &mut HashMap<PathBuf, Candidate>, path: &Path) {
     }
 }
 
-/// A full look at every watch folder.
-fn scan(pipe: &Pipe, cands: &mut HashMap<PathBuf, Candidate>, why: &'static str) {
+/// What a drop-folder entry that is neither a file nor a folder is, to say why it is left.
+fn special_kind(ft: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if ft.is_socket() {
+            return "a socket";
+        }
+        if ft.is_block_device() || ft.is_char_device() {
+            return "a device";
+        }
+    }
+    if ft.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// A full look at every watch folder. Entries that are neither regular files nor folders
+/// (symbolic links, FIFOs, sockets, devices) are never followed or read: each is logged once
+/// while it stays (`noted`), and left where it is.
+fn scan(
+    pipe: &Pipe,
+    cands: &mut HashMap<PathBuf, Candidate>,
+    noted: &mut HashSet<PathBuf>,
+    why: &'static str,
+) {
     let mut found = 0u64;
+    let mut special: HashSet<PathBuf> = HashSet::new();
     let mut stack: Vec<PathBuf> = pipe.cfg.watch.clone();
     while let Some(dir) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -269,12 +302,23 @@ fn scan(pipe: &Pipe, cands: &mut HashMap<PathBuf, Candidate>, why: &'static str)
                 if pipe.cfg.recursive && !hidden && !own_folder(pipe, &path) {
                     stack.push(path);
                 }
-            } else if ft.is_file() && eligible(pipe, &path) {
-                found += 1;
-                observe(pipe, cands, &path);
+            } else if ft.is_file() {
+                if eligible(pipe, &path) {
+                    found += 1;
+                    observe(pipe, cands, &path);
+                }
+            } else if eligible(pipe, &path) {
+                if !noted.contains(&path) {
+                    tracing::warn!(pipeline = %pipe.cfg.name, file = %path.display(),
+                        "left in the drop folder: it is {}, which the pipeline never follows or reads; drop a regular file instead",
+                        special_kind(&ft));
+                }
+                special.insert(path);
             }
         }
     }
+    // Forget what is gone, so that one put back is reported again.
+    *noted = special;
     pipe.metrics.rescans.fetch_add(1, Ordering::Relaxed);
     // Periodic polls are routine; say only when something is there or the scan had a cause.
     if why != "poll" || found > 0 {
@@ -356,9 +400,17 @@ fn set_paused(pipe: &Pipe, now: Option<String>) {
 /// Claims one settled file: fsync it, rename it (never replacing) into the work folder, fsync
 /// both folders, then hand it on.
 async fn claim(pipe: &Pipe, src: &Path, to_convert: &mpsc::Sender<ItemName>) {
-    let Some(orig) = src.file_name().and_then(|n| n.to_str()) else {
+    let Some(raw) = src.file_name() else {
         pipe.metrics.pending.fetch_sub(1, Ordering::Relaxed);
         return;
+    };
+    let orig = match crate::item::intake_name(raw) {
+        Ok(orig) => orig,
+        Err(reason) => {
+            pipe.metrics.pending.fetch_sub(1, Ordering::Relaxed);
+            refuse(pipe, src, &reason);
+            return;
+        }
     };
     // Passthrough with delete: the input is the queued item, no conversion step.
     let direct = pipe.cfg.converter.is_passthrough() && pipe.cfg.post_action == PostAction::Delete;
@@ -368,7 +420,17 @@ async fn claim(pipe: &Pipe, src: &Path, to_convert: &mpsc::Sender<ItemName>) {
     let dst = pipe.path(&item);
     if let Err(e) = fsops::rename_noreplace(src, &dst) {
         pipe.metrics.pending.fetch_sub(1, Ordering::Relaxed);
-        if e.kind() != std::io::ErrorKind::NotFound {
+        if e.kind() == std::io::ErrorKind::InvalidFilename {
+            // A file system with a shorter limit than the usual 255 bytes: retrying never helps.
+            refuse(
+                pipe,
+                src,
+                &format!(
+                    "the work folder refuses its item name {}: {e}; rename it shorter and drop it again",
+                    dst.display()
+                ),
+            );
+        } else if e.kind() != std::io::ErrorKind::NotFound {
             let hint = if e.kind() == std::io::ErrorKind::CrossesDevices
                 || e.raw_os_error() == Some(18)
             {
@@ -399,4 +461,32 @@ async fn claim(pipe: &Pipe, src: &Path, to_convert: &mpsc::Sender<ItemName>) {
     } else {
         let _ = to_convert.send(item).await;
     }
+}
+
+/// An input the pipeline cannot take goes to the error folder with its reason (under a
+/// printable, short name), so that it neither stays in the drop folder forever nor is retried
+/// at every rescan.
+fn refuse(pipe: &Pipe, src: &Path, reason: &str) {
+    let Some(raw) = src.file_name() else { return };
+    let name = crate::item::refused_name(raw);
+    let file = raw.to_string_lossy();
+    let moved = crate::convert::move_to_error_dir(
+        pipe,
+        src,
+        &name,
+        &file,
+        None,
+        &format!("not taken: {reason}"),
+    );
+    pipe.emit(Event::FileFailed {
+        pipeline: pipe.cfg.name.clone(),
+        file: file.into_owned(),
+        reason: match moved {
+            Ok(p) => format!("not taken: {reason} (moved to {})", p.display()),
+            Err(e) => format!(
+                "not taken: {reason} (and it could not be moved to the error folder {}: {e}; it stays in the drop folder)",
+                pipe.error_dir.display()
+            ),
+        },
+    });
 }

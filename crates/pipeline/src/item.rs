@@ -96,6 +96,55 @@ impl ItemName {
     }
 }
 
+/// The longest input name (bytes) the pipeline takes: its longest work-folder name
+/// (`{ULID}.a{u32}.{name}.{longest state}`, 50 bytes around it) must fit the 255-byte limit of
+/// common file systems.
+pub const MAX_ORIG_LEN: usize = 255 - 50;
+
+/// The longest name (bytes) given to a refused input in the error folder: room is left for a
+/// `-N` suffix, `.reason` and the temporary names of durable writes.
+const MAX_REFUSED_LEN: usize = 180;
+
+/// The name an input keeps as an item, or why it cannot be taken (then it goes to the error
+/// folder under [`refused_name`]).
+pub fn intake_name(raw: &std::ffi::OsStr) -> Result<&str, String> {
+    let Some(name) = raw.to_str() else {
+        return Err(format!(
+            "its name {raw:?} is not valid UTF-8, which the pipeline cannot carry into item \
+             names, upload headers and listings; rename it to UTF-8 and drop it again"
+        ));
+    };
+    if name.len() > MAX_ORIG_LEN {
+        return Err(format!(
+            "its name is {} bytes long; the pipeline takes names of up to {MAX_ORIG_LEN} bytes \
+             (its work-folder names add 50 bytes and must stay within the file system's 255): \
+             rename it shorter and drop it again",
+            name.len()
+        ));
+    }
+    Ok(name)
+}
+
+/// A printable, short enough name for an input refused by [`intake_name`]: invalid UTF-8
+/// replaced by `_`, cut at a character boundary (keeping a short extension).
+pub fn refused_name(raw: &std::ffi::OsStr) -> String {
+    let lossy = raw.to_string_lossy().replace('\u{FFFD}', "_");
+    if lossy.len() <= MAX_REFUSED_LEN {
+        return lossy;
+    }
+    let ext = lossy
+        .rsplit_once('.')
+        .map(|(_, e)| e)
+        .filter(|e| !e.is_empty() && e.len() <= 16)
+        .map(|e| format!(".{e}"))
+        .unwrap_or_default();
+    let mut cut = MAX_REFUSED_LEN - ext.len() - 1;
+    while !lossy.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{ext}", &lossy[..cut])
+}
+
 fn parse_stem(stem: &str) -> Option<((Ulid, u32), &str)> {
     let (id, rest) = stem.split_once('.')?;
     if id.len() != 26 {
@@ -127,6 +176,37 @@ mod tests {
         assert_eq!(ItemName::parse(&dead), None);
         let age = age(n.id, SystemTime::now());
         assert!(age < Duration::from_secs(5), "{age:?}");
+    }
+
+    #[test]
+    fn long_and_non_utf8_names_are_refused_with_a_usable_name() {
+        use std::ffi::OsStr;
+        let ok = "a".repeat(MAX_ORIG_LEN);
+        assert_eq!(intake_name(OsStr::new(&ok)), Ok(ok.as_str()));
+        // Its longest work-folder name still fits in 255 bytes.
+        let mut n = ItemName::new(&ok, State::Processing);
+        n.attempts = u32::MAX;
+        assert!(n.file_name().len() <= 255, "{}", n.file_name().len());
+        let long = format!("{}.csv", "é".repeat(126));
+        assert_eq!(long.len(), 256);
+        let why = intake_name(OsStr::new(&long)).unwrap_err();
+        assert!(why.contains("256 bytes"), "{why}");
+        let short = refused_name(OsStr::new(&long));
+        assert!(
+            short.len() <= MAX_REFUSED_LEN && short.ends_with("~.csv"),
+            "{short}"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let raw = OsStr::from_bytes(b"caf\xe9.csv");
+            let why = intake_name(raw).unwrap_err();
+            assert!(
+                why.contains("not valid UTF-8") && why.contains("\\xE9"),
+                "{why}"
+            );
+            assert_eq!(refused_name(raw), "caf_.csv");
+        }
     }
 
     proptest::proptest! {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+use majordomo_core::hub::Event;
 use majordomo_platform::fsops;
 
 use crate::convert::post_action;
@@ -34,6 +35,11 @@ pub(crate) fn recover(pipe: &Pipe) -> Result<Recovered, String> {
     for entry in read.flatten() {
         let name = entry.file_name();
         let Some(item) = name.to_str().and_then(ItemName::parse) else {
+            // Folders (the default error and dead folders live here) are left; a file that is
+            // not an item is moved aside so it neither sits there unseen nor is taken for one.
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                move_aside(pipe, &entry.path());
+            }
             continue;
         };
         by_id.entry(item.id).or_default().push(item);
@@ -122,4 +128,29 @@ pub(crate) fn prune_done(pipe: &Pipe, mut done: Vec<ItemName>) {
     for d in done.into_iter().take(extra) {
         let _ = std::fs::remove_file(pipe.path(&d));
     }
+}
+
+/// A file in the work folder that is not an item goes to the error folder with its reason.
+fn move_aside(pipe: &Pipe, path: &std::path::Path) {
+    let Some(raw) = path.file_name() else { return };
+    let name = crate::item::refused_name(raw);
+    let file = raw.to_string_lossy();
+    let reason = format!(
+        "found in the work folder {} at start-up, and it is not an item of this pipeline (item \
+         names are ULID.aN.NAME.STATE); nothing the pipeline did put it there. Drop it into a \
+         watch folder to process it, or delete it",
+        pipe.work.display()
+    );
+    let moved = crate::convert::move_to_error_dir(pipe, path, &name, &file, None, &reason);
+    pipe.emit(Event::FileFailed {
+        pipeline: pipe.cfg.name.clone(),
+        file: file.into_owned(),
+        reason: match moved {
+            Ok(p) => format!("{reason} (moved to {})", p.display()),
+            Err(e) => format!(
+                "{reason} (and it could not be moved to the error folder {}: {e}; it stays)",
+                pipe.error_dir.display()
+            ),
+        },
+    });
 }

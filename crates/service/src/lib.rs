@@ -45,8 +45,9 @@ pub enum ServiceCommand {
     Stop,
     /// Restart the service through the service manager.
     Restart,
-    /// Whether the service is installed, enabled, running and answering.
-    Status,
+    /// Whether the service is installed, enabled, running and answering; with `root`, what
+    /// `install --root` staged there (no service manager is asked, no socket pinged).
+    Status { root: Option<PathBuf> },
 }
 
 /// The options of `service install`.
@@ -60,7 +61,7 @@ pub struct InstallRequest {
     pub root: Option<PathBuf>,
     /// With `root`: stage this manager's files instead of this system's own.
     pub manager: Option<StagedManager>,
-    /// Windows: when the service starts.
+    /// When the service starts (Windows start type; systemd: `manual` leaves it disabled).
     pub start_type: StartType,
     /// Windows: the account the service runs as (default LocalSystem).
     pub account: Option<String>,
@@ -422,10 +423,17 @@ pub fn main(inv: &Invocation, cmd: &ServiceCommand) -> u8 {
         ServiceCommand::Start => control(inv, Action::Start),
         ServiceCommand::Stop => control(inv, Action::Stop),
         ServiceCommand::Restart => control(inv, Action::Restart),
-        ServiceCommand::Status => status(inv),
+        ServiceCommand::Status { root } => status(inv, root.as_deref()),
     };
     match result {
         Ok(v) => {
+            if !inv.json
+                && let Some(warnings) = v.get("warnings").and_then(|w| w.as_array())
+            {
+                for w in warnings.iter().filter_map(|w| w.as_str()) {
+                    eprintln!("majordomo: warning: {w}");
+                }
+            }
             if inv.json {
                 println!("{v}");
             } else if let Some(text) = v.get("text").and_then(|t| t.as_str()) {
@@ -496,6 +504,14 @@ fn install(inv: &Invocation, a: &InstallRequest) -> Result<serde_json::Value, Fa
         start_type: a.start_type,
         account: a.account.clone(),
     };
+    let warnings = match manager {
+        Manager::Systemd => systemd::private_tmp_warnings(
+            t.scope,
+            &t.exe,
+            t.config.as_deref().unwrap_or(&t.layout.config_file),
+        ),
+        _ => Vec::new(),
+    };
     let m = match manager {
         Manager::Systemd => systemd::install(&t, &opts)?,
         Manager::Launchd => launchd::install(&t, &opts)?,
@@ -527,7 +543,7 @@ fn install(inv: &Invocation, a: &InstallRequest) -> Result<serde_json::Value, Fa
             instance_flags(&t)
         ));
     }
-    Ok(serde_json::json!({"ok": true, "manifest": m, "text": text}))
+    Ok(serde_json::json!({"ok": true, "manifest": m, "warnings": warnings, "text": text}))
 }
 
 /// Options of `service install` beyond the target.
@@ -660,12 +676,38 @@ pub fn manager_state(t: &Target) -> Result<ManagerState, String> {
     }
 }
 
-fn status(inv: &Invocation) -> Result<serde_json::Value, Failure> {
-    let t = Target::for_service(inv, None).map_err(|e| Failure::new(exit::USAGE, e))?;
+/// What the files staged under `t.root` say: installed from the manifest, enabled from the
+/// boot link (systemd); whether it runs is not knowable from files.
+fn staged_state(t: &Target, manifest: Option<&Manifest>) -> ManagerState {
+    let root = t.root.as_deref().unwrap_or(Path::new("/"));
+    ManagerState {
+        installed: manifest.is_some(),
+        enabled: manifest
+            .and_then(|m| (m.manager == "systemd").then(|| systemd::staged_enabled(t, m))),
+        running: None,
+        detail: format!(
+            "(staged under {}: no service manager asked)",
+            root.display()
+        ),
+    }
+}
+
+fn status(inv: &Invocation, root: Option<&Path>) -> Result<serde_json::Value, Failure> {
+    let t = Target::for_service(inv, root).map_err(|e| Failure::new(exit::USAGE, e))?;
     let manifest = Manifest::read(&t).ok();
-    let state = manager_state(&t);
-    let answers = check::ping(&t.socket(), t.token(inv.token.clone()));
-    let record = check::Record::read(&t.layout.state_dir);
+    let staged = t.root.is_some();
+    let state = if staged {
+        Ok(staged_state(&t, manifest.as_ref()))
+    } else {
+        manager_state(&t)
+    };
+    // A staged install runs nowhere: the socket at its layout's place is not its own.
+    let answers = if staged {
+        Err("not asked (staged install)".to_string())
+    } else {
+        check::ping(&t.socket(), t.token(inv.token.clone()))
+    };
+    let record = check::Record::read(&t.staged(&t.layout.state_dir));
     let name = service_name(&t);
     let mut text = format!("service {name} ({} scope)\n", t.scope.label());
     text.push_str(&format!(

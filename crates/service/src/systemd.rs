@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::manifest::Manifest;
-use super::{Action, Failure, InstallOptions, ManagerState, Scope, Target};
+use super::{Action, Failure, InstallOptions, ManagerState, Scope, StartType, Target};
 use majordomo_core::exit;
 
 /// How often the daemon must send WATCHDOG=1 (it sends at half this).
@@ -262,10 +262,13 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
             false,
             false,
         )?;
-        m.link(
-            &t.staged(&unit_dir.join(wants).join(&unit)),
-            &unit_dir.join(TEMPLATE),
-        )?;
+        // `--start-type manual`: installed but not enabled, so nothing starts it at boot.
+        if enables_at_boot(opts.start_type) {
+            m.link(
+                &t.staged(&unit_dir.join(wants).join(&unit)),
+                &unit_dir.join(TEMPLATE),
+            )?;
+        }
         if let Some(every) = opts.every {
             let (svc_name, timer_name) = check_names(&t.instance);
             let (svc, timer) = check_units(t, every);
@@ -298,6 +301,48 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
         }
     }
     Ok(m)
+}
+
+/// Whether the install links the unit into the boot target's `.wants` folder (`enabled`).
+pub fn enables_at_boot(start_type: StartType) -> bool {
+    start_type != StartType::Manual
+}
+
+/// The folders `PrivateTmp=yes` hides from the service: it gets its own empty ones.
+const PRIVATE_TMP: [&str; 2] = ["/tmp", "/var/tmp"];
+
+/// Warnings about paths the unit would not see: the system unit runs with `PrivateTmp=yes`, so
+/// a binary or config under `/tmp` or `/var/tmp` is missing when systemd starts it.
+pub fn private_tmp_warnings(scope: Scope, exe: &Path, config: &Path) -> Vec<String> {
+    if scope != Scope::System {
+        return Vec::new();
+    }
+    let under_tmp = |p: &Path| PRIVATE_TMP.iter().find(|t| p.starts_with(t)).copied();
+    let mut out = Vec::new();
+    for (what, p) in [("binary", exe), ("config file", config)] {
+        if let Some(tmp) = under_tmp(p) {
+            out.push(format!(
+                "the {what} {} is under {tmp}, which the unit hides (PrivateTmp=yes gives the \
+                 service its own empty {tmp}): the service will not find it; move it to a \
+                 permanent place (e.g. /usr/local/bin, /etc/majordomo) and install again",
+                p.display()
+            ));
+        }
+    }
+    out
+}
+
+/// Whether a staged install enabled the unit: its link in a `.wants` folder exists (the
+/// manifest records the staged paths).
+pub fn staged_enabled(t: &Target, m: &Manifest) -> bool {
+    let unit = unit_name(&t.instance);
+    m.links.iter().any(|l| {
+        l.file_name().is_some_and(|n| n == unit.as_str())
+            && l.parent()
+                .and_then(|d| d.extension())
+                .is_some_and(|x| x == "wants")
+            && std::fs::symlink_metadata(l).is_ok()
+    })
 }
 
 /// Writes the commented default config where the instance looks for it, unless it has one.
@@ -468,5 +513,44 @@ mod tests {
             d.contains("Environment=\"MAJORDOMO_CONFIG=/etc/x y.toml\""),
             "{d}"
         );
+    }
+
+    #[test]
+    fn manual_start_type_is_not_enabled_at_boot() {
+        assert!(enables_at_boot(StartType::Auto));
+        assert!(enables_at_boot(StartType::DelayedAuto));
+        assert!(!enables_at_boot(StartType::Manual));
+    }
+
+    #[test]
+    fn private_tmp_hides_a_binary_or_config_under_tmp() {
+        let w = private_tmp_warnings(
+            Scope::System,
+            Path::new("/tmp/build/majordomo"),
+            Path::new("/var/tmp/m.toml"),
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("/tmp/build/majordomo") && w[0].contains("PrivateTmp=yes"));
+        assert!(w[1].contains("/var/tmp/m.toml"));
+        // `/tmpfoo` is not under `/tmp`; user units have no PrivateTmp.
+        assert!(
+            private_tmp_warnings(
+                Scope::System,
+                Path::new("/tmpfoo/majordomo"),
+                Path::new("/etc/majordomo/default.toml")
+            )
+            .is_empty()
+        );
+        assert!(
+            private_tmp_warnings(
+                Scope::User,
+                Path::new("/tmp/majordomo"),
+                Path::new("/tmp/m.toml")
+            )
+            .is_empty()
+        );
+        // The warning is about the option the unit really sets.
+        let u = template_unit(Path::new("/tmp/m"), Scope::System, Duration::from_secs(1));
+        assert!(u.contains("PrivateTmp=yes"));
     }
 }

@@ -29,8 +29,9 @@ pub enum ServiceCmd {
     Stop,
     /// Restart the service through the service manager.
     Restart,
-    /// Show whether the service is installed, enabled, running and answering.
-    Status,
+    /// Show whether the service is installed, enabled, running and answering (with --root:
+    /// what `install --root` staged there).
+    Status(RootArgs),
 }
 
 #[derive(Debug, Args)]
@@ -51,7 +52,8 @@ pub struct InstallArgs {
     /// (e.g. launchd plists on Linux, for inspection; the paths in them are this system's).
     #[arg(long, value_enum, requires = "root", value_name = "MANAGER")]
     pub manager: Option<ManagerArg>,
-    /// Windows: when the service starts.
+    /// When the service starts: on Windows its start type; with systemd `manual` installs
+    /// the unit without enabling it (no boot link).
     #[arg(long, value_enum, default_value = "auto")]
     pub start_type: StartTypeArg,
     /// Windows: the account the service runs as (default LocalSystem), e.g.
@@ -109,7 +111,9 @@ impl From<&ServiceCmd> for ServiceCommand {
             ServiceCmd::Start => ServiceCommand::Start,
             ServiceCmd::Stop => ServiceCommand::Stop,
             ServiceCmd::Restart => ServiceCommand::Restart,
-            ServiceCmd::Status => ServiceCommand::Status,
+            ServiceCmd::Status(a) => ServiceCommand::Status {
+                root: a.root.clone(),
+            },
         }
     }
 }

@@ -506,3 +506,126 @@ async fn pipelines_polling_mode_takes_files_without_a_watcher() {
         assert!(err.contains("bad_request") && err.contains(field), "{err}");
     }
 }
+
+/// How many full rescans the pipeline has done since it started.
+fn rescans(home: &Home) -> u64 {
+    queue_json(home, &["stats"])["pipelines"][0]["since_start"]["rescans"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_refuse_unusable_names_and_leave_links_and_fifos_alone() {
+    use std::os::unix::ffi::OsStrExt;
+    let home = Home::new();
+    let sink = Sink::start(ok_rule()).await;
+    let errors = home.path().join("errors");
+    let extra = format!("rescan = \"100ms\"\nerror_dir = \"{}\"", errors.display());
+    home.write_config("default", &config(&home, &sink, &extra));
+    let inbox = home.path().join("in");
+    std::fs::create_dir_all(&inbox).unwrap();
+    // 255 bytes: the longest name Linux allows, too long for the work folder's item names.
+    let long = format!("{}.csv", "x".repeat(251));
+    assert_eq!(long.len(), 255);
+    std::fs::write(inbox.join(&long), "long").unwrap();
+    let raw = std::ffi::OsStr::from_bytes(b"caf\xe9.csv");
+    std::fs::write(inbox.join(raw), "latin1").unwrap();
+    let target = home.path().join("target.csv");
+    std::fs::write(&target, "secret").unwrap();
+    std::os::unix::fs::symlink(&target, inbox.join("link.csv")).unwrap();
+    nix::unistd::mkfifo(
+        &inbox.join("pipe.csv"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    drop_file(&inbox, "good.csv", "good");
+    let d = start(&home);
+    eventually(Duration::from_secs(30), || {
+        (files_in(&errors).len() == 4 && sink.hits().len() == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{:?}\n{}", files_in(&errors), d.stderr_text()));
+    // Both refused inputs are in the error folder, each with its reason, listed as failed.
+    let ls = queue_json(&home, &["ls", "--state", "failed"]);
+    assert_eq!(ls["total"], 2, "{ls}");
+    let items = ls["items"].as_array().unwrap();
+    let reason_of = |pred: &dyn Fn(&str) -> bool| {
+        items
+            .iter()
+            .find(|i| pred(i["file"].as_str().unwrap()))
+            .and_then(|i| i["reason"].as_str())
+            .unwrap_or_else(|| panic!("{ls}"))
+            .to_string()
+    };
+    let why_long = reason_of(&|f| f.starts_with("xxxx"));
+    assert!(why_long.contains("255 bytes"), "{why_long}");
+    let why_raw = reason_of(&|f| f == "caf_.csv");
+    assert!(
+        why_raw.contains("not valid UTF-8") && why_raw.contains("\\xE9"),
+        "{why_raw}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(errors.join("caf_.csv")).unwrap(),
+        "latin1"
+    );
+    // The link and the FIFO stay, never read (the sink got only the good file), logged once
+    // each however many rescans pass.
+    let before = rescans(&home);
+    eventually(Duration::from_secs(30), || {
+        (rescans(&home) >= before + 5).then_some(())
+    })
+    .expect("rescans go on");
+    assert!(inbox.join("pipe.csv").exists());
+    assert!(
+        std::fs::symlink_metadata(inbox.join("link.csv"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "secret");
+    assert_eq!(sink.hits()[0].body, "good");
+    let log = d.stderr_text();
+    for (name, kind) in [("link.csv", "a symbolic link"), ("pipe.csv", "a FIFO")] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(name)).collect();
+        assert_eq!(lines.len(), 1, "{name}: {lines:#?}");
+        assert!(
+            lines[0].contains(kind) && lines[0].contains("left in the drop folder"),
+            "{}",
+            lines[0]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_move_stray_files_out_of_the_work_folder_with_a_reason() {
+    let home = Home::new();
+    let sink = Sink::start(ok_rule()).await;
+    let work = home.path().join("work");
+    let extra = format!("work_dir = \"{}\"", work.display());
+    home.write_config("default", &config(&home, &sink, &extra));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("notes.txt"), "mine").unwrap();
+    let d = start(&home);
+    let errors = work.join("error");
+    eventually(Duration::from_secs(20), || {
+        errors.join("notes.txt.reason").exists().then_some(())
+    })
+    .unwrap_or_else(|| panic!("{:?}\n{}", files_in(&work), d.stderr_text()));
+    assert!(!work.join("notes.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(errors.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    let ls = queue_json(&home, &["ls", "--state", "failed"]);
+    assert_eq!(ls["total"], 1, "{ls}");
+    let why = ls["items"][0]["reason"].as_str().unwrap();
+    assert!(
+        why.contains("not an item") && why.contains(work.to_str().unwrap()),
+        "{why}"
+    );
+    // Nothing else was touched: the pipeline still works.
+    drop_file(&home.path().join("in"), "a.csv", "a");
+    eventually(Duration::from_secs(20), || {
+        (!sink.hits().is_empty()).then_some(())
+    })
+    .expect("uploaded");
+}

@@ -611,3 +611,83 @@ print(json.dumps([plistlib.load(open(p, "rb")) for p in sys.argv[1:]]))
     // Install created the root itself, so uninstall removes it too.
     assert!(!root.exists(), "left behind: {:?}", tree(&root));
 }
+
+#[test]
+fn running_as_an_os_service_manual_start_type_private_tmp_warning_and_staged_status() {
+    // In /tmp itself, whatever TMPDIR says: the warning is about /tmp.
+    let tmp = tempfile::Builder::new()
+        .prefix("md-svc-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let cfg = tmp.path().join("m.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let root = tmp.path().join("root");
+    let out = install(
+        &root,
+        "--system",
+        "man",
+        &["--start-type", "manual", "--config", cfg.to_str().unwrap()],
+    );
+    let units = root.join("etc/systemd/system");
+    assert!(units.join("majordomo@.service").exists());
+    // Manual: installed, not enabled.
+    assert!(
+        !units.join("multi-user.target.wants").exists(),
+        "{:?}",
+        tree(&root)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning")
+            && err.contains(cfg.to_str().unwrap())
+            && err.contains("PrivateTmp"),
+        "{err}"
+    );
+    // Staged status reads the staged files and asks no manager.
+    let status = |instance: &str| {
+        let out = run(majordomo()
+            .args([
+                "--json",
+                "service",
+                "status",
+                "--system",
+                "--instance",
+                instance,
+            ])
+            .args(["--config", cfg.to_str().unwrap(), "--root"])
+            .arg(&root));
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        serde_json::from_str::<Value>(stdout(&out).trim()).unwrap()
+    };
+    let v = status("man");
+    assert_eq!(v["manifest"]["instance"], "man", "{v}");
+    assert_eq!(v["manager"]["installed"], true, "{v}");
+    assert_eq!(v["manager"]["enabled"], false, "{v}");
+    assert_eq!(v["answers"], false, "{v}");
+    // An automatic one is enabled; one never installed is reported as such.
+    install(
+        &root,
+        "--system",
+        "auto",
+        &["--config", cfg.to_str().unwrap()],
+    );
+    assert_eq!(status("auto")["manager"]["enabled"], true);
+    let v = status("none");
+    assert!(
+        v["manifest"].is_null() && v["manager"]["installed"] == false,
+        "{v}"
+    );
+    // The text form says where it looked.
+    let out = run(majordomo()
+        .args([
+            "service",
+            "status",
+            "--system",
+            "--instance",
+            "man",
+            "--root",
+        ])
+        .arg(&root));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("staged under"), "{}", stdout(&out));
+}
