@@ -570,3 +570,54 @@ pub async fn writer<W: AsyncWrite + Unpin>(
         outbox.settle(&mut s);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(bytes: usize, total_bytes: usize) -> Limits {
+        Limits {
+            messages: 1_000_000,
+            bytes,
+            total_bytes,
+            policy: SlowConsumer::DropOldest,
+        }
+    }
+
+    #[test]
+    fn queues_count_real_memory_and_free_it_when_dropping() {
+        let budget = Arc::new(Budget::default());
+        let o = Outbox::with_budget(1, budget.clone());
+        let l = limits(1 << 20, 1 << 30);
+        let data = vec![b'1'; 1000];
+        for _ in 0..10_000 {
+            o.push_msg(&l, 1, "t", None, &data);
+        }
+        let d = o.depth();
+        // Real memory is counted (at least the frames' bytes), and it stays within the bound.
+        assert!(d.memory_bytes >= d.queued_bytes, "{d:?}");
+        assert!(d.memory_bytes <= 1 << 20, "{d:?}");
+        assert!(d.dropped > 0);
+        assert_eq!(budget.used(), d.memory_bytes);
+        assert_eq!(budget.overflows(), 0);
+        drop(o);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn the_daemon_wide_cap_trims_the_connections_above_their_share() {
+        let budget = Arc::new(Budget::default());
+        let l = limits(8 << 20, 2 << 20);
+        let a = Outbox::with_budget(1, budget.clone());
+        let b = Outbox::with_budget(2, budget.clone());
+        let data = vec![b'1'; 4000];
+        for _ in 0..2_000 {
+            a.push_msg(&l, 1, "t", None, &data);
+            b.push_msg(&l, 1, "t", None, &data);
+        }
+        // Each alone is far below its own 8 MiB bound; together they hold about the total.
+        assert!(budget.used() <= (2 << 20) + 2 * (CHUNK + 8192), "{}", budget.used());
+        assert!(budget.overflows() > 0);
+        assert!(a.depth().dropped > 0 && b.depth().dropped > 0);
+    }
+}
