@@ -1,7 +1,8 @@
 //! One connection's bounded outbound queue and the writer task that drains it.
 //!
 //! Everything a connection is sent (replies to its own requests, messages, events, notices) is
-//! appended, already encoded, to a list of chunks (64 KiB each, or one frame's size when larger);
+//! appended, already encoded, to a list of chunks (1 KiB for the first, growing with the queue to
+//! 64 KiB, or one frame's size when larger);
 //! a frame-length list beside it keeps the frame boundaries so that the oldest frames can be
 //! dropped, and a chunk whose frames are all written or dropped is freed at once. Producers never
 //! wait: past the bound the slow-consumer policy applies, `drop-oldest` (counted, and announced to
@@ -47,7 +48,9 @@ pub struct Limits {
     pub policy: SlowConsumer,
 }
 
-/// Size of the chunks frames are appended to.
+/// Size of the chunks frames are appended to: the first of a queue is small, later ones grow
+/// with the queue up to `CHUNK` (or one frame's size, when larger).
+const MIN_CHUNK: usize = 1024;
 const CHUNK: usize = 64 * 1024;
 /// What each chunk costs besides its bytes: the `BytesMut` and its shared header, the list slot
 /// and the allocator's own bookkeeping.
@@ -124,7 +127,9 @@ impl State {
             .back()
             .is_some_and(|c| c.buf.capacity() - c.buf.len() >= hint);
         if !fits {
-            let cap = hint.max(CHUNK);
+            // Small while the queue is short (an idle connection holds little), up to CHUNK as
+            // it grows.
+            let cap = hint.max(self.live.clamp(MIN_CHUNK, CHUNK));
             self.chunks.push_back(Chunk {
                 buf: BytesMut::with_capacity(cap),
                 alloc: cap,
@@ -605,6 +610,15 @@ mod tests {
     }
 
     #[test]
+    fn a_short_queue_holds_little_memory() {
+        let o = Outbox::new(1);
+        let l = limits(1 << 20, 1 << 30);
+        o.push_msg(&l, 1, "t", None, b"1");
+        let d = o.depth();
+        assert!(d.memory_bytes < 4096, "{d:?}");
+    }
+
+    #[test]
     fn the_daemon_wide_cap_trims_the_connections_above_their_share() {
         let budget = Arc::new(Budget::default());
         let l = limits(8 << 20, 2 << 20);
@@ -616,7 +630,11 @@ mod tests {
             b.push_msg(&l, 1, "t", None, &data);
         }
         // Each alone is far below its own 8 MiB bound; together they hold about the total.
-        assert!(budget.used() <= (2 << 20) + 2 * (CHUNK + 8192), "{}", budget.used());
+        assert!(
+            budget.used() <= (2 << 20) + 2 * (CHUNK + 8192),
+            "{}",
+            budget.used()
+        );
         assert!(budget.overflows() > 0);
         assert!(a.depth().dropped > 0 && b.depth().dropped > 0);
     }
