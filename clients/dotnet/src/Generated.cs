@@ -268,11 +268,20 @@ namespace Majordomo.Protocol
         public long Dropped { get; set; }
         public long QueuedBytes { get; set; }
         public long QueuedMsgs { get; set; }
+        /// <summary>Frames written to it (messages, events, replies, notices).</summary>
         public long Sent { get; set; }
         /// <summary>RFC 3339: when it connected.</summary>
         public string Since { get; set; }
         public List<BusSubscription> Subscriptions { get; set; }
+        /// <summary>Bytes of those frames.</summary>
+        public long BytesIn { get; set; }
+        /// <summary>Bytes of those frames.</summary>
+        public long BytesOut { get; set; }
         public string Endpoint { get; set; }
+        /// <summary>Real memory its outbound queue holds now (buffers, bookkeeping, the batch being written).</summary>
+        public long MemoryBytes { get; set; }
+        /// <summary>Frames (lines, or binary frames) it sent.</summary>
+        public long MsgsIn { get; set; }
         public long? Pid { get; set; }
         public long? Uid { get; set; }
         /// <summary>The object as received (with any member this client does not know).</summary>
@@ -290,7 +299,11 @@ namespace Majordomo.Protocol
             o.Sent = JsonConv.ToLong(j["sent"]);
             o.Since = JsonConv.ToStr(j["since"]);
             o.Subscriptions = JsonConv.ToList(j["subscriptions"], x => global::Majordomo.Protocol.BusSubscription.FromJson(x));
+            o.BytesIn = JsonConv.ToLong(j["bytes_in"]);
+            o.BytesOut = JsonConv.ToLong(j["bytes_out"]);
             o.Endpoint = JsonConv.ToStr(j["endpoint"]);
+            o.MemoryBytes = JsonConv.ToLong(j["memory_bytes"]);
+            o.MsgsIn = JsonConv.ToLong(j["msgs_in"]);
             o.Pid = JsonConv.ToNullableLong(j["pid"]);
             o.Uid = JsonConv.ToNullableLong(j["uid"]);
             return o;
@@ -306,16 +319,21 @@ namespace Majordomo.Protocol
             if (Sent != null) o["sent"] = JsonNode.From(Sent);
             if (Since != null) o["since"] = JsonNode.From(Since);
             if (Subscriptions != null) o["subscriptions"] = JsonConv.FromList(Subscriptions, x => (x == null ? JsonNode.Null : x.ToJson()));
+            if (BytesIn != null) o["bytes_in"] = JsonNode.From(BytesIn);
+            if (BytesOut != null) o["bytes_out"] = JsonNode.From(BytesOut);
             if (Endpoint != null) o["endpoint"] = JsonNode.From(Endpoint);
+            if (MemoryBytes != null) o["memory_bytes"] = JsonNode.From(MemoryBytes);
+            if (MsgsIn != null) o["msgs_in"] = JsonNode.From(MsgsIn);
             if (Pid != null) o["pid"] = JsonNode.From(Pid);
             if (Uid != null) o["uid"] = JsonNode.From(Uid);
             return o;
         }
     }
 
-    /// <summary>The bus's counters since start (`bus.ls`).</summary>
+    /// <summary>The bus's counters since start and its health (`bus.ls`, and `status` under `bus`).</summary>
     public sealed partial class BusCounters
     {
+        /// <summary>Connections open now.</summary>
         public long Connections { get; set; }
         public long Delivered { get; set; }
         public long Dropped { get; set; }
@@ -327,6 +345,16 @@ namespace Majordomo.Protocol
         public long Requests { get; set; }
         public long Subscriptions { get; set; }
         public long Timeouts { get; set; }
+        /// <summary>When a connection last sent a frame (RFC 3339); none yet: null.</summary>
+        public string LastActivity { get; set; }
+        /// <summary>Real memory all outbound queues hold now, and their bound (`[bus] total_queue_bytes`).</summary>
+        public long MemoryBytes { get; set; }
+        /// <summary>Frames dropped (or held by connections closed) because all outbound queues together passed `[bus] total_queue_bytes`; also counted in `dropped`.</summary>
+        public long Overflows { get; set; }
+        public string PeakAt { get; set; }
+        /// <summary>Most connections open at once since start, and when that was first reached (RFC 3339).</summary>
+        public long PeakConnections { get; set; }
+        public long TotalQueueBytes { get; set; }
         /// <summary>The object as received (with any member this client does not know).</summary>
         public JsonNode Raw { get; private set; }
 
@@ -346,6 +374,12 @@ namespace Majordomo.Protocol
             o.Requests = JsonConv.ToLong(j["requests"]);
             o.Subscriptions = JsonConv.ToLong(j["subscriptions"]);
             o.Timeouts = JsonConv.ToLong(j["timeouts"]);
+            o.LastActivity = JsonConv.ToStr(j["last_activity"]);
+            o.MemoryBytes = JsonConv.ToLong(j["memory_bytes"]);
+            o.Overflows = JsonConv.ToLong(j["overflows"]);
+            o.PeakAt = JsonConv.ToStr(j["peak_at"]);
+            o.PeakConnections = JsonConv.ToLong(j["peak_connections"]);
+            o.TotalQueueBytes = JsonConv.ToLong(j["total_queue_bytes"]);
             return o;
         }
 
@@ -363,6 +397,12 @@ namespace Majordomo.Protocol
             if (Requests != null) o["requests"] = JsonNode.From(Requests);
             if (Subscriptions != null) o["subscriptions"] = JsonNode.From(Subscriptions);
             if (Timeouts != null) o["timeouts"] = JsonNode.From(Timeouts);
+            if (LastActivity != null) o["last_activity"] = JsonNode.From(LastActivity);
+            if (MemoryBytes != null) o["memory_bytes"] = JsonNode.From(MemoryBytes);
+            if (Overflows != null) o["overflows"] = JsonNode.From(Overflows);
+            if (PeakAt != null) o["peak_at"] = JsonNode.From(PeakAt);
+            if (PeakConnections != null) o["peak_connections"] = JsonNode.From(PeakConnections);
+            if (TotalQueueBytes != null) o["total_queue_bytes"] = JsonNode.From(TotalQueueBytes);
             return o;
         }
     }
@@ -372,6 +412,14 @@ namespace Majordomo.Protocol
     {
         public long Conn { get; set; }
         public string Id { get; set; }
+        public long BytesIn { get; set; }
+        public long BytesOut { get; set; }
+        /// <summary>Frames dropped for its connection (slow consumer).</summary>
+        public long Dropped { get; set; }
+        /// <summary>Frames its connection sent, and their bytes.</summary>
+        public long MsgsIn { get; set; }
+        /// <summary>Frames written to its connection, and their bytes.</summary>
+        public long MsgsOut { get; set; }
         public long? Pid { get; set; }
         /// <summary>The object as received (with any member this client does not know).</summary>
         public JsonNode Raw { get; private set; }
@@ -383,6 +431,11 @@ namespace Majordomo.Protocol
             o.Raw = j;
             o.Conn = JsonConv.ToLong(j["conn"]);
             o.Id = JsonConv.ToStr(j["id"]);
+            o.BytesIn = JsonConv.ToLong(j["bytes_in"]);
+            o.BytesOut = JsonConv.ToLong(j["bytes_out"]);
+            o.Dropped = JsonConv.ToLong(j["dropped"]);
+            o.MsgsIn = JsonConv.ToLong(j["msgs_in"]);
+            o.MsgsOut = JsonConv.ToLong(j["msgs_out"]);
             o.Pid = JsonConv.ToNullableLong(j["pid"]);
             return o;
         }
@@ -392,6 +445,11 @@ namespace Majordomo.Protocol
             var o = JsonNode.NewObject();
             if (Conn != null) o["conn"] = JsonNode.From(Conn);
             if (Id != null) o["id"] = JsonNode.From(Id);
+            if (BytesIn != null) o["bytes_in"] = JsonNode.From(BytesIn);
+            if (BytesOut != null) o["bytes_out"] = JsonNode.From(BytesOut);
+            if (Dropped != null) o["dropped"] = JsonNode.From(Dropped);
+            if (MsgsIn != null) o["msgs_in"] = JsonNode.From(MsgsIn);
+            if (MsgsOut != null) o["msgs_out"] = JsonNode.From(MsgsOut);
             if (Pid != null) o["pid"] = JsonNode.From(Pid);
             return o;
         }
@@ -2933,6 +2991,8 @@ namespace Majordomo.Protocol
         public Dictionary<string, SubsystemStatus> Subsystems { get; set; }
         /// <summary>Active alerts of the health monitor (empty when it is off).</summary>
         public AlertSummary Alerts { get; set; }
+        /// <summary>The message bus's counters and health (connections now and at peak, last activity, queue memory, overflows), as of the last second; null when the bus is not running.</summary>
+        public BusCounters Bus { get; set; }
         /// <summary>How many internal events of each kind were emitted since start.</summary>
         public Dictionary<string, long> Events { get; set; }
         public ReloadOutcome LastReload { get; set; }
@@ -2959,6 +3019,7 @@ namespace Majordomo.Protocol
             o.LogDir = JsonConv.ToStr(j["log_dir"]);
             o.Subsystems = JsonConv.ToMap(j["subsystems"], x => global::Majordomo.Protocol.SubsystemStatus.FromJson(x));
             o.Alerts = global::Majordomo.Protocol.AlertSummary.FromJson(j["alerts"]);
+            o.Bus = global::Majordomo.Protocol.BusCounters.FromJson(j["bus"]);
             o.Events = JsonConv.ToMap(j["events"], x => JsonConv.ToLong(x));
             o.LastReload = global::Majordomo.Protocol.ReloadOutcome.FromJson(j["last_reload"]);
             return o;
@@ -2982,6 +3043,7 @@ namespace Majordomo.Protocol
             if (LogDir != null) o["log_dir"] = JsonNode.From(LogDir);
             if (Subsystems != null) o["subsystems"] = JsonConv.FromMap(Subsystems, x => (x == null ? JsonNode.Null : x.ToJson()));
             if (Alerts != null) o["alerts"] = (Alerts == null ? JsonNode.Null : Alerts.ToJson());
+            if (Bus != null) o["bus"] = (Bus == null ? JsonNode.Null : Bus.ToJson());
             if (Events != null) o["events"] = JsonConv.FromMap(Events, x => JsonNode.From(x));
             if (LastReload != null) o["last_reload"] = (LastReload == null ? JsonNode.Null : LastReload.ToJson());
             return o;

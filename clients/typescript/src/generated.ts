@@ -70,17 +70,27 @@ export interface BusConn {
   dropped: number;
   queued_bytes: number;
   queued_msgs: number;
+  /** Frames written to it (messages, events, replies, notices). */
   sent: number;
   /** RFC 3339: when it connected. */
   since: string;
   subscriptions: BusSubscription[];
+  /** Bytes of those frames. */
+  bytes_in?: number;
+  /** Bytes of those frames. */
+  bytes_out?: number;
   endpoint?: string | null;
+  /** Real memory its outbound queue holds now (buffers, bookkeeping, the batch being written). */
+  memory_bytes?: number;
+  /** Frames (lines, or binary frames) it sent. */
+  msgs_in?: number;
   pid?: number | null;
   uid?: number | null;
 }
 
-/** The bus's counters since start (`bus.ls`). */
+/** The bus's counters since start and its health (`bus.ls`, and `status` under `bus`). */
 export interface BusCounters {
+  /** Connections open now. */
   connections: number;
   delivered: number;
   dropped: number;
@@ -92,12 +102,30 @@ export interface BusCounters {
   requests: number;
   subscriptions: number;
   timeouts: number;
+  /** When a connection last sent a frame (RFC 3339); none yet: null. */
+  last_activity?: string | null;
+  /** Real memory all outbound queues hold now, and their bound (`[bus] total_queue_bytes`). */
+  memory_bytes?: number;
+  /** Frames dropped (or held by connections closed) because all outbound queues together passed `[bus] total_queue_bytes`; also counted in `dropped`. */
+  overflows?: number;
+  peak_at?: string | null;
+  /** Most connections open at once since start, and when that was first reached (RFC 3339). */
+  peak_connections?: number;
+  total_queue_bytes?: number;
 }
 
 /** One registered endpoint of `bus.ls`. */
 export interface BusEndpoint {
   conn: number;
   id: string;
+  bytes_in?: number;
+  bytes_out?: number;
+  /** Frames dropped for its connection (slow consumer). */
+  dropped?: number;
+  /** Frames its connection sent, and their bytes. */
+  msgs_in?: number;
+  /** Frames written to its connection, and their bytes. */
+  msgs_out?: number;
   pid?: number | null;
 }
 
@@ -803,6 +831,8 @@ export interface Status {
   subsystems: { [key: string]: SubsystemStatus };
   /** Active alerts of the health monitor (empty when it is off). */
   alerts?: AlertSummary;
+  /** The message bus's counters and health (connections now and at peak, last activity, queue memory, overflows), as of the last second; null when the bus is not running. */
+  bus?: BusCounters | null;
   /** How many internal events of each kind were emitted since start. */
   events?: { [key: string]: number };
   last_reload?: ReloadOutcome | null;

@@ -20,12 +20,19 @@ pub struct BusConfig {
     pub queue_messages: usize,
     /// Bound of each connection's outbound queue, in bytes.
     pub queue_bytes: Size,
+    /// Bound of all connections' outbound queues together, in bytes of real memory: past it, a
+    /// connection holding more than its fair share (this divided by the connections) gets the
+    /// slow_consumer policy.
+    pub total_queue_bytes: Size,
     /// What happens to a consumer whose queue is full: `drop-oldest` (counted and announced to it) or `disconnect`.
     pub slow_consumer: SlowConsumer,
     /// Deadline of a request that names none (`timeout_ms`).
     pub request_timeout: Dur,
     /// Longest an event may wait for its target to register (`wait_ms`).
     pub max_wait: Dur,
+    /// How long a new connection (of any carrier) may take to complete its first request; one
+    /// that sends nothing, or half a line, is then closed.
+    pub first_line_timeout: Dur,
     /// Publish every internal event on `$sys.<kind>` topics (`$sys.endpoint.up`, `$sys.program.state`, ...).
     pub system_topics: bool,
     /// Topics anyone may publish to (patterns); an endpoint listed in `endpoints` with its own `publish` uses that instead.
@@ -43,9 +50,11 @@ impl Default for BusConfig {
             max_subscriptions: 1000,
             queue_messages: 65_536,
             queue_bytes: Size::mib(8),
+            total_queue_bytes: Size::mib(64),
             slow_consumer: SlowConsumer::DropOldest,
             request_timeout: Dur::secs(10),
             max_wait: Dur::secs(60),
+            first_line_timeout: Dur::secs(10),
             system_topics: true,
             publish: vec![">".into()],
             subscribe: vec![">".into()],
@@ -71,6 +80,7 @@ impl BusConfig {
         Limits {
             messages: self.queue_messages.max(1),
             bytes: usize::try_from(self.queue_bytes.bytes()).unwrap_or(usize::MAX),
+            total_bytes: usize::try_from(self.total_queue_bytes.bytes()).unwrap_or(usize::MAX),
             policy: self.slow_consumer,
         }
     }
@@ -141,6 +151,23 @@ impl BusConfig {
                     self.queue_bytes, self.max_message
                 ),
                 "make queue_bytes at least max_message",
+            ));
+        }
+        if self.first_line_timeout.get().is_zero() {
+            problems.push(Problem::at(
+                "bus.first_line_timeout",
+                "a timeout of 0 closes every connection before its first request",
+                "use e.g. \"10s\"",
+            ));
+        }
+        if self.total_queue_bytes.bytes() < self.max_message.bytes() {
+            problems.push(Problem::at(
+                "bus.total_queue_bytes",
+                format!(
+                    "{} cannot hold one message of max_message ({})",
+                    self.total_queue_bytes, self.max_message
+                ),
+                "make total_queue_bytes at least max_message; the default is 64MiB",
             ));
         }
         if self.request_timeout.get().is_zero() {

@@ -1,18 +1,27 @@
 //! One connection's bounded outbound queue and the writer task that drains it.
 //!
 //! Everything a connection is sent (replies to its own requests, messages, events, notices) is
-//! appended, already encoded, to one buffer; a frame-length list beside it keeps the frame
-//! boundaries so that the oldest frames can be dropped. Producers never wait: past the bound
-//! (messages or bytes) the slow-consumer policy applies, `drop-oldest` (counted, and announced to
-//! the consumer with a `notice` frame) or `disconnect`. The writer swaps the whole buffer out and
-//! writes it with one `write_all` (a batch per wake-up), so a burst costs one system call, and
-//! producers wake it at most once per batch (`waiting` flag + [`Wakes`]).
+//! appended, already encoded, to a list of chunks (1 KiB for the first, growing with the queue to
+//! 64 KiB, or one frame's size when larger);
+//! a frame-length list beside it keeps the frame boundaries so that the oldest frames can be
+//! dropped, and a chunk whose frames are all written or dropped is freed at once. Producers never
+//! wait: past the bound the slow-consumer policy applies, `drop-oldest` (counted, and announced to
+//! the consumer with a `notice` frame) or `disconnect`. The writer takes all queued chunks and
+//! writes them one `write_all` each (a batch per wake-up), and producers wake it at most once per
+//! batch (`waiting` flag + [`Wakes`]).
+//!
+//! The byte bounds count real memory: the chunks' allocations (not just the frames' lengths), the
+//! frame-length list and the batch the writer is still writing. Every outbox also charges that
+//! memory to one daemon-wide [`Budget`] (`[bus] total_queue_bytes`): while all outboxes together
+//! hold more, a connection holding more than its fair share gets the same policy as when its own
+//! bound is passed.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use majordomo_proto::bus;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -28,32 +37,154 @@ pub enum SlowConsumer {
     Disconnect,
 }
 
-/// The bounds of one queue.
+/// The bounds of one queue, and of all queues together.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub messages: usize,
+    /// Real memory one connection's queue may hold.
     pub bytes: usize,
+    /// Real memory all connections' queues together may hold (`[bus] total_queue_bytes`).
+    pub total_bytes: usize,
     pub policy: SlowConsumer,
+}
+
+/// Size of the chunks frames are appended to: the first of a queue is small, later ones grow
+/// with the queue up to `CHUNK` (or one frame's size, when larger).
+const MIN_CHUNK: usize = 1024;
+const CHUNK: usize = 64 * 1024;
+/// What each chunk costs besides its bytes: the `BytesMut` and its shared header, the list slot
+/// and the allocator's own bookkeeping.
+const CHUNK_OVERHEAD: usize = 96;
+
+/// The memory every outbox of one router holds, shared by them all.
+#[derive(Debug, Default)]
+pub struct Budget {
+    /// Real bytes held by all outboxes now.
+    used: AtomicUsize,
+    /// Outboxes alive (the fair share of the total is the total divided by this).
+    outboxes: AtomicUsize,
+    /// Frames dropped, or held by connections closed, because all outboxes together held more
+    /// than `total_bytes`.
+    overflows: AtomicU64,
+}
+
+impl Budget {
+    /// Real bytes held by all outboxes now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Frames dropped (or connections closed, counted by their queued frames) because of the
+    /// daemon-wide cap.
+    pub fn overflows(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed)
+    }
+}
+
+struct Chunk {
+    buf: BytesMut,
+    /// Its allocation's size, fixed when it was made (grown only if a frame outgrew it).
+    alloc: usize,
 }
 
 #[derive(Default)]
 struct State {
-    buf: BytesMut,
+    chunks: VecDeque<Chunk>,
     lens: VecDeque<u32>,
+    /// Bytes of the queued frames.
+    live: usize,
+    /// Sum of the chunks' allocations.
+    alloc: usize,
+    /// Allocations of the batch the writer is writing.
+    inflight: usize,
+    /// What this outbox has added to the budget's `used`.
+    charged: usize,
     /// Dropped since the last notice.
     unannounced: u64,
     dropped: u64,
     sent: u64,
+    sent_bytes: u64,
     binary: bool,
     waiting: bool,
     /// Set when the connection ends: the writer drains what is queued and stops.
     closing: bool,
 }
 
+impl State {
+    /// The real memory this queue holds.
+    fn real(&self) -> usize {
+        self.alloc
+            + self.chunks.len() * CHUNK_OVERHEAD
+            + self.lens.capacity() * std::mem::size_of::<u32>()
+            + self.inflight
+    }
+
+    /// Appends one frame built by `encode`; `hint` is about its size.
+    fn append(&mut self, hint: usize, encode: impl FnOnce(&mut BytesMut, bool)) {
+        let binary = self.binary;
+        let fits = self
+            .chunks
+            .back()
+            .is_some_and(|c| c.buf.capacity() - c.buf.len() >= hint);
+        if !fits {
+            // Small while the queue is short (an idle connection holds little), up to CHUNK as
+            // it grows.
+            let cap = hint.max(self.live.clamp(MIN_CHUNK, CHUNK));
+            self.chunks.push_back(Chunk {
+                buf: BytesMut::with_capacity(cap),
+                alloc: cap,
+            });
+            self.alloc += cap;
+        }
+        let Some(last) = self.chunks.back_mut() else {
+            return;
+        };
+        let before = last.buf.len();
+        let cap_before = last.buf.capacity();
+        encode(&mut last.buf, binary);
+        let len = last.buf.len() - before;
+        if last.buf.capacity() > cap_before {
+            // The hint was short and the chunk grew: count its new allocation.
+            let grown = last.buf.capacity() - cap_before;
+            last.alloc += grown;
+            self.alloc += grown;
+        }
+        self.live += len;
+        self.lens.push_back(len as u32);
+    }
+
+    /// Drops the oldest frame; a chunk left empty is freed.
+    fn drop_first(&mut self) {
+        let Some(first) = self.lens.pop_front() else {
+            return;
+        };
+        let first = first as usize;
+        self.live -= first;
+        if let Some(front) = self.chunks.front_mut() {
+            front.buf.advance(first.min(front.buf.len()));
+            if front.buf.is_empty() {
+                self.alloc -= front.alloc;
+                self.chunks.pop_front();
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.chunks = VecDeque::new();
+        self.lens = VecDeque::new();
+        self.live = 0;
+        self.alloc = 0;
+    }
+}
+
 pub struct Outbox {
     pub conn: u64,
     state: Mutex<State>,
     notify: Notify,
+    budget: Arc<Budget>,
+    /// Frames this connection sent, and their bytes (its reader adds once per read batch).
+    msgs_in: AtomicU64,
+    bytes_in: AtomicU64,
     /// Cancelled when the connection must end now (slow consumer disconnected, taken over,
     /// write failure); the reader watches it.
     pub kicked: CancellationToken,
@@ -74,31 +205,69 @@ impl Wakes {
     }
 }
 
-/// Queue depth for `bus ls`.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+/// Queue depth and traffic for `bus ls`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Depth {
     pub queued_msgs: usize,
     pub queued_bytes: usize,
+    /// The real memory the queue holds (allocations, bookkeeping, the batch being written).
+    pub memory_bytes: usize,
     pub sent: u64,
+    pub sent_bytes: u64,
+    pub msgs_in: u64,
+    pub bytes_in: u64,
     pub dropped: u64,
 }
 
 impl Outbox {
+    /// An outbox with a budget of its own (tests, carriers without a router).
     pub fn new(conn: u64) -> Self {
+        Self::with_budget(conn, Arc::new(Budget::default()))
+    }
+
+    /// An outbox charging its memory to `budget`, shared with the router's other outboxes.
+    pub fn with_budget(conn: u64, budget: Arc<Budget>) -> Self {
+        budget.outboxes.fetch_add(1, Ordering::Relaxed);
         Self {
             conn,
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            budget,
+            msgs_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
             kicked: CancellationToken::new(),
         }
     }
 
+    /// Counts what the connection sent: `frames` frames of `bytes` bytes in all.
+    pub fn count_in(&self, frames: u64, bytes: u64) {
+        self.msgs_in.fetch_add(frames, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Brings the budget up to date with this queue's real memory.
+    fn settle(&self, s: &mut State) {
+        let real = s.real();
+        if real > s.charged {
+            self.budget
+                .used
+                .fetch_add(real - s.charged, Ordering::Relaxed);
+        } else if real < s.charged {
+            self.budget
+                .used
+                .fetch_sub(s.charged - real, Ordering::Relaxed);
+        }
+        s.charged = real;
+    }
+
     /// Appends one frame built by `encode` (which gets the buffer and whether the connection
-    /// speaks the binary framing). Returns true when the writer must be woken.
+    /// speaks the binary framing); `hint` is about its encoded size. Returns true when the
+    /// writer must be woken.
     fn push_with(
         &self,
         limits: &Limits,
         droppable: bool,
+        hint: usize,
         encode: impl FnOnce(&mut BytesMut, bool),
     ) -> bool {
         let Ok(mut s) = self.state.lock() else {
@@ -107,45 +276,56 @@ impl Outbox {
         if s.closing || self.kicked.is_cancelled() {
             return false;
         }
-        let before = s.buf.len();
-        let binary = s.binary;
-        encode(&mut s.buf, binary);
-        let len = s.buf.len() - before;
-        s.lens.push_back(len as u32);
-        if droppable && (s.lens.len() > limits.messages || s.buf.len() > limits.bytes) {
-            match limits.policy {
-                SlowConsumer::DropOldest => {
-                    let mut n = 0u64;
-                    while s.lens.len() > 1
-                        && (s.lens.len() > limits.messages || s.buf.len() > limits.bytes)
-                    {
-                        if let Some(first) = s.lens.pop_front() {
-                            let _ = s.buf.split_to(first as usize);
+        s.append(hint, encode);
+        if droppable {
+            // The rest of the daemon's queues, as of now, and this one's fair share of the total.
+            let others = self.budget.used().saturating_sub(s.charged);
+            let share = limits.total_bytes / self.budget.outboxes.load(Ordering::Relaxed).max(1);
+            let own_over = |s: &State| s.lens.len() > limits.messages || s.real() > limits.bytes;
+            let total_over = |s: &State| others + s.real() > limits.total_bytes && s.real() > share;
+            if own_over(&s) || total_over(&s) {
+                match limits.policy {
+                    SlowConsumer::DropOldest => {
+                        let mut n = 0u64;
+                        let mut by_total = 0u64;
+                        while s.lens.len() > 1 && (own_over(&s) || total_over(&s)) {
+                            if !own_over(&s) {
+                                by_total += 1;
+                            }
+                            s.drop_first();
                             n += 1;
                         }
+                        s.unannounced += n;
+                        s.dropped += n;
+                        self.budget.overflows.fetch_add(by_total, Ordering::Relaxed);
                     }
-                    s.unannounced += n;
-                    s.dropped += n;
-                }
-                SlowConsumer::Disconnect => {
-                    s.dropped += s.lens.len() as u64;
-                    s.buf = BytesMut::new();
-                    s.lens = VecDeque::new();
-                    let note = format!(
-                        "slow consumer: more than {} messages or {} bytes queued for this connection; disconnected ([bus] slow_consumer = \"disconnect\")",
-                        limits.messages, limits.bytes
-                    );
-                    put_notice(&mut s.buf, binary, "disconnected", 0, &note);
-                    let l = s.buf.len() as u32;
-                    s.lens.push_back(l);
-                    s.closing = true;
-                    drop(s);
-                    self.notify.notify_one();
-                    self.kicked.cancel();
-                    return false;
+                    SlowConsumer::Disconnect => {
+                        if !own_over(&s) {
+                            self.budget
+                                .overflows
+                                .fetch_add(s.lens.len() as u64, Ordering::Relaxed);
+                        }
+                        s.dropped += s.lens.len() as u64;
+                        s.clear();
+                        let note = format!(
+                            "slow consumer: more than {} messages or {} bytes queued for this connection, or more than {} bytes for all connections together; disconnected ([bus] slow_consumer = \"disconnect\")",
+                            limits.messages, limits.bytes, limits.total_bytes
+                        );
+                        let kind_binary = s.binary;
+                        s.append(256 + note.len(), |b, _| {
+                            put_notice(b, kind_binary, "disconnected", 0, &note)
+                        });
+                        s.closing = true;
+                        self.settle(&mut s);
+                        drop(s);
+                        self.notify.notify_one();
+                        self.kicked.cancel();
+                        return false;
+                    }
                 }
             }
         }
+        self.settle(&mut s);
         if s.waiting {
             s.waiting = false;
             true
@@ -157,7 +337,7 @@ impl Outbox {
     /// Queues a JSON line (given without its newline). Replies are never dropped to make room
     /// for themselves, but may be dropped later as the oldest frames.
     pub fn push_line(&self, limits: &Limits, line: &[u8], wakes: &mut Wakes, me: &OutboxRef) {
-        if self.push_with(limits, false, |b, bin| {
+        if self.push_with(limits, false, line.len() + 16, |b, bin| {
             if bin {
                 bus::put_json_bin(b, line);
             } else {
@@ -179,7 +359,8 @@ impl Outbox {
         reply_to: Option<&str>,
         data: &[u8],
     ) -> bool {
-        self.push_with(limits, true, |b, bin| {
+        let hint = data.len() + topic.len() + reply_to.map_or(0, str::len) + 64;
+        self.push_with(limits, true, hint, |b, bin| {
             if bin {
                 bus::put_msg_bin(b, sid, topic, reply_to, data);
             } else {
@@ -190,7 +371,7 @@ impl Outbox {
 
     /// Queues a pushed JSON frame (an event) that may be dropped under the policy.
     pub fn push_droppable(&self, limits: &Limits, encode: impl FnOnce(&mut BytesMut)) -> bool {
-        self.push_with(limits, true, |b, bin| {
+        self.push_with(limits, true, 512, |b, bin| {
             if bin {
                 let mut tmp = BytesMut::new();
                 encode(&mut tmp);
@@ -214,14 +395,22 @@ impl Outbox {
             .lock()
             .map(|s| Depth {
                 queued_msgs: s.lens.len(),
-                queued_bytes: s.buf.len(),
+                queued_bytes: s.live,
+                memory_bytes: s.real(),
                 sent: s.sent,
+                sent_bytes: s.sent_bytes,
+                msgs_in: self.msgs_in.load(Ordering::Relaxed),
+                bytes_in: self.bytes_in.load(Ordering::Relaxed),
                 dropped: s.dropped,
             })
             .unwrap_or(Depth {
                 queued_msgs: 0,
                 queued_bytes: 0,
+                memory_bytes: 0,
                 sent: 0,
+                sent_bytes: 0,
+                msgs_in: 0,
+                bytes_in: 0,
                 dropped: 0,
             })
     }
@@ -238,13 +427,25 @@ impl Outbox {
     pub fn kick(&self, kind: &str, message: &str) {
         if let Ok(mut s) = self.state.lock() {
             let bin = s.binary;
-            put_notice(&mut s.buf, bin, kind, 0, message);
-            let l = s.buf.len() as u32;
-            s.lens.push_back(l);
+            s.append(256 + message.len(), |b, _| {
+                put_notice(b, bin, kind, 0, message)
+            });
             s.closing = true;
+            self.settle(&mut s);
         }
         self.notify.notify_one();
         self.kicked.cancel();
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.budget.outboxes.fetch_sub(1, Ordering::Relaxed);
+        let charged = match self.state.get_mut() {
+            Ok(s) => s.charged,
+            Err(p) => p.into_inner().charged,
+        };
+        self.budget.used.fetch_sub(charged, Ordering::Relaxed);
     }
 }
 
@@ -274,40 +475,46 @@ pub async fn writer<W: AsyncWrite + Unpin>(
     stop: CancellationToken,
     limits_note: impl Fn() -> Limits,
 ) {
-    let mut spare = BytesMut::new();
+    let mut batch: VecDeque<Chunk> = VecDeque::new();
     loop {
         let mut closing = false;
         {
             let Ok(mut s) = outbox.state.lock() else {
                 break;
             };
-            if s.buf.is_empty() && spare.is_empty() {
+            if s.chunks.is_empty() {
                 if s.closing {
                     break;
                 }
                 s.waiting = true;
             } else {
-                std::mem::swap(&mut s.buf, &mut spare);
+                std::mem::swap(&mut s.chunks, &mut batch);
                 s.sent += s.lens.len() as u64;
+                s.sent_bytes += s.live as u64;
                 s.lens.clear();
+                s.inflight = s.alloc;
+                s.live = 0;
+                s.alloc = 0;
                 closing = s.closing;
             }
-            if s.unannounced > 0 && !spare.is_empty() {
+            if s.unannounced > 0 && !batch.is_empty() {
                 // Announced before the messages that survived the drop.
                 let n = s.unannounced;
                 s.unannounced = 0;
                 let l = limits_note();
                 let msg = format!(
-                    "slow consumer: {n} oldest messages dropped (more than {} messages or {} bytes were queued for this connection)",
-                    l.messages, l.bytes
+                    "slow consumer: {n} oldest messages dropped (more than {} messages or {} bytes were queued for this connection, or more than {} bytes for all connections together)",
+                    l.messages, l.bytes, l.total_bytes
                 );
-                let mut with_notice = BytesMut::with_capacity(spare.len() + 256);
-                put_notice(&mut with_notice, s.binary, "dropped", n, &msg);
-                with_notice.extend_from_slice(&spare);
-                spare = with_notice;
+                let mut notice = BytesMut::with_capacity(msg.len() + 128);
+                put_notice(&mut notice, s.binary, "dropped", n, &msg);
+                let alloc = notice.capacity();
+                s.inflight += alloc;
+                batch.push_front(Chunk { buf: notice, alloc });
             }
+            outbox.settle(&mut s);
         }
-        if spare.is_empty() {
+        if batch.is_empty() {
             if stop.is_cancelled() {
                 // Stopping: the reader closes the outbox as soon as it is back in its loop
                 // (a reply to `reload` or `shutdown` may still be on its way).
@@ -325,34 +532,110 @@ pub async fn writer<W: AsyncWrite + Unpin>(
             }
             continue;
         }
-        let hurry = closing || stop.is_cancelled() || outbox.kicked.is_cancelled();
-        let res = if hurry {
-            match tokio::time::timeout(LAST_FLUSH, w.write_all(&spare)).await {
-                Ok(r) => r,
-                Err(_) => break,
+        let mut failed = false;
+        while let Some(chunk) = batch.pop_front() {
+            let hurry = closing || stop.is_cancelled() || outbox.kicked.is_cancelled();
+            let res = if hurry {
+                match tokio::time::timeout(LAST_FLUSH, w.write_all(&chunk.buf)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                }
+            } else {
+                tokio::select! {
+                    r = w.write_all(&chunk.buf) => r,
+                    // A half-written batch is lost with the connection either way.
+                    _ = stop.cancelled() => tokio::time::timeout(LAST_FLUSH, w.write_all(&chunk.buf)).await.unwrap_or(Ok(())),
+                    _ = outbox.kicked.cancelled() => tokio::time::timeout(LAST_FLUSH, w.write_all(&chunk.buf)).await.unwrap_or(Ok(())),
+                }
+            };
+            // Written (or lost): its memory goes back at once.
+            if let Ok(mut s) = outbox.state.lock() {
+                s.inflight = s.inflight.saturating_sub(chunk.alloc);
+                outbox.settle(&mut s);
             }
-        } else {
-            tokio::select! {
-                r = w.write_all(&spare) => r,
-                // A half-written batch is lost with the connection either way.
-                _ = stop.cancelled() => tokio::time::timeout(LAST_FLUSH, w.write_all(&spare)).await.unwrap_or(Ok(())),
-                _ = outbox.kicked.cancelled() => tokio::time::timeout(LAST_FLUSH, w.write_all(&spare)).await.unwrap_or(Ok(())),
+            drop(chunk);
+            if res.is_err() {
+                failed = true;
+                break;
             }
-        };
-        if res.is_err() {
-            outbox.kicked.cancel();
+        }
+        if failed {
+            if !(closing || stop.is_cancelled()) {
+                outbox.kicked.cancel();
+            }
             break;
         }
-        spare.clear();
-        if spare.capacity() > 64 * 1024 {
-            // A burst is over: give its memory back instead of holding it per connection.
-            spare = BytesMut::new();
-        }
     }
+    batch.clear();
     let _ = tokio::time::timeout(LAST_FLUSH, w.shutdown()).await;
     if let Ok(mut s) = outbox.state.lock() {
-        s.buf = BytesMut::new();
-        s.lens = VecDeque::new();
+        s.clear();
+        s.inflight = 0;
         s.closing = true;
+        outbox.settle(&mut s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(bytes: usize, total_bytes: usize) -> Limits {
+        Limits {
+            messages: 1_000_000,
+            bytes,
+            total_bytes,
+            policy: SlowConsumer::DropOldest,
+        }
+    }
+
+    #[test]
+    fn queues_count_real_memory_and_free_it_when_dropping() {
+        let budget = Arc::new(Budget::default());
+        let o = Outbox::with_budget(1, budget.clone());
+        let l = limits(1 << 20, 1 << 30);
+        let data = vec![b'1'; 1000];
+        for _ in 0..10_000 {
+            o.push_msg(&l, 1, "t", None, &data);
+        }
+        let d = o.depth();
+        // Real memory is counted (at least the frames' bytes), and it stays within the bound.
+        assert!(d.memory_bytes >= d.queued_bytes, "{d:?}");
+        assert!(d.memory_bytes <= 1 << 20, "{d:?}");
+        assert!(d.dropped > 0);
+        assert_eq!(budget.used(), d.memory_bytes);
+        assert_eq!(budget.overflows(), 0);
+        drop(o);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_short_queue_holds_little_memory() {
+        let o = Outbox::new(1);
+        let l = limits(1 << 20, 1 << 30);
+        o.push_msg(&l, 1, "t", None, b"1");
+        let d = o.depth();
+        assert!(d.memory_bytes < 4096, "{d:?}");
+    }
+
+    #[test]
+    fn the_daemon_wide_cap_trims_the_connections_above_their_share() {
+        let budget = Arc::new(Budget::default());
+        let l = limits(8 << 20, 2 << 20);
+        let a = Outbox::with_budget(1, budget.clone());
+        let b = Outbox::with_budget(2, budget.clone());
+        let data = vec![b'1'; 4000];
+        for _ in 0..2_000 {
+            a.push_msg(&l, 1, "t", None, &data);
+            b.push_msg(&l, 1, "t", None, &data);
+        }
+        // Each alone is far below its own 8 MiB bound; together they hold about the total.
+        assert!(
+            budget.used() <= (2 << 20) + 2 * (CHUNK + 8192),
+            "{}",
+            budget.used()
+        );
+        assert!(budget.overflows() > 0);
+        assert!(a.depth().dropped > 0 && b.depth().dropped > 0);
     }
 }

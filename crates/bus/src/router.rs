@@ -19,7 +19,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::config::{BusConfig, covers};
-use crate::outbox::{Limits, OutboxRef, Wakes};
+use crate::outbox::{Budget, Limits, Outbox, OutboxRef, Wakes};
 use crate::wire;
 
 /// Prefix of reply subjects: `_INBOX.<token>`, the token 16 hex digits that cannot be guessed.
@@ -130,6 +130,8 @@ pub(crate) struct Inner {
     pub(crate) subs: Subs,
     pub(crate) pending: HashMap<u64, Pending>,
     pub(crate) parked: HashMap<String, Vec<u64>>,
+    /// Most connections at once, and when that was first reached.
+    peak: (usize, Option<SystemTime>),
 }
 
 /// Counters shown by `bus ls`.
@@ -159,6 +161,10 @@ pub struct Router {
     /// Connection ids, unique across every carrier sharing this router.
     next_conn: AtomicU64,
     pub counters: Counters,
+    /// The memory of every connection's outbound queue (`[bus] total_queue_bytes`).
+    budget: Arc<Budget>,
+    /// When a connection last sent a frame, in milliseconds since the Unix epoch (0: never).
+    last_activity_ms: AtomicU64,
 }
 
 pub(crate) type BusResult = Result<Option<Value>, ErrorBody>;
@@ -182,7 +188,24 @@ impl Router {
             token_key: RandomState::new(),
             next_conn: AtomicU64::new(1),
             counters: Counters::default(),
+            budget: Arc::new(Budget::default()),
+            last_activity_ms: AtomicU64::new(0),
         }
+    }
+
+    /// A new connection's outbox, charging its memory to this router's daemon-wide budget.
+    pub fn new_outbox(&self, conn: u64) -> OutboxRef {
+        Arc::new(Outbox::with_budget(conn, self.budget.clone()))
+    }
+
+    /// A connection sent `frames` frames of `bytes` bytes in all (once per read batch).
+    pub fn activity(&self, outbox: &Outbox, frames: u64, bytes: u64) {
+        outbox.count_in(frames, bytes);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.last_activity_ms.store(now, Ordering::Relaxed);
     }
 
     /// Takes a new `[bus]` section live.
@@ -229,7 +252,8 @@ impl Router {
     }
 
     pub fn add_conn(&self, outbox: OutboxRef, pid: Option<i32>, uid: Option<u32>) {
-        self.lock().conns.insert(
+        let mut inner = self.lock();
+        inner.conns.insert(
             outbox.conn,
             ConnInfo {
                 outbox,
@@ -241,6 +265,9 @@ impl Router {
                 subs: BTreeMap::new(),
             },
         );
+        if inner.conns.len() > inner.peak.0 {
+            inner.peak = (inner.conns.len(), Some(SystemTime::now()));
+        }
     }
 
     /// Forgets a connection: its endpoint goes down, its subscriptions and requests go away.
@@ -460,10 +487,14 @@ impl Router {
         let inner = self.lock();
         let mut conns: Vec<(&u64, &ConnInfo)> = inner.conns.iter().collect();
         conns.sort_by_key(|(id, _)| **id);
+        let depths: HashMap<u64, crate::outbox::Depth> = conns
+            .iter()
+            .map(|(id, c)| (**id, c.outbox.depth()))
+            .collect();
         let connections = conns
             .iter()
             .map(|(id, c)| {
-                let depth = c.outbox.depth();
+                let depth = depths.get(*id).copied().unwrap_or_default();
                 BusConn {
                     conn: **id,
                     endpoint: c.endpoint.clone(),
@@ -481,7 +512,11 @@ impl Router {
                         .collect(),
                     queued_msgs: depth.queued_msgs as u64,
                     queued_bytes: depth.queued_bytes as u64,
+                    memory_bytes: depth.memory_bytes as u64,
                     sent: depth.sent,
+                    bytes_out: depth.sent_bytes,
+                    msgs_in: depth.msgs_in,
+                    bytes_in: depth.bytes_in,
                     dropped: depth.dropped,
                 }
             })
@@ -489,31 +524,68 @@ impl Router {
         let mut endpoints: Vec<BusEndpoint> = inner
             .endpoints
             .iter()
-            .map(|(id, conn)| BusEndpoint {
-                id: id.clone(),
-                conn: *conn,
-                pid: inner.conns.get(conn).and_then(|c| c.pid),
+            .map(|(id, conn)| {
+                let depth = depths.get(conn).copied().unwrap_or_default();
+                BusEndpoint {
+                    id: id.clone(),
+                    conn: *conn,
+                    pid: inner.conns.get(conn).and_then(|c| c.pid),
+                    msgs_in: depth.msgs_in,
+                    bytes_in: depth.bytes_in,
+                    msgs_out: depth.sent,
+                    bytes_out: depth.sent_bytes,
+                    dropped: depth.dropped,
+                }
             })
             .collect();
         endpoints.sort_by(|a, b| a.id.cmp(&b.id));
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counters = self.counters_of(&inner, &depths);
         BusList {
             endpoints,
             connections,
-            counters: BusCounters {
-                connections: inner.conns.len() as u64,
-                delivered: get(&c.delivered),
-                dropped: inner.conns.values().map(|c| c.outbox.depth().dropped).sum(),
-                errors: get(&c.errors),
-                events: get(&c.events),
-                no_responders: get(&c.no_responders),
-                published: get(&c.published),
-                replies: get(&c.replies),
-                requests: get(&c.requests),
-                subscriptions: inner.conns.values().map(|c| c.subs.len() as u64).sum(),
-                timeouts: get(&c.timeouts),
-            },
+            counters,
+        }
+    }
+
+    /// The bus's counters and health alone: what `status` shows under `bus`.
+    pub fn health(&self) -> BusCounters {
+        let inner = self.lock();
+        let depths: HashMap<u64, crate::outbox::Depth> = inner
+            .conns
+            .iter()
+            .map(|(id, c)| (*id, c.outbox.depth()))
+            .collect();
+        self.counters_of(&inner, &depths)
+    }
+
+    fn counters_of(
+        &self,
+        inner: &Inner,
+        depths: &HashMap<u64, crate::outbox::Depth>,
+    ) -> BusCounters {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let rfc3339 = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
+        let last = get(&self.last_activity_ms);
+        BusCounters {
+            connections: inner.conns.len() as u64,
+            peak_connections: inner.peak.0 as u64,
+            peak_at: inner.peak.1.map(rfc3339),
+            last_activity: (last > 0)
+                .then(|| rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(last))),
+            memory_bytes: self.budget.used() as u64,
+            total_queue_bytes: self.limits().total_bytes as u64,
+            overflows: self.budget.overflows(),
+            delivered: get(&c.delivered),
+            dropped: depths.values().map(|d| d.dropped).sum(),
+            errors: get(&c.errors),
+            events: get(&c.events),
+            no_responders: get(&c.no_responders),
+            published: get(&c.published),
+            replies: get(&c.replies),
+            requests: get(&c.requests),
+            subscriptions: inner.conns.values().map(|c| c.subs.len() as u64).sum(),
+            timeouts: get(&c.timeouts),
         }
     }
 

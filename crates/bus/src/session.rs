@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::conn::ConnBus;
-use crate::outbox::{self, Outbox, OutboxRef, Wakes};
+use crate::outbox::{self, OutboxRef, Wakes};
 use crate::router::Router;
 
 /// What a session reads from its carrier's config; changes apply to the next request (the
@@ -85,8 +85,6 @@ pub struct Session {
 }
 
 const MIN_READ: usize = 512;
-/// How long a new connection may take to send its first complete request.
-const FIRST_LINE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 const MAX_READ: usize = 256 * 1024;
 
 enum Frame {
@@ -143,7 +141,7 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (mut rd, wr) = tokio::io::split(stream);
-        let outbox: OutboxRef = Arc::new(Outbox::new(conn));
+        let outbox: OutboxRef = self.router.new_outbox(conn);
         let router = self.router.clone();
         {
             let router = router.clone();
@@ -174,8 +172,10 @@ impl Session {
         let mut wakes = Wakes::default();
         let mut eof = false;
         // A connection that never completes a first line (a request, or a frame after the
-        // binary hello) within this deadline is closed: it holds a slot and a buffer for nothing.
-        let first_line_by = tokio::time::Instant::now() + FIRST_LINE_DEADLINE;
+        // binary hello) within `[bus] first_line_timeout` is closed: it holds a slot and a
+        // buffer for nothing.
+        let first_line_timeout = router.config().first_line_timeout;
+        let first_line_by = tokio::time::Instant::now() + first_line_timeout.get();
         let mut got_first = false;
         'conn: while !eof {
             if buf.capacity() - buf.len() < want / 2 {
@@ -190,8 +190,7 @@ impl Session {
                     let line = refuse(
                         ErrorCode::BadRequest,
                         format!(
-                            "no complete request within {} s of connecting; closing the connection",
-                            FIRST_LINE_DEADLINE.as_secs()
+                            "no complete request within {first_line_timeout} of connecting ([bus] first_line_timeout); closing the connection"
                         ),
                     );
                     outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
@@ -224,9 +223,12 @@ impl Session {
                 }
                 r = rd.read_buf(&mut buf) => r,
             };
+            let mut read_bytes = 0u64;
+            let mut frames = 0u64;
             match read {
                 Ok(0) => eof = true,
                 Ok(n) => {
+                    read_bytes = n as u64;
                     // Grow the read size under load, shrink it back when traffic is light.
                     if n >= spare_before && want < MAX_READ {
                         want *= 2;
@@ -278,6 +280,7 @@ impl Session {
                     }
                 };
                 got_first = true;
+                frames += 1;
                 let line = match frame {
                     Frame::Line(l) | Frame::Bin(BinFrame::Json(l)) => l,
                     Frame::Bin(BinFrame::Pub { topic, data }) => {
@@ -347,6 +350,9 @@ impl Session {
                 }
             }
             wakes.flush();
+            if read_bytes > 0 {
+                router.activity(&outbox, frames, read_bytes);
+            }
             if buf.is_empty() && buf.capacity() > 4 * want {
                 // Idle again after a burst: hold no big buffer per connection.
                 buf = BytesMut::new();

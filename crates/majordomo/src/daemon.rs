@@ -17,7 +17,7 @@ use majordomo_core::{DaemonHandle, Layout, Loaded, Override, Request, Source};
 use majordomo_platform::{Notifier, Signal, Signals};
 use majordomo_proto::control::{ConfigCmd, ReloadCmd, StatusCmd};
 use majordomo_proto::{
-    AlertSummary, ErrorBody, ErrorCode, PROTOCOL_VERSION, ReloadOutcome, Status,
+    AlertSummary, ErrorBody, ErrorCode, PROTOCOL_VERSION, ReloadOutcome, Status, bus::BusCounters,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -92,6 +92,7 @@ impl Core {
                 .board
                 .info::<AlertSummary>("monitor")
                 .unwrap_or_default(),
+            bus: self.board.info::<BusCounters>("bus"),
         }
     }
 }

@@ -786,7 +786,20 @@ pub struct BusConn {
     pub pid: Option<i32>,
     pub queued_bytes: u64,
     pub queued_msgs: u64,
+    /// Real memory its outbound queue holds now (buffers, bookkeeping, the batch being written).
+    #[serde(default)]
+    pub memory_bytes: u64,
+    /// Frames written to it (messages, events, replies, notices).
     pub sent: u64,
+    /// Bytes of those frames.
+    #[serde(default)]
+    pub bytes_out: u64,
+    /// Frames (lines, or binary frames) it sent.
+    #[serde(default)]
+    pub msgs_in: u64,
+    /// Bytes of those frames.
+    #[serde(default)]
+    pub bytes_in: u64,
     /// RFC 3339: when it connected.
     pub since: String,
     pub subscriptions: Vec<BusSubscription>,
@@ -807,12 +820,43 @@ pub struct BusEndpoint {
     pub conn: u64,
     pub id: String,
     pub pid: Option<i32>,
+    /// Frames its connection sent, and their bytes.
+    #[serde(default)]
+    pub msgs_in: u64,
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Frames written to its connection, and their bytes.
+    #[serde(default)]
+    pub msgs_out: u64,
+    #[serde(default)]
+    pub bytes_out: u64,
+    /// Frames dropped for its connection (slow consumer).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
-/// The bus's counters since start (`bus.ls`).
+/// The bus's counters since start and its health (`bus.ls`, and `status` under `bus`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BusCounters {
+    /// Connections open now.
     pub connections: u64,
+    /// Most connections open at once since start, and when that was first reached (RFC 3339).
+    #[serde(default)]
+    pub peak_connections: u64,
+    #[serde(default)]
+    pub peak_at: Option<String>,
+    /// When a connection last sent a frame (RFC 3339); none yet: null.
+    #[serde(default)]
+    pub last_activity: Option<String>,
+    /// Real memory all outbound queues hold now, and their bound (`[bus] total_queue_bytes`).
+    #[serde(default)]
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub total_queue_bytes: u64,
+    /// Frames dropped (or held by connections closed) because all outbound queues together
+    /// passed `[bus] total_queue_bytes`; also counted in `dropped`.
+    #[serde(default)]
+    pub overflows: u64,
     pub delivered: u64,
     pub dropped: u64,
     pub errors: u64,

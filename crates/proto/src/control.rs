@@ -369,6 +369,10 @@ pub struct Status {
     /// Active alerts of the health monitor (empty when it is off).
     #[serde(default)]
     pub alerts: AlertSummary,
+    /// The message bus's counters and health (connections now and at peak, last activity,
+    /// queue memory, overflows), as of the last second; null when the bus is not running.
+    #[serde(default)]
+    pub bus: Option<crate::bus::BusCounters>,
 }
 
 /// The health monitor's active alerts, as `status` shows them.

@@ -47,18 +47,23 @@ class BusSubscription(_BusSubscriptionRequired, _BusSubscriptionOptional):
 
 
 _BusConnRequired = TypedDict("_BusConnRequired", {"conn": int, "dropped": int, "queued_bytes": int, "queued_msgs": int, "sent": int, "since": str, "subscriptions": List[BusSubscription]})
-_BusConnOptional = TypedDict("_BusConnOptional", {"endpoint": Optional[str], "pid": Optional[int], "uid": Optional[int]}, total=False)
+_BusConnOptional = TypedDict("_BusConnOptional", {"bytes_in": int, "bytes_out": int, "endpoint": Optional[str], "memory_bytes": int, "msgs_in": int, "pid": Optional[int], "uid": Optional[int]}, total=False)
 
 
 class BusConn(_BusConnRequired, _BusConnOptional):
     """One connection of `bus.ls`."""
 
 
-BusCounters = TypedDict("BusCounters", {"connections": int, "delivered": int, "dropped": int, "errors": int, "events": int, "no_responders": int, "published": int, "replies": int, "requests": int, "subscriptions": int, "timeouts": int})
-"""The bus's counters since start (`bus.ls`)."""
+_BusCountersRequired = TypedDict("_BusCountersRequired", {"connections": int, "delivered": int, "dropped": int, "errors": int, "events": int, "no_responders": int, "published": int, "replies": int, "requests": int, "subscriptions": int, "timeouts": int})
+_BusCountersOptional = TypedDict("_BusCountersOptional", {"last_activity": Optional[str], "memory_bytes": int, "overflows": int, "peak_at": Optional[str], "peak_connections": int, "total_queue_bytes": int}, total=False)
+
+
+class BusCounters(_BusCountersRequired, _BusCountersOptional):
+    """The bus's counters since start and its health (`bus.ls`, and `status` under `bus`)."""
+
 
 _BusEndpointRequired = TypedDict("_BusEndpointRequired", {"conn": int, "id": str})
-_BusEndpointOptional = TypedDict("_BusEndpointOptional", {"pid": Optional[int]}, total=False)
+_BusEndpointOptional = TypedDict("_BusEndpointOptional", {"bytes_in": int, "bytes_out": int, "dropped": int, "msgs_in": int, "msgs_out": int, "pid": Optional[int]}, total=False)
 
 
 class BusEndpoint(_BusEndpointRequired, _BusEndpointOptional):
@@ -431,7 +436,7 @@ class SubsystemStatus(_SubsystemStatusRequired, _SubsystemStatusOptional):
 
 
 _StatusRequired = TypedDict("_StatusRequired", {"pid": int, "instance": str, "version": str, "protocol": int, "mode": str, "uptime_s": int, "started_at": str, "socket": str, "config_path": str, "config_source": str, "config_generation": int, "state_dir": str, "log_dir": str, "subsystems": Dict[str, SubsystemStatus]})
-_StatusOptional = TypedDict("_StatusOptional", {"alerts": AlertSummary, "events": Dict[str, int], "last_reload": Optional[ReloadOutcome]}, total=False)
+_StatusOptional = TypedDict("_StatusOptional", {"alerts": AlertSummary, "bus": Optional[BusCounters], "events": Dict[str, int], "last_reload": Optional[ReloadOutcome]}, total=False)
 
 
 class Status(_StatusRequired, _StatusOptional):

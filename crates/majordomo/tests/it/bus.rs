@@ -751,3 +751,187 @@ async fn bus_limits_change_on_reload_without_dropping_connections() {
     // The same connection, now under the new limit.
     assert_eq!(l.call(&big)["ok"]["delivered"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_connection_without_a_first_line_is_closed() {
+    let home = Home::new();
+    home.write_config(
+        "default",
+        "[daemon]\nwatch_config = false\n[bus]\nfirst_line_timeout = \"1s\"\n",
+    );
+    let d = home.start("default");
+    // One connection sends nothing, another half a line without its newline.
+    let mut silent = Line::connect(&d);
+    let mut partial = Line::connect(&d);
+    partial.w.write_all(br#"{"id":1,"cmd":"sta"#).unwrap();
+    // A connection that completed its first line stays open past the deadline.
+    let mut active = Line::connect(&d);
+    assert_eq!(active.call(r#"{"id":1,"cmd":"ping"}"#)["ok"], json!("pong"));
+    for (what, l) in [("silent", &mut silent), ("partial", &mut partial)] {
+        let v = l.recv();
+        assert_eq!(v["error"]["code"], "bad_request", "{what}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("first_line_timeout"), "{what}: {msg}");
+        assert!(l.next().is_none(), "{what}: the connection stays open");
+    }
+    assert!(active.quiet(Duration::from_millis(1500)));
+    assert_eq!(active.call(r#"{"id":2,"cmd":"ping"}"#)["ok"], json!("pong"));
+}
+
+/// `VmRSS` or `VmHWM` of a process, in bytes.
+fn proc_status_bytes(pid: u64, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+fn status_json(home: &Home) -> Value {
+    let out = home.cli("default", &["status", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_stalled_subscribers_stay_within_the_daemon_wide_queue_cap() {
+    const MIB: u64 = 1024 * 1024;
+    let home = Home::new();
+    home.write_config(
+        "default",
+        "[daemon]\nwatch_config = false\n[monitor]\nenabled = false\n[bus]\nqueue_bytes = \"8MiB\"\ntotal_queue_bytes = \"16MiB\"\n",
+    );
+    let d = home.start("default");
+    let pid = status_json(&home)["pid"].as_u64().unwrap();
+    // Ten subscribers that never read.
+    let mut stalled: Vec<Line> = (0..10)
+        .map(|i| {
+            let mut l = Line::connect(&d);
+            let v = l.call(&format!(
+                r#"{{"id":{i},"cmd":"bus.sub","pattern":"flood"}}"#
+            ));
+            assert!(v["ok"]["sid"].is_u64(), "{v}");
+            l
+        })
+        .collect();
+    let p = bus(&d).await;
+    p.publish_acked("flood", &0).await.unwrap();
+    let baseline = proc_status_bytes(pid, "VmRSS");
+    // 10 x 40 MiB offered: each alone would fill its 8 MiB bound.
+    let pad = "z".repeat(4000);
+    for i in 0..10_000 {
+        p.publish("flood", &json!({"i": i, "pad": pad}))
+            .await
+            .unwrap();
+    }
+    assert_eq!(p.publish_acked("flood", &1).await.unwrap(), 10);
+    // The queues together hold about the daemon-wide cap, counted in real memory, and the
+    // daemon's peak resident memory grew by about that much, not by ten per-connection bounds.
+    let v = ls(&d);
+    let c = &v["counters"];
+    assert_eq!(c["total_queue_bytes"], 16 * MIB, "{c}");
+    let memory = c["memory_bytes"].as_u64().unwrap();
+    assert!(memory <= 17 * MIB, "queues hold {memory} bytes: {c}");
+    assert!(c["overflows"].as_u64().unwrap() > 0, "{c}");
+    assert!(c["dropped"].as_u64().unwrap() >= c["overflows"].as_u64().unwrap());
+    for conn in v["connections"].as_array().unwrap() {
+        assert!(conn["memory_bytes"].as_u64().unwrap() <= 8 * MIB, "{conn}");
+    }
+    let peak = proc_status_bytes(pid, "VmHWM");
+    assert!(
+        peak < baseline + 48 * MIB,
+        "peak RSS {} MiB, {} MiB before the flood",
+        peak / MIB,
+        baseline / MIB
+    );
+    // `status` shows the overflow too (the bus publishes its health every second).
+    let s = eventually(LONG, || {
+        let s = status_json(&home);
+        (s["bus"]["overflows"].as_u64()? > 0).then_some(s)
+    })
+    .expect("status shows the bus's overflows");
+    assert!(
+        s["bus"]["memory_bytes"].as_u64().unwrap() <= 17 * MIB,
+        "{s}"
+    );
+    // A stalled subscriber that reads again is told what it lost (after what its socket
+    // already held).
+    let told = (0..20_000).any(|_| stalled[0].recv()["notice"]["kind"] == "dropped");
+    assert!(told, "no dropped notice");
+    eprintln!(
+        "RSS before the flood {} MiB, peak {} MiB; queues {} MiB; {c}",
+        baseline / MIB,
+        peak / MIB,
+        memory / MIB
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_health_in_ls_and_status() {
+    let home = Home::new();
+    home.write_config("default", "[daemon]\nwatch_config = false\n");
+    let d = home.start("default");
+    let before = ls(&d);
+    let worker = bus(&d).await;
+    worker.register("worker-1").await.unwrap();
+    let mut sub = worker.subscribe("jobs").await.unwrap();
+    let extra: Vec<Line> = (0..3).map(|_| Line::connect(&d)).collect();
+    let p = bus(&d).await;
+    for i in 0..5 {
+        p.publish("jobs", &json!({"i": i})).await.unwrap();
+    }
+    for _ in 0..5 {
+        next(&mut sub).await;
+    }
+    assert_eq!(worker.publish_acked("done", &"ok").await.unwrap(), 0);
+    drop(extra);
+    let v = eventually(LONG, || {
+        let v = ls(&d);
+        (v["counters"]["connections"].as_u64()? <= 3).then_some(v)
+    })
+    .expect("the extra connections close");
+    let c = &v["counters"];
+    // worker, its three neighbours, the publisher, and the `bus ls` connection at least.
+    assert!(c["peak_connections"].as_u64().unwrap() >= 6, "{c}");
+    assert!(c["peak_connections"].as_u64().unwrap() > c["connections"].as_u64().unwrap());
+    assert!(c["peak_at"].as_str().unwrap().ends_with('Z'), "{c}");
+    let last = c["last_activity"].as_str().unwrap();
+    assert!(
+        before["counters"]["last_activity"]
+            .as_str()
+            .is_none_or(|b| b <= last),
+        "{before} {c}"
+    );
+    let w = v["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "worker-1")
+        .unwrap_or_else(|| panic!("{v}"));
+    // In: register, subscribe, one publish at least; out: their replies and five messages.
+    assert!(w["msgs_in"].as_u64().unwrap() >= 3, "{w}");
+    assert!(w["bytes_in"].as_u64().unwrap() > 50, "{w}");
+    assert!(w["msgs_out"].as_u64().unwrap() >= 8, "{w}");
+    assert!(w["bytes_out"].as_u64().unwrap() > 5 * 20, "{w}");
+    assert_eq!(w["dropped"], 0, "{w}");
+    let s = eventually(LONG, || {
+        let s = status_json(&home);
+        (s["bus"]["peak_connections"].as_u64()? >= 6).then_some(s)
+    })
+    .expect("status shows the bus's health");
+    for field in [
+        "connections",
+        "last_activity",
+        "peak_at",
+        "memory_bytes",
+        "overflows",
+    ] {
+        assert!(!s["bus"][field].is_null(), "{field}: {s}");
+    }
+}
