@@ -897,8 +897,9 @@ async fn bus_health_in_ls_and_status() {
     })
     .expect("the extra connections close");
     let c = &v["counters"];
-    // worker, its three neighbours, the publisher, and the `bus ls` connection at least.
-    assert!(c["peak_connections"].as_u64().unwrap() >= 6, "{c}");
+    // worker, its three neighbours and the publisher were open together (the `bus ls`
+    // connections come and go, so they may or may not have raised the peak).
+    assert!(c["peak_connections"].as_u64().unwrap() >= 5, "{c}");
     assert!(c["peak_connections"].as_u64().unwrap() > c["connections"].as_u64().unwrap());
     assert!(c["peak_at"].as_str().unwrap().ends_with('Z'), "{c}");
     let last = c["last_activity"].as_str().unwrap();
