@@ -61,7 +61,8 @@ pub struct InstallRequest {
     pub root: Option<PathBuf>,
     /// With `root`: stage this manager's files instead of this system's own.
     pub manager: Option<StagedManager>,
-    /// When the service starts (Windows start type; systemd: `manual` leaves it disabled).
+    /// When the service starts (Windows start type; systemd: `manual` leaves it disabled;
+    /// launchd: `manual` is not run at load or boot).
     pub start_type: StartType,
     /// Windows: the account the service runs as (default LocalSystem).
     pub account: Option<String>,
