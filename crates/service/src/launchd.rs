@@ -280,6 +280,7 @@ mod tests {
             scope: Scope::User,
             layout: Layout::resolve("web", Mode::Home("/h".into())).unwrap(),
             config: Some("/cfg/a&b.toml".into()),
+            home: None,
             root: None,
             exe: "/usr/local/bin/majordomo".into(),
             settings: crate::Settings::default(),
@@ -352,6 +353,21 @@ mod tests {
             "{p}"
         );
         assert!(p.contains("<string>run</string>"), "{p}");
+    }
+
+    #[test]
+    fn a_portable_instance_runs_with_its_home() {
+        let t = Target {
+            home: Some("/opt/web".into()),
+            layout: Layout::resolve("web", Mode::Home("/opt/web".into())).unwrap(),
+            ..target()
+        };
+        let p = service_plist(&t, Duration::from_secs(10), StartType::Auto);
+        assert!(
+            p.contains("<string>--home</string>\n    <string>/opt/web</string>"),
+            "{p}"
+        );
+        assert!(p.contains("/opt/web/web/logs/launchd.stderr.log"), "{p}");
     }
 
     #[test]

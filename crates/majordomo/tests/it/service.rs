@@ -761,3 +761,68 @@ fn instances_are_found_in_either_mode_without_system_or_user() {
         "{err}"
     );
 }
+
+#[test]
+fn running_as_an_os_service_portable_home_install_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let home = tmp.path().join("portable");
+    let h = home.to_str().unwrap();
+    install(&root, "--system", "web", &["--home", h]);
+    let units = root.join("etc/systemd/system");
+    // The instance's drop-in runs the portable instance: the template's ExecStart is replaced.
+    let dropin =
+        std::fs::read_to_string(units.join("majordomo@web.service.d/majordomo.conf")).unwrap();
+    assert!(
+        dropin.contains("ExecStart=\n")
+            && dropin.contains(&format!("--system --instance web --home {h} run")),
+        "{dropin}"
+    );
+    // The manifest lives with the portable instance and records its home.
+    let manifest = super_path(&root, &home.join("web/state/service-manifest.json"));
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(m["home"], h, "{m}");
+    assert!(super_path(&root, &home.join("web/config.toml")).exists());
+    // status with the same --home finds it; without it, the system instance has none.
+    let status = |extra: &[&str]| {
+        let out = run(majordomo()
+            .args(["--json", "service", "status", "--system", "--instance", "web"])
+            .args(extra)
+            .arg("--root")
+            .arg(&root));
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        serde_json::from_str::<Value>(stdout(&out).trim()).unwrap()
+    };
+    let v = status(&["--home", h]);
+    assert_eq!(v["manager"]["installed"], true, "{v}");
+    assert_eq!(v["manifest"]["home"], h, "{v}");
+    assert!(status(&[])["manifest"].is_null());
+    // Another instance of the same name cannot take over the unit.
+    let out = run(majordomo()
+        .args(["service", "install", "--system", "--instance", "web", "--root"])
+        .arg(&root));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already installed for another instance named 'web'"),
+        "{}",
+        stderr(&out)
+    );
+    // launchd and its plist carry --home too.
+    let lroot = tmp.path().join("lroot");
+    install(&lroot, "--system", "web", &["--home", h, "--manager", "launchd"]);
+    let plist = std::fs::read_to_string(
+        lroot.join("Library/LaunchDaemons/org.majordomo.web.plist"),
+    )
+    .unwrap();
+    assert!(
+        plist.contains(&format!("<string>--home</string>\n    <string>{h}</string>")),
+        "{plist}"
+    );
+    // Uninstall with the same --home removes what install wrote.
+    let out = run(majordomo()
+        .args(["service", "uninstall", "--system", "--instance", "web", "--home", h, "--root"])
+        .arg(&root));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!manifest.exists());
+    assert!(!units.join("majordomo@web.service.d/majordomo.conf").exists());
+}
