@@ -367,7 +367,9 @@ mod tests {
             p.contains("<string>--home</string>\n    <string>/opt/web</string>"),
             "{p}"
         );
-        assert!(p.contains("/opt/web/web/logs/launchd.stderr.log"), "{p}");
+        let log = t.layout.log_dir.join("launchd.stderr.log");
+        assert!(log.starts_with("/opt/web"));
+        assert!(p.contains(&xml_escape(&log.display().to_string())), "{p}");
     }
 
     #[test]

@@ -550,6 +550,10 @@ mod tests {
         let d = dropin(Duration::from_secs(20), Some(Path::new("/etc/x y.toml")), None);
         assert!(d.contains("TimeoutStopSec=35s"), "{d}");
         assert!(!d.contains("ExecStart"), "{d}");
+        assert!(
+            d.contains("Environment=\"MAJORDOMO_CONFIG=/etc/x y.toml\""),
+            "{d}"
+        );
         // A portable instance replaces the template's command with its own.
         let d = dropin(
             Duration::from_secs(20),
@@ -558,10 +562,6 @@ mod tests {
         );
         assert!(
             d.contains("ExecStart=\nExecStart=/usr/bin/majordomo --system --instance web --home /opt/web run\n"),
-            "{d}"
-        );
-        assert!(
-            d.contains("Environment=\"MAJORDOMO_CONFIG=/etc/x y.toml\""),
             "{d}"
         );
     }
