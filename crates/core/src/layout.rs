@@ -483,7 +483,12 @@ mod tests {
         let system = Layout::resolve("web", Mode::System).unwrap();
         assert_eq!(system.socket, PathBuf::from(r"\\.\pipe\majordomo-web"));
         let u = user.socket.to_string_lossy().into_owned();
-        assert!(u.starts_with(r"\\.\pipe\majordomo-") && u.ends_with("-web") && u != r"\\.\pipe\majordomo-web", "{u}");
+        assert!(
+            u.starts_with(r"\\.\pipe\majordomo-")
+                && u.ends_with("-web")
+                && u != r"\\.\pipe\majordomo-web",
+            "{u}"
+        );
         assert_eq!(Layout::SOCKET_WORD, "pipe");
     }
 

@@ -57,7 +57,12 @@ pub const GAUGES: &[MetricDef] = &[
         "",
         "messages dropped for slow consumers since start",
     ),
-    def("bus.subscriptions", None, "", "subscriptions of every connection"),
+    def(
+        "bus.subscriptions",
+        None,
+        "",
+        "subscriptions of every connection",
+    ),
     def(
         "bus.endpoint.msgs_in",
         Some("endpoint"),

@@ -188,7 +188,11 @@ pub fn run_checks(inv: &Invocation, input: &DoctorInput) -> Vec<Check> {
             "portable instance (--home): not installed as an OS service",
         )),
         Ok(t) => out.push(service_check(&t, manager.is_ok(), answers.is_ok())),
-        Err(e) => out.push(warn("service", e, "check --instance, --home and --system/--user")),
+        Err(e) => out.push(warn(
+            "service",
+            e,
+            "check --instance, --home and --system/--user",
+        )),
     }
     if let Some(r) = check::Record::read(&eff.state_dir) {
         out.push(if r.last_error.is_some() {

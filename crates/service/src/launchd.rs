@@ -86,7 +86,9 @@ pub fn service_plist(t: &Target, grace: Duration, start_type: StartType) -> Stri
         p.push_str("  <key>KeepAlive</key>\n  <dict>\n    <key>SuccessfulExit</key>\n    <false/>\n  </dict>\n");
     } else {
         p.push_str("  <key>RunAtLoad</key>\n  <false/>\n");
-        p.push_str("  <key>KeepAlive</key>\n  <dict>\n    <key>Crashed</key>\n    <true/>\n  </dict>\n");
+        p.push_str(
+            "  <key>KeepAlive</key>\n  <dict>\n    <key>Crashed</key>\n    <true/>\n  </dict>\n",
+        );
     }
     p.push_str("  <key>ThrottleInterval</key>\n  <integer>5</integer>\n");
     p.push_str(&format!(
@@ -161,7 +163,9 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
     let result = (|| {
         super::systemd::write_default_config(t, &mut m)?;
         m.create_dir(&t.staged(&t.layout.log_dir))?;
-        m.write_file(&plist, &service_plist(t, t.grace(), opts.start_type),
+        m.write_file(
+            &plist,
+            &service_plist(t, t.grace(), opts.start_type),
             false,
             false,
         )?;

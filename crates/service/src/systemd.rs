@@ -547,7 +547,11 @@ mod tests {
 
     #[test]
     fn dropin_sets_stop_timeout_above_the_grace_period() {
-        let d = dropin(Duration::from_secs(20), Some(Path::new("/etc/x y.toml")), None);
+        let d = dropin(
+            Duration::from_secs(20),
+            Some(Path::new("/etc/x y.toml")),
+            None,
+        );
         assert!(d.contains("TimeoutStopSec=35s"), "{d}");
         assert!(!d.contains("ExecStart"), "{d}");
         assert!(
@@ -610,7 +614,10 @@ mod tests {
             Path::new("/opt/x.toml"),
             Some(Path::new("/tmp/portable")),
         );
-        assert!(w.len() == 1 && w[0].contains("--home folder /tmp/portable"), "{w:?}");
+        assert!(
+            w.len() == 1 && w[0].contains("--home folder /tmp/portable"),
+            "{w:?}"
+        );
         // The warning is about the option the unit really sets.
         let u = template_unit(Path::new("/tmp/m"), Scope::System, Duration::from_secs(1));
         assert!(u.contains("PrivateTmp=yes"));

@@ -405,7 +405,10 @@ fn find_socket(cli: &Cli, layout: &Layout) -> Found {
         }
         looked.push((other.mode.label(), socket));
     }
-    Found { socket: own, looked }
+    Found {
+        socket: own,
+        looked,
+    }
 }
 
 /// Whether an instance seems to be there, without connecting (a probe connection would take
@@ -575,10 +578,7 @@ fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
                 _ => exit::FAILURE,
             };
             if cli.json {
-                outln!(
-                    "{}",
-                    serde_json::json!({"ok": false, "error": msg})
-                );
+                outln!("{}", serde_json::json!({"ok": false, "error": msg}));
             } else {
                 eprintln!("majordomo: {msg}");
                 if let ClientError::Remote(body) = &e

@@ -682,10 +682,18 @@ fn health_monitor_checks_bus_gauges_and_jobs() {
         active_alert(&home, "crowded").filter(|a| a["state"] == "firing")
     })
     .expect("the bus.connections check fires");
-    assert!(a["summary"].as_str().unwrap().contains("bus.connections is"), "{a}");
+    assert!(
+        a["summary"]
+            .as_str()
+            .unwrap()
+            .contains("bus.connections is"),
+        "{a}"
+    );
     drop(held);
-    eventually(LONG, || active_alert(&home, "crowded").is_none().then_some(()))
-        .expect("it resolves when they close");
+    eventually(LONG, || {
+        active_alert(&home, "crowded").is_none().then_some(())
+    })
+    .expect("it resolves when they close");
     // The job has not run: healthy. A failing run fires the job check...
     assert!(active_alert(&home, "rotate-ok").is_none());
     let o = home.cli("default", &["job", "run", "rotate"]);
@@ -695,15 +703,20 @@ fn health_monitor_checks_bus_gauges_and_jobs() {
     })
     .expect("the job check fires after a failed run");
     assert!(
-        a["summary"].as_str().unwrap().contains("job rotate: the last run failed"),
+        a["summary"]
+            .as_str()
+            .unwrap()
+            .contains("job rotate: the last run failed"),
         "{a}"
     );
     // ...and a good one resolves it.
     std::fs::write(&flag, "").unwrap();
     let o = home.cli("default", &["job", "run", "rotate"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    eventually(LONG, || active_alert(&home, "rotate-ok").is_none().then_some(()))
-        .expect("a good run resolves the job check");
+    eventually(LONG, || {
+        active_alert(&home, "rotate-ok").is_none().then_some(())
+    })
+    .expect("a good run resolves the job check");
     // The metric is in `metrics` like the collector's own.
     let m = json_cli(&home, &["metrics", "bus."]);
     assert!(m["values"]["bus.connections"].is_number(), "{m}");
@@ -717,6 +730,12 @@ fn health_monitor_checks_bus_gauges_and_jobs() {
     let out = home.cli("default", &["config", "check", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
     let err = stderr(&out);
-    assert!(err.contains(":3:") && err.contains("no [[job]] named \"ghost\""), "{err}");
-    assert!(err.contains(":7:") && err.contains("bus.connections"), "{err}");
+    assert!(
+        err.contains(":3:") && err.contains("no [[job]] named \"ghost\""),
+        "{err}"
+    );
+    assert!(
+        err.contains(":7:") && err.contains("bus.connections"),
+        "{err}"
+    );
 }

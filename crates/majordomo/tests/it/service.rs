@@ -755,8 +755,9 @@ fn instances_are_found_in_either_mode_without_system_or_user() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains(&format!("no instance '{instance}' is running: looked for the "))
-            && err.contains(&format!("the user socket {}", user_sock.display()))
+        err.contains(&format!(
+            "no instance '{instance}' is running: looked for the "
+        )) && err.contains(&format!("the user socket {}", user_sock.display()))
             && err.contains(&format!("the system socket /run/majordomo/{instance}.sock")),
         "{err}"
     );
@@ -786,7 +787,14 @@ fn running_as_an_os_service_portable_home_install_round_trip() {
     // status with the same --home finds it; without it, the system instance has none.
     let status = |extra: &[&str]| {
         let out = run(majordomo()
-            .args(["--json", "service", "status", "--system", "--instance", "web"])
+            .args([
+                "--json",
+                "service",
+                "status",
+                "--system",
+                "--instance",
+                "web",
+            ])
             .args(extra)
             .arg("--root")
             .arg(&root));
@@ -799,7 +807,14 @@ fn running_as_an_os_service_portable_home_install_round_trip() {
     assert!(status(&[])["manifest"].is_null());
     // Another instance of the same name cannot take over the unit.
     let out = run(majordomo()
-        .args(["service", "install", "--system", "--instance", "web", "--root"])
+        .args([
+            "service",
+            "install",
+            "--system",
+            "--instance",
+            "web",
+            "--root",
+        ])
         .arg(&root));
     assert!(!out.status.success());
     assert!(
@@ -809,20 +824,39 @@ fn running_as_an_os_service_portable_home_install_round_trip() {
     );
     // launchd and its plist carry --home too.
     let lroot = tmp.path().join("lroot");
-    install(&lroot, "--system", "web", &["--home", h, "--manager", "launchd"]);
-    let plist = std::fs::read_to_string(
-        lroot.join("Library/LaunchDaemons/org.majordomo.web.plist"),
-    )
-    .unwrap();
+    install(
+        &lroot,
+        "--system",
+        "web",
+        &["--home", h, "--manager", "launchd"],
+    );
+    let plist =
+        std::fs::read_to_string(lroot.join("Library/LaunchDaemons/org.majordomo.web.plist"))
+            .unwrap();
     assert!(
-        plist.contains(&format!("<string>--home</string>\n    <string>{h}</string>")),
+        plist.contains(&format!(
+            "<string>--home</string>\n    <string>{h}</string>"
+        )),
         "{plist}"
     );
     // Uninstall with the same --home removes what install wrote.
     let out = run(majordomo()
-        .args(["service", "uninstall", "--system", "--instance", "web", "--home", h, "--root"])
+        .args([
+            "service",
+            "uninstall",
+            "--system",
+            "--instance",
+            "web",
+            "--home",
+            h,
+            "--root",
+        ])
         .arg(&root));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!manifest.exists());
-    assert!(!units.join("majordomo@web.service.d/majordomo.conf").exists());
+    assert!(
+        !units
+            .join("majordomo@web.service.d/majordomo.conf")
+            .exists()
+    );
 }
