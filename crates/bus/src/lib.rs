@@ -88,6 +88,13 @@ impl Subsystem for Bus {
                 move || flag.load(Ordering::Relaxed),
                 ctx.token.clone(),
             ));
+            // Its counters as gauges (`majordomo_proto::metric::GAUGES`), which `[[check]]`s
+            // use; read only when the monitor collects.
+            let r = router.clone();
+            let _gauges = ctx
+                .hub
+                .gauges()
+                .register("bus", move |out| write_gauges(&r, out));
             ctx.ready();
             // The bus's health in its status slot, which `status` shows under `bus`.
             let mut health = tokio::time::interval(HEALTH_EVERY);
@@ -110,9 +117,43 @@ impl Subsystem for Bus {
     }
 }
 
+/// Writes the bus's gauges: the daemon-wide counters, and per registered endpoint.
+fn write_gauges(router: &Router, out: &mut majordomo_core::gauges::Sink<'_>) {
+    let l = router.list();
+    let c = &l.counters;
+    out("bus.connections", None, c.connections as f64);
+    out("bus.peak_connections", None, c.peak_connections as f64);
+    out("bus.queue_bytes", None, c.memory_bytes as f64);
+    out("bus.overflows", None, c.overflows as f64);
+    out("bus.dropped", None, c.dropped as f64);
+    out("bus.subscriptions", None, c.subscriptions as f64);
+    for e in &l.endpoints {
+        let id = Some(e.id.as_str());
+        out("bus.endpoint.msgs_in", id, e.msgs_in as f64);
+        out("bus.endpoint.msgs_out", id, e.msgs_out as f64);
+        out("bus.endpoint.bytes_in", id, e.bytes_in as f64);
+        out("bus.endpoint.bytes_out", id, e.bytes_out as f64);
+        out("bus.endpoint.dropped", id, e.dropped as f64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_gauge_written_is_in_the_catalogue() {
+        let r = Router::new(majordomo_core::Hub::new(), &BusConfig::default());
+        let mut names = Vec::new();
+        write_gauges(&r, &mut |n, _, _| names.push(n));
+        assert!(names.contains(&"bus.connections"));
+        for n in names {
+            assert!(
+                majordomo_proto::metric::GAUGES.iter().any(|d| d.name == n),
+                "{n} is not in majordomo_proto::metric::GAUGES"
+            );
+        }
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -2,7 +2,8 @@
 //!
 //! Subsystems emit what happened; anyone interested (the bus's `$sys.*` topics, alerts, the
 //! dashboard) subscribes. The hub counts every event by kind and keeps each program's last
-//! state for late subscribers. It does not log: the subsystem that emits an event logs it, with
+//! state and each job's last (and last successful) run for late subscribers. It also holds the
+//! [`Gauges`](crate::gauges::Gauges) registry, the subsystems' published numeric values. It does not log: the subsystem that emits an event logs it, with
 //! the words that fit.
 
 use std::collections::BTreeMap;
@@ -18,6 +19,16 @@ pub struct Hub {
     counts: Arc<Mutex<BTreeMap<&'static str, u64>>>,
     /// The last `ProgramState` of each program, for subscribers that start after it was sent.
     programs: Arc<Mutex<BTreeMap<String, Arc<Event>>>>,
+    /// Per job: its last `JobFinished`, and its last successful one.
+    jobs: Arc<Mutex<BTreeMap<String, JobRuns>>>,
+    gauges: crate::gauges::Gauges,
+}
+
+/// A job's last finished run and its last successful run, as the hub saw them.
+#[derive(Debug, Clone, Default)]
+pub struct JobRuns {
+    pub last: Option<Arc<Event>>,
+    pub last_ok: Option<Arc<Event>>,
 }
 
 impl Default for Hub {
@@ -33,6 +44,8 @@ impl Hub {
             tx,
             counts: Arc::default(),
             programs: Arc::default(),
+            jobs: Arc::default(),
+            gauges: Default::default(),
         }
     }
 
@@ -52,7 +65,30 @@ impl Hub {
             let _ = self.tx.send(event);
             return;
         }
+        if let Event::JobFinished { job, run } = &*event
+            && let Ok(mut j) = self.jobs.lock()
+        {
+            // Like program states: under the lock of the send.
+            let e = j.entry(job.clone()).or_default();
+            e.last = Some(event.clone());
+            if run.outcome == Some(majordomo_proto::scheduler::RunOutcome::Ok) {
+                e.last_ok = Some(event.clone());
+            }
+            let _ = self.tx.send(event);
+            return;
+        }
         let _ = self.tx.send(event);
+    }
+
+    /// Every job's last finished and last successful run seen so far (subscribe first, then
+    /// read this, as with [`Hub::program_states`]).
+    pub fn job_runs(&self) -> BTreeMap<String, JobRuns> {
+        self.jobs.lock().map(|j| j.clone()).unwrap_or_default()
+    }
+
+    /// The gauges every subsystem may publish into and read (see [`crate::gauges`]).
+    pub fn gauges(&self) -> &crate::gauges::Gauges {
+        &self.gauges
     }
 
     /// The last `ProgramState` event of every program seen so far. A subscriber that needs

@@ -66,6 +66,27 @@ impl Mode {
         Mode::User
     }
 
+    /// Where a client looks for a running instance, in order: the mode it was asked for alone
+    /// (`--system`, `--user`, `--home`); otherwise this process's default mode, then the other
+    /// of system and user. The same rule on every OS: on Windows a service is installed
+    /// system-wide by default while a console user's default mode is per user.
+    pub fn lookup_order(explicit: Option<Mode>) -> Vec<Mode> {
+        Self::lookup_order_from(explicit, Self::default_for_process())
+    }
+
+    fn lookup_order_from(explicit: Option<Mode>, default: Mode) -> Vec<Mode> {
+        match explicit {
+            Some(m) => vec![m],
+            None => {
+                let other = match default {
+                    Mode::System => Mode::User,
+                    _ => Mode::System,
+                };
+                vec![default, other]
+            }
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Mode::System => "system",
@@ -192,6 +213,9 @@ impl Layout {
 
     /// The run file beside the pid file where the running daemon records its socket, so a CLI
     /// that cannot read the config still finds the instance (`<instance>.socket`).
+    /// What the instance's socket is called in messages: a named pipe on Windows.
+    pub const SOCKET_WORD: &'static str = if cfg!(windows) { "pipe" } else { "socket" };
+
     pub fn socket_record(&self) -> PathBuf {
         self.pid_file.with_extension("socket")
     }
@@ -414,6 +438,58 @@ mod tests {
         for bad in ["", "Default", "a b", "../x", &"a".repeat(33), "é"] {
             assert!(validate_instance(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn lookup_order_is_the_asked_mode_alone_else_both() {
+        let home = Mode::Home("/h".into());
+        for default in [Mode::System, Mode::User] {
+            for m in [Mode::System, Mode::User, home.clone()] {
+                assert_eq!(
+                    Mode::lookup_order_from(Some(m.clone()), default.clone()),
+                    vec![m]
+                );
+            }
+        }
+        assert_eq!(
+            Mode::lookup_order_from(None, Mode::System),
+            vec![Mode::System, Mode::User]
+        );
+        assert_eq!(
+            Mode::lookup_order_from(None, Mode::User),
+            vec![Mode::User, Mode::System]
+        );
+        // This process: its own mode first, then the other; both resolve to distinct places.
+        let order = Mode::lookup_order(None);
+        assert_eq!(order[0], Mode::default_for_process());
+        let [a, b] = &order[..] else {
+            panic!("{order:?}")
+        };
+        let (a, b) = (
+            Layout::resolve("web", a.clone()).unwrap(),
+            Layout::resolve("web", b.clone()).unwrap(),
+        );
+        assert_ne!(a.socket, b.socket);
+        assert_ne!(a.socket_record(), b.socket_record());
+    }
+
+    /// Windows: a console user looks for the per-user pipe first, then the system service's.
+    #[cfg(windows)]
+    #[test]
+    fn windows_looks_for_the_user_pipe_then_the_system_pipe() {
+        assert_eq!(Mode::default_for_process(), Mode::User);
+        assert_eq!(Mode::lookup_order(None), vec![Mode::User, Mode::System]);
+        let user = Layout::resolve("web", Mode::User).unwrap();
+        let system = Layout::resolve("web", Mode::System).unwrap();
+        assert_eq!(system.socket, PathBuf::from(r"\\.\pipe\majordomo-web"));
+        let u = user.socket.to_string_lossy().into_owned();
+        assert!(
+            u.starts_with(r"\\.\pipe\majordomo-")
+                && u.ends_with("-web")
+                && u != r"\\.\pipe\majordomo-web",
+            "{u}"
+        );
+        assert_eq!(Layout::SOCKET_WORD, "pipe");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod commands;
 pub mod exit;
+pub mod gauges;
 pub mod hub;
 pub mod jsonl;
 pub mod layout;

@@ -173,6 +173,21 @@ impl Config {
                     },
                 ));
             }
+            // A job check must name a declared job.
+            if let Some(name) = &check.job
+                && !self.job.iter().any(|j| &j.name == name)
+            {
+                let known: Vec<&str> = self.job.iter().map(|j| j.name.as_str()).collect();
+                problems.push(Problem::at(
+                    format!("check[{i}].job"),
+                    format!("no [[job]] named {name:?}"),
+                    if known.is_empty() {
+                        "declare it in a [[job]] table, or remove this check".to_string()
+                    } else {
+                        format!("declared jobs: {}", known.join(", "))
+                    },
+                ));
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Non-metric checks: a command, TCP and HTTP reachability, "program NAME not running".
+//! Non-metric checks: a command, TCP and HTTP reachability, "program NAME not running", "job
+//! NAME's last run did not succeed (or none within a duration)".
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::config::CheckConfig;
 use crate::monitor::State;
@@ -94,6 +95,39 @@ pub async fn run(c: &CheckConfig, st: &State, client: Option<&reqwest::Client>) 
             Some(s) => (true, format!("program {name} is {}", s.state.as_str())),
             // The supervisor has not reported it yet (the daemon is starting).
             None => (true, format!("program {name} is not reported yet")),
+        };
+    }
+    if let Some(name) = &c.job {
+        let seen = st
+            .jobs
+            .lock()
+            .ok()
+            .and_then(|j| j.get(name).cloned())
+            .unwrap_or_default();
+        if let Some((false, what)) = &seen.last {
+            return (false, format!("job {name}: the last run {what}"));
+        }
+        if let Some(within) = c.no_success_within {
+            let since = seen.last_ok.unwrap_or(st.started);
+            let age = SystemTime::now().duration_since(since).unwrap_or_default();
+            if age > within.get() {
+                let age = humantime::format_duration(Duration::from_secs(age.as_secs()));
+                return (
+                    false,
+                    match seen.last_ok {
+                        Some(_) => format!(
+                            "job {name} has not succeeded for {age} (no_success_within = {within})"
+                        ),
+                        None => format!(
+                            "job {name} has not succeeded since the monitor started {age} ago (no_success_within = {within})"
+                        ),
+                    },
+                );
+            }
+        }
+        return match seen.last {
+            Some((_, what)) => (true, format!("job {name}: the last run {what}")),
+            None => (true, format!("job {name} has not run yet")),
         };
     }
     (true, String::new())

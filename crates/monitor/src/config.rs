@@ -58,13 +58,14 @@ impl Default for MonitorConfig {
     }
 }
 
-/// `[[check]]`: one health check. Exactly one of `metric`, `command`, `tcp`, `http`, `program`.
+/// `[[check]]`: one health check. Exactly one of `metric`, `command`, `tcp`, `http`, `program`,
+/// `job`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckConfig {
     /// Unique name; alerts and notifications carry it.
     pub name: String,
-    /// A metric name from `majordomo metrics`, e.g. "disk.used_pct".
+    /// A metric name from `majordomo metrics`, e.g. "disk.used_pct", or a gauge another subsystem publishes, e.g. "bus.connections".
     pub metric: Option<String>,
     /// Only the series with these labels, e.g. { mount = "/" }; without it every series of the metric is checked on its own.
     pub labels: BTreeMap<String, String>,
@@ -96,6 +97,10 @@ pub struct CheckConfig {
     pub expect_status: Option<u16>,
     /// The name of a supervised program that must be running; one never reported running counts as not running.
     pub program: Option<String>,
+    /// The name of a `[[job]]`: unhealthy while its last run did not succeed (failed, timed out, killed or interrupted).
+    pub job: Option<String>,
+    /// With `job`: also unhealthy when it has not succeeded for this long (counted from the monitor's start until it first succeeds).
+    pub no_success_within: Option<Dur>,
     /// How often a command, tcp or http check runs; default: `[monitor] interval`.
     pub interval: Option<Dur>,
     /// How long a command, tcp or http check may take before it counts as failed.
@@ -123,6 +128,8 @@ impl Default for CheckConfig {
             http: None,
             expect_status: None,
             program: None,
+            job: None,
+            no_success_within: None,
             interval: None,
             timeout: Dur::secs(10),
             summary: None,
@@ -142,7 +149,7 @@ impl CheckConfig {
         }
     }
 
-    /// What kind of check this is: `metric`, `command`, `tcp`, `http` or `program`.
+    /// What kind of check this is: `metric`, `command`, `tcp`, `http`, `program` or `job`.
     pub fn kind(&self) -> &'static str {
         if self.metric.is_some() {
             "metric"
@@ -154,6 +161,8 @@ impl CheckConfig {
             "http"
         } else if self.program.is_some() {
             "program"
+        } else if self.job.is_some() {
+            "job"
         } else {
             "none"
         }
@@ -262,7 +271,8 @@ fn label_ok(metric: &str, key: &str) -> bool {
 }
 
 /// Semantic checks of `[monitor]`, `[[check]]` and `[[notifier]]`, with field paths for
-/// `config check`. (That a `program` check names a declared `[[program]]` is the app's check.)
+/// `config check`. (That a `program` check names a declared `[[program]]`, and a `job` check a
+/// declared `[[job]]`, are the app's checks.)
 pub fn validate(
     monitor: &MonitorConfig,
     checks: &[CheckConfig],
@@ -309,13 +319,14 @@ pub fn validate(
             c.tcp.is_some(),
             c.http.is_some(),
             c.program.is_some(),
+            c.job.is_some(),
         ];
         let n = kinds.iter().filter(|k| **k).count();
         if n != 1 {
             problems.push(Problem::at(
                 at("name"),
                 format!(
-                    "check {:?} sets {n} of metric, command, tcp, http, program",
+                    "check {:?} sets {n} of metric, command, tcp, http, program, job",
                     c.name
                 ),
                 "set exactly one of them",
@@ -324,8 +335,7 @@ pub fn validate(
         }
         if let Some(metric) = &c.metric {
             let Some(def) = crate::metrics::lookup(metric) else {
-                let near: Vec<&str> = crate::metrics::CATALOGUE
-                    .iter()
+                let near: Vec<&str> = crate::metrics::all()
                     .map(|d| d.name)
                     .filter(|n| n.split('.').next() == metric.split('.').next())
                     .collect();
@@ -441,6 +451,21 @@ pub fn validate(
                 format!("{u:?} is not an http(s) URL"),
                 "write it like \"http://127.0.0.1:8080/health\"",
             ));
+        }
+        if let Some(d) = c.no_success_within {
+            if c.job.is_none() {
+                problems.push(Problem::at(
+                    at("no_success_within"),
+                    "`no_success_within` applies only to job checks",
+                    "remove it, or add job = \"NAME\"",
+                ));
+            } else if d.get() < std::time::Duration::from_secs(1) {
+                problems.push(Problem::at(
+                    at("no_success_within"),
+                    format!("{d} is too short"),
+                    "use at least \"1s\", e.g. \"2h\"",
+                ));
+            }
         }
         if c.timeout.get().is_zero() {
             problems.push(Problem::at(

@@ -2,27 +2,8 @@
 
 use std::fmt::Write as _;
 
-/// One metric name, its label key (if it has one) and what it means.
-pub struct MetricDef {
-    pub name: &'static str,
-    pub label: Option<&'static str>,
-    pub unit: &'static str,
-    pub help: &'static str,
-}
-
-const fn m(
-    name: &'static str,
-    label: Option<&'static str>,
-    unit: &'static str,
-    help: &'static str,
-) -> MetricDef {
-    MetricDef {
-        name,
-        label,
-        unit,
-        help,
-    }
-}
+pub use majordomo_proto::metric::MetricDef;
+use majordomo_proto::metric::def as m;
 
 /// Every metric the collector produces. Names are part of the public interface: checks, the
 /// history, reports and scripts use them, so they only ever get added to.
@@ -151,8 +132,17 @@ pub const CATALOGUE: &[MetricDef] = &[
     ),
 ];
 
+/// A metric of the collector's catalogue, or a gauge another subsystem publishes
+/// (`majordomo_proto::metric::GAUGES`).
 pub fn lookup(name: &str) -> Option<&'static MetricDef> {
-    CATALOGUE.iter().find(|d| d.name == name)
+    all().find(|d| d.name == name)
+}
+
+/// Every name a check may use: the collector's and the published gauges.
+pub fn all() -> impl Iterator<Item = &'static MetricDef> {
+    CATALOGUE
+        .iter()
+        .chain(majordomo_proto::metric::GAUGES.iter())
 }
 
 /// One value of one series.
@@ -249,10 +239,10 @@ mod tests {
 
     #[test]
     fn catalogue_names_are_unique_and_dotted() {
-        let mut names: Vec<_> = CATALOGUE.iter().map(|d| d.name).collect();
+        let mut names: Vec<_> = all().map(|d| d.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), CATALOGUE.len());
+        assert_eq!(names.len(), all().count());
         assert!(CATALOGUE.iter().all(|d| d.name.contains('.')));
     }
 }

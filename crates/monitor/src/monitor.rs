@@ -63,10 +63,56 @@ pub struct State {
     pub latest: Mutex<metrics::Snapshot>,
     pub programs: Mutex<BTreeMap<String, ProgramSeen>>,
     pub notifications: Mutex<BTreeMap<String, Counts>>,
+    /// Each job's last run and last success, from the hub (for job checks).
+    pub jobs: Mutex<BTreeMap<String, JobSeen>>,
+    /// When this monitor started: a job that has not succeeded since counts from here.
+    pub started: SystemTime,
     pub history_dir: PathBuf,
     pub alert_log: PathBuf,
     /// When the daemon started.
     pub daemon_started: Instant,
+}
+
+/// What the monitor knows of a job, from `JobFinished` events.
+#[derive(Debug, Clone, Default)]
+pub struct JobSeen {
+    /// The last run: whether it succeeded, and how it ended in words.
+    pub last: Option<(bool, String)>,
+    /// When it last succeeded.
+    pub last_ok: Option<SystemTime>,
+}
+
+impl JobSeen {
+    fn record(&mut self, run: &majordomo_proto::scheduler::Run) {
+        use majordomo_proto::scheduler::RunOutcome as O;
+        let ok = run.outcome == Some(O::Ok);
+        let mut what = match run.outcome {
+            Some(O::Ok) => "succeeded".to_string(),
+            Some(O::Failed) => "failed".to_string(),
+            Some(O::TimedOut) => "timed out".to_string(),
+            Some(O::Killed) => "was killed".to_string(),
+            Some(O::Interrupted) => "was interrupted".to_string(),
+            None => "ended without an outcome".to_string(),
+        };
+        if let Some(code) = run.exit_code.filter(|_| !ok) {
+            what.push_str(&format!(" (exit code {code})"));
+        }
+        if let Some(e) = run.error.as_deref().filter(|e| !ok && !e.is_empty()) {
+            what.push_str(&format!(": {e}"));
+        }
+        if let Some(ended) = &run.ended {
+            what.push_str(&format!(" at {ended}"));
+        }
+        if ok {
+            self.last_ok = Some(
+                run.ended
+                    .as_deref()
+                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                    .unwrap_or_else(SystemTime::now),
+            );
+        }
+        self.last = Some((ok, what));
+    }
 }
 
 /// The alert summary `status` shows.
@@ -121,6 +167,8 @@ async fn run(ctx: Ctx<MonitorSection>, daemon_started: Instant) -> Result<(), St
         latest: Mutex::default(),
         programs: Mutex::default(),
         notifications: Mutex::default(),
+        jobs: Mutex::default(),
+        started: SystemTime::now(),
         history_dir: dir.join("history"),
         alert_log: dir.join("alerts.jsonl"),
         daemon_started,
@@ -137,7 +185,8 @@ async fn run(ctx: Ctx<MonitorSection>, daemon_started: Instant) -> Result<(), St
         .cloned()
         .collect();
     let program_wake = Arc::new(tokio::sync::Notify::new());
-    listen(&ctx, &st, program_wake.clone());
+    let (job_tx, job_rx) = tokio::sync::watch::channel(0u64);
+    listen(&ctx, &st, program_wake.clone(), job_tx);
 
     // Alerts raised before the notifiers subscribed would never be notified: let every
     // subsystem starting alongside (at start-up or on a reload) get going first.
@@ -148,7 +197,14 @@ async fn run(ctx: Ctx<MonitorSection>, daemon_started: Instant) -> Result<(), St
     for check in checks.iter().filter(|c| c.metric.is_none()).cloned() {
         let every = check.interval.unwrap_or(cfg.monitor.interval).get();
         let span = tracing::info_span!("check", name = %check.name);
-        let task = run_check(ctx.clone(), st.clone(), check, every, program_wake.clone());
+        let task = run_check(
+            ctx.clone(),
+            st.clone(),
+            check,
+            every,
+            program_wake.clone(),
+            job_rx.clone(),
+        );
         ctx.tracker
             .spawn(tracing::Instrument::instrument(task, span));
     }
@@ -186,6 +242,12 @@ async fn run(ctx: Ctx<MonitorSection>, daemon_started: Instant) -> Result<(), St
             }
         }
         collector.collect(&programs, &mut scratch);
+        // What other subsystems publish (the bus's gauges), beside the collector's own.
+        ctx.hub.gauges().read(&mut |name, label, value| {
+            if metrics::lookup(name).is_some() {
+                scratch.push(name, label, value);
+            }
+        });
         if let Some(h) = history.as_mut() {
             match h.append(&scratch) {
                 Ok(()) => history_failed = false,
@@ -204,9 +266,15 @@ async fn run(ctx: Ctx<MonitorSection>, daemon_started: Instant) -> Result<(), St
     }
 }
 
-/// Keeps the programs' states (for program checks, program metrics and the report) and the
-/// notifications' outcomes (for the report) from the hub.
-fn listen(ctx: &Ctx<MonitorSection>, st: &Arc<State>, wake: Arc<tokio::sync::Notify>) {
+/// Keeps the programs' states (for program checks, program metrics and the report), the jobs'
+/// last runs (for job checks; each one bumps `jobs_changed`) and the notifications' outcomes
+/// (for the report) from the hub.
+fn listen(
+    ctx: &Ctx<MonitorSection>,
+    st: &Arc<State>,
+    wake: Arc<tokio::sync::Notify>,
+    jobs_changed: tokio::sync::watch::Sender<u64>,
+) {
     let record = {
         let st = st.clone();
         move |ev: &Event| {
@@ -243,6 +311,22 @@ fn listen(ctx: &Ctx<MonitorSection>, st: &Arc<State>, wake: Arc<tokio::sync::Not
     for ev in ctx.hub.program_states() {
         record(&ev);
     }
+    let record_job = {
+        let st = st.clone();
+        move |job: &str, run: &majordomo_proto::scheduler::Run| {
+            if let Ok(mut j) = st.jobs.lock() {
+                j.entry(job.to_string()).or_default().record(run);
+            }
+        }
+    };
+    for (job, runs) in ctx.hub.job_runs() {
+        // The last success first, then the last run (which may be the same).
+        for ev in [runs.last_ok, runs.last].into_iter().flatten() {
+            if let Event::JobFinished { run, .. } = &*ev {
+                record_job(&job, run);
+            }
+        }
+    }
     let st = st.clone();
     let token = ctx.token.clone();
     ctx.tracker.spawn(async move {
@@ -256,6 +340,10 @@ fn listen(ctx: &Ctx<MonitorSection>, st: &Arc<State>, wake: Arc<tokio::sync::Not
                     Event::ProgramState { .. } => {
                         record(&ev);
                         wake.notify_one();
+                    }
+                    Event::JobFinished { job, run } => {
+                        record_job(job, run);
+                        jobs_changed.send_modify(|n| *n += 1);
                     }
                     Event::Notification(d) => {
                         if let Ok(mut n) = st.notifications.lock() {
@@ -279,14 +367,16 @@ fn listen(ctx: &Ctx<MonitorSection>, st: &Arc<State>, wake: Arc<tokio::sync::Not
     });
 }
 
-/// One command, tcp, http or program check, run every `every` (and, for a program check,
-/// whenever a program changes state) until the subsystem stops.
+/// One command, tcp, http, program or job check, run every `every` (and, for a program check,
+/// whenever a program changes state; for a job check, whenever a job run ends) until the
+/// subsystem stops.
 async fn run_check(
     ctx: Ctx<MonitorSection>,
     st: Arc<State>,
     check: CheckConfig,
     every: Duration,
     wake: Arc<tokio::sync::Notify>,
+    mut jobs_changed: tokio::sync::watch::Receiver<u64>,
 ) {
     let client = checks::http_client(&check);
     let mut tick = tokio::time::interval(every);
@@ -296,6 +386,11 @@ async fn run_check(
             _ = ctx.token.cancelled() => return,
             _ = tick.tick() => {}
             _ = wake.notified(), if check.program.is_some() => {}
+            r = jobs_changed.changed(), if check.job.is_some() => {
+                if r.is_err() {
+                    return;
+                }
+            }
         }
         let (ok, detail) = tokio::select! {
             _ = ctx.token.cancelled() => return,

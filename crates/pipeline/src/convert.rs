@@ -138,6 +138,28 @@ pub(crate) fn move_to_error_dir(
     Ok(to)
 }
 
+/// Gives up on a file that is not (or no longer) an item: moves it to the error folder under a
+/// printable, short name with its `.reason`, and emits `FileFailed` saying where it went, or,
+/// when the move failed, why and that it stays where it is (`stays`: "in the drop folder").
+/// The one place refused inputs and stray work files end (intake and recovery).
+pub(crate) fn refuse_to_error_dir(pipe: &Pipe, src: &Path, reason: &str, stays: &str) {
+    let Some(raw) = src.file_name() else { return };
+    let name = crate::item::refused_name(raw);
+    let file = raw.to_string_lossy();
+    let moved = move_to_error_dir(pipe, src, &name, &file, None, reason);
+    pipe.emit(Event::FileFailed {
+        pipeline: pipe.cfg.name.clone(),
+        file: file.into_owned(),
+        reason: match moved {
+            Ok(p) => format!("{reason} (moved to {})", p.display()),
+            Err(e) => format!(
+                "{reason} (and it could not be moved to the error folder {}: {e}; it stays{stays})",
+                pipe.error_dir.display()
+            ),
+        },
+    });
+}
+
 /// How long a converter's stderr may stay open after it exited.
 const STDERR_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 

@@ -467,26 +467,10 @@ async fn claim(pipe: &Pipe, src: &Path, to_convert: &mpsc::Sender<ItemName>) {
 /// printable, short name), so that it neither stays in the drop folder forever nor is retried
 /// at every rescan.
 fn refuse(pipe: &Pipe, src: &Path, reason: &str) {
-    let Some(raw) = src.file_name() else { return };
-    let name = crate::item::refused_name(raw);
-    let file = raw.to_string_lossy();
-    let moved = crate::convert::move_to_error_dir(
+    crate::convert::refuse_to_error_dir(
         pipe,
         src,
-        &name,
-        &file,
-        None,
         &format!("not taken: {reason}"),
+        " in the drop folder",
     );
-    pipe.emit(Event::FileFailed {
-        pipeline: pipe.cfg.name.clone(),
-        file: file.into_owned(),
-        reason: match moved {
-            Ok(p) => format!("not taken: {reason} (moved to {})", p.display()),
-            Err(e) => format!(
-                "not taken: {reason} (and it could not be moved to the error folder {}: {e}; it stays in the drop folder)",
-                pipe.error_dir.display()
-            ),
-        },
-    });
 }

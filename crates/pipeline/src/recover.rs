@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use majordomo_core::hub::Event;
 use majordomo_platform::fsops;
 
 use crate::convert::post_action;
@@ -132,25 +131,11 @@ pub(crate) fn prune_done(pipe: &Pipe, mut done: Vec<ItemName>) {
 
 /// A file in the work folder that is not an item goes to the error folder with its reason.
 fn move_aside(pipe: &Pipe, path: &std::path::Path) {
-    let Some(raw) = path.file_name() else { return };
-    let name = crate::item::refused_name(raw);
-    let file = raw.to_string_lossy();
     let reason = format!(
         "found in the work folder {} at start-up, and it is not an item of this pipeline (item \
          names are ULID.aN.NAME.STATE); nothing the pipeline did put it there. Drop it into a \
          watch folder to process it, or delete it",
         pipe.work.display()
     );
-    let moved = crate::convert::move_to_error_dir(pipe, path, &name, &file, None, &reason);
-    pipe.emit(Event::FileFailed {
-        pipeline: pipe.cfg.name.clone(),
-        file: file.into_owned(),
-        reason: match moved {
-            Ok(p) => format!("{reason} (moved to {})", p.display()),
-            Err(e) => format!(
-                "{reason} (and it could not be moved to the error folder {}: {e}; it stays)",
-                pipe.error_dir.display()
-            ),
-        },
-    });
+    crate::convert::refuse_to_error_dir(pipe, path, &reason, "");
 }

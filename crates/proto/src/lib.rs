@@ -21,6 +21,7 @@ pub mod contract;
 pub mod control;
 pub mod event;
 pub mod http;
+pub mod metric;
 pub mod monitor;
 pub mod nats;
 pub mod pipeline;

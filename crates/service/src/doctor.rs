@@ -181,16 +181,18 @@ pub fn run_checks(inv: &Invocation, input: &DoctorInput) -> Vec<Check> {
             "run majordomo in the foreground or under another supervisor; services need systemd, launchd or Windows",
         ),
     });
-    if inv.home.is_some() {
-        out.push(ok(
+    match Target::for_service(inv, None) {
+        // A portable instance is often not a service at all: say so only when it is installed.
+        Ok(t) if inv.home.is_some() && !t.manifest_path().exists() => out.push(ok(
             "service",
-            "portable instance (--home): not run as an OS service",
-        ));
-    } else {
-        match Target::for_service(inv, None) {
-            Ok(t) => out.push(service_check(&t, manager.is_ok(), answers.is_ok())),
-            Err(e) => out.push(warn("service", e, "check --instance and --system/--user")),
-        }
+            "portable instance (--home): not installed as an OS service",
+        )),
+        Ok(t) => out.push(service_check(&t, manager.is_ok(), answers.is_ok())),
+        Err(e) => out.push(warn(
+            "service",
+            e,
+            "check --instance, --home and --system/--user",
+        )),
     }
     if let Some(r) = check::Record::read(&eff.state_dir) {
         out.push(if r.last_error.is_some() {

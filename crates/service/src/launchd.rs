@@ -1,7 +1,10 @@
 //! launchd (macOS): a daemon (`/Library/LaunchDaemons`, system) or agent
 //! (`~/Library/LaunchAgents`, user) job labelled `org.majordomo.NAME`, kept alive when it fails
-//! (`KeepAlive.SuccessfulExit = false`: a clean stop stays stopped). The backup trigger is a
-//! second job, `org.majordomo.NAME.check`, with `StartInterval`.
+//! (`KeepAlive.SuccessfulExit = false`: a clean stop stays stopped). With `--start-type manual`
+//! the job is neither started at load/boot (`RunAtLoad` false) nor by `KeepAlive` (whose
+//! `SuccessfulExit` key implies `RunAtLoad`): it runs when started (`service start`,
+//! `launchctl kickstart`) and is restarted only after a crash (`KeepAlive.Crashed`). The backup
+//! trigger is a second job, `org.majordomo.NAME.check`, with `StartInterval`.
 //!
 //! The plists are generated on every platform (and unit-tested); `launchctl` is only called on
 //! macOS.
@@ -10,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::manifest::Manifest;
-use super::{Action, Failure, InstallOptions, ManagerState, Scope, Target};
+use super::{Action, Failure, InstallOptions, ManagerState, Scope, StartType, Target};
 use majordomo_core::exit;
 
 /// `org.majordomo.NAME`.
@@ -69,15 +72,24 @@ fn program_arguments(exe: &Path, args: &[String]) -> String {
     s
 }
 
-/// The service job: runs `majordomo run`, restarted when it fails.
-pub fn service_plist(t: &Target, grace: Duration) -> String {
+/// The service job: runs `majordomo run`, restarted when it fails. A `manual` job is not
+/// started at load (nor at boot) and is restarted only after a crash: launchd's
+/// `KeepAlive.SuccessfulExit` would start it at load.
+pub fn service_plist(t: &Target, grace: Duration, start_type: StartType) -> String {
     let mut args = t.base_args();
     args.push("run".into());
     let mut p = String::from(header());
     p.push_str(&key_string("Label", &label(&t.instance)));
     p.push_str(&program_arguments(&t.exe, &args));
-    p.push_str("  <key>RunAtLoad</key>\n  <true/>\n");
-    p.push_str("  <key>KeepAlive</key>\n  <dict>\n    <key>SuccessfulExit</key>\n    <false/>\n  </dict>\n");
+    if starts_at_load(start_type) {
+        p.push_str("  <key>RunAtLoad</key>\n  <true/>\n");
+        p.push_str("  <key>KeepAlive</key>\n  <dict>\n    <key>SuccessfulExit</key>\n    <false/>\n  </dict>\n");
+    } else {
+        p.push_str("  <key>RunAtLoad</key>\n  <false/>\n");
+        p.push_str(
+            "  <key>KeepAlive</key>\n  <dict>\n    <key>Crashed</key>\n    <true/>\n  </dict>\n",
+        );
+    }
     p.push_str("  <key>ThrottleInterval</key>\n  <integer>5</integer>\n");
     p.push_str(&format!(
         "  <key>ExitTimeOut</key>\n  <integer>{}</integer>\n",
@@ -94,6 +106,11 @@ pub fn service_plist(t: &Target, grace: Duration) -> String {
     ));
     p.push_str("</dict>\n</plist>\n");
     p
+}
+
+/// Whether launchd starts the job when it is loaded (at install and at boot).
+pub fn starts_at_load(start_type: StartType) -> bool {
+    start_type != StartType::Manual
 }
 
 /// The backup trigger job: `majordomo check` every `every`.
@@ -146,7 +163,12 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
     let result = (|| {
         super::systemd::write_default_config(t, &mut m)?;
         m.create_dir(&t.staged(&t.layout.log_dir))?;
-        m.write_file(&plist, &service_plist(t, t.grace()), false, false)?;
+        m.write_file(
+            &plist,
+            &service_plist(t, t.grace(), opts.start_type),
+            false,
+            false,
+        )?;
         if let Some(every) = opts.every {
             let check = check_label(&t.instance);
             m.write_file(
@@ -176,9 +198,11 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
                     .map_err(Failure::from)?;
             }
         }
-        if !opts.start {
+        if !opts.start && starts_at_load(opts.start_type) {
             // RunAtLoad started it; honour "install without --start".
             let _ = launchctl(&["kill", "TERM", &format!("{d}/{name}")]);
+        } else if opts.start && !starts_at_load(opts.start_type) {
+            launchctl(&["kickstart", &format!("{d}/{name}")]).map_err(Failure::from)?;
         }
     }
     Ok(m)
@@ -260,6 +284,7 @@ mod tests {
             scope: Scope::User,
             layout: Layout::resolve("web", Mode::Home("/h".into())).unwrap(),
             config: Some("/cfg/a&b.toml".into()),
+            home: None,
             root: None,
             exe: "/usr/local/bin/majordomo".into(),
             settings: crate::Settings::default(),
@@ -294,7 +319,7 @@ mod tests {
 
     #[test]
     fn service_plist_keeps_the_job_alive_on_failure() {
-        let p = service_plist(&target(), Duration::from_secs(10));
+        let p = service_plist(&target(), Duration::from_secs(10), StartType::Auto);
         assert!(balanced(&p), "{p}");
         assert!(p.contains("<string>org.majordomo.web</string>"));
         assert!(p.contains(
@@ -314,6 +339,41 @@ mod tests {
             .collect();
         assert_eq!(args.len(), 7, "{args:?}");
         assert!(args.last().unwrap().contains("<string>run</string>"));
+    }
+
+    #[test]
+    fn manual_start_type_is_not_started_at_load_or_by_keep_alive() {
+        for st in [StartType::Auto, StartType::DelayedAuto] {
+            let p = service_plist(&target(), Duration::from_secs(10), st);
+            assert!(p.contains("<key>RunAtLoad</key>\n  <true/>"), "{p}");
+        }
+        let p = service_plist(&target(), Duration::from_secs(10), StartType::Manual);
+        assert!(balanced(&p), "{p}");
+        assert!(p.contains("<key>RunAtLoad</key>\n  <false/>"), "{p}");
+        // SuccessfulExit implies RunAtLoad (launchd.plist(5)); only a crash restarts it.
+        assert!(!p.contains("SuccessfulExit"), "{p}");
+        assert!(
+            p.contains("<key>KeepAlive</key>\n  <dict>\n    <key>Crashed</key>\n    <true/>"),
+            "{p}"
+        );
+        assert!(p.contains("<string>run</string>"), "{p}");
+    }
+
+    #[test]
+    fn a_portable_instance_runs_with_its_home() {
+        let t = Target {
+            home: Some("/opt/web".into()),
+            layout: Layout::resolve("web", Mode::Home("/opt/web".into())).unwrap(),
+            ..target()
+        };
+        let p = service_plist(&t, Duration::from_secs(10), StartType::Auto);
+        assert!(
+            p.contains("<string>--home</string>\n    <string>/opt/web</string>"),
+            "{p}"
+        );
+        let log = t.layout.log_dir.join("launchd.stderr.log");
+        assert!(log.starts_with("/opt/web"));
+        assert!(p.contains(&xml_escape(&log.display().to_string())), "{p}");
     }
 
     #[test]

@@ -61,7 +61,8 @@ pub struct InstallRequest {
     pub root: Option<PathBuf>,
     /// With `root`: stage this manager's files instead of this system's own.
     pub manager: Option<StagedManager>,
-    /// When the service starts (Windows start type; systemd: `manual` leaves it disabled).
+    /// When the service starts (Windows start type; systemd: `manual` leaves it disabled;
+    /// launchd: `manual` is not run at load or boot).
     pub start_type: StartType,
     /// Windows: the account the service runs as (default LocalSystem).
     pub account: Option<String>,
@@ -192,7 +193,7 @@ pub struct Invocation {
     pub instance: String,
     /// `--system` / `--user`; `None`: [`default_scope`].
     pub scope: Option<Scope>,
-    /// `--home DIR` (refused by the `service` verbs).
+    /// `--home DIR`: a portable instance; its service runs with `--home DIR`.
     pub home: Option<PathBuf>,
     /// `--config FILE`.
     pub config: Option<PathBuf>,
@@ -219,6 +220,8 @@ pub struct Target {
     pub layout: Layout,
     /// `--config FILE`, absolute, when given.
     pub config: Option<PathBuf>,
+    /// `--home DIR`, absolute, when given: the service runs the portable instance there.
+    pub home: Option<PathBuf>,
     /// Staging root, when given.
     pub root: Option<PathBuf>,
     /// The binary the service runs.
@@ -230,27 +233,27 @@ pub struct Target {
 }
 
 impl Target {
-    /// Resolves the target of a `service` verb; `--home` is refused (a service uses the
-    /// system or per-user places).
+    /// Resolves the target of a `service` verb. With `--home DIR` the service (system or
+    /// per-user, by `--system`/`--user`) runs the portable instance under DIR, and its
+    /// manifest lives there: the other verbs find it with the same `--home`.
     pub fn for_service(inv: &Invocation, root: Option<&Path>) -> Result<Target, String> {
-        if inv.home.is_some() {
-            return Err(
-                "--home is for portable and foreground instances; a service uses the \
-                        system (--system) or per-user (--user) places"
-                    .into(),
-            );
-        }
         Self::resolve(inv, root)
     }
 
-    /// Like [`Target::for_service`], but an instance under `--home` is accepted (`check`).
+    /// The target of `check` (the same resolution as [`Target::for_service`]).
     pub fn any(inv: &Invocation) -> Result<Target, String> {
         Self::resolve(inv, None)
     }
 
     fn resolve(inv: &Invocation, root: Option<&Path>) -> Result<Target, String> {
         let scope = inv.scope.unwrap_or_else(default_scope);
-        let mode = match (&inv.home, scope) {
+        let home = match &inv.home {
+            Some(h) => Some(std::path::absolute(h).map_err(|e| {
+                format!("cannot make the --home path {} absolute: {e}", h.display())
+            })?),
+            None => None,
+        };
+        let mode = match (&home, scope) {
             (Some(home), _) => Mode::Home(home.clone()),
             (None, Scope::System) => Mode::System,
             (None, Scope::User) => Mode::User,
@@ -272,6 +275,7 @@ impl Target {
             scope,
             layout,
             config,
+            home,
             root: root.map(Path::to_path_buf),
             exe,
             settings,
@@ -291,6 +295,10 @@ impl Target {
             "--instance".to_string(),
             self.instance.clone(),
         ];
+        if let Some(h) = &self.home {
+            v.push("--home".into());
+            v.push(h.display().to_string());
+        }
         if let Some(c) = &self.config {
             v.push("--config".into());
             v.push(c.display().to_string());
@@ -509,6 +517,7 @@ fn install(inv: &Invocation, a: &InstallRequest) -> Result<serde_json::Value, Fa
             t.scope,
             &t.exe,
             t.config.as_deref().unwrap_or(&t.layout.config_file),
+            t.home.as_deref(),
         ),
         _ => Vec::new(),
     };
@@ -762,6 +771,9 @@ pub fn instance_flags(t: &Target) -> String {
     if t.scope != default_scope() {
         s.push(' ');
         s.push_str(t.scope.flag());
+    }
+    if let Some(h) = &t.home {
+        s.push_str(&format!(" --home {}", h.display()));
     }
     s
 }

@@ -44,6 +44,9 @@ pub struct Manifest {
     #[serde(default)]
     pub trigger: Option<String>,
     pub installed_at: String,
+    /// `--home DIR` of a portable instance's service.
+    #[serde(default)]
+    pub home: Option<PathBuf>,
     pub root: Option<PathBuf>,
     /// Folders install created, parents first.
     pub dirs: Vec<PathBuf>,
@@ -90,6 +93,7 @@ impl Manifest {
             trigger: None,
             installed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
+            home: t.home.clone(),
             root: t.root.clone(),
             dirs: Vec::new(),
             files: Vec::new(),

@@ -568,6 +568,7 @@ mod tests {
             scope: Scope::System,
             layout: Layout::resolve("web", Mode::System).unwrap(),
             config: Some(r"C:\my dir\web.toml".into()),
+            home: None,
             root: None,
             exe: r"C:\Program Files\majordomo\majordomo.exe".into(),
             settings: crate::Settings::default(),
@@ -591,6 +592,17 @@ mod tests {
         assert!(
             xml.contains(r#"<Arguments>--system --instance web --config &quot;C:\my dir\web.toml&quot; check</Arguments>"#),
             "{xml}"
+        );
+        // A portable instance's service carries its --home in the SCM's binary path.
+        let home = Target {
+            home: Some(r"D:\apps\web portable".into()),
+            layout: Layout::resolve("web", Mode::Home(r"D:\apps\web portable".into())).unwrap(),
+            config: None,
+            ..t
+        };
+        assert_eq!(
+            command_line(&home, "run"),
+            r#""C:\Program Files\majordomo\majordomo.exe" --system --instance web --home "D:\apps\web portable" run"#
         );
     }
 }

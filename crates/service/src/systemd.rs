@@ -154,10 +154,15 @@ pub fn template_unit(exe: &Path, scope: Scope, default_grace: Duration) -> Strin
     u
 }
 
-/// The per-instance drop-in: stop timeout from the instance's grace period, its config file.
-pub fn dropin(grace: Duration, config: Option<&Path>) -> String {
+/// The per-instance drop-in: stop timeout from the instance's grace period, its config file,
+/// and for a portable instance (`--home`) the template's `ExecStart` replaced by `exec_start`.
+pub fn dropin(grace: Duration, config: Option<&Path>, exec_start: Option<&str>) -> String {
     let mut d =
         String::from("# Written by `majordomo service install` for this instance.\n[Service]\n");
+    if let Some(run) = exec_start {
+        // An empty ExecStart= clears the template's before the instance's own.
+        d.push_str(&format!("ExecStart=\nExecStart={run}\n"));
+    }
     d.push_str(&format!(
         "TimeoutStopSec={}s\n",
         (grace + STOP_MARGIN).as_secs()
@@ -171,6 +176,13 @@ pub fn dropin(grace: Duration, config: Option<&Path>) -> String {
         d.push_str(&format!("Environment=\"{value}\"\n"));
     }
     d
+}
+
+/// `exe --scope --instance NAME [--home DIR] [--config FILE] run`, as an ExecStart value.
+fn run_line(t: &Target) -> String {
+    let mut args = t.base_args();
+    args.push("run".into());
+    command_line(&t.exe, &args)
 }
 
 /// The backup trigger: a oneshot service running `majordomo check`, and its timer.
@@ -241,6 +253,21 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
             ),
         ));
     }
+    // Another instance (a portable one, or the same name in another place) owns the unit.
+    let dropin_file = t.staged(&unit_dir.join(format!("{unit}.d")).join("majordomo.conf"));
+    if dropin_file.exists() {
+        return Err(Failure::new(
+            exit::FAILURE,
+            format!(
+                "{unit} is already installed for another instance named '{}' ({} exists, and this \
+                 instance has no manifest at {}); uninstall that one with its own --home/--config, \
+                 or choose another --instance",
+                t.instance,
+                dropin_file.display(),
+                t.staged(&t.manifest_path()).display()
+            ),
+        ));
+    }
     let mut m = Manifest::new(t, "systemd", unit.clone());
     let wants = match t.scope {
         Scope::System => "multi-user.target.wants",
@@ -258,7 +285,11 @@ pub fn install(t: &Target, opts: &InstallOptions) -> Result<Manifest, Failure> {
         let dropin_path = t.staged(&unit_dir.join(format!("{unit}.d")).join("majordomo.conf"));
         m.write_file(
             &dropin_path,
-            &dropin(t.grace(), t.config.as_deref()),
+            &dropin(
+                t.grace(),
+                t.config.as_deref(),
+                t.home.is_some().then(|| run_line(t)).as_deref(),
+            ),
             false,
             false,
         )?;
@@ -313,13 +344,22 @@ const PRIVATE_TMP: [&str; 2] = ["/tmp", "/var/tmp"];
 
 /// Warnings about paths the unit would not see: the system unit runs with `PrivateTmp=yes`, so
 /// a binary or config under `/tmp` or `/var/tmp` is missing when systemd starts it.
-pub fn private_tmp_warnings(scope: Scope, exe: &Path, config: &Path) -> Vec<String> {
+pub fn private_tmp_warnings(
+    scope: Scope,
+    exe: &Path,
+    config: &Path,
+    home: Option<&Path>,
+) -> Vec<String> {
     if scope != Scope::System {
         return Vec::new();
     }
     let under_tmp = |p: &Path| PRIVATE_TMP.iter().find(|t| p.starts_with(t)).copied();
     let mut out = Vec::new();
-    for (what, p) in [("binary", exe), ("config file", config)] {
+    let home = home.map(|h| ("--home folder", h));
+    for (what, p) in [("binary", exe), ("config file", config)]
+        .into_iter()
+        .chain(home)
+    {
         if let Some(tmp) = under_tmp(p) {
             out.push(format!(
                 "the {what} {} is under {tmp}, which the unit hides (PrivateTmp=yes gives the \
@@ -507,10 +547,25 @@ mod tests {
 
     #[test]
     fn dropin_sets_stop_timeout_above_the_grace_period() {
-        let d = dropin(Duration::from_secs(20), Some(Path::new("/etc/x y.toml")));
+        let d = dropin(
+            Duration::from_secs(20),
+            Some(Path::new("/etc/x y.toml")),
+            None,
+        );
         assert!(d.contains("TimeoutStopSec=35s"), "{d}");
+        assert!(!d.contains("ExecStart"), "{d}");
         assert!(
             d.contains("Environment=\"MAJORDOMO_CONFIG=/etc/x y.toml\""),
+            "{d}"
+        );
+        // A portable instance replaces the template's command with its own.
+        let d = dropin(
+            Duration::from_secs(20),
+            None,
+            Some("/usr/bin/majordomo --system --instance web --home /opt/web run"),
+        );
+        assert!(
+            d.contains("ExecStart=\nExecStart=/usr/bin/majordomo --system --instance web --home /opt/web run\n"),
             "{d}"
         );
     }
@@ -528,6 +583,7 @@ mod tests {
             Scope::System,
             Path::new("/tmp/build/majordomo"),
             Path::new("/var/tmp/m.toml"),
+            None,
         );
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("/tmp/build/majordomo") && w[0].contains("PrivateTmp=yes"));
@@ -537,7 +593,8 @@ mod tests {
             private_tmp_warnings(
                 Scope::System,
                 Path::new("/tmpfoo/majordomo"),
-                Path::new("/etc/majordomo/default.toml")
+                Path::new("/etc/majordomo/default.toml"),
+                None,
             )
             .is_empty()
         );
@@ -545,9 +602,21 @@ mod tests {
             private_tmp_warnings(
                 Scope::User,
                 Path::new("/tmp/majordomo"),
-                Path::new("/tmp/m.toml")
+                Path::new("/tmp/m.toml"),
+                None,
             )
             .is_empty()
+        );
+        // A portable instance's --home under /tmp is hidden as well.
+        let w = private_tmp_warnings(
+            Scope::System,
+            Path::new("/usr/bin/majordomo"),
+            Path::new("/opt/x.toml"),
+            Some(Path::new("/tmp/portable")),
+        );
+        assert!(
+            w.len() == 1 && w[0].contains("--home folder /tmp/portable"),
+            "{w:?}"
         );
         // The warning is about the option the unit really sets.
         let u = template_unit(Path::new("/tmp/m"), Scope::System, Duration::from_secs(1));

@@ -360,11 +360,91 @@ fn config_check(cli: &Cli, layout: &Layout, file: Option<&str>) -> ExitCode {
     }
 }
 
-/// The socket to talk to: `--socket`; else the socket the running daemon recorded beside its
-/// pid file (where it listens now, even before a changed `[paths] socket` is reloaded); else the
-/// config file's `[paths] socket`; else the layout's. A config that cannot be read is reported
-/// on stderr.
-fn socket_for(cli: &Cli, layout: &Layout) -> PathBuf {
+/// Where the CLI found (or looked for) the instance's socket.
+struct Found {
+    socket: PathBuf,
+    /// When no mode was asked for and no instance answered: every mode tried and its socket.
+    looked: Vec<(&'static str, PathBuf)>,
+}
+
+/// The socket to talk to: `--socket`; else, in each mode of [`Mode::lookup_order`] (the one
+/// asked for with `--home`/`--system`/`--user`; otherwise this process's default, then the
+/// other of system and user), the instance's socket there ([`socket_for`]); the first where an
+/// instance is present ([`present`]) wins. When none is, the default mode's socket, and where
+/// it looked.
+fn find_socket(cli: &Cli, layout: &Layout) -> Found {
+    let own = socket_for(cli, layout, true);
+    let explicit = cli.socket.is_some() || cli.home.is_some() || cli.system || cli.user;
+    if explicit {
+        return Found {
+            socket: own,
+            looked: Vec::new(),
+        };
+    }
+    let mut looked = vec![(layout.mode.label(), own.clone())];
+    if present(layout, &own) {
+        return Found {
+            socket: own,
+            looked: Vec::new(),
+        };
+    }
+    for mode in Mode::lookup_order(None) {
+        if mode == layout.mode {
+            continue;
+        }
+        let Ok(other) = Layout::resolve(&cli.instance, mode) else {
+            continue;
+        };
+        let other = other.with_config_file(cli.config.as_deref());
+        let socket = socket_for(cli, &other, false);
+        if present(&other, &socket) {
+            return Found {
+                socket,
+                looked: Vec::new(),
+            };
+        }
+        looked.push((other.mode.label(), socket));
+    }
+    Found {
+        socket: own,
+        looked,
+    }
+}
+
+/// Whether an instance seems to be there, without connecting (a probe connection would take
+/// one of the daemon's connection slots): its Unix socket exists; on Windows, where opening a
+/// named pipe connects to it, its pid file exists (removed when the daemon exits).
+fn present(layout: &Layout, socket: &Path) -> bool {
+    if cfg!(windows) {
+        layout.pid_file.exists()
+    } else {
+        socket.exists()
+    }
+}
+
+/// "no instance 'x' is running: looked for the system socket A and the user socket B".
+fn not_running_anywhere(instance: &str, looked: &[(&'static str, PathBuf)]) -> String {
+    let places: Vec<String> = looked
+        .iter()
+        .map(|(mode, s)| format!("the {mode} {} {}", Layout::SOCKET_WORD, s.display()))
+        .collect();
+    let flag = if instance == DEFAULT_INSTANCE {
+        String::new()
+    } else {
+        format!(" --instance {instance}")
+    };
+    format!(
+        "no instance '{instance}' is running: looked for {}; start it with `majordomo{flag} run` \
+         (or `majordomo{flag} service start`), or name where it listens with --socket",
+        places.join(" and ")
+    )
+}
+
+/// The socket of the instance in `layout`'s mode: `--socket`; else the socket the running
+/// daemon recorded beside its pid file (where it listens now, even before a changed
+/// `[paths] socket` is reloaded); else the config file's `[paths] socket`; else the layout's.
+/// With `report`, a config that cannot be read is reported on stderr.
+fn socket_for(cli: &Cli, layout: &Layout, report: bool) -> PathBuf {
     if let Some(s) = &cli.socket {
         return s.clone();
     }
@@ -395,6 +475,7 @@ fn socket_for(cli: &Cli, layout: &Layout) -> PathBuf {
         Ok(c) => recorded
             .or(c.paths.socket)
             .unwrap_or_else(|| layout.socket.clone()),
+        Err(_) if !report => recorded.unwrap_or_else(|| layout.socket.clone()),
         Err(problems) => {
             eprint!("majordomo: the config could not be read for its socket: {problems}");
             match recorded {
@@ -436,7 +517,7 @@ fn state_dir(layout: &Layout) -> PathBuf {
 }
 
 fn connect_options(cli: &Cli, layout: &Layout) -> ConnectOptions {
-    ConnectOptions::new(socket_for(cli, layout))
+    ConnectOptions::new(find_socket(cli, layout).socket)
         .instance(layout.instance.clone())
         .token(cli.token.clone())
 }
@@ -479,23 +560,27 @@ fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let opts = ConnectOptions::new(socket_for(cli, layout))
+    let found = find_socket(cli, layout);
+    let opts = ConnectOptions::new(found.socket)
         .instance(layout.instance.clone())
         .token(cli.token.clone());
     match runtime.block_on(client_cmd(cli, &opts)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            let msg = match &e {
+                ClientError::NotRunning { .. } if found.looked.len() > 1 => {
+                    not_running_anywhere(&layout.instance, &found.looked)
+                }
+                e => e.to_string(),
+            };
             let code = match &e {
                 ClientError::Remote(body) if body.code == ErrorCode::InvalidConfig => exit::USAGE,
                 _ => exit::FAILURE,
             };
             if cli.json {
-                outln!(
-                    "{}",
-                    serde_json::json!({"ok": false, "error": e.to_string()})
-                );
+                outln!("{}", serde_json::json!({"ok": false, "error": msg}));
             } else {
-                eprintln!("majordomo: {e}");
+                eprintln!("majordomo: {msg}");
                 if let ClientError::Remote(body) = &e
                     && let Some(details) = body.details.as_ref().and_then(|d| d.as_array())
                 {

@@ -655,3 +655,87 @@ fn health_monitor_tcp_and_http_checks() {
     .expect("tcp check fires");
     assert!(active_alert(&home, "port-up").is_none());
 }
+
+#[test]
+fn health_monitor_checks_bus_gauges_and_jobs() {
+    let home = Home::new();
+    let flag = home.path().join("good");
+    home.write_config(
+        "default",
+        &config(&format!(
+            concat!(
+                "[[check]]\nname = \"crowded\"\nmetric = \"bus.connections\"\nabove = 3.5\nclear_below = 1.5\n\n",
+                "[[job]]\nname = \"rotate\"\nschedule = \"0 0 1 1 *\"\ncommand = [\"test\", \"-e\", \"{}\"]\n\n",
+                "[[check]]\nname = \"rotate-ok\"\njob = \"rotate\"\nseverity = \"critical\"\n",
+            ),
+            flag.display()
+        )),
+    );
+    let d = home.start("default");
+    // Four clients held open: the bus's published gauge crosses 3.5.
+    let mut held: Vec<crate::common::Line> =
+        (0..4).map(|_| crate::common::Line::connect(&d)).collect();
+    for l in &mut held {
+        l.call(r#"{"id":1,"cmd":"ping"}"#);
+    }
+    let a = eventually(LONG, || {
+        active_alert(&home, "crowded").filter(|a| a["state"] == "firing")
+    })
+    .expect("the bus.connections check fires");
+    assert!(
+        a["summary"]
+            .as_str()
+            .unwrap()
+            .contains("bus.connections is"),
+        "{a}"
+    );
+    drop(held);
+    eventually(LONG, || {
+        active_alert(&home, "crowded").is_none().then_some(())
+    })
+    .expect("it resolves when they close");
+    // The job has not run: healthy. A failing run fires the job check...
+    assert!(active_alert(&home, "rotate-ok").is_none());
+    let o = home.cli("default", &["job", "run", "rotate"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = eventually(LONG, || {
+        active_alert(&home, "rotate-ok").filter(|a| a["state"] == "firing")
+    })
+    .expect("the job check fires after a failed run");
+    assert!(
+        a["summary"]
+            .as_str()
+            .unwrap()
+            .contains("job rotate: the last run failed"),
+        "{a}"
+    );
+    // ...and a good one resolves it.
+    std::fs::write(&flag, "").unwrap();
+    let o = home.cli("default", &["job", "run", "rotate"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    eventually(LONG, || {
+        active_alert(&home, "rotate-ok").is_none().then_some(())
+    })
+    .expect("a good run resolves the job check");
+    // The metric is in `metrics` like the collector's own.
+    let m = json_cli(&home, &["metrics", "bus."]);
+    assert!(m["values"]["bus.connections"].is_number(), "{m}");
+    // A check on an undeclared job, or an unknown gauge, is a config error with its line.
+    let bad = home.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[check]]\nname = \"x\"\njob = \"ghost\"\n\n[[check]]\nname = \"y\"\nmetric = \"bus.conections\"\nabove = 1\n",
+    )
+    .unwrap();
+    let out = home.cli("default", &["config", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = stderr(&out);
+    assert!(
+        err.contains(":3:") && err.contains("no [[job]] named \"ghost\""),
+        "{err}"
+    );
+    assert!(
+        err.contains(":7:") && err.contains("bus.connections"),
+        "{err}"
+    );
+}

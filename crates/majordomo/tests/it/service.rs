@@ -691,3 +691,172 @@ fn running_as_an_os_service_manual_start_type_private_tmp_warning_and_staged_sta
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("staged under"), "{}", stdout(&out));
 }
+
+/// Kills the daemon it holds when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn instances_are_found_in_either_mode_without_system_or_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let instance = format!("find{}", std::process::id());
+    let runtime = tmp.path().join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    // A per-user instance in private XDG folders.
+    let cli = |args: &[&str]| {
+        let mut c = majordomo();
+        c.env("HOME", tmp.path())
+            .env("XDG_CONFIG_HOME", tmp.path().join("config"))
+            .env("XDG_STATE_HOME", tmp.path().join("state"))
+            .env("XDG_DATA_HOME", tmp.path().join("data"))
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .args(["--instance", &instance])
+            .args(args);
+        c
+    };
+    let _d = Killed(
+        cli(&["--user", "run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    crate::common::eventually(Duration::from_secs(30), || {
+        run(&mut cli(&["--user", "status"]))
+            .status
+            .success()
+            .then_some(())
+    })
+    .expect("the per-user instance answers with --user");
+    // Without --user (as root the default mode is --system): still found, in whichever mode.
+    let out = run(&mut cli(&["--json", "status"]));
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let s: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(s["instance"], instance.as_str(), "{s}");
+    // An explicit mode is not second-guessed: --system looks only there.
+    let out = run(&mut cli(&["--system", "status"]));
+    assert!(!out.status.success());
+    assert!(!stderr(&out).contains("looked for"), "{}", stderr(&out));
+    // Once it is gone, the message names every place looked at.
+    let out = run(&mut cli(&["shutdown"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let user_sock = runtime.join("majordomo").join(format!("{instance}.sock"));
+    crate::common::eventually(Duration::from_secs(30), || {
+        (!user_sock.exists()).then_some(())
+    })
+    .expect("the daemon removes its socket");
+    let out = run(&mut cli(&["status"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "no instance '{instance}' is running: looked for the "
+        )) && err.contains(&format!("the user socket {}", user_sock.display()))
+            && err.contains(&format!("the system socket /run/majordomo/{instance}.sock")),
+        "{err}"
+    );
+}
+
+#[test]
+fn running_as_an_os_service_portable_home_install_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let home = tmp.path().join("portable");
+    let h = home.to_str().unwrap();
+    install(&root, "--system", "web", &["--home", h]);
+    let units = root.join("etc/systemd/system");
+    // The instance's drop-in runs the portable instance: the template's ExecStart is replaced.
+    let dropin =
+        std::fs::read_to_string(units.join("majordomo@web.service.d/majordomo.conf")).unwrap();
+    assert!(
+        dropin.contains("ExecStart=\n")
+            && dropin.contains(&format!("--system --instance web --home {h} run")),
+        "{dropin}"
+    );
+    // The manifest lives with the portable instance and records its home.
+    let manifest = super_path(&root, &home.join("web/state/service-manifest.json"));
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(m["home"], h, "{m}");
+    assert!(super_path(&root, &home.join("web/config.toml")).exists());
+    // status with the same --home finds it; without it, the system instance has none.
+    let status = |extra: &[&str]| {
+        let out = run(majordomo()
+            .args([
+                "--json",
+                "service",
+                "status",
+                "--system",
+                "--instance",
+                "web",
+            ])
+            .args(extra)
+            .arg("--root")
+            .arg(&root));
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        serde_json::from_str::<Value>(stdout(&out).trim()).unwrap()
+    };
+    let v = status(&["--home", h]);
+    assert_eq!(v["manager"]["installed"], true, "{v}");
+    assert_eq!(v["manifest"]["home"], h, "{v}");
+    assert!(status(&[])["manifest"].is_null());
+    // Another instance of the same name cannot take over the unit.
+    let out = run(majordomo()
+        .args([
+            "service",
+            "install",
+            "--system",
+            "--instance",
+            "web",
+            "--root",
+        ])
+        .arg(&root));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already installed for another instance named 'web'"),
+        "{}",
+        stderr(&out)
+    );
+    // launchd and its plist carry --home too.
+    let lroot = tmp.path().join("lroot");
+    install(
+        &lroot,
+        "--system",
+        "web",
+        &["--home", h, "--manager", "launchd"],
+    );
+    let plist =
+        std::fs::read_to_string(lroot.join("Library/LaunchDaemons/org.majordomo.web.plist"))
+            .unwrap();
+    assert!(
+        plist.contains(&format!(
+            "<string>--home</string>\n    <string>{h}</string>"
+        )),
+        "{plist}"
+    );
+    // Uninstall with the same --home removes what install wrote.
+    let out = run(majordomo()
+        .args([
+            "service",
+            "uninstall",
+            "--system",
+            "--instance",
+            "web",
+            "--home",
+            h,
+            "--root",
+        ])
+        .arg(&root));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!manifest.exists());
+    assert!(
+        !units
+            .join("majordomo@web.service.d/majordomo.conf")
+            .exists()
+    );
+}
