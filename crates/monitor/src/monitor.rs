@@ -184,9 +184,11 @@ async fn run(ctx: Ctx<MonitorSection>, daemon_started: Instant) -> Result<(), St
         .filter(|c| c.metric.is_some())
         .cloned()
         .collect();
-    let program_wake = Arc::new(tokio::sync::Notify::new());
+    // Watch channels, not a `Notify`: every check of the kind must wake, and `notify_one`
+    // would wake only one of several program checks.
+    let (program_tx, program_rx) = tokio::sync::watch::channel(0u64);
     let (job_tx, job_rx) = tokio::sync::watch::channel(0u64);
-    listen(&ctx, &st, program_wake.clone(), job_tx);
+    listen(&ctx, &st, program_tx, job_tx);
 
     // Alerts raised before the notifiers subscribed would never be notified: let every
     // subsystem starting alongside (at start-up or on a reload) get going first.
@@ -202,7 +204,7 @@ async fn run(ctx: Ctx<MonitorSection>, daemon_started: Instant) -> Result<(), St
             st.clone(),
             check,
             every,
-            program_wake.clone(),
+            program_rx.clone(),
             job_rx.clone(),
         );
         ctx.tracker
@@ -272,7 +274,7 @@ async fn run(ctx: Ctx<MonitorSection>, daemon_started: Instant) -> Result<(), St
 fn listen(
     ctx: &Ctx<MonitorSection>,
     st: &Arc<State>,
-    wake: Arc<tokio::sync::Notify>,
+    programs_changed: tokio::sync::watch::Sender<u64>,
     jobs_changed: tokio::sync::watch::Sender<u64>,
 ) {
     let record = {
@@ -339,7 +341,7 @@ fn listen(
                 Ok(ev) => match &*ev {
                     Event::ProgramState { .. } => {
                         record(&ev);
-                        wake.notify_one();
+                        programs_changed.send_modify(|n| *n += 1);
                     }
                     Event::JobFinished { job, run } => {
                         record_job(job, run);
@@ -375,7 +377,7 @@ async fn run_check(
     st: Arc<State>,
     check: CheckConfig,
     every: Duration,
-    wake: Arc<tokio::sync::Notify>,
+    mut programs_changed: tokio::sync::watch::Receiver<u64>,
     mut jobs_changed: tokio::sync::watch::Receiver<u64>,
 ) {
     let client = checks::http_client(&check);
@@ -385,7 +387,11 @@ async fn run_check(
         tokio::select! {
             _ = ctx.token.cancelled() => return,
             _ = tick.tick() => {}
-            _ = wake.notified(), if check.program.is_some() => {}
+            r = programs_changed.changed(), if check.program.is_some() => {
+                if r.is_err() {
+                    return;
+                }
+            }
             r = jobs_changed.changed(), if check.job.is_some() => {
                 if r.is_err() {
                     return;

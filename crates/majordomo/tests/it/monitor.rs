@@ -451,6 +451,31 @@ fn health_monitor_program_check_follows_the_supervisor() {
     );
 }
 
+#[test]
+fn health_monitor_every_program_check_wakes_on_a_state_change() {
+    let home = Home::new();
+    // Four checks watch one program that fails after two seconds, and the checks' own interval
+    // is an hour: each alert can only come from the wake-up on the program's state change, which
+    // must reach every check that watches it, not one of them.
+    let mut cfg = String::from(
+        "[[program]]\nname = \"p\"\ncommand = \"sh\"\nargs = [\"-c\", \"sleep 2; exit 3\"]\nrestart = \"never\"\n\n",
+    );
+    for n in 1..=4 {
+        cfg.push_str(&format!(
+            "[[check]]\nname = \"p-up-{n}\"\nprogram = \"p\"\ninterval = \"1h\"\nseverity = \"warning\"\n\n"
+        ));
+    }
+    home.write_config("default", &config(&cfg));
+    let _d = home.start("default");
+    for n in 1..=4 {
+        let name = format!("p-up-{n}");
+        eventually(LONG, || {
+            active_alert(&home, &name).filter(|a| a["state"] == "firing")
+        })
+        .unwrap_or_else(|| panic!("{name} fires when its program fails"));
+    }
+}
+
 /// Starts a private X display, D-Bus session bus and dunst; `None` (with a message) if any of
 /// them is missing or does not start.
 struct Desktop {
