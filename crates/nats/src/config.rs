@@ -47,7 +47,7 @@ pub struct NatsConfig {
     pub roles: Vec<String>,
     /// Exports held while NATS is unreachable or slower than the bus; past it the oldest are dropped (counted).
     pub buffer: usize,
-    /// JetStream stream for durable export (created if missing, over the exported subjects); duplicates are suppressed by message id.
+    /// JetStream stream for durable export (created if missing, over the exported subjects; duplicates suppressed by message id) and durable import (read through a durable consumer per import pattern, named from node and instance).
     pub stream: Option<String>,
     /// Deadline of a request crossing the bridge from the local bus to NATS.
     pub request_timeout: Dur,
@@ -241,11 +241,15 @@ impl NatsConfig {
                 "use letters, digits, '-' and '_'",
             ));
         }
-        if self.stream.is_some() && self.export.is_empty() && !self.system_events {
+        if self.stream.is_some()
+            && self.export.is_empty()
+            && self.import.is_empty()
+            && !self.system_events
+        {
             problems.push(Problem::at(
                 "nats.stream",
-                "a stream without anything exported",
-                "list topics in nats.export, or remove nats.stream",
+                "a stream without anything exported or imported",
+                "list topics in nats.export or subjects in nats.import, or remove nats.stream",
             ));
         }
         if self.request_timeout.get().is_zero() {

@@ -53,6 +53,12 @@ pub struct NatsStatus {
     /// Exports handed to a connection that broke before they were confirmed: possibly lost
     /// (core NATS only; JetStream retries them).
     pub unconfirmed: u64,
+    /// JetStream redeliveries already delivered locally, skipped (durable import only).
+    #[serde(default)]
+    pub redelivered: u64,
+    /// The durable JetStream consumers imports are read through (`stream` set), if any.
+    #[serde(default)]
+    pub consumers: Vec<String>,
     /// Times the connection was (re-)established.
     pub connects: u64,
     /// Last connection error, if any.

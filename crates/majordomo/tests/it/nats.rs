@@ -385,6 +385,9 @@ async fn nats_restart_without_jetstream_counts_the_loss() {
     );
 }
 
+/// End to end through JetStream: `a` exports into the stream, `b` imports from it through its
+/// durable consumer; nats-server (with its store) is killed and restarted mid-stream, and `b`'s
+/// local subscriber still gets every message exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_with_jetstream_loses_nothing() {
     let Some(mut server) = NatsServer::start(true) else {
@@ -398,10 +401,24 @@ async fn nats_restart_with_jetstream_loses_nothing() {
             "[nats]\nservers = [\"{url}\"]\nnode = \"n1\"\nexport = [\"ev.>\"]\nstream = \"EV\"\n"
         ),
     );
+    home.write_config(
+        "b",
+        &format!(
+            "[nats]\nservers = [\"{url}\"]\nnode = \"n2\"\nimport = [\"majordomo.n1.a.ev.>\"]\nstream = \"EV\"\n"
+        ),
+    );
     let a = home.start("a");
+    let b = home.start("b");
     until(&a, "a connected", connected).await;
+    until(&b, "b connected", connected).await;
+    let bb = bus(&b).await;
+    let mut got = bb.subscribe("majordomo.n1.a.ev.>").await.unwrap();
     let ab = bus(&a).await;
     publish_range(&ab, "ev.x", 0..100).await;
+    // The first messages arrive through b's durable consumer (created once a made the stream).
+    for i in 0..100 {
+        assert_eq!(next(&mut got).await.json::<Value>().unwrap()["i"], i);
+    }
     // Killed mid-stream, while the rest is being published.
     let publisher = {
         let ab = bus(&a).await;
@@ -420,6 +437,19 @@ async fn nats_restart_with_jetstream_loses_nothing() {
     })
     .await;
     assert_eq!(s["dropped"], 0, "{s}");
+    // b's subscriber: each of the 400, once, in order.
+    for i in 100..400 {
+        let m = next(&mut got).await;
+        assert_eq!(
+            m.json::<Value>().unwrap()["i"],
+            i,
+            "b's import after the restart"
+        );
+    }
+    let extra = tokio::time::timeout(Duration::from_millis(300), got.next()).await;
+    assert!(extra.is_err(), "a duplicate arrived: {extra:?}");
+    let sb = until(&b, "b imported all", |s| s["imported"] == 400).await;
+    assert_eq!(sb["consumers"], json!(["majordomo-n2-b-0"]), "{sb}");
     // The stream holds each message exactly once.
     let client = majordomo_nats::async_nats::connect(url.as_str())
         .await
