@@ -12,7 +12,7 @@ use majordomo_bus::{Router, Session, SessionConfig};
 use majordomo_core::lifecycle::Ctx;
 use majordomo_core::{Commands, Hub, backoff};
 use majordomo_proto::bus as wire;
-use majordomo_proto::nats::{NatsStatus, NatsStatusCmd, ctl_subject};
+use majordomo_proto::nats::{Fleet, NatsFleetCmd, NatsStatus, NatsStatusCmd, ctl_subject};
 use majordomo_proto::{ErrorBody, ErrorCode, Event};
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, watch};
@@ -304,6 +304,18 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
         )
     })?;
 
+    {
+        let client = client.clone();
+        let stats = stats.clone();
+        let server = shown_servers.join(",");
+        ctx.handle::<NatsFleetCmd, _, _>(move |args| {
+            let client = client.clone();
+            let stats = stats.clone();
+            let server = server.clone();
+            async move { Ok(fleet_now(&client, &stats, &server, &args.roles).await) }
+        });
+    }
+
     // The bridge's own bus connection.
     let (_session_tx, session_rx) = watch::channel(Arc::new(SessionConfig {
         token: None,
@@ -450,6 +462,38 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
     let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
     ctx.commands.unregister_owner("nats");
     Ok(())
+}
+
+/// `nats.fleet`: a fleet ping over the bridge's connection, answers gathered for half a second.
+async fn fleet_now(
+    client: &async_nats::Client,
+    stats: &Stats,
+    server: &str,
+    roles: &[String],
+) -> Fleet {
+    if !stats.connected.load(Ordering::Relaxed) {
+        let why = stats
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        return Fleet {
+            members: Vec::new(),
+            reason: Some(format!("not connected to NATS at {server}{why}")),
+        };
+    }
+    match crate::fleet::ls(client, roles, Duration::from_millis(500)).await {
+        Ok(members) => Fleet {
+            members,
+            reason: None,
+        },
+        Err(e) => Fleet {
+            members: Vec::new(),
+            reason: Some(format!("fleet ping over NATS at {server}: {e}")),
+        },
+    }
 }
 
 fn status_of(base: &NatsStatus, s: &Stats, buffer: &Buffer) -> NatsStatus {

@@ -82,7 +82,7 @@ impl Default for NatsConfig {
 
 /// The host name as a NATS subject token: dots, spaces and wildcards become '-'.
 pub fn default_node() -> String {
-    let h = host_name();
+    let h = majordomo_platform::host_name();
     let h = h.split('.').next().unwrap_or_default();
     let t = token(h);
     if t.is_empty() { "localhost".into() } else { t }
@@ -99,20 +99,6 @@ pub fn token(s: &str) -> String {
             }
         })
         .collect()
-}
-
-fn host_name() -> String {
-    #[cfg(unix)]
-    {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default()
-    }
-    #[cfg(not(unix))]
-    {
-        std::env::var("COMPUTERNAME").unwrap_or_default()
-    }
 }
 
 impl NatsConfig {
@@ -136,7 +122,10 @@ impl NatsConfig {
             Some(list) => list.clone(),
             None => catalog()
                 .iter()
-                .filter(|c| c.kind == Kind::Read && !c.name.starts_with("bus."))
+                // `nats.fleet` would have every remote call fan out to the whole fleet.
+                .filter(|c| {
+                    c.kind == Kind::Read && !c.name.starts_with("bus.") && c.name != "nats.fleet"
+                })
                 .map(|c| c.name.to_string())
                 .collect(),
         }
