@@ -304,15 +304,43 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
         )
     })?;
 
+    let identity = crate::remote::Identity {
+        node: node.clone(),
+        instance: instance.clone(),
+        roles: cfg.roles.clone(),
+        allow: cfg.allowed(),
+    };
     {
         let client = client.clone();
         let stats = stats.clone();
         let server = shown_servers.join(",");
+        // The bridge's connection never hears its own ping (no_echo): this instance answers
+        // for itself, as it does to everyone else's pings (remote control on).
+        let me = cfg.control.then(|| Arc::new(identity.clone()));
+        let commands = ctx.commands.clone();
+        let ctl = ctl.clone();
         ctx.handle::<NatsFleetCmd, _, _>(move |args| {
             let client = client.clone();
             let stats = stats.clone();
             let server = server.clone();
-            async move { Ok(fleet_now(&client, &stats, &server, &args.roles).await) }
+            let me = me.clone();
+            let commands = commands.clone();
+            let ctl = ctl.clone();
+            async move {
+                let mut fleet = fleet_now(&client, &stats, &server, &args.roles).await;
+                if let Some(me) = me
+                    && fleet.reason.is_none()
+                    && args.roles.iter().all(|r| me.roles.contains(r))
+                {
+                    fleet
+                        .members
+                        .push(crate::remote::member(&me, &ctl, &commands).await);
+                    fleet
+                        .members
+                        .sort_by(|a, b| (&a.node, &a.instance).cmp(&(&b.node, &b.instance)));
+                }
+                Ok(fleet)
+            }
         });
     }
 
@@ -423,12 +451,7 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
         crate::remote::start(
             &client,
             &ctl,
-            crate::remote::Identity {
-                node: node.clone(),
-                instance: instance.clone(),
-                roles: cfg.roles.clone(),
-                allow: cfg.allowed(),
-            },
+            identity,
             ctx.commands.clone(),
             stats.clone(),
             &tracker,

@@ -260,6 +260,55 @@ async fn two_instances_exchange_messages_requests_and_fleet_control() {
     let sb = nats_status(&b).await;
     assert_eq!(sb["ctl_answered"], 1, "{sb}");
     assert_eq!(sb["ctl_refused"], 1, "{sb}");
+
+    // The fleet over HTTP, as the dashboard's Fleet page reads it.
+    let fleet = http_get(&home, "a", "/api/v1/nats.fleet").await;
+    assert_eq!(member_names(&fleet["members"]), ["n1/a", "n2/b"], "{fleet}");
+    assert_eq!(fleet["reason"], Value::Null, "{fleet}");
+    let fleet = http_get(&home, "b", "/api/v1/nats.fleet?roles=admin").await;
+    assert_eq!(member_names(&fleet["members"]), ["n1/a"], "{fleet}");
+    let page = http_get(&home, "a", "/assets/app.js").await;
+    assert!(
+        page.as_str()
+            .is_some_and(|js| js.contains("nats.fleet") && js.contains("discovery.peers")),
+        "the dashboard has no Fleet page"
+    );
+}
+
+fn member_names(members: &Value) -> Vec<String> {
+    members
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    format!(
+                        "{}/{}",
+                        m["node"].as_str().unwrap_or("?"),
+                        m["instance"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// GET `path` on the instance's HTTP port with its login token: the body as JSON, or as a string.
+async fn http_get(home: &Home, instance: &str, path: &str) -> Value {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let o = home.cli(instance, &["--json", "http", "url"]);
+    assert!(o.status.success(), "http url: {}", stderr(&o));
+    let v: Value = serde_json::from_str(stdout(&o).trim()).expect("http url --json");
+    let url = v["url"].as_str().expect("url");
+    let (base, token) = url.split_once("/?token=").expect("a link with the token");
+    let resp = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET");
+    assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+    let text = resp.text().await.unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
