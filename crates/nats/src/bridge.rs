@@ -817,6 +817,7 @@ async fn ensure_stream(
 }
 
 /// NATS subjects in, local subscribers out; requests answered by a local responder.
+#[allow(clippy::too_many_arguments)]
 async fn importer(
     mut subs: futures_util::stream::SelectAll<async_nats::Subscriber>,
     link: Link,
