@@ -178,6 +178,31 @@
     } catch (e) { fill($("endpoint-rows"), [], "bus: " + e.message, 2); }
   }
 
+  // Fleet: the instances on this instance's NATS server (nats.fleet) and on the LAN
+  // (discovery.peers). Either subsystem may be off: its command is then unknown.
+  const off = (e, what) => /unknown command/.test(e.message) ? what + " is off on this instance" : what + ": " + e.message;
+  async function loadFleet() {
+    try {
+      const f = await api("nats.fleet");
+      fill($("fleet-rows"), f.members.map((m) => el("tr", { "data-member": m.node + "/" + m.instance },
+        el("td", {}, m.node), el("td", {}, m.instance), el("td", {}, m.version), el("td", {}, dur(m.uptime_s)),
+        el("td", {}, (m.roles || []).join(", ") || "–"),
+        el("td", { class: "detail" }, m.firing ? m.firing + " firing: " + (m.alerts || []).join(", ") : "–"))),
+        f.reason || "no instance answered", 6);
+      $("fleet-note").textContent = f.members.length + " instance(s) answered a fleet ping";
+    } catch (e) { fill($("fleet-rows"), [], off(e, "NATS ([nats] servers)"), 6); $("fleet-note").textContent = ""; }
+    try {
+      const p = await api("discovery.peers");
+      fill($("lan-rows"), p.peers.map((x) => {
+        const addr = (x.addresses || []).find((a) => !a.includes(":")) || (x.addresses || [])[0];
+        const link = x.http_port && addr ? el("a", { href: "http://" + addr + ":" + x.http_port + "/" }, addr + ":" + x.http_port) : "–";
+        return el("tr", { "data-peer": x.node + "/" + x.instance }, el("td", {}, x.node), el("td", {}, x.instance), el("td", {}, x.version),
+          el("td", {}, (x.roles || []).join(", ") || "–"), el("td", { class: "detail" }, (x.addresses || []).join(", ")), el("td", {}, link));
+      }), "no peer seen on the LAN yet", 6);
+      $("lan-note").textContent = "";
+    } catch (e) { fill($("lan-rows"), [], off(e, "LAN discovery ([discovery] enabled)"), 6); }
+  }
+
   // Live.
   function live() {
     const es = new EventSource("/api/v1/events");
@@ -213,11 +238,12 @@
 
   async function start() {
     live();
-    await Promise.allSettled([loadStatus(), loadPrograms(), loadAlerts(), loadPipelines(), loadBus()]);
+    await Promise.allSettled([loadStatus(), loadPrograms(), loadAlerts(), loadPipelines(), loadBus(), loadFleet()]);
     await loadMetricNames();
     await drawChart();
     setInterval(() => { loadStatus(); loadBus(); }, 5000);
     setInterval(loadPrograms, 10000);
+    setInterval(loadFleet, 15000);
     setInterval(drawChart, 60000);
     document.body.dataset.ready = "1";
   }

@@ -13,6 +13,7 @@ use majordomo_bus::{BusConfig, Router};
 use majordomo_control::{ControlConfig, ControlSection};
 use majordomo_core::lifecycle::Registry;
 use majordomo_core::{Dur, PathsConfig, Problem, Root, Section};
+use majordomo_discovery::{DiscoveryConfig, DiscoverySection};
 use majordomo_guest::GuestConfig;
 use majordomo_http::HttpConfig;
 use majordomo_monitor::{CheckConfig, MonitorConfig, MonitorSection, NotifierConfig};
@@ -59,6 +60,8 @@ pub struct Config {
     pub job: Vec<JobConfig>,
     /// `[http]`: the REST API, dashboard, metrics and WebSocket.
     pub http: HttpConfig,
+    /// `[discovery]`: LAN discovery over mDNS/DNS-SD.
+    pub discovery: DiscoveryConfig,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             scheduler: SchedulerConfig::default(),
             job: Vec::new(),
             http: HttpConfig::default(),
+            discovery: DiscoveryConfig::default(),
         }
     }
 }
@@ -103,6 +107,7 @@ impl Root for Config {
         "scheduler",
         "job",
         "http",
+        "discovery",
     ];
 
     fn section(&mut self, name: &str, value: Section<'_>, problems: &mut Vec<Problem>) -> bool {
@@ -127,6 +132,7 @@ impl Root for Config {
             "scheduler" => value.one(&mut self.scheduler, problems),
             "job" => value.many(&mut self.job, problems),
             "http" => value.one(&mut self.http, problems),
+            "discovery" => value.one(&mut self.discovery, problems),
             _ => return false,
         }
         true
@@ -143,6 +149,7 @@ impl Root for Config {
         majordomo_guest::validate(&self.guest, problems);
         majordomo_scheduler::validate(&self.scheduler, &self.job, problems);
         majordomo_http::validate(&self.http, problems);
+        self.discovery.validate(problems);
         self.validate_across(problems);
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
@@ -246,7 +253,17 @@ pub fn subsystems(registry: &mut Registry<Config>, log: Arc<LogHandle>, router: 
                 job: c.job.clone(),
             }
         })
-        .mount(majordomo_http::Http::new(router), |c| c.http.clone());
+        .mount(majordomo_http::Http::new(router), |c| c.http.clone())
+        .mount(majordomo_discovery::Discovery, |c| DiscoverySection {
+            discovery: c.discovery.clone(),
+            http_port: c
+                .http
+                .enabled
+                .then(|| c.http.listen.first())
+                .flatten()
+                .and_then(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse().ok())),
+            nats_node: c.nats.node.clone(),
+        });
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use majordomo_bus::{Router, Session, SessionConfig};
 use majordomo_core::lifecycle::Ctx;
 use majordomo_core::{Commands, Hub, backoff};
 use majordomo_proto::bus as wire;
-use majordomo_proto::nats::{NatsStatus, NatsStatusCmd, ctl_subject};
+use majordomo_proto::nats::{Fleet, NatsFleetCmd, NatsStatus, NatsStatusCmd, ctl_subject};
 use majordomo_proto::{ErrorBody, ErrorCode, Event};
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, watch};
@@ -37,6 +37,7 @@ pub struct Stats {
     pub ctl_refused: AtomicU64,
     pub dropped: AtomicU64,
     pub unconfirmed: AtomicU64,
+    pub redelivered: AtomicU64,
     pub connects: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
@@ -219,6 +220,16 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
     let ctl = ctl_subject(&node, &token(&instance));
     let stats = Arc::new(Stats::default());
     let servers = cfg.servers.join(",");
+    // Durable import: one consumer per import pattern, named from node and instance.
+    let consumers: Vec<(String, String)> = match &cfg.stream {
+        Some(_) => cfg
+            .import
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (consumer_name(&node, &instance, i), p.clone()))
+            .collect(),
+        None => Vec::new(),
+    };
     let shown_servers: Vec<String> = cfg.servers.iter().map(|s| redact_url(s)).collect();
 
     let buffer = Arc::new(Buffer {
@@ -251,6 +262,7 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
                 String::new()
             },
             stream: cfg.stream.clone(),
+            consumers: consumers.iter().map(|(n, _)| n.clone()).collect(),
             ..Default::default()
         };
         ctx.handle::<NatsStatusCmd, _, _>(move |_| {
@@ -291,6 +303,46 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
             shown_servers.join(",")
         )
     })?;
+
+    let identity = crate::remote::Identity {
+        node: node.clone(),
+        instance: instance.clone(),
+        roles: cfg.roles.clone(),
+        allow: cfg.allowed(),
+    };
+    {
+        let client = client.clone();
+        let stats = stats.clone();
+        let server = shown_servers.join(",");
+        // The bridge's connection never hears its own ping (no_echo): this instance answers
+        // for itself, as it does to everyone else's pings (remote control on).
+        let me = cfg.control.then(|| Arc::new(identity.clone()));
+        let commands = ctx.commands.clone();
+        let ctl = ctl.clone();
+        ctx.handle::<NatsFleetCmd, _, _>(move |args| {
+            let client = client.clone();
+            let stats = stats.clone();
+            let server = server.clone();
+            let me = me.clone();
+            let commands = commands.clone();
+            let ctl = ctl.clone();
+            async move {
+                let mut fleet = fleet_now(&client, &stats, &server, &args.roles).await;
+                if let Some(me) = me
+                    && fleet.reason.is_none()
+                    && args.roles.iter().all(|r| me.roles.contains(r))
+                {
+                    fleet
+                        .members
+                        .push(crate::remote::member(&me, &ctl, &commands).await);
+                    fleet
+                        .members
+                        .sort_by(|a, b| (&a.node, &a.instance).cmp(&(&b.node, &b.instance)));
+                }
+                Ok(fleet)
+            }
+        });
+    }
 
     // The bridge's own bus connection.
     let (_session_tx, session_rx) = watch::channel(Arc::new(SessionConfig {
@@ -357,8 +409,26 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
             echo.clone(),
             exports.clone(),
             stats.clone(),
+            cfg.stream.is_some(),
             token.clone(),
         ));
+    }
+    if let Some(stream) = &cfg.stream {
+        for (name, pattern) in &consumers {
+            tracker.spawn(stream_importer(
+                client.clone(),
+                Durable {
+                    stream: stream.clone(),
+                    name: name.clone(),
+                    filter: pattern.clone(),
+                },
+                link.clone(),
+                echo.clone(),
+                exports.clone(),
+                stats.clone(),
+                token.clone(),
+            ));
+        }
     }
     if cfg.system_events {
         tracker.spawn(export_events(
@@ -381,12 +451,7 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
         crate::remote::start(
             &client,
             &ctl,
-            crate::remote::Identity {
-                node: node.clone(),
-                instance: instance.clone(),
-                roles: cfg.roles.clone(),
-                allow: cfg.allowed(),
-            },
+            identity,
             ctx.commands.clone(),
             stats.clone(),
             &tracker,
@@ -422,6 +487,38 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
     Ok(())
 }
 
+/// `nats.fleet`: a fleet ping over the bridge's connection, answers gathered for half a second.
+async fn fleet_now(
+    client: &async_nats::Client,
+    stats: &Stats,
+    server: &str,
+    roles: &[String],
+) -> Fleet {
+    if !stats.connected.load(Ordering::Relaxed) {
+        let why = stats
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        return Fleet {
+            members: Vec::new(),
+            reason: Some(format!("not connected to NATS at {server}{why}")),
+        };
+    }
+    match crate::fleet::ls(client, roles, Duration::from_millis(500)).await {
+        Ok(members) => Fleet {
+            members,
+            reason: None,
+        },
+        Err(e) => Fleet {
+            members: Vec::new(),
+            reason: Some(format!("fleet ping over NATS at {server}: {e}")),
+        },
+    }
+}
+
 fn status_of(base: &NatsStatus, s: &Stats, buffer: &Buffer) -> NatsStatus {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     NatsStatus {
@@ -436,6 +533,7 @@ fn status_of(base: &NatsStatus, s: &Stats, buffer: &Buffer) -> NatsStatus {
         buffered: buffer.len() as u64,
         dropped: g(&s.dropped),
         unconfirmed: g(&s.unconfirmed),
+        redelivered: g(&s.redelivered),
         connects: g(&s.connects),
         last_error: s.last_error.lock().ok().and_then(|e| e.clone()),
         ..base.clone()
@@ -689,19 +787,37 @@ async fn ensure_stream(
     if cfg.metrics_interval.is_some() {
         subjects.push(format!("{prefix}metrics"));
     }
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: name.clone(),
-        subjects,
-        storage: async_nats::jetstream::stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .map(|_| ())
-    .map_err(|e| format!("stream {name:?}: {e}"))
+    let mut stream = js
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: subjects.clone(),
+            storage: async_nats::jetstream::stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("stream {name:?}: {e}"))?;
+    // A stream shared by several exporters: add the subjects it does not capture yet.
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| format!("stream {name:?}: {e}"))?;
+    let mut config = info.config.clone();
+    let missing: Vec<String> = subjects
+        .into_iter()
+        .filter(|s| !config.subjects.contains(s))
+        .collect();
+    if !missing.is_empty() {
+        config.subjects.extend(missing);
+        js.update_stream(config)
+            .await
+            .map_err(|e| format!("stream {name:?}: adding this instance's subjects: {e}"))?;
+    }
+    Ok(())
 }
 
 /// NATS subjects in, local subscribers out; requests answered by a local responder.
+#[allow(clippy::too_many_arguments)]
 async fn importer(
     mut subs: futures_util::stream::SelectAll<async_nats::Subscriber>,
     link: Link,
@@ -709,6 +825,7 @@ async fn importer(
     echo: Arc<Echo>,
     exports: Arc<[String]>,
     stats: Arc<Stats>,
+    streamed: bool,
     token: CancellationToken,
 ) {
     loop {
@@ -725,18 +842,29 @@ async fn importer(
             tracing::debug!(%topic, "NATS subject not importable: {e}");
             continue;
         }
+        // A JetStream publish (an exporter with `stream`) carries a message id and the stream's
+        // ack inbox as its reply subject: it is a plain message, not a request.
+        let reply = if m
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get("Nats-Msg-Id").is_some())
+        {
+            None
+        } else {
+            m.reply
+        };
+        if streamed && reply.is_none() {
+            // Durable import: plain messages come through the stream's consumer.
+            continue;
+        }
         let data = as_json(&m.payload);
         if exports.iter().any(|p| wire::matches(p, &topic)) {
             echo.note(&topic, &data);
         }
-        match m.reply {
+        match reply {
             None => {
                 stats.imported.fetch_add(1, Ordering::Relaxed);
-                let mut line =
-                    format!(r#"{{"cmd":"bus.pub","topic":{},"data":"#, jstr(&topic)).into_bytes();
-                line.extend_from_slice(&data);
-                line.push(b'}');
-                link.send(line);
+                link.send(pub_line(&topic, &data));
             }
             Some(reply) => {
                 stats.requests_in.fetch_add(1, Ordering::Relaxed);
@@ -761,6 +889,212 @@ async fn importer(
                         }
                     }
                 });
+            }
+        }
+    }
+}
+
+/// A `bus.pub` line without `id` (no reply expected).
+fn pub_line(topic: &str, data: &[u8]) -> Vec<u8> {
+    let mut line = format!(r#"{{"cmd":"bus.pub","topic":{},"data":"#, jstr(topic)).into_bytes();
+    line.extend_from_slice(data);
+    line.push(b'}');
+    line
+}
+
+/// The durable consumer of import pattern `i`: `majordomo-<node>-<instance>-<i>`.
+pub fn consumer_name(node: &str, instance: &str, i: usize) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    format!("majordomo-{}-{}-{i}", clean(node), clean(instance))
+}
+
+/// One durable import: the stream, the consumer's name, its filter (an import pattern).
+struct Durable {
+    stream: String,
+    name: String,
+    filter: String,
+}
+
+/// Durable import: reads one import pattern from the JetStream stream through a durable pull
+/// consumer and delivers each message on the local bus, acknowledging it only once the local bus
+/// has taken it (a `ping` answered after the batch's publishes). The consumer lives on the
+/// server, so messages published while this instance or the NATS server was away are delivered
+/// when both are back; a redelivery of what was already delivered (an ack lost with the
+/// connection) is skipped by its stream sequence.
+#[allow(clippy::too_many_arguments)]
+async fn stream_importer(
+    client: async_nats::Client,
+    d: Durable,
+    link: Link,
+    echo: Arc<Echo>,
+    exports: Arc<[String]>,
+    stats: Arc<Stats>,
+    token: CancellationToken,
+) {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    use futures_util::FutureExt;
+    let mut js = async_nats::jetstream::new(client.clone());
+    js.set_timeout(Duration::from_secs(3));
+    let mut last_seq = 0u64;
+    let mut warned = false;
+    let wait = |ms: u64| {
+        let token = token.clone();
+        async move {
+            tokio::select! {
+                _ = token.cancelled() => false,
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => true,
+            }
+        }
+    };
+    'outer: loop {
+        if token.is_cancelled() {
+            return;
+        }
+        if client.connection_state() != async_nats::connection::State::Connected {
+            if !wait(100).await {
+                return;
+            }
+            continue;
+        }
+        let consumer = async {
+            let stream = js.get_stream(&d.stream).await.map_err(|e| {
+                format!(
+                    "JetStream stream {:?} for import {:?}: {e}; an exporting instance with the same [nats] stream creates it",
+                    d.stream, d.filter
+                )
+            })?;
+            stream
+                .get_or_create_consumer::<pull::Config>(
+                    &d.name,
+                    pull::Config {
+                        durable_name: Some(d.name.clone()),
+                        filter_subject: d.filter.clone(),
+                        ack_policy: AckPolicy::Explicit,
+                        deliver_policy: DeliverPolicy::All,
+                        ack_wait: Duration::from_secs(30),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| {
+                    format!(
+                        "JetStream consumer {:?} on stream {:?} for import {:?}: {e}; the import pattern must be within the stream's subjects",
+                        d.name, d.stream, d.filter
+                    )
+                })
+        }
+        .await;
+        let consumer = match consumer {
+            Ok(c) => c,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!("{e}; retrying");
+                    warned = true;
+                }
+                if let Ok(mut l) = stats.last_error.lock() {
+                    *l = Some(e);
+                }
+                if !wait(500).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(512)
+            .expires(Duration::from_secs(10))
+            .heartbeat(Duration::from_secs(2))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(consumer = %d.name, "JetStream pull: {e}; retrying");
+                if !wait(500).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if warned {
+            tracing::info!(consumer = %d.name, stream = %d.stream, "durable import reading");
+            warned = false;
+        }
+        loop {
+            let first = tokio::select! {
+                _ = token.cancelled() => return,
+                m = messages.next() => m,
+            };
+            let mut batch = vec![first];
+            while batch.len() < 512 {
+                match messages.next().now_or_never() {
+                    Some(m) => batch.push(m),
+                    None => break,
+                }
+            }
+            let mut to_ack = Vec::with_capacity(batch.len());
+            let mut broken = false;
+            for m in batch {
+                let m = match m {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::debug!(consumer = %d.name, "JetStream pull: {e}; re-subscribing");
+                        broken = true;
+                        break;
+                    }
+                    None => {
+                        broken = true;
+                        break;
+                    }
+                };
+                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                if seq != 0 && seq <= last_seq {
+                    stats.redelivered.fetch_add(1, Ordering::Relaxed);
+                    to_ack.push(m);
+                    continue;
+                }
+                let topic = m.subject.to_string();
+                if wire::check_topic(&topic, false).is_err() {
+                    to_ack.push(m);
+                    continue;
+                }
+                let data = as_json(&m.payload);
+                if exports.iter().any(|p| wire::matches(p, &topic)) {
+                    echo.note(&topic, &data);
+                }
+                link.send(pub_line(&topic, &data));
+                stats.imported.fetch_add(1, Ordering::Relaxed);
+                last_seq = last_seq.max(seq);
+                to_ack.push(m);
+            }
+            if !to_ack.is_empty() {
+                // The session handles lines in order: its answer to this ping means every
+                // publish above has been routed.
+                if link.call(br#""cmd":"ping""#).await.is_err() {
+                    return;
+                }
+                for m in to_ack {
+                    if let Err(e) = m.ack().await {
+                        tracing::debug!(consumer = %d.name, "JetStream ack: {e}");
+                    }
+                }
+            }
+            if broken {
+                if !wait(200).await {
+                    return;
+                }
+                continue 'outer;
             }
         }
     }

@@ -47,7 +47,7 @@ pub struct NatsConfig {
     pub roles: Vec<String>,
     /// Exports held while NATS is unreachable or slower than the bus; past it the oldest are dropped (counted).
     pub buffer: usize,
-    /// JetStream stream for durable export (created if missing, over the exported subjects); duplicates are suppressed by message id.
+    /// JetStream stream for durable export (created if missing, over the exported subjects; duplicates suppressed by message id) and durable import (read through a durable consumer per import pattern, named from node and instance).
     pub stream: Option<String>,
     /// Deadline of a request crossing the bridge from the local bus to NATS.
     pub request_timeout: Dur,
@@ -82,7 +82,7 @@ impl Default for NatsConfig {
 
 /// The host name as a NATS subject token: dots, spaces and wildcards become '-'.
 pub fn default_node() -> String {
-    let h = host_name();
+    let h = majordomo_platform::host_name();
     let h = h.split('.').next().unwrap_or_default();
     let t = token(h);
     if t.is_empty() { "localhost".into() } else { t }
@@ -99,20 +99,6 @@ pub fn token(s: &str) -> String {
             }
         })
         .collect()
-}
-
-fn host_name() -> String {
-    #[cfg(unix)]
-    {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default()
-    }
-    #[cfg(not(unix))]
-    {
-        std::env::var("COMPUTERNAME").unwrap_or_default()
-    }
 }
 
 impl NatsConfig {
@@ -136,7 +122,10 @@ impl NatsConfig {
             Some(list) => list.clone(),
             None => catalog()
                 .iter()
-                .filter(|c| c.kind == Kind::Read && !c.name.starts_with("bus."))
+                // `nats.fleet` would have every remote call fan out to the whole fleet.
+                .filter(|c| {
+                    c.kind == Kind::Read && !c.name.starts_with("bus.") && c.name != "nats.fleet"
+                })
                 .map(|c| c.name.to_string())
                 .collect(),
         }
@@ -241,11 +230,15 @@ impl NatsConfig {
                 "use letters, digits, '-' and '_'",
             ));
         }
-        if self.stream.is_some() && self.export.is_empty() && !self.system_events {
+        if self.stream.is_some()
+            && self.export.is_empty()
+            && self.import.is_empty()
+            && !self.system_events
+        {
             problems.push(Problem::at(
                 "nats.stream",
-                "a stream without anything exported",
-                "list topics in nats.export, or remove nats.stream",
+                "a stream without anything exported or imported",
+                "list topics in nats.export or subjects in nats.import, or remove nats.stream",
             ));
         }
         if self.request_timeout.get().is_zero() {

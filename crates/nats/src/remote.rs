@@ -136,7 +136,8 @@ async fn control(payload: &[u8], me: &Identity, commands: &Commands) -> Result<V
     commands.dispatch(&cmd, args).await
 }
 
-async fn member(me: &Identity, ctl: &str, commands: &Commands) -> FleetMember {
+/// What this instance answers to a fleet ping.
+pub(crate) async fn member(me: &Identity, ctl: &str, commands: &Commands) -> FleetMember {
     let status: Option<Status> = commands
         .dispatch("status", Map::new())
         .await

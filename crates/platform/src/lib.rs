@@ -22,6 +22,21 @@ pub use limits::raise_nofile;
 pub use notify::{Notifier, take_service_env};
 pub use signals::{Signal, Signals};
 
+/// This machine's host name as the OS reports it ("" when it cannot be read).
+pub fn host_name() -> String {
+    #[cfg(unix)]
+    {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default()
+    }
+    #[cfg(not(unix))]
+    {
+        std::env::var("COMPUTERNAME").unwrap_or_default()
+    }
+}
+
 /// Whether stderr is connected to the systemd journal (JOURNAL_STREAM names its device:inode).
 #[cfg(target_os = "linux")]
 pub fn stderr_is_journal() -> bool {

@@ -93,6 +93,7 @@ pub fn catalog() -> Vec<CommandDoc> {
         crate::monitor::COMMANDS,
         crate::pipeline::COMMANDS,
         crate::nats::COMMANDS,
+        crate::discovery::COMMANDS,
         crate::scheduler::COMMANDS,
         crate::http::COMMANDS,
     ]

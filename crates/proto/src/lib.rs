@@ -19,6 +19,7 @@ pub mod bus;
 pub mod codec;
 pub mod contract;
 pub mod control;
+pub mod discovery;
 pub mod event;
 pub mod http;
 pub mod metric;

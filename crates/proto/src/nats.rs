@@ -17,6 +17,26 @@ pub fn ctl_subject(node: &str, instance: &str) -> String {
 crate::commands! { COMMANDS:
     /// The NATS bridge: connection, subjects, counters.
     NatsStatusCmd "nats.status" (Read) NoArgs => NatsStatus;
+    /// The instances on this instance's NATS server (a fleet ping over the bridge's connection).
+    NatsFleetCmd "nats.fleet" (Read) FleetArgs => Fleet;
+}
+
+/// `nats.fleet` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetArgs {
+    /// Only members with every one of these roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// `nats.fleet`: the members that answered a fleet ping, sorted by node and instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Fleet {
+    pub members: Vec<FleetMember>,
+    /// Why the list is empty when the bridge could not ask (not connected to NATS).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// `nats.status`: the bridge as it is now.
@@ -53,6 +73,12 @@ pub struct NatsStatus {
     /// Exports handed to a connection that broke before they were confirmed: possibly lost
     /// (core NATS only; JetStream retries them).
     pub unconfirmed: u64,
+    /// JetStream redeliveries already delivered locally, skipped (durable import only).
+    #[serde(default)]
+    pub redelivered: u64,
+    /// The durable JetStream consumers imports are read through (`stream` set), if any.
+    #[serde(default)]
+    pub consumers: Vec<String>,
     /// Times the connection was (re-)established.
     pub connects: u64,
     /// Last connection error, if any.

@@ -47,6 +47,7 @@ fn quiet_on_closed(r: std::io::Result<()>) {
 }
 
 pub mod bus;
+pub mod discover;
 pub mod http;
 pub mod monitor;
 pub mod nats;
@@ -142,6 +143,8 @@ pub enum Cmd {
     /// instance's bridge status.
     #[command(subcommand)]
     Fleet(nats::FleetCmd),
+    /// The instances on the LAN (mDNS/DNS-SD, [discovery]); needs no daemon.
+    Discover(discover::DiscoverArgs),
     /// Scheduled jobs: list, run now, history, pause, resume.
     #[command(subcommand)]
     Job(scheduler::JobCmd),
@@ -604,6 +607,7 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         Cmd::Monitor(c) => return monitor::run(c, opts, cli.json).await,
         Cmd::Queue(c) => return pipeline::run(c, opts, cli.json).await,
         Cmd::Fleet(c) => return nats::run(c, opts, cli.json).await,
+        Cmd::Discover(c) => return discover::run(c, cli.json).await,
         Cmd::Job(c) => return scheduler::run(c, opts, cli.json).await,
         _ => {}
     }
@@ -695,6 +699,7 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         | Cmd::Monitor(_)
         | Cmd::Queue(_)
         | Cmd::Fleet(_)
+        | Cmd::Discover(_)
         | Cmd::Job(_)
         | Cmd::State(_)
         | Cmd::Lock(_) => {

@@ -225,6 +225,13 @@ fn print_status(s: &NatsStatus) {
     if let Some(stream) = &s.stream {
         println!("  stream         {stream} (durable export)");
     }
+    if !s.consumers.is_empty() {
+        println!(
+            "  consumers      {} (durable import; {} redeliveries skipped)",
+            s.consumers.join(", "),
+            s.redelivered
+        );
+    }
     println!(
         "  exported {}  imported {}  requests out {} in {}  echo suppressed {}",
         s.exported, s.imported, s.requests_out, s.requests_in, s.echo_suppressed

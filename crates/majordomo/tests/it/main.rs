@@ -7,6 +7,8 @@ mod common;
 #[cfg(unix)]
 mod bus;
 #[cfg(unix)]
+mod discovery;
+#[cfg(unix)]
 mod foundation;
 #[cfg(target_os = "linux")]
 mod guest;

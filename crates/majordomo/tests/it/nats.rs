@@ -260,6 +260,55 @@ async fn two_instances_exchange_messages_requests_and_fleet_control() {
     let sb = nats_status(&b).await;
     assert_eq!(sb["ctl_answered"], 1, "{sb}");
     assert_eq!(sb["ctl_refused"], 1, "{sb}");
+
+    // The fleet over HTTP, as the dashboard's Fleet page reads it.
+    let fleet = http_get(&home, "a", "/api/v1/nats.fleet").await;
+    assert_eq!(member_names(&fleet["members"]), ["n1/a", "n2/b"], "{fleet}");
+    assert_eq!(fleet["reason"], Value::Null, "{fleet}");
+    let fleet = http_get(&home, "b", "/api/v1/nats.fleet?roles=admin").await;
+    assert_eq!(member_names(&fleet["members"]), ["n1/a"], "{fleet}");
+    let page = http_get(&home, "a", "/assets/app.js").await;
+    assert!(
+        page.as_str()
+            .is_some_and(|js| js.contains("nats.fleet") && js.contains("discovery.peers")),
+        "the dashboard has no Fleet page"
+    );
+}
+
+fn member_names(members: &Value) -> Vec<String> {
+    members
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    format!(
+                        "{}/{}",
+                        m["node"].as_str().unwrap_or("?"),
+                        m["instance"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// GET `path` on the instance's HTTP port with its login token: the body as JSON, or as a string.
+async fn http_get(home: &Home, instance: &str, path: &str) -> Value {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let o = home.cli(instance, &["--json", "http", "url"]);
+    assert!(o.status.success(), "http url: {}", stderr(&o));
+    let v: Value = serde_json::from_str(stdout(&o).trim()).expect("http url --json");
+    let url = v["url"].as_str().expect("url");
+    let (base, token) = url.split_once("/?token=").expect("a link with the token");
+    let resp = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET");
+    assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+    let text = resp.text().await.unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,6 +434,9 @@ async fn nats_restart_without_jetstream_counts_the_loss() {
     );
 }
 
+/// End to end through JetStream: `a` exports into the stream, `b` imports from it through its
+/// durable consumer; nats-server (with its store) is killed and restarted mid-stream, and `b`'s
+/// local subscriber still gets every message exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_with_jetstream_loses_nothing() {
     let Some(mut server) = NatsServer::start(true) else {
@@ -398,10 +450,24 @@ async fn nats_restart_with_jetstream_loses_nothing() {
             "[nats]\nservers = [\"{url}\"]\nnode = \"n1\"\nexport = [\"ev.>\"]\nstream = \"EV\"\n"
         ),
     );
+    home.write_config(
+        "b",
+        &format!(
+            "[nats]\nservers = [\"{url}\"]\nnode = \"n2\"\nimport = [\"majordomo.n1.a.ev.>\"]\nstream = \"EV\"\n"
+        ),
+    );
     let a = home.start("a");
+    let b = home.start("b");
     until(&a, "a connected", connected).await;
+    until(&b, "b connected", connected).await;
+    let bb = bus(&b).await;
+    let mut got = bb.subscribe("majordomo.n1.a.ev.>").await.unwrap();
     let ab = bus(&a).await;
     publish_range(&ab, "ev.x", 0..100).await;
+    // The first messages arrive through b's durable consumer (created once a made the stream).
+    for i in 0..100 {
+        assert_eq!(next(&mut got).await.json::<Value>().unwrap()["i"], i);
+    }
     // Killed mid-stream, while the rest is being published.
     let publisher = {
         let ab = bus(&a).await;
@@ -420,6 +486,19 @@ async fn nats_restart_with_jetstream_loses_nothing() {
     })
     .await;
     assert_eq!(s["dropped"], 0, "{s}");
+    // b's subscriber: each of the 400, once, in order.
+    for i in 100..400 {
+        let m = next(&mut got).await;
+        assert_eq!(
+            m.json::<Value>().unwrap()["i"],
+            i,
+            "b's import after the restart"
+        );
+    }
+    let extra = tokio::time::timeout(Duration::from_millis(300), got.next()).await;
+    assert!(extra.is_err(), "a duplicate arrived: {extra:?}");
+    let sb = until(&b, "b imported all", |s| s["imported"] == 400).await;
+    assert_eq!(sb["consumers"], json!(["majordomo-n2-b-0"]), "{sb}");
     // The stream holds each message exactly once.
     let client = majordomo_nats::async_nats::connect(url.as_str())
         .await
