@@ -422,13 +422,15 @@ fn doctor_on_a_healthy_and_on_a_broken_setup() {
         "state folder",
         "log folder",
         "socket",
-        "free disk",
         "clock",
         "permissions",
     ] {
         assert_eq!(check_of(&v, name)["status"], "OK", "{name}: {v:#}");
     }
+    // These depend on the machine, not on the setup: a build machine's disk may well be under
+    // doctor's 10 % warning line (`disk_level` is unit-tested on its own).
     for name in [
+        "free disk",
         "service manager",
         "desktop session",
         "virtio-serial",
