@@ -102,6 +102,27 @@ impl<'a> BusLine<'a> {
     }
 }
 
+/// The common publish line, `{"cmd":"bus.pub","topic":"T","data":D}` exactly (compact, in this
+/// order, no `id`, a topic without escapes), read without building a [`BusLine`]: the topic
+/// and the raw data, already checked to be one JSON value. `None` for any other line, which
+/// then takes [`BusLine::parse`]; both read this shape alike.
+pub fn fast_pub(line: &[u8]) -> Option<(&str, &[u8])> {
+    const HEAD: &[u8] = br#"{"cmd":"bus.pub","topic":""#;
+    const MID: &[u8] = br#"","data":"#;
+    let rest = line.strip_prefix(HEAD)?;
+    let q = memchr::memchr2(b'"', b'\\', rest)?;
+    let (topic, rest) = rest.split_at(q);
+    if topic.iter().any(|b| *b < 0x20) {
+        // Raw control characters: not JSON; the full parse says so.
+        return None;
+    }
+    let data = rest.strip_prefix(MID)?.strip_suffix(b"}")?.trim_ascii();
+    let topic = std::str::from_utf8(topic).ok()?;
+    // One whole JSON value and nothing else (structure, strings and UTF-8 checked).
+    serde_json::from_slice::<&RawValue>(data).ok()?;
+    Some((topic, data))
+}
+
 /// Why a topic or pattern is refused.
 pub fn check_topic(topic: &str, wildcards: bool) -> Result<(), String> {
     if topic.is_empty() {
@@ -408,6 +429,78 @@ pub fn put_json_bin(buf: &mut BytesMut, line: &[u8]) {
     buf.put_slice(line);
 }
 
+/// One frame of the binary framing borrowed from the read buffer: what [`decode_bin_ref`] hands
+/// out, so a reader walks a whole read batch without a reference count or a copy per frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinRef<'a> {
+    Json(&'a [u8]),
+    Pub {
+        topic: &'a str,
+        data: &'a [u8],
+    },
+    Msg {
+        sid: u64,
+        topic: &'a str,
+        reply_to: &'a str,
+        data: &'a [u8],
+    },
+}
+
+/// Reads one frame at the front of `buf` without consuming it: the frame and how many bytes it
+/// took, `None` when it is not complete yet. Total: never panics on any input.
+pub fn decode_bin_ref(buf: &[u8], limit: usize) -> Result<Option<(BinRef<'_>, usize)>, BinError> {
+    let Some(head) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(*head) as usize;
+    if len > limit {
+        return Err(BinError::TooLong { len, limit });
+    }
+    if len == 0 {
+        return Err(BinError::Malformed("empty frame"));
+    }
+    let Some(body) = buf.get(4..4 + len) else {
+        return Ok(None);
+    };
+    let (kind, mut body) = (body[0], &body[1..]);
+    fn take_str<'a>(body: &mut &'a [u8]) -> Result<&'a str, BinError> {
+        let Some((n, rest)) = body.split_first_chunk::<2>() else {
+            return Err(BinError::Malformed("truncated string length"));
+        };
+        let n = u16::from_le_bytes(*n) as usize;
+        if rest.len() < n {
+            return Err(BinError::Malformed("string longer than its frame"));
+        }
+        let (s, rest) = rest.split_at(n);
+        *body = rest;
+        std::str::from_utf8(s).map_err(|_| BinError::Malformed("string is not UTF-8"))
+    }
+    let frame = match kind {
+        KIND_JSON => BinRef::Json(body),
+        KIND_PUB => {
+            let topic = take_str(&mut body)?;
+            BinRef::Pub { topic, data: body }
+        }
+        KIND_MSG => {
+            let Some((sid, rest)) = body.split_first_chunk::<8>() else {
+                return Err(BinError::Malformed("truncated sid"));
+            };
+            body = rest;
+            let sid = u64::from_le_bytes(*sid);
+            let topic = take_str(&mut body)?;
+            let reply_to = take_str(&mut body)?;
+            BinRef::Msg {
+                sid,
+                topic,
+                reply_to,
+                data: body,
+            }
+        }
+        _ => return Err(BinError::Malformed("unknown frame kind")),
+    };
+    Ok(Some((frame, 4 + len)))
+}
+
 /// Takes one frame off the front of `buf`, if complete. Total: never panics on any input.
 pub fn decode_bin(buf: &mut BytesMut, limit: usize) -> Result<Option<BinFrame>, BinError> {
     if buf.len() < 4 {
@@ -532,6 +625,35 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_publish_line_reads_like_the_full_parse() {
+        let lines: &[&[u8]] = &[
+            br#"{"cmd":"bus.pub","topic":"a.b","data":{"x":[1,"}"]}}"#,
+            br#"{"cmd":"bus.pub","topic":"a","data":"x" }"#,
+            br#"{"cmd":"bus.pub","topic":"a","data":1} {"x":1}"#,
+            br#"{"cmd":"bus.pub","topic":"a"b","data":1}"#,
+            br#"{"cmd":"bus.pub","topic":"a","data":1,"id":2}"#,
+            br#"{"cmd":"bus.pub","topic":"a","data":}"#,
+            br#"{"cmd":"bus.pub","topic":"a","data":{"#,
+        ];
+        for line in lines {
+            let full = BusLine::parse(line);
+            match fast_pub(line) {
+                Some((topic, data)) => {
+                    let full = full.expect("the full parse reads it too");
+                    assert_eq!(full.topic.as_deref(), Some(topic));
+                    assert_eq!(full.data.map(|d| d.get().as_bytes()), Some(data));
+                    assert!(full.id.is_none());
+                }
+                None => {}
+            }
+        }
+        assert!(fast_pub(lines[0]).is_some());
+        assert!(fast_pub(lines[1]).is_some());
+        assert!(fast_pub(lines[2]).is_none());
+        assert!(fast_pub(lines[3]).is_none());
+    }
+
+    #[test]
     fn wildcards() {
         assert!(matches("orders.*.new", "orders.7.new"));
         assert!(!matches("orders.*.new", "orders.7.old"));
@@ -617,6 +739,35 @@ mod tests {
             prop_assert_eq!(out, frames);
         }
 
+        /// The borrowed decoder reads the same frames as the owned one, and fails alike.
+        #[test]
+        fn borrowed_decoder_agrees(frames in proptest::collection::vec(arb_frame(), 0..8), junk in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut wire = BytesMut::new();
+            for f in &frames { encode_bin(f, &mut wire); }
+            wire.extend_from_slice(&junk);
+            let mut owned = wire.clone();
+            let mut at = 0;
+            loop {
+                let a = decode_bin_ref(&wire[at..], 1 << 16);
+                let b = decode_bin(&mut owned, 1 << 16);
+                match (a, b) {
+                    (Ok(Some((r, used))), Ok(Some(f))) => {
+                        let same = match (r, &f) {
+                            (BinRef::Json(a), BinFrame::Json(b)) => a == &b[..],
+                            (BinRef::Pub { topic, data }, BinFrame::Pub { topic: t, data: d }) => topic.as_bytes() == &t[..] && data == &d[..],
+                            (BinRef::Msg { sid, topic, reply_to, data }, BinFrame::Msg { sid: s, topic: t, reply_to: r, data: d }) =>
+                                sid == *s && topic.as_bytes() == &t[..] && reply_to.as_bytes() == &r[..] && data == &d[..],
+                            _ => false,
+                        };
+                        prop_assert!(same, "{:?} / {:?}", r, f);
+                        at += used;
+                    }
+                    (Ok(None), Ok(None)) | (Err(_), Err(_)) => break,
+                    (a, b) => prop_assert!(false, "{:?} / {:?}", a, b),
+                }
+            }
+        }
+
         /// No byte sequence makes the binary decoder panic or loop.
         #[test]
         fn binary_decoder_is_total(data in proptest::collection::vec(any::<u8>(), 0..512), limit in 0usize..256) {
@@ -626,6 +777,19 @@ mod tests {
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
                 }
+            }
+        }
+
+        /// Whenever the fast publish read accepts a line, the full parse reads the same.
+        #[test]
+        fn fast_pub_agrees_with_the_full_parse(topic in "[a-z.\"\\\\]{0,8}", data in "[\\[\\]{}:,\" 0-9a-z\\\\]{0,24}", tail in "[ }]{0,3}") {
+            let line = format!(r#"{{"cmd":"bus.pub","topic":"{topic}","data":{data}{tail}"#);
+            if let Some((t, d)) = fast_pub(line.as_bytes()) {
+                let full = BusLine::parse(line.as_bytes());
+                prop_assert!(full.is_some(), "{}", line);
+                let full = full.unwrap();
+                prop_assert_eq!(full.topic.as_deref(), Some(t));
+                prop_assert_eq!(full.data.map(|d| d.get().as_bytes()), Some(d));
             }
         }
 
