@@ -380,14 +380,15 @@ impl Outbox {
     /// `true` when the writer must be woken.
     pub fn push_msgs(&self, limits: &Limits, sid: u64, topic: &str, datas: &[&[u8]]) -> bool {
         self.push_many(limits, true, |s| {
+            // What comes before the payload is the same for the whole run: encoded once.
+            let mut prefix = [0u8; bus::MSG_PREFIX_MAX];
+            let prefix = bus::msg_prefix(s.binary, sid, topic, &mut prefix).map(|n| &prefix[..n]);
             for data in datas {
                 let hint = data.len() + topic.len() + 64;
-                s.append(hint, |b, bin| {
-                    if bin {
-                        bus::put_msg_bin(b, sid, topic, None, data);
-                    } else {
-                        bus::put_msg_json(b, sid, topic, None, data);
-                    }
+                s.append(hint, |b, bin| match prefix {
+                    Some(p) => bus::put_msg_after_prefix(b, bin, p, data),
+                    None if bin => bus::put_msg_bin(b, sid, topic, None, data),
+                    None => bus::put_msg_json(b, sid, topic, None, data),
                 });
             }
         })

@@ -33,7 +33,7 @@ use std::borrow::Cow;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::Stream;
-use majordomo_proto::bus::{self as wire, BinRef};
+use majordomo_proto::bus::{self as wire, BinPeek, BinRef};
 use majordomo_proto::{ErrorBody, ErrorCode, LineCodec, PROTOCOL_VERSION};
 use serde::Deserialize;
 use serde::Serialize;
@@ -626,6 +626,15 @@ impl Batch {
         } else {
             let end = memchr::memchr(b'\n', b).unwrap_or(b.len());
             let line = &b[..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some((sid, topic, reply_to, data)) = wire::read_msg_line(line) {
+                return Some(MessageRef {
+                    sid,
+                    topic: Cow::Borrowed(topic),
+                    reply_to: reply_to.map(Cow::Borrowed),
+                    data,
+                });
+            }
             let p = serde_json::from_slice::<Pushed>(line).ok()?.msg?;
             Some(MessageRef {
                 sid: p.sid,
@@ -725,13 +734,14 @@ async fn read_loop(
             let avail = &buf[pos..];
             let at = pos as u32;
             if shared.binary {
-                match wire::decode_bin_ref(avail, max_line) {
+                // Routed by its sid alone: a message frame is read when its batch is.
+                match wire::peek_bin(avail, max_line) {
                     Ok(Some((frame, used))) => {
                         pos += used;
                         match frame {
-                            BinRef::Msg { sid, .. } => senders.note(sid, at),
-                            BinRef::Json(line) => dispatch_line(&shared, &mut senders, line, at),
-                            BinRef::Pub { .. } => {}
+                            BinPeek::Msg { sid } => senders.note(sid, at),
+                            BinPeek::Json(line) => dispatch_line(&shared, &mut senders, line, at),
+                            BinPeek::Pub => {}
                         }
                     }
                     Ok(None) => break,
@@ -832,6 +842,9 @@ impl Senders {
 /// One JSON frame: a message is noted for its subscription (`at`: where the line starts in the
 /// read buffer); anything else is handed over now.
 fn dispatch_line(shared: &Shared, senders: &mut Senders, line: &[u8], at: u32) {
+    if let Some((sid, ..)) = wire::read_msg_line(line) {
+        return senders.note(sid, at);
+    }
     let Ok(p) = serde_json::from_slice::<Pushed>(line) else {
         return;
     };

@@ -300,6 +300,100 @@ pub fn put_msg_json(
     buf.put_slice(b"}}\n");
 }
 
+/// The part of a delivered message frame before its payload, the same for every message of one
+/// subscription on one topic: written once per run of messages, then copied before each
+/// payload with [`put_msg_after_prefix`]. `None` when the topic needs escaping or is longer
+/// than a checked topic may be (then encode each message whole).
+pub fn msg_prefix(
+    binary: bool,
+    sid: u64,
+    topic: &str,
+    out: &mut [u8; MSG_PREFIX_MAX],
+) -> Option<usize> {
+    if topic.len() > 256 || topic.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        return None;
+    }
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        out[n..n + bytes.len()].copy_from_slice(bytes);
+        n += bytes.len();
+    };
+    if binary {
+        put(&[KIND_MSG]);
+        put(&sid.to_le_bytes());
+        put(&(topic.len() as u16).to_le_bytes());
+        put(topic.as_bytes());
+        put(&0u16.to_le_bytes());
+    } else {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut v = sid;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        put(b"{\"msg\":{\"sid\":");
+        put(&digits[i..]);
+        put(b",\"topic\":\"");
+        put(topic.as_bytes());
+        put(b"\",\"data\":");
+    }
+    Some(n)
+}
+
+/// The longest prefix [`msg_prefix`] writes.
+pub const MSG_PREFIX_MAX: usize = 320;
+
+/// Appends one delivered message from its [`msg_prefix`] and its payload: the same bytes as
+/// [`put_msg_bin`] or [`put_msg_json`] without a reply subject.
+pub fn put_msg_after_prefix(buf: &mut BytesMut, binary: bool, prefix: &[u8], data: &[u8]) {
+    if binary {
+        buf.reserve(4 + prefix.len() + data.len());
+        buf.put_u32_le((prefix.len() + data.len()) as u32);
+        buf.put_slice(prefix);
+        buf.put_slice(data);
+    } else {
+        buf.reserve(prefix.len() + data.len() + 3);
+        buf.put_slice(prefix);
+        buf.put_slice(if data.is_empty() { b"null" } else { data });
+        buf.put_slice(b"}}\n");
+    }
+}
+
+/// Reads a delivered-message line as the daemon writes it ([`put_msg_json`]): sid, topic,
+/// reply subject and the raw payload, without a JSON parser. `None` for any other shape (a
+/// reader then parses the line in full).
+pub fn read_msg_line(line: &[u8]) -> Option<(u64, &str, Option<&str>, &[u8])> {
+    let rest = line.strip_prefix(b"{\"msg\":{\"sid\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 20 {
+        return None;
+    }
+    let sid: u64 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(b",\"topic\":\"")?;
+    let q = memchr::memchr2(b'"', b'\\', rest)?;
+    if rest[q] != b'"' {
+        return None;
+    }
+    let topic = std::str::from_utf8(&rest[..q]).ok()?;
+    let mut rest = &rest[q + 1..];
+    let mut reply = None;
+    if let Some(r) = rest.strip_prefix(b",\"reply_to\":\"") {
+        let q = memchr::memchr2(b'"', b'\\', r)?;
+        if r[q] != b'"' {
+            return None;
+        }
+        reply = Some(std::str::from_utf8(&r[..q]).ok()?);
+        rest = &r[q + 1..];
+    }
+    let data = rest.strip_prefix(b",\"data\":")?.strip_suffix(b"}}")?;
+    Some((sid, topic, reply, data))
+}
+
 /// `{"event":{"name":..,"from":..,"data":..,"ts":..}}\n`.
 pub fn put_event_json(buf: &mut BytesMut, name: &str, from: Option<&str>, data: &[u8], ts: &str) {
     buf.put_slice(b"{\"event\":{\"name\":");
@@ -501,6 +595,45 @@ pub fn decode_bin_ref(buf: &[u8], limit: usize) -> Result<Option<(BinRef<'_>, us
     Ok(Some((frame, 4 + len)))
 }
 
+/// What a reader needs to route the frame at the front of `buf` without reading its strings:
+/// a JSON frame's text, a message frame's subscription id. With how many bytes it took; `None`
+/// when it is not complete yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinPeek<'a> {
+    Json(&'a [u8]),
+    Msg { sid: u64 },
+    Pub,
+}
+
+/// See [`BinPeek`]. Total: never panics on any input.
+pub fn peek_bin(buf: &[u8], limit: usize) -> Result<Option<(BinPeek<'_>, usize)>, BinError> {
+    let Some(head) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(*head) as usize;
+    if len > limit {
+        return Err(BinError::TooLong { len, limit });
+    }
+    if len == 0 {
+        return Err(BinError::Malformed("empty frame"));
+    }
+    let Some(body) = buf.get(4..4 + len) else {
+        return Ok(None);
+    };
+    let peek = match body[0] {
+        KIND_JSON => BinPeek::Json(&body[1..]),
+        KIND_PUB => BinPeek::Pub,
+        KIND_MSG => match body[1..].first_chunk::<8>() {
+            Some(sid) => BinPeek::Msg {
+                sid: u64::from_le_bytes(*sid),
+            },
+            None => return Err(BinError::Malformed("truncated sid")),
+        },
+        _ => return Err(BinError::Malformed("unknown frame kind")),
+    };
+    Ok(Some((peek, 4 + len)))
+}
+
 /// Takes one frame off the front of `buf`, if complete. Total: never panics on any input.
 pub fn decode_bin(buf: &mut BytesMut, limit: usize) -> Result<Option<BinFrame>, BinError> {
     if buf.len() < 4 {
@@ -651,6 +784,43 @@ mod tests {
         assert!(fast_pub(lines[1]).is_some());
         assert!(fast_pub(lines[2]).is_none());
         assert!(fast_pub(lines[3]).is_none());
+    }
+
+    #[test]
+    fn prefixed_messages_are_the_whole_encoding() {
+        for binary in [false, true] {
+            for (sid, topic) in [(0u64, "a"), (7, "orders.7.new"), (u64::MAX, "x.y")] {
+                let mut pre = [0u8; MSG_PREFIX_MAX];
+                let n = msg_prefix(binary, sid, topic, &mut pre).unwrap();
+                for data in [&b"{\"k\":1}"[..], b"", b"\"x\""] {
+                    let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+                    put_msg_after_prefix(&mut a, binary, &pre[..n], data);
+                    if binary {
+                        put_msg_bin(&mut b, sid, topic, None, data);
+                    } else {
+                        put_msg_json(&mut b, sid, topic, None, data);
+                    }
+                    assert_eq!(a, b);
+                }
+            }
+        }
+        let mut pre = [0u8; MSG_PREFIX_MAX];
+        assert!(msg_prefix(false, 1, "a\"b", &mut pre).is_none());
+        assert!(msg_prefix(true, 1, &"a".repeat(300), &mut pre).is_none());
+    }
+
+    #[test]
+    fn message_lines_read_back() {
+        for reply in [None, Some("_INBOX.00ff")] {
+            let mut b = BytesMut::new();
+            put_msg_json(&mut b, 42, "a.b", reply, br#"{"x":"}}"}"#);
+            let line = b.strip_suffix(b"\n").unwrap();
+            let (sid, topic, r, data) = read_msg_line(line).unwrap();
+            assert_eq!((sid, topic, r), (42, "a.b", reply));
+            assert_eq!(data, br#"{"x":"}}"}"#);
+        }
+        assert!(read_msg_line(br#"{"msg":{"sid":1,"topic":"a\"b","data":1}}"#).is_none());
+        assert!(read_msg_line(br#"{"id":1,"ok":true}"#).is_none());
     }
 
     #[test]
