@@ -15,8 +15,10 @@ add() { # add PACKAGE COMMAND: queue PACKAGE when COMMAND is not found
 # refusal of a system-wide install is checked as the unprivileged user `nobody` (setpriv).
 add systemd systemd-analyze
 add util-linux setpriv
-# The bus benchmark's peer.
+# The bus benchmark's peers: nats-server, and the two D-Bus implementations (dbus-daemon is
+# also queued below for the monitor's notifications).
 add nats-server nats-server
+add dbus-broker dbus-broker-launch
 # The supervisor benchmark's peer.
 add supervisor supervisord
 # Health monitor: desktop notifications to a real notification server on a private D-Bus

@@ -15,6 +15,11 @@
 //! - **nats-server**: the Debian package (installed if missing), on 127.0.0.1, the same 1→1 run
 //!   with async-nats clients in this process.
 //! - **1→N fan-out**: one publisher, N subscribers (SDK, binary framing); deliveries per second.
+//!   SDK subscribers take their messages batch by batch ([`majordomo_client::bus::Subscription::next_batch`]).
+//! - **D-Bus peers**: dbus-broker and dbus-daemon, each started privately on its own socket,
+//!   driven through zbus: method-call round trip and 1→1 signal throughput, 64-byte payloads
+//!   (see [`dbus`]). `--smoke` runs them with small counts; a peer that cannot run is skipped
+//!   with its reason on stderr and `null` in the JSON line.
 //! - **10,000 idle connections**: the daemon's RSS before and after, per connection; each
 //!   connection then answers a ping.
 
@@ -34,6 +39,8 @@ use serde_json::json;
 
 use crate::util::{Daemon, percentile, table, us};
 
+mod dbus;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Messages per throughput run.
@@ -51,6 +58,15 @@ pub struct Args {
     /// Skip the nats-server comparison.
     #[arg(long)]
     pub no_nats: bool,
+    /// Signals per D-Bus peer in its 1→1 run (D-Bus is about 30 times slower than the bus).
+    #[arg(long, default_value_t = 200_000)]
+    pub dbus_n: u64,
+    /// Skip the D-Bus peers (dbus-broker, dbus-daemon).
+    #[arg(long)]
+    pub no_dbus: bool,
+    /// A short run for CI: every part and every peer, with small counts (overrides the counts).
+    #[arg(long)]
+    pub smoke: bool,
 }
 
 /// A 64-byte JSON payload (a string of 62 characters and its quotes).
@@ -63,7 +79,13 @@ pub(crate) fn payload() -> Vec<u8> {
 
 const CONFIG: &str = "[daemon]\nwatch_config = false\n[log]\nfile = false\nlevel = \"warn\"\n[control]\nmax_connections = 30000\n[bus]\nqueue_messages = 1000000\nqueue_bytes = \"256MiB\"\n";
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(mut args: Args) -> anyhow::Result<()> {
+    if args.smoke {
+        args.n = 20_000;
+        args.rtt = 2_000;
+        args.conns = 1_000;
+        args.dbus_n = 5_000;
+    }
     raise_nofile();
     let daemon = Daemon::start(CONFIG)?;
     let socket = daemon.socket.clone();
@@ -108,6 +130,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
+    // The D-Bus peers, one after the other, each on its own private bus.
+    let mut dbus_peers: Vec<(dbus::Kind, Option<dbus::Figures>)> = Vec::new();
+    for kind in [dbus::Kind::Broker, dbus::Kind::Daemon] {
+        if args.no_dbus {
+            break;
+        }
+        let figures = match dbus::measure(kind, args.rtt, args.dbus_n).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("{} comparison skipped: {e:#}", kind.name());
+                None
+            }
+        };
+        dbus_peers.push((kind, figures));
+    }
+
     // Memory per idle connection, on a fresh daemon (the one above holds the allocator's
     // memory from the throughput runs, which new connections would reuse unseen).
     drop(daemon);
@@ -122,39 +160,89 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (b50, b99) = (percentile(&bus_raw, 50.0), percentile(&bus_raw, 99.0));
     let (s50, s99) = (percentile(&bus_sdk, 50.0), percentile(&bus_sdk, 99.0));
     let rate = |r: f64| format!("{:.0} msg/s", r);
+    // (name, rtt p50 µs, rtt p99 µs, msgs/s) of each D-Bus peer that ran.
+    let peers: Vec<(&str, f64, f64, f64)> = dbus_peers
+        .iter()
+        .filter_map(|(k, f)| {
+            f.as_ref().map(|f| {
+                (
+                    k.name(),
+                    us(percentile(&f.rtt, 50.0)),
+                    us(percentile(&f.rtt, 99.0)),
+                    f.msgs_per_s,
+                )
+            })
+        })
+        .collect();
+    let broker = peers.iter().find(|p| p.0 == "dbus-broker").copied();
+    let daemon = peers.iter().find(|p| p.0 == "dbus-daemon").copied();
+    let mut latency = vec![
+        (
+            "raw UDS ping-pong p50 / p99 (baseline)".to_string(),
+            format!("{:.1} / {:.1} µs", us(raw50), us(raw99)),
+        ),
+        (
+            "bus request/reply p50 / p99 (line clients)".to_string(),
+            format!("{:.1} / {:.1} µs", us(b50), us(b99)),
+        ),
+        (
+            "bus request/reply p50 / p99 (SDK)".to_string(),
+            format!("{:.1} / {:.1} µs", us(s50), us(s99)),
+        ),
+    ];
+    for (name, p50, p99, _) in &peers {
+        latency.push((
+            format!("{name} method call p50 / p99 (zbus)"),
+            format!("{p50:.1} / {p99:.1} µs"),
+        ));
+    }
+    latency.push((
+        "ratio p50 (line clients / baseline)".to_string(),
+        format!("{:.2} × (bar ≤ 1.6 ×)", us(b50) / us(raw50)),
+    ));
+    if let Some((_, p50, _, _)) = broker {
+        latency.push((
+            "ratio p50 (line clients / dbus-broker)".to_string(),
+            format!("{:.2} × (bar ≤ 0.8 ×)", us(b50) / p50),
+        ));
+    }
+    let latency: Vec<(&str, String)> = latency
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
     table(
         &format!("bus latency, {} round trips each", args.rtt),
-        &[
-            (
-                "raw UDS ping-pong p50 / p99 (baseline)",
-                format!("{:.1} / {:.1} µs", us(raw50), us(raw99)),
-            ),
-            (
-                "bus request/reply p50 / p99 (line clients)",
-                format!("{:.1} / {:.1} µs", us(b50), us(b99)),
-            ),
-            (
-                "bus request/reply p50 / p99 (SDK)",
-                format!("{:.1} / {:.1} µs", us(s50), us(s99)),
-            ),
-            (
-                "ratio p50 (line clients / baseline)",
-                format!("{:.2} × (bar ≤ 2.5 ×)", us(b50) / us(raw50)),
-            ),
-        ],
+        &latency,
     );
     let mut rows = vec![
-        ("1→1 SDK, binary framing", rate(sdk_1to1)),
-        ("1→1 SDK, JSON lines", rate(sdk_json_1to1)),
-        ("1→1 raw JSON lines", rate(json_1to1)),
+        ("1→1 SDK, binary framing".to_string(), rate(sdk_1to1)),
+        ("1→1 SDK, JSON lines".to_string(), rate(sdk_json_1to1)),
+        ("1→1 raw JSON lines".to_string(), rate(json_1to1)),
         (
-            "1→N fan-out deliveries",
+            "1→N fan-out deliveries".to_string(),
             format!("{} ({} subscribers)", rate(fanout), args.fanout),
         ),
     ];
     if let Some(n) = nats {
-        rows.push(("1→1 nats-server (async-nats)", rate(n)));
+        rows.push(("1→1 nats-server (async-nats)".to_string(), rate(n)));
+        rows.push((
+            "ratio 1→1 SDK / nats-server".to_string(),
+            format!("{:.2} × (bar ≥ 3 ×)", sdk_1to1 / n),
+        ));
     }
+    for (name, _, _, r) in &peers {
+        rows.push((
+            format!("1→1 {name} signals (zbus, {} signals)", args.dbus_n),
+            rate(*r),
+        ));
+    }
+    if let Some((_, _, _, r)) = broker {
+        rows.push((
+            "ratio 1→1 SDK / dbus-broker".to_string(),
+            format!("{:.1} × (bar ≥ 30 ×)", sdk_1to1 / r),
+        ));
+    }
+    let rows: Vec<(&str, String)> = rows.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     table(
         &format!("bus throughput, 64-byte payloads, {} messages", args.n),
         &rows,
@@ -164,11 +252,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &[
             (
                 "daemon memory per connection",
-                format!("{per_conn:.0} bytes (bar ≤ 16384)"),
+                format!("{per_conn:.0} bytes (bar ≤ 4096)"),
             ),
             ("connections answering a ping", format!("{answered}")),
         ],
     );
+    let ratio = |a: f64, b: Option<f64>| b.filter(|b| *b > 0.0).map(|b| a / b);
     println!(
         "{}",
         json!({
@@ -183,6 +272,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "pub_1to1_sdk_json_msgs_per_s": sdk_json_1to1,
             "pub_1to1_json_lines_msgs_per_s": json_1to1,
             "nats_1to1_msgs_per_s": nats,
+            "dbus_broker_rtt_p50_us": broker.map(|p| p.1),
+            "dbus_broker_1to1_msgs_per_s": broker.map(|p| p.3),
+            "dbus_daemon_rtt_p50_us": daemon.map(|p| p.1),
+            "dbus_daemon_1to1_msgs_per_s": daemon.map(|p| p.3),
+            "ratio_rtt_vs_raw_uds": us(b50) / us(raw50),
+            "ratio_rtt_vs_dbus_broker": ratio(us(b50), broker.map(|p| p.1)),
+            "ratio_rtt_vs_dbus_daemon": ratio(us(b50), daemon.map(|p| p.1)),
+            "ratio_1to1_vs_nats": ratio(sdk_1to1, nats),
+            "ratio_1to1_json_lines_vs_nats": ratio(json_1to1, nats),
+            "ratio_1to1_vs_dbus_broker": ratio(sdk_1to1, broker.map(|p| p.3)),
+            "ratio_1to1_vs_dbus_daemon": ratio(sdk_1to1, daemon.map(|p| p.3)),
             "fanout_msgs_per_s": fanout,
             "fanout_subscribers": args.fanout,
             "conn_10k_bytes_per_conn": per_conn,
@@ -411,9 +511,11 @@ async fn pub_sdk(socket: &Path, n: u64, subs: usize, binary: bool) -> anyhow::Re
         keep.push(b);
         tasks.push(tokio::spawn(async move {
             let mut seen = 0u64;
+            // Batch by batch, the messages borrowed from the read buffer (no copy, no
+            // allocation per message); each one is looked at.
             while seen < n {
-                match tokio::time::timeout(Duration::from_secs(30), s.next()).await {
-                    Ok(Some(_)) => seen += 1,
+                match tokio::time::timeout(Duration::from_secs(30), s.next_batch()).await {
+                    Ok(Some(b)) => seen += b.iter().filter(|m| !m.data.is_empty()).count() as u64,
                     _ => break,
                 }
             }
@@ -449,37 +551,45 @@ impl Drop for Nats {
 }
 
 pub(crate) fn nats_server_bin() -> anyhow::Result<String> {
-    for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
-        if Path::new(p).exists() {
-            return Ok(p.into());
-        }
+    Ok(installed("nats-server", "nats-server")?
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// Where program `bin` is (`/usr/sbin` or `/usr/bin`), installing Debian package `package` with
+/// apt-get when it is missing.
+pub(crate) fn installed(bin: &str, package: &str) -> anyhow::Result<std::path::PathBuf> {
+    let find = || {
+        ["/usr/sbin", "/usr/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(bin))
+            .find(|p| p.is_file())
+    };
+    if let Some(p) = find() {
+        return Ok(p);
     }
-    eprintln!("installing nats-server (Debian package)...");
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "nats-server"])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    eprintln!("installing {package} (Debian package)...");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", package])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let ok = install()
         || (Command::new("apt-get")
             .arg("update")
             .stdout(Stdio::null())
             .status()
             .is_ok()
-            && Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends", "nats-server"])
-                .stdout(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false));
-    if ok {
-        for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
-            if Path::new(p).exists() {
-                return Ok(p.into());
-            }
-        }
+            && install());
+    match find() {
+        Some(p) if ok => Ok(p),
+        _ => bail!(
+            "{bin} is not installed and apt-get could not install {package}; run scripts/install-test-deps.sh as root"
+        ),
     }
-    bail!("nats-server is not installed and apt-get could not install it")
 }
 
 pub(crate) async fn nats_1to1(n: u64) -> anyhow::Result<f64> {

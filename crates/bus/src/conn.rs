@@ -205,32 +205,56 @@ impl ConnBus {
         }
     }
 
+    /// Why a publish on `topic` (binary, or the common JSON line) is refused: its syntax, a
+    /// reserved prefix, the connection's permissions. Checked once per run of publishes on one
+    /// topic.
+    pub fn check_pub_topic(&self, topic: &str) -> Result<(), ErrorBody> {
+        wire::check_topic(topic, false)
+            .map_err(|e| err(ErrorCode::BadRequest, format!("topic {topic:?} {e}")))?;
+        self.may_publish(topic)
+    }
+
+    /// Why a published payload is refused: its size, JSON text (unless `parsed` says it was
+    /// read as one JSON value already), what strict parsers reject.
+    pub fn check_pub_data(&self, data: &[u8], parsed: bool) -> Result<(), ErrorBody> {
+        let max = self.cfg.max_message();
+        if data.len() > max {
+            return Err(err(
+                ErrorCode::TooLarge,
+                format!(
+                    "data of {} bytes exceeds [bus] max_message ({max} bytes); send less, or raise the limit",
+                    data.len()
+                ),
+            ));
+        }
+        if !parsed && serde_json::from_slice::<&RawValue>(data).is_err() {
+            return Err(err(ErrorCode::BadJson, "published data is not JSON text"));
+        }
+        strict(data)
+    }
+
+    /// Delivers a run of checked publishes on one topic ([`ConnBus::check_pub_topic`],
+    /// [`ConnBus::check_pub_data`]).
+    pub fn publish_run(&mut self, topic: &str, datas: &[&[u8]], wakes: &mut Wakes) {
+        let limits = self.limits;
+        self.router
+            .publish_run(&mut self.last_topic, topic, datas, &limits, wakes);
+    }
+
+    /// Answers a publish without an id that was refused.
+    pub fn refuse(&self, e: ErrorBody, wakes: &mut Wakes) {
+        self.reply(&self.limits, None, Err(e), wakes);
+    }
+
     /// A binary-framed publish.
     pub fn publish_raw(&mut self, topic: &str, data: &[u8], wakes: &mut Wakes) {
-        let limits = self.limits;
-        let r = (|| {
-            wire::check_topic(topic, false)
-                .map_err(|e| err(ErrorCode::BadRequest, format!("topic {topic:?} {e}")))?;
-            let max = self.cfg.clone().max_message();
-            if data.len() > max {
-                return Err(err(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "data of {} bytes exceeds [bus] max_message ({max} bytes)",
-                        data.len()
-                    ),
-                ));
-            }
-            if serde_json::from_slice::<&RawValue>(data).is_err() {
-                return Err(err(ErrorCode::BadJson, "published data is not JSON text"));
-            }
-            strict(data)?;
-            self.may_publish(topic)?;
-            self.router
-                .publish_cached(&mut self.last_topic, topic, data, &limits, wakes);
-            Ok(None)
-        })();
-        self.reply(&limits, None, r, wakes);
+        match self
+            .check_pub_topic(topic)
+            .and_then(|()| self.check_pub_data(data, false))
+        {
+            Ok(()) => self.publish_run(topic, &[data], wakes),
+            Err(e) => self.refuse(e, wakes),
+        }
     }
 
     fn publish(&mut self, line: &BusLine<'_>, limits: &Limits, wakes: &mut Wakes) -> BusResult {
@@ -242,7 +266,7 @@ impl ConnBus {
         self.may_publish(topic)?;
         let n = self
             .router
-            .publish_cached(&mut self.last_topic, topic, data, limits, wakes);
+            .publish_run(&mut self.last_topic, topic, &[data], limits, wakes);
         Ok(line.id.map(|_| json!({ "delivered": n })))
     }
 

@@ -270,13 +270,20 @@ impl Outbox {
         hint: usize,
         encode: impl FnOnce(&mut BytesMut, bool),
     ) -> bool {
+        self.push_many(limits, droppable, |s| s.append(hint, encode))
+    }
+
+    /// Appends the frames `fill` appends, under one lock, then applies the bounds once.
+    fn push_many(&self, limits: &Limits, droppable: bool, fill: impl FnOnce(&mut State)) -> bool {
         let Ok(mut s) = self.state.lock() else {
             return false;
         };
-        if s.closing || self.kicked.is_cancelled() {
+        // Every kick sets `closing` first (under this lock), so the token need not be asked: it
+        // takes a lock of its own.
+        if s.closing {
             return false;
         }
-        s.append(hint, encode);
+        fill(&mut s);
         if droppable {
             // The rest of the daemon's queues, as of now, and this one's fair share of the total.
             let others = self.budget.used().saturating_sub(s.charged);
@@ -365,6 +372,24 @@ impl Outbox {
                 bus::put_msg_bin(b, sid, topic, reply_to, data);
             } else {
                 bus::put_msg_json(b, sid, topic, reply_to, data);
+            }
+        })
+    }
+
+    /// Queues a run of messages on one topic for one subscription (one lock for the run);
+    /// `true` when the writer must be woken.
+    pub fn push_msgs(&self, limits: &Limits, sid: u64, topic: &str, datas: &[&[u8]]) -> bool {
+        self.push_many(limits, true, |s| {
+            // What comes before the payload is the same for the whole run: encoded once.
+            let mut prefix = [0u8; bus::MSG_PREFIX_MAX];
+            let prefix = bus::msg_prefix(s.binary, sid, topic, &mut prefix).map(|n| &prefix[..n]);
+            for data in datas {
+                let hint = data.len() + topic.len() + 64;
+                s.append(hint, |b, bin| match prefix {
+                    Some(p) => bus::put_msg_after_prefix(b, bin, p, data),
+                    None if bin => bus::put_msg_bin(b, sid, topic, None, data),
+                    None => bus::put_msg_json(b, sid, topic, None, data),
+                });
             }
         })
     }
@@ -560,6 +585,10 @@ pub async fn writer<W: AsyncWrite + Unpin>(
             }
         }
         if failed {
+            // Nothing more is queued for a connection that cannot be written to.
+            if let Ok(mut s) = outbox.state.lock() {
+                s.closing = true;
+            }
             if !(closing || stop.is_cancelled()) {
                 outbox.kicked.cancel();
             }

@@ -360,18 +360,11 @@ impl Router {
         self.deliver(&targets, topic, reply_to, data, limits, wakes)
     }
 
-    /// [`Router::publish`] for a connection that remembers its last topic's subscribers: a
+    /// The subscribers of `topic`, for a connection that remembers its last topic's: a
     /// publisher repeating a topic skips the router's lock while no subscription changed.
-    pub(crate) fn publish_cached(
-        &self,
-        last: &mut Option<LastTopic>,
-        topic: &str,
-        data: &[u8],
-        limits: &Limits,
-        wakes: &mut Wakes,
-    ) -> usize {
+    fn targets_cached(&self, last: &mut Option<LastTopic>, topic: &str) -> Arc<[Arc<Sub>]> {
         let generation = SUBS_GENERATION.load(Ordering::Acquire);
-        let targets = match last {
+        match last {
             Some(l) if l.generation == generation && &*l.topic == topic => l.targets.clone(),
             _ => {
                 let mut inner = self.lock();
@@ -386,9 +379,41 @@ impl Router {
                 });
                 targets
             }
-        };
-        self.counters.published.fetch_add(1, Ordering::Relaxed);
-        self.deliver(&targets, topic, None, data, limits, wakes)
+        }
+    }
+
+    /// Publishes a run of payloads on one topic (one read batch's publishes, already checked):
+    /// the subscribers are looked up once, and each subscription gets the whole run under one
+    /// lock of its queue. Returns the deliveries.
+    pub(crate) fn publish_run(
+        &self,
+        last: &mut Option<LastTopic>,
+        topic: &str,
+        datas: &[&[u8]],
+        limits: &Limits,
+        wakes: &mut Wakes,
+    ) -> usize {
+        let targets = self.targets_cached(last, topic);
+        self.counters
+            .published
+            .fetch_add(datas.len() as u64, Ordering::Relaxed);
+        if targets.iter().any(|s| s.queue.is_some()) {
+            // Each message goes to one member of each group: chosen per message.
+            return datas
+                .iter()
+                .map(|d| self.deliver(&targets, topic, None, d, limits, wakes))
+                .sum();
+        }
+        for s in targets.iter() {
+            if s.outbox.push_msgs(limits, s.sid, topic, datas) {
+                wakes.add(&s.outbox);
+            }
+        }
+        let n = targets.len() * datas.len();
+        self.counters
+            .delivered
+            .fetch_add(n as u64, Ordering::Relaxed);
+        n
     }
 
     pub(crate) fn deliver(

@@ -20,9 +20,11 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use majordomo_core::{Commands, DaemonHandle, Secret};
-use majordomo_proto::bus::{BINARY_FRAMING, BinError, BinFrame, BusLine, decode_bin};
+use majordomo_proto::bus::{
+    self as wire, BINARY_FRAMING, BinError, BinRef, BusLine, decode_bin_ref,
+};
 use majordomo_proto::pipeline::QueueStats;
 use majordomo_proto::{
     Command, CompatCommand, DEFAULT_MAX_LINE, ErrorBody, ErrorCode, FrameError, Hello, Incoming,
@@ -31,7 +33,6 @@ use majordomo_proto::{
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
-use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -87,9 +88,51 @@ pub struct Session {
 const MIN_READ: usize = 512;
 const MAX_READ: usize = 256 * 1024;
 
-enum Frame {
-    Line(Bytes),
-    Bin(BinFrame),
+/// The publishes of one read batch on one topic, delivered together when the topic changes,
+/// another frame comes, or the batch ends. The topic is checked once per run; each payload as
+/// it comes.
+#[derive(Default)]
+struct Run<'a> {
+    topic: &'a str,
+    /// Why the topic is refused (each publish on it is answered with this).
+    refused: Option<ErrorBody>,
+    checked: bool,
+    datas: Vec<&'a [u8]>,
+}
+
+impl<'a> Run<'a> {
+    fn add(
+        &mut self,
+        bus: &mut ConnBus,
+        topic: &'a str,
+        data: &'a [u8],
+        parsed: bool,
+        wakes: &mut Wakes,
+    ) {
+        if !self.checked || self.topic != topic {
+            self.flush(bus, wakes);
+            self.topic = topic;
+            self.refused = bus.check_pub_topic(topic).err();
+            self.checked = true;
+        }
+        if let Some(e) = &self.refused {
+            return bus.refuse(e.clone(), wakes);
+        }
+        match bus.check_pub_data(data, parsed) {
+            Ok(()) => self.datas.push(data),
+            Err(e) => {
+                self.flush(bus, wakes);
+                bus.refuse(e, wakes);
+            }
+        }
+    }
+
+    fn flush(&mut self, bus: &mut ConnBus, wakes: &mut Wakes) {
+        if !self.datas.is_empty() {
+            bus.publish_run(self.topic, &self.datas, wakes);
+            self.datas.clear();
+        }
+    }
 }
 
 struct ConnState {
@@ -238,12 +281,19 @@ impl Session {
                 }
                 Err(_) => break,
             }
-            // Every complete frame of this read, then one wake-up per touched connection.
+            // Every complete frame of this read, read in place, then one wake-up per touched
+            // connection. Consecutive publishes on one topic go out as one run.
             state.bus.refresh();
+            let mut pos = 0;
+            let mut run = Run::default();
             loop {
+                let avail = &buf[pos..];
                 let frame = if state.binary {
-                    match decode_bin(&mut buf, max_line.saturating_add(16)) {
-                        Ok(Some(f)) => Frame::Bin(f),
+                    match decode_bin_ref(avail, max_line.saturating_add(16)) {
+                        Ok(Some((f, used))) => {
+                            pos += used;
+                            f
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             let (code, hint) = match e {
@@ -252,21 +302,24 @@ impl Session {
                                 }
                                 BinError::Malformed(_) => (ErrorCode::BadRequest, ""),
                             };
+                            run.flush(&mut state.bus, &mut wakes);
                             let line = refuse(code, format!("{e}{hint}; closing the connection"));
                             outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
                             break 'conn;
                         }
                     }
                 } else {
-                    let next = if eof {
-                        codec.decode_eof(&mut buf)
-                    } else {
-                        codec.decode(&mut buf)
-                    };
-                    match next {
-                        Ok(Some(line)) => Frame::Line(line),
-                        Ok(None) => break,
+                    match codec.next_line(avail, eof) {
+                        Ok((Some(range), used)) => {
+                            pos += used;
+                            BinRef::Json(&avail[range])
+                        }
+                        Ok((None, used)) => {
+                            pos += used;
+                            break;
+                        }
                         Err(FrameError::TooLong { limit }) => {
+                            run.flush(&mut state.bus, &mut wakes);
                             let line = refuse(
                                 ErrorCode::TooLarge,
                                 format!(
@@ -282,11 +335,16 @@ impl Session {
                 got_first = true;
                 frames += 1;
                 let line = match frame {
-                    Frame::Line(l) | Frame::Bin(BinFrame::Json(l)) => l,
-                    Frame::Bin(BinFrame::Pub { topic, data }) => {
+                    BinRef::Json(l) => match wire::fast_pub(l) {
+                        Some((topic, data)) if state.authed => {
+                            run.add(&mut state.bus, topic, data, true, &mut wakes);
+                            continue;
+                        }
+                        _ => l,
+                    },
+                    BinRef::Pub { topic, data } => {
                         if state.authed {
-                            let topic = std::str::from_utf8(&topic).unwrap_or("");
-                            state.bus.publish_raw(topic, &data, &mut wakes);
+                            run.add(&mut state.bus, topic, data, false, &mut wakes);
                         } else {
                             outbox.push_line(
                                 &state.bus.limits,
@@ -297,7 +355,8 @@ impl Session {
                         }
                         continue;
                     }
-                    Frame::Bin(BinFrame::Msg { .. }) => {
+                    BinRef::Msg { .. } => {
+                        run.flush(&mut state.bus, &mut wakes);
                         let line = refuse(
                             ErrorCode::BadRequest,
                             "clients may not send message frames (kind 3)".into(),
@@ -306,7 +365,9 @@ impl Session {
                         continue;
                     }
                 };
-                if let Some(bl) = BusLine::parse(&line) {
+                // Anything else is answered after the publishes before it went out.
+                run.flush(&mut state.bus, &mut wakes);
+                if let Some(bl) = BusLine::parse(line) {
                     if state.authed {
                         state.bus.handle(&bl, &mut wakes);
                     } else {
@@ -320,7 +381,7 @@ impl Session {
                     }
                     continue;
                 }
-                if let Some(reply) = bad_bus_line(&line) {
+                if let Some(reply) = bad_bus_line(line) {
                     let reply = if state.authed {
                         reply
                     } else {
@@ -330,7 +391,7 @@ impl Session {
                     continue;
                 }
                 // A control line: answer it in order, after what is queued before it.
-                let incoming = parse_line(&line);
+                let incoming = parse_line(line);
                 let wants_binary = matches!(&incoming, Incoming::Request { cmd: Command::Hello { framing: Some(f), .. }, .. } if f == BINARY_FRAMING);
                 let was_authed = state.authed;
                 let outcome = Box::pin(self.handle(incoming, &mut state.authed)).await;
@@ -349,6 +410,9 @@ impl Session {
                     self.daemon.shutdown(reason).await;
                 }
             }
+            run.flush(&mut state.bus, &mut wakes);
+            drop(run);
+            buf.advance(pos);
             wakes.flush();
             if read_bytes > 0 {
                 router.activity(&outbox, frames, read_bytes);

@@ -29,9 +29,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use std::borrow::Cow;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::Stream;
-use majordomo_proto::bus::{self as wire, BinFrame};
+use majordomo_proto::bus::{self as wire, BinPeek, BinRef};
 use majordomo_proto::{ErrorBody, ErrorCode, LineCodec, PROTOCOL_VERSION};
 use serde::Deserialize;
 use serde::Serialize;
@@ -39,7 +41,6 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio_util::codec::Decoder;
 
 use crate::{Client, ClientError, ConnectOptions};
 
@@ -48,8 +49,9 @@ use crate::{Client, ClientError, ConnectOptions};
 pub struct BusOptions {
     /// Negotiate the length-prefixed binary framing (faster; JSON lines otherwise).
     pub binary: bool,
-    /// Messages buffered per subscription before the reader waits for the application (and
-    /// the daemon's slow-consumer policy takes over).
+    /// About how many messages are buffered per subscription before the reader waits for the
+    /// application (and the daemon's slow-consumer policy takes over); they are held as read
+    /// batches of up to 64 KiB, one per 256 messages of this figure.
     pub subscription_buffer: usize,
 }
 
@@ -104,7 +106,7 @@ type ReplyTx = oneshot::Sender<Result<Value, ErrorBody>>;
 
 struct Shared {
     pending: Mutex<HashMap<u64, ReplyTx>>,
-    subs: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    subs: Mutex<HashMap<u64, mpsc::Sender<Batch>>>,
     events: mpsc::UnboundedSender<BusEvent>,
     notices: mpsc::UnboundedSender<Notice>,
     out: Mutex<BytesMut>,
@@ -401,7 +403,8 @@ impl Bus {
         queue: Option<&str>,
     ) -> Result<Subscription, ClientError> {
         let sid = self.next_sid.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.sub_buffer);
+        // Batches (one read each, up to 64 KiB of frames): about `sub_buffer` small messages.
+        let (tx, rx) = mpsc::channel(self.sub_buffer.div_ceil(256).max(2));
         if let Ok(mut s) = self.shared.subs.lock() {
             s.insert(sid, tx);
         }
@@ -417,7 +420,11 @@ impl Bus {
             }
             return Err(e);
         }
-        Ok(Subscription { sid, rx })
+        Ok(Subscription {
+            sid,
+            rx,
+            current: None,
+        })
     }
 
     /// Ends a subscription.
@@ -503,23 +510,154 @@ impl<T> Stream for ReceiverStream<T> {
     }
 }
 
-/// The messages of one subscription, as a `Stream`. Ends when the connection closes.
+/// The messages of one subscription, as a `Stream` of owned [`Message`]s, or batch by batch
+/// with [`Subscription::next_batch`] (borrowed frames, no allocation per message). Ends when the
+/// connection closes.
 #[derive(Debug)]
 pub struct Subscription {
     sid: u64,
-    rx: mpsc::Receiver<Message>,
+    rx: mpsc::Receiver<Batch>,
+    current: Option<Batch>,
 }
 
 impl Subscription {
     pub fn sid(&self) -> u64 {
         self.sid
     }
+
+    /// The messages that arrived together (one read from the socket), still in the read
+    /// buffer: iterate them as [`MessageRef`]s without copying. `None` when the connection
+    /// closed. Messages already taken one by one are not repeated.
+    pub async fn next_batch(&mut self) -> Option<Batch> {
+        if let Some(b) = self.current.take()
+            && !b.is_empty()
+        {
+            return Some(b);
+        }
+        self.rx.recv().await
+    }
 }
 
 impl Stream for Subscription {
     type Item = Message;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
+        loop {
+            if let Some(b) = &mut self.current {
+                if let Some(m) = b.next_owned() {
+                    return Poll::Ready(Some(m));
+                }
+                self.current = None;
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(b)) => self.current = Some(b),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// A message borrowed from its [`Batch`]: topic and reply subject as text, the payload as JSON
+/// text, all pointing into the read buffer.
+#[derive(Debug, Clone)]
+pub struct MessageRef<'a> {
+    pub sid: u64,
+    pub topic: Cow<'a, str>,
+    pub reply_to: Option<Cow<'a, str>>,
+    /// The payload as JSON text.
+    pub data: &'a [u8],
+}
+
+impl MessageRef<'_> {
+    /// Decodes the payload.
+    pub fn json<'de, T: serde::Deserialize<'de>>(&'de self) -> Result<T, ClientError> {
+        serde_json::from_slice(self.data)
+            .map_err(|e| ClientError::Protocol(format!("message data on {}: {e}", self.topic)))
+    }
+}
+
+/// The messages of one subscription that arrived in one read: the shared read buffer and where
+/// each message's frame starts in it.
+#[derive(Debug)]
+pub struct Batch {
+    chunk: Bytes,
+    frames: Vec<u32>,
+    next: usize,
+    binary: bool,
+}
+
+impl Batch {
+    /// How many messages are left in it.
+    pub fn len(&self) -> usize {
+        self.frames.len() - self.next
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Its messages, borrowed.
+    pub fn iter(&self) -> impl Iterator<Item = MessageRef<'_>> + '_ {
+        self.frames[self.next..]
+            .iter()
+            .filter_map(|off| self.at(*off))
+    }
+
+    fn at(&self, off: u32) -> Option<MessageRef<'_>> {
+        let b = self.chunk.get(off as usize..)?;
+        if self.binary {
+            match wire::decode_bin_ref(b, usize::MAX) {
+                Ok(Some((
+                    BinRef::Msg {
+                        sid,
+                        topic,
+                        reply_to,
+                        data,
+                    },
+                    _,
+                ))) => Some(MessageRef {
+                    sid,
+                    topic: Cow::Borrowed(topic),
+                    reply_to: (!reply_to.is_empty()).then_some(Cow::Borrowed(reply_to)),
+                    data,
+                }),
+                _ => None,
+            }
+        } else {
+            let end = memchr::memchr(b'\n', b).unwrap_or(b.len());
+            let line = &b[..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some((sid, topic, reply_to, data)) = wire::read_msg_line(line) {
+                return Some(MessageRef {
+                    sid,
+                    topic: Cow::Borrowed(topic),
+                    reply_to: reply_to.map(Cow::Borrowed),
+                    data,
+                });
+            }
+            let p = serde_json::from_slice::<Pushed>(line).ok()?.msg?;
+            Some(MessageRef {
+                sid: p.sid,
+                topic: p.topic,
+                reply_to: p.reply_to,
+                data: p.data.get().as_bytes(),
+            })
+        }
+    }
+
+    fn next_owned(&mut self) -> Option<Message> {
+        while let Some(off) = self.frames.get(self.next).copied() {
+            self.next += 1;
+            if let Some(m) = self.at(off) {
+                return Some(Message {
+                    sid: m.sid,
+                    topic: m.topic.into_owned(),
+                    reply_to: m.reply_to.map(Cow::into_owned),
+                    data: self.chunk.slice_ref(m.data),
+                });
+            }
+        }
+        None
     }
 }
 
@@ -572,9 +710,10 @@ struct Pushed<'a> {
 #[derive(Deserialize)]
 struct PushedMsg<'a> {
     sid: u64,
-    topic: String,
-    #[serde(default)]
-    reply_to: Option<String>,
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    #[serde(borrow, default)]
+    reply_to: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: &'a RawValue,
 }
@@ -588,39 +727,46 @@ async fn read_loop(
     let mut codec = LineCodec::new(max_line);
     let mut senders = Senders::default();
     'outer: loop {
+        // Every frame of this read, in place: replies, events and notices now; messages noted
+        // by subscription and handed over once per read, as one batch each.
+        let mut pos = 0;
         loop {
-            let frame = if shared.binary {
-                match wire::decode_bin(&mut buf, max_line) {
-                    Ok(Some(f)) => f,
+            let avail = &buf[pos..];
+            let at = pos as u32;
+            if shared.binary {
+                // Routed by its sid alone: a message frame is read when its batch is.
+                match wire::peek_bin(avail, max_line) {
+                    Ok(Some((frame, used))) => {
+                        pos += used;
+                        match frame {
+                            BinPeek::Msg { sid } => senders.note(sid, at),
+                            BinPeek::Json(line) => dispatch_line(&shared, &mut senders, line, at),
+                            BinPeek::Pub => {}
+                        }
+                    }
                     Ok(None) => break,
                     Err(_) => break 'outer,
                 }
             } else {
-                match codec.decode(&mut buf) {
-                    Ok(Some(l)) => BinFrame::Json(l),
-                    Ok(None) => break,
+                match codec.next_line(avail, false) {
+                    Ok((Some(range), used)) => {
+                        pos += used;
+                        let at = at + range.start as u32;
+                        dispatch_line(&shared, &mut senders, &avail[range], at);
+                    }
+                    Ok((None, used)) => {
+                        pos += used;
+                        break;
+                    }
                     Err(_) => break 'outer,
                 }
-            };
-            match frame {
-                BinFrame::Json(line) => dispatch_line(&shared, &mut senders, &line).await,
-                BinFrame::Msg {
-                    sid,
-                    topic,
-                    reply_to,
-                    data,
-                } => {
-                    let m = Message {
-                        sid,
-                        topic: String::from_utf8_lossy(&topic).into_owned(),
-                        reply_to: (!reply_to.is_empty())
-                            .then(|| String::from_utf8_lossy(&reply_to).into_owned()),
-                        data,
-                    };
-                    senders.deliver(&shared, m).await;
-                }
-                BinFrame::Pub { .. } => {}
             }
+        }
+        if senders.noted() {
+            let chunk = buf.split_to(pos).freeze();
+            senders.hand_over(&shared, chunk).await;
+        } else {
+            buf.advance(pos);
         }
         buf.reserve(64 * 1024);
         match r.read_buf(&mut buf).await {
@@ -640,46 +786,70 @@ async fn read_loop(
     }
 }
 
-/// The reader's own copy of the subscription senders: no lock per message.
+/// The reader's own copy of the subscription senders (no lock per message), and the messages
+/// of the current read by subscription.
 #[derive(Default)]
-struct Senders(HashMap<u64, mpsc::Sender<Message>>);
+struct Senders {
+    txs: HashMap<u64, mpsc::Sender<Batch>>,
+    /// Frame offsets of this read's messages, by subscription (most reads carry one or two).
+    noted: Vec<(u64, Vec<u32>)>,
+}
 
 impl Senders {
-    async fn deliver(&mut self, shared: &Shared, m: Message) {
-        let sid = m.sid;
-        let tx = match self.0.entry(sid) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                match shared.subs.lock().ok().and_then(|s| s.get(&sid).cloned()) {
-                    Some(tx) => v.insert(tx),
-                    None => return,
+    fn note(&mut self, sid: u64, at: u32) {
+        match self.noted.iter_mut().find(|(s, _)| *s == sid) {
+            Some((_, frames)) => frames.push(at),
+            None => self.noted.push((sid, vec![at])),
+        }
+    }
+
+    fn noted(&self) -> bool {
+        !self.noted.is_empty()
+    }
+
+    /// Hands each subscription its messages of this read, `chunk` being the read's bytes.
+    async fn hand_over(&mut self, shared: &Shared, chunk: Bytes) {
+        for (sid, frames) in std::mem::take(&mut self.noted) {
+            let tx = match self.txs.entry(sid) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    match shared.subs.lock().ok().and_then(|s| s.get(&sid).cloned()) {
+                        Some(tx) => v.insert(tx),
+                        None => continue,
+                    }
                 }
+            };
+            let batch = Batch {
+                chunk: chunk.clone(),
+                frames,
+                next: 0,
+                binary: shared.binary,
+            };
+            let gone = match tx.try_send(batch) {
+                Ok(()) => false,
+                // Back-pressure: a full subscription stops the reading (the daemon's policy
+                // applies).
+                Err(mpsc::error::TrySendError::Full(b)) => tx.send(b).await.is_err(),
+                Err(mpsc::error::TrySendError::Closed(_)) => true,
+            };
+            if gone {
+                self.txs.remove(&sid);
             }
-        };
-        let gone = match tx.try_send(m) {
-            Ok(()) => false,
-            // Back-pressure: a full subscription stops the reading (the daemon's policy applies).
-            Err(mpsc::error::TrySendError::Full(m)) => tx.send(m).await.is_err(),
-            Err(mpsc::error::TrySendError::Closed(_)) => true,
-        };
-        if gone {
-            self.0.remove(&sid);
         }
     }
 }
 
-async fn dispatch_line(shared: &Shared, senders: &mut Senders, line: &[u8]) {
+/// One JSON frame: a message is noted for its subscription (`at`: where the line starts in the
+/// read buffer); anything else is handed over now.
+fn dispatch_line(shared: &Shared, senders: &mut Senders, line: &[u8], at: u32) {
+    if let Some((sid, ..)) = wire::read_msg_line(line) {
+        return senders.note(sid, at);
+    }
     let Ok(p) = serde_json::from_slice::<Pushed>(line) else {
         return;
     };
     if let Some(m) = p.msg {
-        let m = Message {
-            sid: m.sid,
-            topic: m.topic,
-            reply_to: m.reply_to,
-            data: Bytes::copy_from_slice(m.data.get().as_bytes()),
-        };
-        return senders.deliver(shared, m).await;
+        return senders.note(m.sid, at);
     }
     if let Some(e) = p.event {
         let _ = shared.events.send(e);

@@ -102,6 +102,27 @@ impl<'a> BusLine<'a> {
     }
 }
 
+/// The common publish line, `{"cmd":"bus.pub","topic":"T","data":D}` exactly (compact, in this
+/// order, no `id`, a topic without escapes), read without building a [`BusLine`]: the topic
+/// and the raw data, already checked to be one JSON value. `None` for any other line, which
+/// then takes [`BusLine::parse`]; both read this shape alike.
+pub fn fast_pub(line: &[u8]) -> Option<(&str, &[u8])> {
+    const HEAD: &[u8] = br#"{"cmd":"bus.pub","topic":""#;
+    const MID: &[u8] = br#"","data":"#;
+    let rest = line.strip_prefix(HEAD)?;
+    let q = memchr::memchr2(b'"', b'\\', rest)?;
+    let (topic, rest) = rest.split_at(q);
+    if topic.iter().any(|b| *b < 0x20) {
+        // Raw control characters: not JSON; the full parse says so.
+        return None;
+    }
+    let data = rest.strip_prefix(MID)?.strip_suffix(b"}")?.trim_ascii();
+    let topic = std::str::from_utf8(topic).ok()?;
+    // One whole JSON value and nothing else (structure, strings and UTF-8 checked).
+    serde_json::from_slice::<&RawValue>(data).ok()?;
+    Some((topic, data))
+}
+
 /// Why a topic or pattern is refused.
 pub fn check_topic(topic: &str, wildcards: bool) -> Result<(), String> {
     if topic.is_empty() {
@@ -279,6 +300,100 @@ pub fn put_msg_json(
     buf.put_slice(b"}}\n");
 }
 
+/// The part of a delivered message frame before its payload, the same for every message of one
+/// subscription on one topic: written once per run of messages, then copied before each
+/// payload with [`put_msg_after_prefix`]. `None` when the topic needs escaping or is longer
+/// than a checked topic may be (then encode each message whole).
+pub fn msg_prefix(
+    binary: bool,
+    sid: u64,
+    topic: &str,
+    out: &mut [u8; MSG_PREFIX_MAX],
+) -> Option<usize> {
+    if topic.len() > 256 || topic.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        return None;
+    }
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        out[n..n + bytes.len()].copy_from_slice(bytes);
+        n += bytes.len();
+    };
+    if binary {
+        put(&[KIND_MSG]);
+        put(&sid.to_le_bytes());
+        put(&(topic.len() as u16).to_le_bytes());
+        put(topic.as_bytes());
+        put(&0u16.to_le_bytes());
+    } else {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut v = sid;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        put(b"{\"msg\":{\"sid\":");
+        put(&digits[i..]);
+        put(b",\"topic\":\"");
+        put(topic.as_bytes());
+        put(b"\",\"data\":");
+    }
+    Some(n)
+}
+
+/// The longest prefix [`msg_prefix`] writes.
+pub const MSG_PREFIX_MAX: usize = 320;
+
+/// Appends one delivered message from its [`msg_prefix`] and its payload: the same bytes as
+/// [`put_msg_bin`] or [`put_msg_json`] without a reply subject.
+pub fn put_msg_after_prefix(buf: &mut BytesMut, binary: bool, prefix: &[u8], data: &[u8]) {
+    if binary {
+        buf.reserve(4 + prefix.len() + data.len());
+        buf.put_u32_le((prefix.len() + data.len()) as u32);
+        buf.put_slice(prefix);
+        buf.put_slice(data);
+    } else {
+        buf.reserve(prefix.len() + data.len() + 3);
+        buf.put_slice(prefix);
+        buf.put_slice(if data.is_empty() { b"null" } else { data });
+        buf.put_slice(b"}}\n");
+    }
+}
+
+/// Reads a delivered-message line as the daemon writes it ([`put_msg_json`]): sid, topic,
+/// reply subject and the raw payload, without a JSON parser. `None` for any other shape (a
+/// reader then parses the line in full).
+pub fn read_msg_line(line: &[u8]) -> Option<(u64, &str, Option<&str>, &[u8])> {
+    let rest = line.strip_prefix(b"{\"msg\":{\"sid\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 20 {
+        return None;
+    }
+    let sid: u64 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(b",\"topic\":\"")?;
+    let q = memchr::memchr2(b'"', b'\\', rest)?;
+    if rest[q] != b'"' {
+        return None;
+    }
+    let topic = std::str::from_utf8(&rest[..q]).ok()?;
+    let mut rest = &rest[q + 1..];
+    let mut reply = None;
+    if let Some(r) = rest.strip_prefix(b",\"reply_to\":\"") {
+        let q = memchr::memchr2(b'"', b'\\', r)?;
+        if r[q] != b'"' {
+            return None;
+        }
+        reply = Some(std::str::from_utf8(&r[..q]).ok()?);
+        rest = &r[q + 1..];
+    }
+    let data = rest.strip_prefix(b",\"data\":")?.strip_suffix(b"}}")?;
+    Some((sid, topic, reply, data))
+}
+
 /// `{"event":{"name":..,"from":..,"data":..,"ts":..}}\n`.
 pub fn put_event_json(buf: &mut BytesMut, name: &str, from: Option<&str>, data: &[u8], ts: &str) {
     buf.put_slice(b"{\"event\":{\"name\":");
@@ -408,6 +523,117 @@ pub fn put_json_bin(buf: &mut BytesMut, line: &[u8]) {
     buf.put_slice(line);
 }
 
+/// One frame of the binary framing borrowed from the read buffer: what [`decode_bin_ref`] hands
+/// out, so a reader walks a whole read batch without a reference count or a copy per frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinRef<'a> {
+    Json(&'a [u8]),
+    Pub {
+        topic: &'a str,
+        data: &'a [u8],
+    },
+    Msg {
+        sid: u64,
+        topic: &'a str,
+        reply_to: &'a str,
+        data: &'a [u8],
+    },
+}
+
+/// Reads one frame at the front of `buf` without consuming it: the frame and how many bytes it
+/// took, `None` when it is not complete yet. Total: never panics on any input.
+pub fn decode_bin_ref(buf: &[u8], limit: usize) -> Result<Option<(BinRef<'_>, usize)>, BinError> {
+    let Some(head) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(*head) as usize;
+    if len > limit {
+        return Err(BinError::TooLong { len, limit });
+    }
+    if len == 0 {
+        return Err(BinError::Malformed("empty frame"));
+    }
+    let Some(body) = buf.get(4..4 + len) else {
+        return Ok(None);
+    };
+    let (kind, mut body) = (body[0], &body[1..]);
+    fn take_str<'a>(body: &mut &'a [u8]) -> Result<&'a str, BinError> {
+        let Some((n, rest)) = body.split_first_chunk::<2>() else {
+            return Err(BinError::Malformed("truncated string length"));
+        };
+        let n = u16::from_le_bytes(*n) as usize;
+        if rest.len() < n {
+            return Err(BinError::Malformed("string longer than its frame"));
+        }
+        let (s, rest) = rest.split_at(n);
+        *body = rest;
+        std::str::from_utf8(s).map_err(|_| BinError::Malformed("string is not UTF-8"))
+    }
+    let frame = match kind {
+        KIND_JSON => BinRef::Json(body),
+        KIND_PUB => {
+            let topic = take_str(&mut body)?;
+            BinRef::Pub { topic, data: body }
+        }
+        KIND_MSG => {
+            let Some((sid, rest)) = body.split_first_chunk::<8>() else {
+                return Err(BinError::Malformed("truncated sid"));
+            };
+            body = rest;
+            let sid = u64::from_le_bytes(*sid);
+            let topic = take_str(&mut body)?;
+            let reply_to = take_str(&mut body)?;
+            BinRef::Msg {
+                sid,
+                topic,
+                reply_to,
+                data: body,
+            }
+        }
+        _ => return Err(BinError::Malformed("unknown frame kind")),
+    };
+    Ok(Some((frame, 4 + len)))
+}
+
+/// What a reader needs to route the frame at the front of `buf` without reading its strings:
+/// a JSON frame's text, a message frame's subscription id. With how many bytes it took; `None`
+/// when it is not complete yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinPeek<'a> {
+    Json(&'a [u8]),
+    Msg { sid: u64 },
+    Pub,
+}
+
+/// See [`BinPeek`]. Total: never panics on any input.
+pub fn peek_bin(buf: &[u8], limit: usize) -> Result<Option<(BinPeek<'_>, usize)>, BinError> {
+    let Some(head) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(*head) as usize;
+    if len > limit {
+        return Err(BinError::TooLong { len, limit });
+    }
+    if len == 0 {
+        return Err(BinError::Malformed("empty frame"));
+    }
+    let Some(body) = buf.get(4..4 + len) else {
+        return Ok(None);
+    };
+    let peek = match body[0] {
+        KIND_JSON => BinPeek::Json(&body[1..]),
+        KIND_PUB => BinPeek::Pub,
+        KIND_MSG => match body[1..].first_chunk::<8>() {
+            Some(sid) => BinPeek::Msg {
+                sid: u64::from_le_bytes(*sid),
+            },
+            None => return Err(BinError::Malformed("truncated sid")),
+        },
+        _ => return Err(BinError::Malformed("unknown frame kind")),
+    };
+    Ok(Some((peek, 4 + len)))
+}
+
 /// Takes one frame off the front of `buf`, if complete. Total: never panics on any input.
 pub fn decode_bin(buf: &mut BytesMut, limit: usize) -> Result<Option<BinFrame>, BinError> {
     if buf.len() < 4 {
@@ -532,6 +758,69 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_publish_line_reads_like_the_full_parse() {
+        let lines: &[&[u8]] = &[
+            br#"{"cmd":"bus.pub","topic":"a.b","data":{"x":[1,"}"]}}"#,
+            br#"{"cmd":"bus.pub","topic":"a","data":"x" }"#,
+            br#"{"cmd":"bus.pub","topic":"a","data":1} {"x":1}"#,
+            br#"{"cmd":"bus.pub","topic":"a"b","data":1}"#,
+            br#"{"cmd":"bus.pub","topic":"a","data":1,"id":2}"#,
+            br#"{"cmd":"bus.pub","topic":"a","data":}"#,
+            br#"{"cmd":"bus.pub","topic":"a","data":{"#,
+        ];
+        for line in lines {
+            let full = BusLine::parse(line);
+            if let Some((topic, data)) = fast_pub(line) {
+                let full = full.expect("the full parse reads it too");
+                assert_eq!(full.topic.as_deref(), Some(topic));
+                assert_eq!(full.data.map(|d| d.get().as_bytes()), Some(data));
+                assert!(full.id.is_none());
+            }
+        }
+        assert!(fast_pub(lines[0]).is_some());
+        assert!(fast_pub(lines[1]).is_some());
+        assert!(fast_pub(lines[2]).is_none());
+        assert!(fast_pub(lines[3]).is_none());
+    }
+
+    #[test]
+    fn prefixed_messages_are_the_whole_encoding() {
+        for binary in [false, true] {
+            for (sid, topic) in [(0u64, "a"), (7, "orders.7.new"), (u64::MAX, "x.y")] {
+                let mut pre = [0u8; MSG_PREFIX_MAX];
+                let n = msg_prefix(binary, sid, topic, &mut pre).unwrap();
+                for data in [&b"{\"k\":1}"[..], b"", b"\"x\""] {
+                    let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+                    put_msg_after_prefix(&mut a, binary, &pre[..n], data);
+                    if binary {
+                        put_msg_bin(&mut b, sid, topic, None, data);
+                    } else {
+                        put_msg_json(&mut b, sid, topic, None, data);
+                    }
+                    assert_eq!(a, b);
+                }
+            }
+        }
+        let mut pre = [0u8; MSG_PREFIX_MAX];
+        assert!(msg_prefix(false, 1, "a\"b", &mut pre).is_none());
+        assert!(msg_prefix(true, 1, &"a".repeat(300), &mut pre).is_none());
+    }
+
+    #[test]
+    fn message_lines_read_back() {
+        for reply in [None, Some("_INBOX.00ff")] {
+            let mut b = BytesMut::new();
+            put_msg_json(&mut b, 42, "a.b", reply, br#"{"x":"}}"}"#);
+            let line = b.strip_suffix(b"\n").unwrap();
+            let (sid, topic, r, data) = read_msg_line(line).unwrap();
+            assert_eq!((sid, topic, r), (42, "a.b", reply));
+            assert_eq!(data, br#"{"x":"}}"}"#);
+        }
+        assert!(read_msg_line(br#"{"msg":{"sid":1,"topic":"a\"b","data":1}}"#).is_none());
+        assert!(read_msg_line(br#"{"id":1,"ok":true}"#).is_none());
+    }
+
+    #[test]
     fn wildcards() {
         assert!(matches("orders.*.new", "orders.7.new"));
         assert!(!matches("orders.*.new", "orders.7.old"));
@@ -617,6 +906,35 @@ mod tests {
             prop_assert_eq!(out, frames);
         }
 
+        /// The borrowed decoder reads the same frames as the owned one, and fails alike.
+        #[test]
+        fn borrowed_decoder_agrees(frames in proptest::collection::vec(arb_frame(), 0..8), junk in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut wire = BytesMut::new();
+            for f in &frames { encode_bin(f, &mut wire); }
+            wire.extend_from_slice(&junk);
+            let mut owned = wire.clone();
+            let mut at = 0;
+            loop {
+                let a = decode_bin_ref(&wire[at..], 1 << 16);
+                let b = decode_bin(&mut owned, 1 << 16);
+                match (a, b) {
+                    (Ok(Some((r, used))), Ok(Some(f))) => {
+                        let same = match (r, &f) {
+                            (BinRef::Json(a), BinFrame::Json(b)) => a == &b[..],
+                            (BinRef::Pub { topic, data }, BinFrame::Pub { topic: t, data: d }) => topic.as_bytes() == &t[..] && data == &d[..],
+                            (BinRef::Msg { sid, topic, reply_to, data }, BinFrame::Msg { sid: s, topic: t, reply_to: r, data: d }) =>
+                                sid == *s && topic.as_bytes() == &t[..] && reply_to.as_bytes() == &r[..] && data == &d[..],
+                            _ => false,
+                        };
+                        prop_assert!(same, "{:?} / {:?}", r, f);
+                        at += used;
+                    }
+                    (Ok(None), Ok(None)) | (Err(_), Err(_)) => break,
+                    (a, b) => prop_assert!(false, "{:?} / {:?}", a, b),
+                }
+            }
+        }
+
         /// No byte sequence makes the binary decoder panic or loop.
         #[test]
         fn binary_decoder_is_total(data in proptest::collection::vec(any::<u8>(), 0..512), limit in 0usize..256) {
@@ -626,6 +944,19 @@ mod tests {
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
                 }
+            }
+        }
+
+        /// Whenever the fast publish read accepts a line, the full parse reads the same.
+        #[test]
+        fn fast_pub_agrees_with_the_full_parse(topic in "[a-z.\"\\\\]{0,8}", data in "[\\[\\]{}:,\" 0-9a-z\\\\]{0,24}", tail in "[ }]{0,3}") {
+            let line = format!(r#"{{"cmd":"bus.pub","topic":"{topic}","data":{data}{tail}"#);
+            if let Some((t, d)) = fast_pub(line.as_bytes()) {
+                let full = BusLine::parse(line.as_bytes());
+                prop_assert!(full.is_some(), "{}", line);
+                let full = full.unwrap();
+                prop_assert_eq!(full.topic.as_deref(), Some(t));
+                prop_assert_eq!(full.data.map(|d| d.get().as_bytes()), Some(d));
             }
         }
 

@@ -41,6 +41,69 @@ impl LineCodec {
     pub fn max_line(&self) -> usize {
         self.max_line
     }
+
+    /// The next line at the front of `buf`, without consuming it: the line's range in `buf`
+    /// (without its newline and a trailing `\r`) and how many bytes of `buf` the caller may drop
+    /// (the line, its newline and any blank lines before it). With no complete line, the range is
+    /// `None`. At `eof`, a final line without its newline is still a line. The same rules as
+    /// [`Decoder::decode`], for a reader that walks a whole read batch in place and drops what
+    /// it read once.
+    pub fn next_line(
+        &mut self,
+        buf: &[u8],
+        eof: bool,
+    ) -> Result<(Option<std::ops::Range<usize>>, usize), FrameError> {
+        let mut start = 0;
+        loop {
+            if self.failed {
+                return Ok((None, buf.len()));
+            }
+            let from = (start + self.scanned).min(buf.len());
+            match memchr::memchr(b'\n', &buf[from..]) {
+                Some(rel) => {
+                    let end = from + rel;
+                    self.scanned = 0;
+                    if end - start > self.max_line {
+                        self.failed = true;
+                        return Err(FrameError::TooLong {
+                            limit: self.max_line,
+                        });
+                    }
+                    let mut line_end = end;
+                    if line_end > start && buf[line_end - 1] == b'\r' {
+                        line_end -= 1;
+                    }
+                    if buf[start..line_end].iter().all(u8::is_ascii_whitespace) {
+                        start = end + 1;
+                        continue;
+                    }
+                    return Ok((Some(start..line_end), end + 1));
+                }
+                None => {
+                    let rest = buf.len() - start;
+                    if rest > self.max_line {
+                        self.failed = true;
+                        return Err(FrameError::TooLong {
+                            limit: self.max_line,
+                        });
+                    }
+                    if eof {
+                        self.scanned = 0;
+                        let mut line_end = buf.len();
+                        if line_end > start && buf[line_end - 1] == b'\r' {
+                            line_end -= 1;
+                        }
+                        if buf[start..line_end].iter().all(u8::is_ascii_whitespace) {
+                            return Ok((None, buf.len()));
+                        }
+                        return Ok((Some(start..line_end), buf.len()));
+                    }
+                    self.scanned = rest;
+                    return Ok((None, start));
+                }
+            }
+        }
+    }
 }
 
 impl Default for LineCodec {
@@ -152,6 +215,32 @@ mod tests {
         (out, false)
     }
 
+    /// What a reader walking each read batch in place with [`LineCodec::next_line`] gets.
+    fn next_all(codec: &mut LineCodec, chunks: &[Vec<u8>]) -> (Vec<Vec<u8>>, bool) {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut out = Vec::new();
+        let last = chunks.len().saturating_sub(1);
+        for (i, chunk) in chunks.iter().enumerate() {
+            buf.extend_from_slice(chunk);
+            let mut pos = 0;
+            loop {
+                match codec.next_line(&buf[pos..], i == last) {
+                    Ok((Some(r), used)) => {
+                        out.push(buf[pos..][r].to_vec());
+                        pos += used;
+                    }
+                    Ok((None, used)) => {
+                        pos += used;
+                        break;
+                    }
+                    Err(_) => return (out, true),
+                }
+            }
+            buf.drain(..pos);
+        }
+        (out, false)
+    }
+
     #[test]
     fn splits_lines_and_strips_cr() {
         let mut c = LineCodec::new(100);
@@ -192,6 +281,9 @@ mod tests {
 
             let mut codec = LineCodec::new(limit);
             let (lines, failed) = decode_all(&mut codec, &chunks);
+            // Walking the batches in place reads exactly the same lines.
+            let mut walker = LineCodec::new(limit);
+            prop_assert_eq!(next_all(&mut walker, &chunks), (lines.clone(), failed));
 
             let expected: Vec<Vec<u8>> = data
                 .split(|b| *b == b'\n')
