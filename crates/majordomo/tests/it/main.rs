@@ -10,6 +10,8 @@ mod bus;
 mod foundation;
 #[cfg(target_os = "linux")]
 mod guest;
+#[cfg(target_os = "linux")]
+mod guest_vm;
 #[cfg(unix)]
 mod hostile;
 #[cfg(unix)]
