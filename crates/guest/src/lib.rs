@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod config;
 pub mod control;
+pub mod diagnose;
 pub mod frame;
 pub mod io;
 pub mod metrics;

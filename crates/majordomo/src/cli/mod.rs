@@ -47,6 +47,7 @@ fn quiet_on_closed(r: std::io::Result<()>) {
 }
 
 pub mod bus;
+pub mod guest;
 pub mod http;
 pub mod monitor;
 pub mod nats;
@@ -134,7 +135,12 @@ pub enum Cmd {
     Check,
     /// Check config, folders, socket, service, desktop session, virtio ports, disk, clock and
     /// permissions: each OK/WARN/FAIL with a fix; exits 1 when any FAILs.
-    Doctor,
+    /// `--virtio` (alias `majordomo --diagnose`): the VM guest agent's ports in detail.
+    Doctor {
+        /// Only the virtio-serial ports: driver, ports, who holds them, host connected.
+        #[arg(long)]
+        virtio: bool,
+    },
     /// The message bus: publish, subscribe, send events, requests, list endpoints.
     #[command(subcommand)]
     Bus(bus::BusCmd),
@@ -187,7 +193,7 @@ pub enum ConfigCmd {
 
 /// Parses the command line and runs it. `notifier` was taken from the environment first thing.
 pub fn main(notifier: Notifier) -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(guest::rewrite_diagnose(std::env::args_os().collect())) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -260,7 +266,8 @@ pub fn main(notifier: Notifier) -> ExitCode {
             cli.json,
         ),
         Cmd::Lock(a) => scheduler::lock(a, &state_dir(&layout)),
-        Cmd::Doctor => ExitCode::from(service::doctor(&globals(&cli), &layout)),
+        Cmd::Doctor { virtio: true } => guest::doctor_virtio(cli.json),
+        Cmd::Doctor { virtio: false } => ExitCode::from(service::doctor(&globals(&cli), &layout)),
         #[cfg(unix)]
         Cmd::Guard => majordomo_supervisor::guard::main(),
         _ => client_main(&cli, &layout),
@@ -603,7 +610,7 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         | Cmd::Config(_)
         | Cmd::Service(_)
         | Cmd::Check
-        | Cmd::Doctor
+        | Cmd::Doctor { .. }
         | Cmd::Bus(_)
         | Cmd::Http(_)
         | Cmd::Programs(_)

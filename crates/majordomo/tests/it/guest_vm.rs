@@ -378,6 +378,37 @@ enabled = false
     let e = q.ask(&json!({"execute": "guest-file-open", "arguments": {"path": "/etc/os-release"}}));
     assert_eq!(e["error"]["class"], "CommandNotFound", "{e}");
 
+    // `majordomo --diagnose` (doctor --virtio) inside the guest: driver, both ports, held by
+    // the running agent.
+    let r = q.ret_args(
+        "guest-exec",
+        json!({"path": "/agent", "arg": ["--json", "--diagnose"], "capture-output": true}),
+    );
+    let st = q.wait_exec(r["pid"].as_i64().unwrap());
+    assert_eq!(st["exitcode"], 0, "{st}");
+    let out = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        st["out-data"].as_str().unwrap_or(""),
+    )
+    .unwrap();
+    let doc: Value = serde_json::from_slice(&out)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)));
+    let find = |n: &str| {
+        doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {n} in {doc}"))
+    };
+    assert_eq!(find("driver")["status"], "OK", "{doc}");
+    for port in ["org.qemu.guest_agent.0", "org.majordomo.0"] {
+        let c = find(port);
+        assert_eq!(c["status"], "OK", "{c}");
+        assert!(c["detail"].as_str().unwrap().contains("held by"), "{c}");
+    }
+
     // fsfreeze, and the automatic thaw after fsfreeze_timeout (2 s here).
     let n = q.ret("guest-fsfreeze-freeze");
     assert!(n.as_i64().unwrap() >= 1, "{n}");
