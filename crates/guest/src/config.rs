@@ -40,6 +40,13 @@ pub struct GuestConfig {
     pub control_port_path: Option<PathBuf>,
     /// Commands the control port lets through (patterns; "@read" = every read-only command).
     pub control_commands: Vec<String>,
+    /// Process names `guest.kill` may signal (patterns); empty = none.
+    pub kill_allow: Vec<String>,
+    /// Services `guest.service` may start, stop, restart, enable, disable (patterns); empty = none.
+    pub service_allow: Vec<String>,
+    /// Packages `guest.package` may install, remove, update (patterns; "*" also allows a full
+    /// upgrade); empty = none.
+    pub package_allow: Vec<String>,
 }
 
 impl Default for GuestConfig {
@@ -60,6 +67,9 @@ impl Default for GuestConfig {
             control_port: None,
             control_port_path: None,
             control_commands: vec!["@read".into(), "bus.*".into()],
+            kill_allow: Vec::new(),
+            service_allow: Vec::new(),
+            package_allow: Vec::new(),
         }
     }
 }
@@ -68,6 +78,9 @@ impl Default for GuestConfig {
 pub fn validate(c: &GuestConfig, problems: &mut Vec<Problem>) {
     for (field, list) in [
         ("control_commands", &c.control_commands),
+        ("kill_allow", &c.kill_allow),
+        ("service_allow", &c.service_allow),
+        ("package_allow", &c.package_allow),
         ("allow", &c.allow),
         ("block", &c.block),
         ("network_exclude", &c.network_exclude),

@@ -9,11 +9,13 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod audit;
 pub mod config;
 pub mod control;
 pub mod diagnose;
 pub mod frame;
 pub mod io;
+pub mod manage;
 pub mod metrics;
 pub mod port;
 pub mod qmp;
@@ -76,7 +78,13 @@ impl Subsystem for Guest {
         let router = self.router.clone();
         Box::pin(async move {
             let cfg = (**ctx.config.borrow()).clone();
-            let agent = Arc::new(Agent::new(cfg.clone(), port::AGENT_PORT.into()));
+            let audit = Arc::new(audit::Audit::new(Some(
+                ctx.state_dir().join("guest-audit.jsonl"),
+            )));
+            manage::register(&ctx, &cfg, audit.clone());
+            let agent = Arc::new(
+                Agent::new(cfg.clone(), port::AGENT_PORT.into()).with_audit(audit),
+            );
             if cfg.control_port != Some(false) {
                 let (_tx, rx) = tokio::sync::watch::channel(Arc::new(
                     majordomo_bus::SessionConfig::default(),

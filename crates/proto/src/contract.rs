@@ -95,6 +95,7 @@ pub fn catalog() -> Vec<CommandDoc> {
         crate::nats::COMMANDS,
         crate::scheduler::COMMANDS,
         crate::http::COMMANDS,
+        crate::guest::COMMANDS,
     ]
     .concat();
     all.sort_by_key(|c| c.name);

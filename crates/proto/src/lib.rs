@@ -20,6 +20,7 @@ pub mod codec;
 pub mod contract;
 pub mod control;
 pub mod event;
+pub mod guest;
 pub mod http;
 pub mod monitor;
 pub mod nats;

@@ -57,3 +57,154 @@ mod tests {
         );
     }
 }
+
+/// `majordomo guest ...`: the management commands of the machine a running instance is on
+/// (the same socket commands the guest's control port carries).
+#[derive(Debug, clap::Subcommand)]
+pub enum GuestCmd {
+    /// Processes, the busiest first.
+    Processes {
+        /// Only the first N (`top`).
+        #[arg(long)]
+        top: Option<usize>,
+        /// cpu (default), rss or pid.
+        #[arg(long)]
+        sort: Option<String>,
+    },
+    /// Send a signal (default TERM) to a process ([guest] kill_allow must match its name).
+    Kill {
+        pid: u32,
+        #[arg(long)]
+        signal: Option<String>,
+    },
+    /// Open TCP and UDP sockets with their processes.
+    Ports,
+    /// Services (systemd), optionally only those matching a pattern.
+    Services { name: Option<String> },
+    /// start, stop, restart, enable or disable a service ([guest] service_allow).
+    Service { action: String, name: String },
+    /// Installed packages, or `--search WORD` in the available ones.
+    Packages {
+        #[arg(long)]
+        search: Option<String>,
+    },
+    /// install, remove or update packages ([guest] package_allow).
+    Package { action: String, names: Vec<String> },
+}
+
+/// Runs one `guest` verb; prints JSON with `--json`, else a table.
+pub async fn run(
+    cmd: &GuestCmd,
+    opts: &majordomo_client::ConnectOptions,
+    json: bool,
+) -> Result<u8, majordomo_client::ClientError> {
+    use majordomo_proto::guest::*;
+    let mut c = majordomo_client::Client::connect(opts).await?;
+    let show = |v: serde_json::Value| {
+        if json {
+            outln!("{v}");
+        }
+        !json
+    };
+    match cmd {
+        GuestCmd::Processes { top, sort } => {
+            let args = ProcessesArgs {
+                top: *top,
+                sort: sort.clone(),
+            };
+            let r = c.call_cmd::<GuestProcessesCmd>(&args).await?;
+            if show(serde_json::to_value(&r).unwrap_or_default()) {
+                outln!("{:>7} {:>6} {:>1} {:>9} {:>10}  COMMAND", "PID", "UID", "S", "CPU s", "RSS KiB");
+                for p in r {
+                    let cmd = if p.cmdline.is_empty() { format!("[{}]", p.name) } else { p.cmdline };
+                    outln!(
+                        "{:>7} {:>6} {:>1} {:>9.2} {:>10}  {}",
+                        p.pid,
+                        p.uid.map(|u| u.to_string()).unwrap_or_default(),
+                        p.state,
+                        p.cpu_s,
+                        p.rss_bytes / 1024,
+                        cmd
+                    );
+                }
+            }
+        }
+        GuestCmd::Kill { pid, signal } => {
+            let r = c
+                .call_cmd::<GuestKillCmd>(&KillArgs {
+                    pid: *pid,
+                    signal: signal.clone(),
+                })
+                .await?;
+            if show(serde_json::to_value(&r).unwrap_or_default()) {
+                outln!("{}", r.message);
+            }
+        }
+        GuestCmd::Ports => {
+            let r = c.call_cmd::<GuestPortsCmd>(&majordomo_proto::NoArgs {}).await?;
+            if show(serde_json::to_value(&r).unwrap_or_default()) {
+                for p in r {
+                    outln!(
+                        "{:<5} {:<12} {:<45} {:<45} {}",
+                        p.proto,
+                        p.state,
+                        p.local,
+                        p.remote,
+                        p.pid
+                            .map(|pid| format!("{} ({pid})", p.process.unwrap_or_default()))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        GuestCmd::Services { name } => {
+            let r = c
+                .call_cmd::<GuestServicesCmd>(&ServicesArgs { name: name.clone() })
+                .await?;
+            if show(serde_json::to_value(&r).unwrap_or_default()) {
+                for s in r {
+                    outln!("{:<40} {:<9} {:<9} {:<9} {}", s.name, s.active, s.sub, s.enabled, s.description);
+                }
+            }
+        }
+        GuestCmd::Service { action, name } => {
+            let r = c
+                .call_cmd::<GuestServiceCmd>(&ServiceAction {
+                    action: action.clone(),
+                    name: name.clone(),
+                })
+                .await?;
+            if show(serde_json::to_value(&r).unwrap_or_default()) {
+                outln!("{}", r.message);
+            }
+        }
+        GuestCmd::Packages { search } => {
+            let r = c
+                .call_cmd::<GuestPackagesCmd>(&PackagesArgs {
+                    search: search.clone(),
+                })
+                .await?;
+            if show(serde_json::to_value(&r).unwrap_or_default()) {
+                outln!("# {} ({} packages)", r.manager, r.packages.len());
+                for p in r.packages {
+                    outln!("{:<40} {:<30} {}", p.name, p.version, p.detail);
+                }
+            }
+        }
+        GuestCmd::Package { action, names } => {
+            let r = c
+                .call_cmd::<GuestPackageCmd>(&PackageAction {
+                    action: action.clone(),
+                    names: names.clone(),
+                })
+                .await?;
+            if show(serde_json::to_value(&r).unwrap_or_default()) {
+                outln!("{}", r.message);
+                if !r.output.is_empty() {
+                    outln!("{}", r.output);
+                }
+            }
+        }
+    }
+    Ok(exit::OK)
+}

@@ -144,6 +144,10 @@ pub enum Cmd {
     /// The message bus: publish, subscribe, send events, requests, list endpoints.
     #[command(subcommand)]
     Bus(bus::BusCmd),
+    /// The machine's processes, open ports, services and packages (the guest agent's
+    /// management commands; acting ones limited by [guest] allow-lists and audited).
+    #[command(subcommand)]
+    Guest(guest::GuestCmd),
     /// Every instance on a NATS server: list them, run allowed commands remotely; this
     /// instance's bridge status.
     #[command(subcommand)]
@@ -521,6 +525,7 @@ fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
 async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError> {
     match &cli.cmd {
         Cmd::Bus(c) => return bus::run(c, opts, cli.json).await,
+        Cmd::Guest(c) => return guest::run(c, opts, cli.json).await,
         Cmd::Http(c) => return http::run(c, opts, cli.json).await,
         Cmd::Programs(c) => return supervisor::run(c, opts, cli.json).await,
         Cmd::Monitor(c) => return monitor::run(c, opts, cli.json).await,
@@ -612,6 +617,7 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         | Cmd::Check
         | Cmd::Doctor { .. }
         | Cmd::Bus(_)
+        | Cmd::Guest(_)
         | Cmd::Http(_)
         | Cmd::Programs(_)
         | Cmd::Monitor(_)
