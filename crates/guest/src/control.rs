@@ -315,7 +315,10 @@ mod tests {
         let g = Gate::new(&["@read".into(), "bus.*".into()]);
         assert!(g.check(br#"{"id":1,"cmd":"status"}"#).is_ok());
         assert!(g.check(br#"{"cmd":"ping"}"#).is_ok());
-        assert!(g.check(br#"{"cmd":"bus.pub","topic":"a","data":1}"#).is_ok());
+        assert!(
+            g.check(br#"{"cmd":"bus.pub","topic":"a","data":1}"#)
+                .is_ok()
+        );
         assert!(g.check(br#"{"command":"get_status"}"#).is_ok());
         let r = g.check(br#"{"id":7,"cmd":"shutdown"}"#).unwrap_err();
         let v: Value = serde_json::from_slice(&r).unwrap();
@@ -331,7 +334,11 @@ mod tests {
         assert!(g.check(b"not json").is_ok());
         let none = Gate::new(&[]);
         assert!(none.check(br#"{"cmd":"status"}"#).is_err());
-        assert!(Gate::new(&["*".into()]).check(br#"{"cmd":"shutdown"}"#).is_ok());
+        assert!(
+            Gate::new(&["*".into()])
+                .check(br#"{"cmd":"shutdown"}"#)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -326,7 +326,12 @@ mod tests {
         let r = findings(&fake(t.path()));
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].status, Level::Warn);
-        assert!(r[0].hint.as_deref().unwrap().contains("org.qemu.guest_agent.0"));
+        assert!(
+            r[0].hint
+                .as_deref()
+                .unwrap()
+                .contains("org.qemu.guest_agent.0")
+        );
     }
 
     #[test]
@@ -335,7 +340,10 @@ mod tests {
         let r = fake(t.path());
         std::fs::create_dir_all(r.sys.join("bus/virtio/devices/virtio0")).unwrap();
         let f1 = findings(&r);
-        assert!(f1.iter().any(|x| x.name == "driver" && x.status == Level::Fail));
+        assert!(
+            f1.iter()
+                .any(|x| x.name == "driver" && x.status == Level::Fail)
+        );
         std::fs::create_dir_all(r.sys.join("bus/virtio/drivers/virtio_console")).unwrap();
         let port = r.sys.join("class/virtio-ports/vport1p1");
         std::fs::create_dir_all(&port).unwrap();

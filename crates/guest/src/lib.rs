@@ -82,13 +82,11 @@ impl Subsystem for Guest {
                 ctx.state_dir().join("guest-audit.jsonl"),
             )));
             manage::register(&ctx, &cfg, audit.clone());
-            let agent = Arc::new(
-                Agent::new(cfg.clone(), port::AGENT_PORT.into()).with_audit(audit),
-            );
+            let agent =
+                Arc::new(Agent::new(cfg.clone(), port::AGENT_PORT.into()).with_audit(audit));
             if cfg.control_port != Some(false) {
-                let (_tx, rx) = tokio::sync::watch::channel(Arc::new(
-                    majordomo_bus::SessionConfig::default(),
-                ));
+                let (_tx, rx) =
+                    tokio::sync::watch::channel(Arc::new(majordomo_bus::SessionConfig::default()));
                 let control = control::Control {
                     session: majordomo_bus::Session {
                         commands: ctx.commands.clone(),

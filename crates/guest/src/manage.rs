@@ -414,18 +414,39 @@ async fn services(args: &ServicesArgs) -> Result<Vec<Service>, ErrorBody> {
             "no systemd here (systemctl missing or systemd not running as init); services are managed by systemd only on Linux",
         ));
     }
-    let pattern = args.name.as_deref().map(glob::Pattern::new).transpose().map_err(|e| {
-        err(ErrorCode::BadRequest, format!("name: {e}; use a service name with * and ? as wildcards"))
-    })?;
+    let pattern = args
+        .name
+        .as_deref()
+        .map(glob::Pattern::new)
+        .transpose()
+        .map_err(|e| {
+            err(
+                ErrorCode::BadRequest,
+                format!("name: {e}; use a service name with * and ? as wildcards"),
+            )
+        })?;
     let units = tool(
         "systemctl",
-        &["list-units", "--type=service", "--all", "--no-legend", "--plain", "--no-pager"],
+        &[
+            "list-units",
+            "--type=service",
+            "--all",
+            "--no-legend",
+            "--plain",
+            "--no-pager",
+        ],
         &[],
     )
     .await?;
     let files = tool(
         "systemctl",
-        &["list-unit-files", "--type=service", "--no-legend", "--plain", "--no-pager"],
+        &[
+            "list-unit-files",
+            "--type=service",
+            "--no-legend",
+            "--plain",
+            "--no-pager",
+        ],
         &[],
     )
     .await
@@ -478,12 +499,17 @@ async fn service_action(cfg: &GuestConfig, a: &ServiceAction) -> Result<Done, Er
     }
     let name = a.name.trim_end_matches(".service");
     if name.is_empty() || name.starts_with('-') || name.contains('/') {
-        return Err(err(ErrorCode::BadRequest, format!("{:?} is not a service name", a.name)));
+        return Err(err(
+            ErrorCode::BadRequest,
+            format!("{:?} is not a service name", a.name),
+        ));
     }
     if !allowed(&cfg.service_allow, name) {
         return Err(err(
             ErrorCode::Forbidden,
-            format!("service {name:?} is not in [guest] service_allow; the guest's admin can add it there"),
+            format!(
+                "service {name:?} is not in [guest] service_allow; the guest's admin can add it there"
+            ),
         ));
     }
     let unit = format!("{name}.service");
@@ -519,7 +545,10 @@ async fn packages(args: &PackagesArgs) -> Result<Packages, ErrorBody> {
         None => installed(m).await?,
         Some(term) => {
             if term.is_empty() || term.starts_with('-') {
-                return Err(err(ErrorCode::BadRequest, "search: give a word that does not start with '-'"));
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    "search: give a word that does not start with '-'",
+                ));
             }
             search(m, term).await?
         }
@@ -552,7 +581,11 @@ async fn installed(m: &str) -> Result<Vec<Package>, ErrorBody> {
         "apt" => {
             let t = tool(
                 "dpkg-query",
-                &["-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"],
+                &[
+                    "-W",
+                    "-f",
+                    "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n",
+                ],
                 &[],
             )
             .await?;
@@ -566,7 +599,12 @@ async fn installed(m: &str) -> Result<Vec<Package>, ErrorBody> {
             )
         }
         "dnf" | "yum" | "zypper" => split_rows(
-            &tool("rpm", &["-qa", "--qf", "%{NAME}\t%{VERSION}-%{RELEASE}\t%{ARCH}\n"], &[]).await?,
+            &tool(
+                "rpm",
+                &["-qa", "--qf", "%{NAME}\t%{VERSION}-%{RELEASE}\t%{ARCH}\n"],
+                &[],
+            )
+            .await?,
             '\t',
         ),
         "apk" => tool("apk", &["info", "-v"], &[])
@@ -614,12 +652,24 @@ async fn search(m: &str, term: &str) -> Result<Vec<Package>, ErrorBody> {
             .collect()
     };
     Ok(match m {
-        "apt" => rows(tool("apt-cache", &["search", "--names-only", term], &[]).await?, " - "),
+        "apt" => rows(
+            tool("apt-cache", &["search", "--names-only", term], &[]).await?,
+            " - ",
+        ),
         "dnf" | "yum" => rows(tool(m, &["search", "-q", term], &[]).await?, " : "),
-        "zypper" => rows(tool("zypper", &["--non-interactive", "search", term], &[]).await?, "|"),
+        "zypper" => rows(
+            tool("zypper", &["--non-interactive", "search", term], &[]).await?,
+            "|",
+        ),
         "apk" => rows(tool("apk", &["search", "-v", term], &[]).await?, " - "),
-        "choco" => split_rows(&tool("choco", &["search", term, "--limit-output"], &[]).await?, '|'),
-        "winget" => rows(tool("winget", &["search", term, "--disable-interactivity"], &[]).await?, "  "),
+        "choco" => split_rows(
+            &tool("choco", &["search", term, "--limit-output"], &[]).await?,
+            '|',
+        ),
+        "winget" => rows(
+            tool("winget", &["search", term, "--disable-interactivity"], &[]).await?,
+            "  ",
+        ),
         _ => return Err(no_manager()),
     })
 }
@@ -628,19 +678,27 @@ async fn package_action(cfg: &GuestConfig, a: &PackageAction) -> Result<Done, Er
     let m = detect_manager().ok_or_else(no_manager)?;
     for n in &a.names {
         if n.is_empty() || n.starts_with('-') || n.chars().any(char::is_whitespace) {
-            return Err(err(ErrorCode::BadRequest, format!("{n:?} is not a package name")));
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("{n:?} is not a package name"),
+            ));
         }
         if !allowed(&cfg.package_allow, n) {
             return Err(err(
                 ErrorCode::Forbidden,
-                format!("package {n:?} is not in [guest] package_allow; the guest's admin can add it there"),
+                format!(
+                    "package {n:?} is not in [guest] package_allow; the guest's admin can add it there"
+                ),
             ));
         }
     }
     let all = a.names.is_empty();
     match a.action.as_str() {
         "install" | "remove" if all => {
-            return Err(err(ErrorCode::BadRequest, format!("{} needs \"names\"", a.action)));
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("{} needs \"names\"", a.action),
+            ));
         }
         "update" if all && !cfg.package_allow.iter().any(|p| p == "*") => {
             return Err(err(
@@ -672,8 +730,33 @@ async fn package_action(cfg: &GuestConfig, a: &PackageAction) -> Result<Done, Er
         ("apk", "install") => ("apk", vec!["add"]),
         ("apk", "remove") => ("apk", vec!["del"]),
         ("apk", "update") => ("apk", vec!["upgrade"]),
-        ("choco", act) => ("choco", vec![if act == "update" { "upgrade" } else if act == "remove" { "uninstall" } else { "install" }, "-y"]),
-        ("winget", act) => ("winget", vec![if act == "update" { "upgrade" } else if act == "remove" { "uninstall" } else { "install" }, "--silent", "--disable-interactivity"]),
+        ("choco", act) => (
+            "choco",
+            vec![
+                if act == "update" {
+                    "upgrade"
+                } else if act == "remove" {
+                    "uninstall"
+                } else {
+                    "install"
+                },
+                "-y",
+            ],
+        ),
+        ("winget", act) => (
+            "winget",
+            vec![
+                if act == "update" {
+                    "upgrade"
+                } else if act == "remove" {
+                    "uninstall"
+                } else {
+                    "install"
+                },
+                "--silent",
+                "--disable-interactivity",
+            ],
+        ),
         _ => return Err(no_manager()),
     };
     if m == "apt" && a.action != "remove" {

@@ -11,10 +11,7 @@ pub fn doctor_virtio(json: bool) -> ExitCode {
     let found = diagnose::findings(&diagnose::Roots::default());
     let failed = found.iter().any(|f| f.status == Level::Fail);
     if json {
-        outln!(
-            "{}",
-            serde_json::json!({"ok": !failed, "checks": found})
-        );
+        outln!("{}", serde_json::json!({"ok": !failed, "checks": found}));
     } else {
         outln!("majordomo doctor --virtio · the VM guest agent's ports");
         for c in &found {
@@ -35,8 +32,7 @@ pub fn rewrite_diagnose(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString
     if !args.iter().skip(1).any(|a| a == "--diagnose") {
         return args;
     }
-    let mut out: Vec<std::ffi::OsString> =
-        args.into_iter().filter(|a| a != "--diagnose").collect();
+    let mut out: Vec<std::ffi::OsString> = args.into_iter().filter(|a| a != "--diagnose").collect();
     out.push("doctor".into());
     out.push("--virtio".into());
     out
@@ -114,9 +110,20 @@ pub async fn run(
             };
             let r = c.call_cmd::<GuestProcessesCmd>(&args).await?;
             if show(serde_json::to_value(&r).unwrap_or_default()) {
-                outln!("{:>7} {:>6} {:>1} {:>9} {:>10}  COMMAND", "PID", "UID", "S", "CPU s", "RSS KiB");
+                outln!(
+                    "{:>7} {:>6} {:>1} {:>9} {:>10}  COMMAND",
+                    "PID",
+                    "UID",
+                    "S",
+                    "CPU s",
+                    "RSS KiB"
+                );
                 for p in r {
-                    let cmd = if p.cmdline.is_empty() { format!("[{}]", p.name) } else { p.cmdline };
+                    let cmd = if p.cmdline.is_empty() {
+                        format!("[{}]", p.name)
+                    } else {
+                        p.cmdline
+                    };
                     outln!(
                         "{:>7} {:>6} {:>1} {:>9.2} {:>10}  {}",
                         p.pid,
@@ -141,7 +148,9 @@ pub async fn run(
             }
         }
         GuestCmd::Ports => {
-            let r = c.call_cmd::<GuestPortsCmd>(&majordomo_proto::NoArgs {}).await?;
+            let r = c
+                .call_cmd::<GuestPortsCmd>(&majordomo_proto::NoArgs {})
+                .await?;
             if show(serde_json::to_value(&r).unwrap_or_default()) {
                 for p in r {
                     outln!(
@@ -163,7 +172,14 @@ pub async fn run(
                 .await?;
             if show(serde_json::to_value(&r).unwrap_or_default()) {
                 for s in r {
-                    outln!("{:<40} {:<9} {:<9} {:<9} {}", s.name, s.active, s.sub, s.enabled, s.description);
+                    outln!(
+                        "{:<40} {:<9} {:<9} {:<9} {}",
+                        s.name,
+                        s.active,
+                        s.sub,
+                        s.enabled,
+                        s.description
+                    );
                 }
             }
         }

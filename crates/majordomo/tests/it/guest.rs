@@ -209,7 +209,10 @@ fn management_commands_list_kill_ports_packages_and_audit() {
         r#"{{"id":4,"cmd":"guest.kill","pid":{},"signal":"TERM"}}"#,
         sleeper.id()
     ));
-    assert!(r["ok"]["message"].as_str().unwrap().contains("SIGTERM"), "{r}");
+    assert!(
+        r["ok"]["message"].as_str().unwrap().contains("SIGTERM"),
+        "{r}"
+    );
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(sleeper.wait().unwrap().signal(), Some(15));
 
@@ -233,11 +236,9 @@ fn management_commands_list_kill_ports_packages_and_audit() {
         let v: Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["manager"], "apt");
         assert!(
-            v["packages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p["name"] == "dpkg" && p["version"].as_str().is_some_and(|s| !s.is_empty())),
+            v["packages"].as_array().unwrap().iter().any(
+                |p| p["name"] == "dpkg" && p["version"].as_str().is_some_and(|s| !s.is_empty())
+            ),
             "no dpkg in the package list"
         );
     } else {
@@ -261,13 +262,19 @@ fn management_commands_list_kill_ports_packages_and_audit() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let kills: Vec<&Value> = recs.iter().filter(|r| r["command"] == "guest.kill").collect();
+    let kills: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["command"] == "guest.kill")
+        .collect();
     assert_eq!(kills.len(), 2, "{audit}");
     assert_eq!(kills[0]["ok"], false);
     assert!(kills[0]["error"].as_str().unwrap().contains("kill_allow"));
     assert_eq!(kills[1]["ok"], true);
     assert_eq!(kills[1]["args"]["pid"], sleeper.id());
-    assert!(recs.iter().any(|r| r["command"] == "guest.package" && r["ok"] == false));
+    assert!(
+        recs.iter()
+            .any(|r| r["command"] == "guest.package" && r["ok"] == false)
+    );
 }
 
 fn find_audit(dir: &Path) -> Option<std::path::PathBuf> {

@@ -64,7 +64,8 @@ impl Qga {
         loop {
             match UnixStream::connect(path) {
                 Ok(s) => {
-                    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(500)))
+                        .unwrap();
                     return Qga { s, buf: Vec::new() };
                 }
                 Err(e) if Instant::now() > deadline => panic!("connect {}: {e}", path.display()),
@@ -274,7 +275,14 @@ enabled = false
         .args(["boot"])
         .arg(&agent)
         .arg(&sock)
-        .args(["--", "--home", "/tmp/md", "--config", "/etc/majordomo.toml", "run"])
+        .args([
+            "--",
+            "--home",
+            "/tmp/md",
+            "--config",
+            "/etc/majordomo.toml",
+            "run",
+        ])
         .env(
             "QGA_EXTRA_FILES",
             format!("{}:/etc/majordomo.toml", config.display()),
@@ -345,7 +353,11 @@ enabled = false
         }
         diffs.extend(shape_diff(p, &ours, t));
     }
-    assert!(diffs.is_empty(), "shapes differ from qemu-ga:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "shapes differ from qemu-ga:\n{}",
+        diffs.join("\n")
+    );
     // What the guest has: the disk with its PCI address (libvirt's domfsinfo needs it), eth0.
     let fs = q.ret("guest-get-fsinfo");
     let data = fs
@@ -355,7 +367,10 @@ enabled = false
         .find(|f| f["mountpoint"] == "/mnt/data")
         .unwrap_or_else(|| panic!("no /mnt/data in {fs}"));
     assert_eq!(data["disk"][0]["serial"], "QGA-DISK-0", "{data}");
-    assert!(data["disk"][0]["pci-controller"]["slot"].is_number(), "{data}");
+    assert!(
+        data["disk"][0]["pci-controller"]["slot"].is_number(),
+        "{data}"
+    );
     let ifs = q.ret("guest-network-get-interfaces");
     assert!(
         ifs.as_array().unwrap().iter().any(|i| i["name"] == "eth0"
@@ -446,7 +461,11 @@ enabled = false
                     break (lines[0].to_vec(), lines[1].to_vec());
                 }
             }
-            assert!(Instant::now() < deadline, "{:?}", String::from_utf8_lossy(&p.buf));
+            assert!(
+                Instant::now() < deadline,
+                "{:?}",
+                String::from_utf8_lossy(&p.buf)
+            );
             p.fill();
         };
         assert!(a.ends_with(b"}") && b.ends_with(b"}"));
