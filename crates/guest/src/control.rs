@@ -34,7 +34,8 @@ const MAX_LINE: usize = majordomo_proto::DEFAULT_MAX_LINE;
 #[derive(Debug, Clone, Default)]
 pub struct Gate {
     patterns: Vec<glob::Pattern>,
-    read: bool,
+    /// The read-only commands of the contract, when `@read` is listed.
+    read: Vec<&'static str>,
 }
 
 impl Gate {
@@ -42,7 +43,12 @@ impl Gate {
         let mut g = Gate::default();
         for p in list {
             if p == "@read" {
-                g.read = true;
+                g.read = majordomo_proto::contract::catalog()
+                    .iter()
+                    .filter(|c| c.kind == majordomo_proto::Kind::Read)
+                    .map(|c| c.name)
+                    .chain(["hello", "ping"])
+                    .collect();
             } else if let Ok(pat) = glob::Pattern::new(p) {
                 g.patterns.push(pat);
             }
@@ -52,10 +58,7 @@ impl Gate {
 
     /// Whether the command `name` may run.
     pub fn allows(&self, name: &str) -> bool {
-        if self.patterns.iter().any(|p| p.matches(name)) {
-            return true;
-        }
-        self.read && (is_read(name) || name == "hello")
+        self.read.contains(&name) || self.patterns.iter().any(|p| p.matches(name))
     }
 
     /// `Ok` for a line the session may see, else the refusal to send back. Lines that are not
@@ -98,13 +101,6 @@ impl Gate {
             ))
         }
     }
-}
-
-/// Whether `name` is a read-only command of the contract.
-fn is_read(name: &str) -> bool {
-    majordomo_proto::contract::catalog()
-        .iter()
-        .any(|c| c.name == name && c.kind == majordomo_proto::Kind::Read)
 }
 
 fn refusal(id: Option<Value>, msg: &str) -> Vec<u8> {

@@ -179,7 +179,7 @@ fn processes(args: &ProcessesArgs) -> Result<Vec<Process>, ErrorBody> {
         .collect();
     match args.sort.as_deref() {
         None | Some("cpu") => out.sort_by(|a, b| b.cpu_s.total_cmp(&a.cpu_s)),
-        Some("rss") => out.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes)),
+        Some("rss") => out.sort_by_key(|p| std::cmp::Reverse(p.rss_bytes)),
         Some("pid") => out.sort_by_key(|p| p.pid),
         Some(other) => {
             return Err(err(

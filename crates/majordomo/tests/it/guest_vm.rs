@@ -445,7 +445,7 @@ enabled = false
     // come before the 0xFF: Perl's `.` does not cross lines).
     for n in 1..=3u64 {
         let mut p = Qga::connect(&sock);
-        let id = 4242_0_000 + n;
+        let id = 42_420_000 + n; // Proxmox: <pid>0<seq>
         p.s.write_all(format!("{{\"execute\":\"guest-sync-delimited\",\"arguments\":{{\"id\":{id}}}}}\n{{\"execute\":\"guest-get-host-name\",\"arguments\":{{}}}}\n").as_bytes()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let (a, b) = loop {
