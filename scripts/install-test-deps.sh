@@ -35,6 +35,22 @@ add prometheus promtool
 add chromium chromium
 add chromium-driver chromedriver
 
+# The guest agent's VM smoke test (tests/it/guest_vm.rs): the VM harness beside the
+# repository (shared/tools/vm) installs QEMU, a static busybox and friends, and downloads a
+# Debian kernel and qemu-ga into its state folder (idempotent, < 1 s once done).
+vm_harness="${MAJORDOMO_VM_HARNESS:-}"
+if [ -z "$vm_harness" ]; then
+    d="$(cd "$(dirname "$0")/.." && pwd)"
+    while [ "$d" != / ]; do
+        [ -x "$d/shared/tools/vm/vm-env.sh" ] && { vm_harness="$d/shared/tools/vm"; break; }
+        d="$(dirname "$d")"
+    done
+fi
+if [ -n "$vm_harness" ]; then
+    "$vm_harness/vm-env.sh" setup >/dev/null 2>&1 \
+        || echo "install-test-deps: vm-env.sh setup failed (the guest VM smoke test will skip)" >&2
+fi
+
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -13,6 +13,8 @@ mod control;
 #[cfg(unix)]
 mod fleet;
 #[cfg(unix)]
+mod guest;
+#[cfg(unix)]
 mod monitor;
 #[cfg(unix)]
 mod pipeline;
@@ -61,6 +63,9 @@ enum Bench {
     Fleet(fleet::Args),
     /// Scheduler: N jobs (every 1-60 s) on one daemon: start lateness, CPU %, bytes per job.
     Scheduler(scheduler::Args),
+    /// VM guest agent: majordomo and qemu-ga each in the harness's VM: ping round trip,
+    /// fsinfo/interfaces time, RSS, idle CPU with and without a host.
+    Guest(guest::Args),
 }
 
 #[cfg(unix)]
@@ -79,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Pipeline(a) => pipeline::run(a).await,
             Bench::Fleet(a) => fleet::run(a).await,
             Bench::Scheduler(a) => scheduler::run(a).await,
+            Bench::Guest(a) => guest::run(a).await,
         }
     })
 }

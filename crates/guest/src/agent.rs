@@ -49,6 +49,7 @@ pub struct Agent {
     freeze: Arc<Mutex<Freeze>>,
     /// The port a request arrived on, for the audit record.
     pub origin: String,
+    audit: Arc<crate::audit::Audit>,
 }
 
 #[derive(Deserialize)]
@@ -74,7 +75,14 @@ impl Agent {
             next_handle: Mutex::new(1000),
             freeze: Arc::default(),
             origin,
+            audit: Arc::new(crate::audit::Audit::new(None)),
         }
+    }
+
+    /// Where the audit records go (the log only by default).
+    pub fn with_audit(mut self, audit: Arc<crate::audit::Audit>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Whether filesystems are frozen now.
@@ -153,15 +161,12 @@ impl Agent {
         let delimited = execute == "guest-sync-delimited";
         let result = self.dispatch(&execute, arguments).await;
         if audited {
-            tracing::info!(
-                target: "majordomo::audit",
-                command = %execute,
-                port = %self.origin,
-                arguments = %shown_args,
-                ok = result.is_ok(),
-                error = result.as_ref().err().map(|e| e.desc.as_str()).unwrap_or(""),
-                ms = started.elapsed().as_millis() as u64,
-                "guest command"
+            self.audit.record(
+                &execute,
+                &self.origin,
+                &shown_args,
+                result.as_ref().map(|_| ()).map_err(|e| e.desc.as_str()),
+                started.elapsed(),
             );
         }
         if !info.success_response && result.is_ok() {

@@ -33,6 +33,20 @@ pub struct GuestConfig {
     pub network_exclude: Vec<String>,
     /// Seconds between metrics pushed on the control port as `$sys.metrics`.
     pub metrics_interval: Dur,
+    /// The second port `org.majordomo.0` (the instance protocol): `true`/`false`; unset = on
+    /// whenever the port exists (the host creating it is its admin opting in).
+    pub control_port: Option<bool>,
+    /// The control port's device; unset = auto-detect `/dev/virtio-ports/org.majordomo.0`.
+    pub control_port_path: Option<PathBuf>,
+    /// Commands the control port lets through (patterns; "@read" = every read-only command).
+    pub control_commands: Vec<String>,
+    /// Process names `guest.kill` may signal (patterns); empty = none.
+    pub kill_allow: Vec<String>,
+    /// Services `guest.service` may start, stop, restart, enable, disable (patterns); empty = none.
+    pub service_allow: Vec<String>,
+    /// Packages `guest.package` may install, remove, update (patterns; "*" also allows a full
+    /// upgrade); empty = none.
+    pub package_allow: Vec<String>,
 }
 
 impl Default for GuestConfig {
@@ -50,6 +64,12 @@ impl Default for GuestConfig {
             fsfreeze_timeout: Dur::secs(600),
             network_exclude: vec!["veth*".into(), "cali*".into(), "lxc*".into()],
             metrics_interval: Dur::secs(30),
+            control_port: None,
+            control_port_path: None,
+            control_commands: vec!["@read".into(), "bus.*".into()],
+            kill_allow: Vec::new(),
+            service_allow: Vec::new(),
+            package_allow: Vec::new(),
         }
     }
 }
@@ -57,6 +77,10 @@ impl Default for GuestConfig {
 /// Checks what serde cannot in `[guest]`.
 pub fn validate(c: &GuestConfig, problems: &mut Vec<Problem>) {
     for (field, list) in [
+        ("control_commands", &c.control_commands),
+        ("kill_allow", &c.kill_allow),
+        ("service_allow", &c.service_allow),
+        ("package_allow", &c.package_allow),
         ("allow", &c.allow),
         ("block", &c.block),
         ("network_exclude", &c.network_exclude),

@@ -7,6 +7,17 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
+/// What reading a port found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// This many bytes from the host.
+    Data(usize),
+    /// A host opened its end (nothing sent yet).
+    HostArrived,
+    /// The host closed its end; the next one starts afresh.
+    HostLeft,
+}
+
 /// How long a reply may wait for the host to take it before it is dropped (the host left).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -25,6 +36,8 @@ mod imp {
         fd: AsyncFd<File>,
         /// The driver's host-arrival signal; `None` (a tty, or no SIGIO) → a slow retry.
         sigio: Option<Signal>,
+        /// Whether a host holds the other end, as far as the last read told.
+        host: bool,
     }
 
     impl Port {
@@ -59,22 +72,56 @@ mod imp {
             Ok(Port {
                 fd: async_file(file)?,
                 sigio,
+                host: false,
             })
         }
 
         /// Reads some bytes, waiting (without polling) while no host is connected.
         pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             loop {
+                if let Event::Data(n) = self.next(buf).await? {
+                    return Ok(n);
+                }
+            }
+        }
+
+        /// The next thing that happens on the port: bytes from the host, a host arriving
+        /// (it holds the host end and has sent nothing yet) or the host leaving. While no host
+        /// is connected this sleeps until the driver's SIGIO, without polling.
+        pub async fn next(&mut self, buf: &mut [u8]) -> io::Result<Event> {
+            loop {
+                if !self.host {
+                    // Unknown or absent: a read tells (0 = nobody holds the host end).
+                    match self.fd.get_ref().read(buf) {
+                        Ok(0) => {
+                            self.host_absent().await;
+                            self.reregister()?;
+                            continue;
+                        }
+                        Ok(n) => {
+                            self.host = true;
+                            return Ok(Event::Data(n));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            self.host = true;
+                            return Ok(Event::HostArrived);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
                 let mut guard = self.fd.readable().await?;
                 let closed = guard.ready().is_read_closed();
                 match guard.try_io(|f| f.get_ref().read(buf)) {
                     Ok(Ok(0)) => {
-                        // No host on the other end: sleep until the driver says something changed.
                         drop(guard);
-                        self.host_absent().await;
+                        self.host = false;
                         self.reregister()?;
+                        return Ok(Event::HostLeft);
                     }
-                    Ok(r) => return r,
+                    Ok(Ok(n)) => return Ok(Event::Data(n)),
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Ok(Err(e)) => return Err(e),
                     Err(_would_block) => {
                         // tokio keeps a hang-up (reported while no host was connected) sticky;
                         // a host is here now, so start from the port's current state.
@@ -208,6 +255,12 @@ mod imp {
             buf[..n].copy_from_slice(&self.pending[..n]);
             self.pending.drain(..n);
             Ok(n)
+        }
+
+        /// As on Linux; the vioserial driver does not tell a host's arrival or departure
+        /// apart from silence, so only data is reported.
+        pub async fn next(&mut self, buf: &mut [u8]) -> io::Result<Event> {
+            self.read(buf).await.map(Event::Data)
         }
 
         pub async fn write_all(&self, data: &[u8]) -> io::Result<()> {

@@ -9,9 +9,13 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod audit;
 pub mod config;
+pub mod control;
+pub mod diagnose;
 pub mod frame;
 pub mod io;
+pub mod manage;
 pub mod metrics;
 pub mod port;
 pub mod qmp;
@@ -28,8 +32,24 @@ pub use config::{GuestConfig, validate};
 use crate::agent::{Agent, Outcome};
 use crate::frame::{Frame, Framer};
 
-/// The `guest` subsystem.
-pub struct Guest;
+/// The `guest` subsystem; the router is the bus the control port's sessions join.
+pub struct Guest {
+    router: Arc<majordomo_bus::Router>,
+}
+
+impl Guest {
+    pub fn new(router: Arc<majordomo_bus::Router>) -> Self {
+        Self { router }
+    }
+}
+
+/// The control port (`org.majordomo.0`) `[guest]` would use on this machine, if any.
+pub fn control_port(c: &GuestConfig) -> Option<std::path::PathBuf> {
+    if c.control_port == Some(false) {
+        return None;
+    }
+    port::resolve(c.control_port_path.as_deref(), control::CONTROL_PORT, None)
+}
 
 /// The port `[guest]` would use on this machine, if any.
 pub fn agent_port(c: &GuestConfig) -> Option<std::path::PathBuf> {
@@ -50,15 +70,52 @@ impl Subsystem for Guest {
     fn enabled(&self, c: &GuestConfig) -> bool {
         // Default: on exactly when the agent port exists (inside a VM whose host asked for an
         // agent); elsewhere one stat() and nothing runs.
-        c.enabled.unwrap_or_else(|| agent_port(c).is_some())
+        c.enabled
+            .unwrap_or_else(|| agent_port(c).is_some() || control_port(c).is_some())
     }
 
     fn run(&self, ctx: Ctx<GuestConfig>) -> BoxFuture {
+        let router = self.router.clone();
         Box::pin(async move {
             let cfg = (**ctx.config.borrow()).clone();
-            let agent = Arc::new(Agent::new(cfg.clone(), port::AGENT_PORT.into()));
+            let audit = Arc::new(audit::Audit::new(Some(
+                ctx.state_dir().join("guest-audit.jsonl"),
+            )));
+            manage::register(&ctx, &cfg, audit.clone());
+            let agent =
+                Arc::new(Agent::new(cfg.clone(), port::AGENT_PORT.into()).with_audit(audit));
+            if cfg.control_port != Some(false) {
+                let (_tx, rx) =
+                    tokio::sync::watch::channel(Arc::new(majordomo_bus::SessionConfig::default()));
+                let control = control::Control {
+                    session: majordomo_bus::Session {
+                        commands: ctx.commands.clone(),
+                        daemon: ctx.daemon.clone(),
+                        router: router.clone(),
+                        instance: ctx.layout().instance.as_str().into(),
+                        config: rx,
+                        token: ctx.token.clone(),
+                        tracker: ctx.tracker.clone(),
+                    },
+                    router,
+                    gate: control::Gate::new(&cfg.control_commands),
+                    metrics_every: cfg.metrics_interval.get(),
+                };
+                let (c, conf) = (ctx.clone(), cfg.clone());
+                ctx.tracker.spawn(async move {
+                    // Keep the sender: a closed config channel would end nothing, but the
+                    // session reads it for every connection.
+                    let _keep = _tx;
+                    serve_control(&c, &conf, control).await
+                });
+            }
             ctx.ready();
-            serve_port(&ctx, &cfg, agent).await;
+            if agent_port(&cfg).is_some() || control_port(&cfg).is_none() {
+                serve_port(&ctx, &cfg, agent).await;
+            } else {
+                // Only the control port exists (a host that wants the protocol, not QGA).
+                ctx.token.cancelled().await;
+            }
             Ok(())
         })
     }
@@ -93,6 +150,38 @@ async fn serve_port(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, agent: Arc<Agent>
             Err(e) => {
                 tracing::warn!(port = %path.display(), error = %e, retry_in = ?delay, "cannot open the agent port; retrying");
                 ctx.detail(format!("cannot open {}: {e}", path.display()));
+            }
+        }
+        if sleep_or_cancel(&ctx.token, delay).await {
+            return;
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Serves the control port (`org.majordomo.0`) while it exists, reopening it like the agent port.
+async fn serve_control(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, control: control::Control) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let Some(path) = control_port(cfg) else {
+            // No such port: the host did not opt in. Look again now and then (hot-plug).
+            if sleep_or_cancel(&ctx.token, Duration::from_secs(60)).await {
+                return;
+            }
+            continue;
+        };
+        match io::Port::open(&path) {
+            Ok(p) => {
+                delay = Duration::from_millis(250);
+                tracing::info!(port = %path.display(), "guest control port listening");
+                if let Err(e) = control.serve(p, &ctx.token).await {
+                    tracing::warn!(port = %path.display(), error = %e, "the control port failed; reopening it");
+                } else {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(port = %path.display(), error = %e, retry_in = ?delay, "cannot open the control port; retrying");
             }
         }
         if sleep_or_cancel(&ctx.token, delay).await {

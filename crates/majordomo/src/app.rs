@@ -246,7 +246,9 @@ pub fn subsystems(registry: &mut Registry<Config>, log: Arc<LogHandle>, router: 
             uploader: c.uploader.clone(),
         })
         .mount(majordomo_nats::Nats::new(router_nats), |c| c.nats.clone())
-        .mount(majordomo_guest::Guest, |c| c.guest.clone())
+        .mount(majordomo_guest::Guest::new(router.clone()), |c| {
+            c.guest.clone()
+        })
         .mount(majordomo_scheduler::Scheduler::new(router.clone()), |c| {
             SchedulerSection {
                 scheduler: c.scheduler.clone(),

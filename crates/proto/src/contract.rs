@@ -96,6 +96,7 @@ pub fn catalog() -> Vec<CommandDoc> {
         crate::discovery::COMMANDS,
         crate::scheduler::COMMANDS,
         crate::http::COMMANDS,
+        crate::guest::COMMANDS,
     ]
     .concat();
     all.sort_by_key(|c| c.name);

@@ -21,6 +21,7 @@ pub mod contract;
 pub mod control;
 pub mod discovery;
 pub mod event;
+pub mod guest;
 pub mod http;
 pub mod metric;
 pub mod monitor;

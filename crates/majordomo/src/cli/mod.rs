@@ -48,6 +48,7 @@ fn quiet_on_closed(r: std::io::Result<()>) {
 
 pub mod bus;
 pub mod discover;
+pub mod guest;
 pub mod http;
 pub mod monitor;
 pub mod nats;
@@ -135,10 +136,19 @@ pub enum Cmd {
     Check,
     /// Check config, folders, socket, service, desktop session, virtio ports, disk, clock and
     /// permissions: each OK/WARN/FAIL with a fix; exits 1 when any FAILs.
-    Doctor,
+    /// `--virtio` (alias `majordomo --diagnose`): the VM guest agent's ports in detail.
+    Doctor {
+        /// Only the virtio-serial ports: driver, ports, who holds them, host connected.
+        #[arg(long)]
+        virtio: bool,
+    },
     /// The message bus: publish, subscribe, send events, requests, list endpoints.
     #[command(subcommand)]
     Bus(bus::BusCmd),
+    /// The machine's processes, open ports, services and packages (the guest agent's
+    /// management commands; acting ones limited by [guest] allow-lists and audited).
+    #[command(subcommand)]
+    Guest(guest::GuestCmd),
     /// Every instance on a NATS server: list them, run allowed commands remotely; this
     /// instance's bridge status.
     #[command(subcommand)]
@@ -190,7 +200,7 @@ pub enum ConfigCmd {
 
 /// Parses the command line and runs it. `notifier` was taken from the environment first thing.
 pub fn main(notifier: Notifier) -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(guest::rewrite_diagnose(std::env::args_os().collect())) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -263,7 +273,8 @@ pub fn main(notifier: Notifier) -> ExitCode {
             cli.json,
         ),
         Cmd::Lock(a) => scheduler::lock(a, &state_dir(&layout)),
-        Cmd::Doctor => ExitCode::from(service::doctor(&globals(&cli), &layout)),
+        Cmd::Doctor { virtio: true } => guest::doctor_virtio(cli.json),
+        Cmd::Doctor { virtio: false } => ExitCode::from(service::doctor(&globals(&cli), &layout)),
         #[cfg(unix)]
         Cmd::Guard => majordomo_supervisor::guard::main(),
         _ => client_main(&cli, &layout),
@@ -602,6 +613,7 @@ fn client_main(cli: &Cli, layout: &Layout) -> ExitCode {
 async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError> {
     match &cli.cmd {
         Cmd::Bus(c) => return bus::run(c, opts, cli.json).await,
+        Cmd::Guest(c) => return guest::run(c, opts, cli.json).await,
         Cmd::Http(c) => return http::run(c, opts, cli.json).await,
         Cmd::Programs(c) => return supervisor::run(c, opts, cli.json).await,
         Cmd::Monitor(c) => return monitor::run(c, opts, cli.json).await,
@@ -692,8 +704,9 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         | Cmd::Config(_)
         | Cmd::Service(_)
         | Cmd::Check
-        | Cmd::Doctor
+        | Cmd::Doctor { .. }
         | Cmd::Bus(_)
+        | Cmd::Guest(_)
         | Cmd::Http(_)
         | Cmd::Programs(_)
         | Cmd::Monitor(_)

@@ -4,6 +4,7 @@
 //! `shared/tools/vm` (QEMU cannot run everywhere CI runs).
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -166,4 +167,126 @@ fn qga_protocol_through_the_binary() {
             .any(|i| i["name"] == "lo"),
         "{ifs}"
     );
+}
+
+/// The management commands on the host, through the socket and the CLI: a real process list
+/// and kill (under `kill_allow`), a refused kill, the open ports with their process, the real
+/// package list of this machine, and the audit record of each.
+#[test]
+fn management_commands_list_kill_ports_packages_and_audit() {
+    let home = Home::new();
+    home.write_config(
+        "m",
+        "[guest]\nenabled = true\nkill_allow = [\"sleep\"]\n[monitor]\nenabled = false\n[http]\nenabled = false\n",
+    );
+    let d = home.start("m");
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut l = crate::common::Line::connect(&d);
+
+    let r = l.call(r#"{"id":1,"cmd":"guest.processes","sort":"pid"}"#);
+    let procs = r["ok"].as_array().unwrap_or_else(|| panic!("{r}"));
+    let me = procs
+        .iter()
+        .find(|p| p["pid"] == sleeper.id())
+        .unwrap_or_else(|| panic!("no sleep {} in {r}", sleeper.id()));
+    assert_eq!(me["name"], "sleep");
+    assert_eq!(me["cmdline"], "sleep 300");
+    let top = l.call(r#"{"id":2,"cmd":"guest.processes","top":2}"#);
+    assert_eq!(top["ok"].as_array().unwrap().len(), 2, "{top}");
+
+    // Not in kill_allow: refused, and the process lives on.
+    let r = l.call(&format!(
+        r#"{{"id":3,"cmd":"guest.kill","pid":{}}}"#,
+        std::process::id()
+    ));
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+    let r = l.call(&format!(
+        r#"{{"id":4,"cmd":"guest.kill","pid":{},"signal":"TERM"}}"#,
+        sleeper.id()
+    ));
+    assert!(
+        r["ok"]["message"].as_str().unwrap().contains("SIGTERM"),
+        "{r}"
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(sleeper.wait().unwrap().signal(), Some(15));
+
+    let r = l.call(r#"{"id":5,"cmd":"guest.ports"}"#);
+    let local = format!("127.0.0.1:{port}");
+    let mine = r["ok"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["local"] == local.as_str() && p["proto"] == "tcp")
+        .unwrap_or_else(|| panic!("no {local} in {r}"));
+    assert_eq!(mine["state"], "LISTEN");
+    assert_eq!(mine["pid"], std::process::id());
+    drop(listener);
+
+    // The CLI prints the same through the socket.
+    let out = home.cli("m", &["--json", "guest", "packages"]);
+    let text = crate::common::stdout(&out);
+    if Path::new("/usr/bin/dpkg-query").exists() {
+        assert!(out.status.success(), "{}", crate::common::stderr(&out));
+        let v: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["manager"], "apt");
+        assert!(
+            v["packages"].as_array().unwrap().iter().any(
+                |p| p["name"] == "dpkg" && p["version"].as_str().is_some_and(|s| !s.is_empty())
+            ),
+            "no dpkg in the package list"
+        );
+    } else {
+        println!("SKIP package list: no dpkg-query here (the check is written for Debian)");
+    }
+    let out = home.cli("m", &["guest", "package", "install", "hello"]);
+    assert!(!out.status.success());
+    assert!(
+        crate::common::stderr(&out).contains("package_allow"),
+        "{}",
+        crate::common::stderr(&out)
+    );
+
+    // The audit record: every management command, refusals with their reason.
+    let audit = crate::common::eventually(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(find_audit(home.path())?).ok()?;
+        (text.lines().count() >= 7).then_some(text)
+    })
+    .expect("audit records");
+    let recs: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kills: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["command"] == "guest.kill")
+        .collect();
+    assert_eq!(kills.len(), 2, "{audit}");
+    assert_eq!(kills[0]["ok"], false);
+    assert!(kills[0]["error"].as_str().unwrap().contains("kill_allow"));
+    assert_eq!(kills[1]["ok"], true);
+    assert_eq!(kills[1]["args"]["pid"], sleeper.id());
+    assert!(
+        recs.iter()
+            .any(|r| r["command"] == "guest.package" && r["ok"] == false)
+    );
+}
+
+fn find_audit(dir: &Path) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find_audit(&p) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == "guest-audit.jsonl") {
+            return Some(p);
+        }
+    }
+    None
 }

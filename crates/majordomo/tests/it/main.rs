@@ -12,6 +12,8 @@ mod discovery;
 mod foundation;
 #[cfg(target_os = "linux")]
 mod guest;
+#[cfg(target_os = "linux")]
+mod guest_vm;
 #[cfg(unix)]
 mod hostile;
 #[cfg(unix)]

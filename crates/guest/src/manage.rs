@@ -1,0 +1,798 @@
+//! The management commands (seed 003) as socket commands: processes (list, top, kill), open
+//! ports, services (systemd) and packages (apt, dnf, yum, zypper, apk, winget, choco,
+//! detected). Reads come from `/proc`; actions run the OS's own tool under a time limit and
+//! only on what `[guest] kill_allow` / `service_allow` / `package_allow` match. Every call is
+//! audited.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use majordomo_core::lifecycle::Ctx;
+use majordomo_proto::guest::*;
+use majordomo_proto::{ErrorBody, ErrorCode};
+use serde_json::{Value, json};
+
+use crate::audit::Audit;
+use crate::config::GuestConfig;
+
+/// Longest a package or service tool may run before it is killed.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(600);
+/// Where management commands come from, for the audit record: the registry does not tell
+/// handlers which connection asked.
+const VIA: &str = "instance protocol";
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(code, msg)
+}
+
+fn allowed(list: &[String], name: &str) -> bool {
+    list.iter()
+        .filter_map(|p| glob::Pattern::new(p).ok())
+        .any(|p| p.matches(name))
+}
+
+/// Registers every management command on `ctx`.
+pub fn register(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, audit: Arc<Audit>) {
+    let cfg = Arc::new(cfg.clone());
+    {
+        let a = audit.clone();
+        ctx.handle::<GuestProcessesCmd, _, _>(move |args: ProcessesArgs| {
+            let a = a.clone();
+            async move {
+                let t = Instant::now();
+                let r = processes(&args);
+                a.record("guest.processes", VIA, &json!(args), Ok(()), t.elapsed());
+                r
+            }
+        });
+    }
+    {
+        let (a, c) = (audit.clone(), cfg.clone());
+        ctx.handle::<GuestKillCmd, _, _>(move |args: KillArgs| {
+            let (a, c) = (a.clone(), c.clone());
+            async move {
+                let t = Instant::now();
+                let r = kill(&c, &args);
+                audit_result(&a, "guest.kill", json!(args), &r, t);
+                r
+            }
+        });
+    }
+    {
+        let a = audit.clone();
+        ctx.handle::<GuestPortsCmd, _, _>(move |_| {
+            let a = a.clone();
+            async move {
+                let t = Instant::now();
+                let r = ports();
+                a.record("guest.ports", VIA, &json!({}), Ok(()), t.elapsed());
+                r
+            }
+        });
+    }
+    {
+        let a = audit.clone();
+        ctx.handle::<GuestServicesCmd, _, _>(move |args: ServicesArgs| {
+            let a = a.clone();
+            async move {
+                let t = Instant::now();
+                let r = services(&args).await;
+                audit_result(&a, "guest.services", json!(args), &r, t);
+                r
+            }
+        });
+    }
+    {
+        let (a, c) = (audit.clone(), cfg.clone());
+        ctx.handle::<GuestServiceCmd, _, _>(move |args: ServiceAction| {
+            let (a, c) = (a.clone(), c.clone());
+            async move {
+                let t = Instant::now();
+                let r = service_action(&c, &args).await;
+                audit_result(&a, "guest.service", json!(args), &r, t);
+                r
+            }
+        });
+    }
+    {
+        let a = audit.clone();
+        ctx.handle::<GuestPackagesCmd, _, _>(move |args: PackagesArgs| {
+            let a = a.clone();
+            async move {
+                let t = Instant::now();
+                let r = packages(&args).await;
+                audit_result(&a, "guest.packages", json!(args), &r, t);
+                r
+            }
+        });
+    }
+    {
+        let (a, c) = (audit, cfg);
+        ctx.handle::<GuestPackageCmd, _, _>(move |args: PackageAction| {
+            let (a, c) = (a.clone(), c.clone());
+            async move {
+                let t = Instant::now();
+                let r = package_action(&c, &args).await;
+                audit_result(&a, "guest.package", json!(args), &r, t);
+                r
+            }
+        });
+    }
+}
+
+fn audit_result<T>(a: &Audit, cmd: &str, args: Value, r: &Result<T, ErrorBody>, t: Instant) {
+    a.record(
+        cmd,
+        VIA,
+        &args,
+        r.as_ref().map(|_| ()).map_err(|e| e.message.as_str()),
+        t.elapsed(),
+    );
+}
+
+// ------------------------------------------------------------------ processes
+
+fn read_process(pid: u32) -> Option<Process> {
+    let dir = format!("/proc/{pid}");
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+    let s = majordomo_platform::process::parse_stat(&stat)?;
+    let uid = std::fs::read_to_string(format!("{dir}/status"))
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        });
+    let cmdline = std::fs::read(format!("{dir}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|p| !p.is_empty())
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    Some(Process {
+        pid,
+        name: s.comm.to_string(),
+        uid,
+        state: s.state.to_string(),
+        cpu_s: s.cpu_ticks as f64 / 100.0,
+        rss_bytes: s.rss_pages * 4096,
+        threads: s.threads,
+        cmdline,
+    })
+}
+
+fn processes(args: &ProcessesArgs) -> Result<Vec<Process>, ErrorBody> {
+    let rd = std::fs::read_dir("/proc").map_err(|e| {
+        err(
+            ErrorCode::Internal,
+            format!("/proc: {e}; process lists need Linux /proc"),
+        )
+    })?;
+    let mut out: Vec<Process> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(read_process)
+        .collect();
+    match args.sort.as_deref() {
+        None | Some("cpu") => out.sort_by(|a, b| b.cpu_s.total_cmp(&a.cpu_s)),
+        Some("rss") => out.sort_by_key(|p| std::cmp::Reverse(p.rss_bytes)),
+        Some("pid") => out.sort_by_key(|p| p.pid),
+        Some(other) => {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("sort {other:?} is not known; use \"cpu\", \"rss\" or \"pid\""),
+            ));
+        }
+    }
+    if let Some(n) = args.top {
+        out.truncate(n);
+    }
+    Ok(out)
+}
+
+fn kill(cfg: &GuestConfig, args: &KillArgs) -> Result<Done, ErrorBody> {
+    let p = read_process(args.pid).ok_or_else(|| {
+        err(
+            ErrorCode::NotFound,
+            format!("no process {} (see guest.processes)", args.pid),
+        )
+    })?;
+    if args.pid == std::process::id() || args.pid <= 1 {
+        return Err(err(
+            ErrorCode::Forbidden,
+            format!("pid {} is init or majordomo itself; refused", args.pid),
+        ));
+    }
+    if !allowed(&cfg.kill_allow, &p.name) {
+        return Err(err(
+            ErrorCode::Forbidden,
+            format!(
+                "process {} ({}) is not in [guest] kill_allow; the guest's admin can add its name there",
+                args.pid, p.name
+            ),
+        ));
+    }
+    let sig = args.signal.as_deref().unwrap_or("TERM");
+    let sig = sig.strip_prefix("SIG").unwrap_or(sig);
+    majordomo_platform::process::signal_pid(args.pid, sig).map_err(|e| {
+        err(
+            ErrorCode::BadRequest,
+            format!("cannot send SIG{sig} to {}: {e}", args.pid),
+        )
+    })?;
+    Ok(Done {
+        message: format!("sent SIG{sig} to {} ({})", args.pid, p.name),
+        output: String::new(),
+    })
+}
+
+// ------------------------------------------------------------------ ports
+
+const TCP_STATES: [&str; 12] = [
+    "?",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+];
+
+/// `0100007F:0016` (little-endian words) → `127.0.0.1:22`; IPv6 likewise.
+pub fn hex_addr(s: &str) -> Option<String> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let bytes: Vec<u8> = (0..ip.len() / 2)
+        .filter_map(|i| u8::from_str_radix(ip.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    match bytes.len() {
+        4 => {
+            let a = std::net::Ipv4Addr::new(bytes[3], bytes[2], bytes[1], bytes[0]);
+            Some(format!("{a}:{port}"))
+        }
+        16 => {
+            let mut b = [0u8; 16];
+            for w in 0..4 {
+                for i in 0..4 {
+                    b[w * 4 + i] = bytes[w * 4 + 3 - i];
+                }
+            }
+            Some(format!("[{}]:{port}", std::net::Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+fn socket_owners() -> HashMap<u64, (u32, String)> {
+    let mut m = HashMap::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return m;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(t) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let t = t.to_string_lossy();
+            if let Some(inode) = t
+                .strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|i| i.parse().ok())
+            {
+                let comm = std::fs::read_to_string(e.path().join("comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                m.entry(inode).or_insert((pid, comm));
+            }
+        }
+    }
+    m
+}
+
+fn ports() -> Result<Vec<OpenPort>, ErrorBody> {
+    let owners = socket_owners();
+    let mut out = Vec::new();
+    for proto in ["tcp", "tcp6", "udp", "udp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/net/{proto}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                continue;
+            }
+            let (Some(local), Some(remote)) = (hex_addr(f[1]), hex_addr(f[2])) else {
+                continue;
+            };
+            let st = usize::from_str_radix(f[3], 16).unwrap_or(0);
+            let state = if proto.starts_with("udp") {
+                if st == 1 { "ESTABLISHED" } else { "UNCONN" }
+            } else {
+                TCP_STATES.get(st).copied().unwrap_or("?")
+            };
+            let owner = f[9].parse::<u64>().ok().and_then(|i| owners.get(&i));
+            out.push(OpenPort {
+                proto: proto.into(),
+                local,
+                remote,
+                state: state.into(),
+                pid: owner.map(|o| o.0),
+                process: owner.map(|o| o.1.clone()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+// ------------------------------------------------------------------ tools
+
+/// Runs a tool with a time limit; its output's last 4 KiB. Fails with what to do.
+async fn tool(prog: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, ErrorBody> {
+    let mut c = tokio::process::Command::new(prog);
+    c.args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let run = c.output();
+    let out = match tokio::time::timeout(TOOL_TIMEOUT, run).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            return Err(err(
+                ErrorCode::Internal,
+                format!("cannot run {prog}: {e}; is it installed and on PATH?"),
+            ));
+        }
+        Err(_) => {
+            return Err(err(
+                ErrorCode::Timeout,
+                format!(
+                    "{prog} {} ran longer than {}s and was killed",
+                    args.join(" "),
+                    TOOL_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+    };
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    if out.status.success() {
+        Ok(text)
+    } else {
+        let tail: String = tail(&text, 600);
+        Err(err(
+            ErrorCode::Internal,
+            format!(
+                "{prog} {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                tail.trim()
+            ),
+        ))
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let start = s.len().saturating_sub(n);
+    let start = (start..=s.len())
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(s.len());
+    s[start..].to_string()
+}
+
+fn on_path(prog: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| {
+            d.join(prog).is_file() || (cfg!(windows) && d.join(format!("{prog}.exe")).is_file())
+        })
+    })
+}
+
+// ------------------------------------------------------------------ services
+
+async fn services(args: &ServicesArgs) -> Result<Vec<Service>, ErrorBody> {
+    if !on_path("systemctl") || !std::path::Path::new("/run/systemd/system").exists() {
+        return Err(err(
+            ErrorCode::NotFound,
+            "no systemd here (systemctl missing or systemd not running as init); services are managed by systemd only on Linux",
+        ));
+    }
+    let pattern = args
+        .name
+        .as_deref()
+        .map(glob::Pattern::new)
+        .transpose()
+        .map_err(|e| {
+            err(
+                ErrorCode::BadRequest,
+                format!("name: {e}; use a service name with * and ? as wildcards"),
+            )
+        })?;
+    let units = tool(
+        "systemctl",
+        &[
+            "list-units",
+            "--type=service",
+            "--all",
+            "--no-legend",
+            "--plain",
+            "--no-pager",
+        ],
+        &[],
+    )
+    .await?;
+    let files = tool(
+        "systemctl",
+        &[
+            "list-unit-files",
+            "--type=service",
+            "--no-legend",
+            "--plain",
+            "--no-pager",
+        ],
+        &[],
+    )
+    .await
+    .unwrap_or_default();
+    let enabled: HashMap<&str, &str> = files
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?, it.next()?))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for l in units.lines() {
+        let mut it = l.split_whitespace();
+        let (Some(unit), Some(_load), Some(active), Some(sub)) =
+            (it.next(), it.next(), it.next(), it.next())
+        else {
+            continue;
+        };
+        let name = unit.trim_end_matches(".service");
+        if pattern
+            .as_ref()
+            .is_some_and(|p| !p.matches(name) && !p.matches(unit))
+        {
+            continue;
+        }
+        out.push(Service {
+            name: name.into(),
+            description: it.collect::<Vec<_>>().join(" "),
+            active: active.into(),
+            sub: sub.into(),
+            enabled: enabled.get(unit).copied().unwrap_or("").into(),
+        });
+    }
+    Ok(out)
+}
+
+async fn service_action(cfg: &GuestConfig, a: &ServiceAction) -> Result<Done, ErrorBody> {
+    if !matches!(
+        a.action.as_str(),
+        "start" | "stop" | "restart" | "enable" | "disable"
+    ) {
+        return Err(err(
+            ErrorCode::BadRequest,
+            format!(
+                "action {:?} is not known; use start, stop, restart, enable or disable",
+                a.action
+            ),
+        ));
+    }
+    let name = a.name.trim_end_matches(".service");
+    if name.is_empty() || name.starts_with('-') || name.contains('/') {
+        return Err(err(
+            ErrorCode::BadRequest,
+            format!("{:?} is not a service name", a.name),
+        ));
+    }
+    if !allowed(&cfg.service_allow, name) {
+        return Err(err(
+            ErrorCode::Forbidden,
+            format!(
+                "service {name:?} is not in [guest] service_allow; the guest's admin can add it there"
+            ),
+        ));
+    }
+    let unit = format!("{name}.service");
+    let out = tool("systemctl", &[&a.action, "--no-ask-password", &unit], &[]).await?;
+    Ok(Done {
+        message: format!("systemctl {} {unit}: done", a.action),
+        output: tail(&out, 4096),
+    })
+}
+
+// ------------------------------------------------------------------ packages
+
+/// The package manager of this machine, by the tools on PATH (in this order).
+pub fn detect_manager() -> Option<&'static str> {
+    ["apt", "dnf", "yum", "zypper", "apk", "winget", "choco"]
+        .into_iter()
+        .find(|m| match *m {
+            "apt" => on_path("apt-get") && on_path("dpkg-query"),
+            m => on_path(m),
+        })
+}
+
+fn no_manager() -> ErrorBody {
+    err(
+        ErrorCode::NotFound,
+        "no known package manager on PATH (apt, dnf, yum, zypper, apk, winget, choco)",
+    )
+}
+
+async fn packages(args: &PackagesArgs) -> Result<Packages, ErrorBody> {
+    let m = detect_manager().ok_or_else(no_manager)?;
+    let packages = match &args.search {
+        None => installed(m).await?,
+        Some(term) => {
+            if term.is_empty() || term.starts_with('-') {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    "search: give a word that does not start with '-'",
+                ));
+            }
+            search(m, term).await?
+        }
+    };
+    Ok(Packages {
+        manager: m.into(),
+        packages,
+    })
+}
+
+fn split_rows(text: &str, sep: char) -> Vec<Package> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, sep);
+            let name = it.next()?.trim();
+            if name.is_empty() {
+                return None;
+            }
+            Some(Package {
+                name: name.into(),
+                version: it.next().unwrap_or("").trim().into(),
+                detail: it.next().unwrap_or("").trim().into(),
+            })
+        })
+        .collect()
+}
+
+async fn installed(m: &str) -> Result<Vec<Package>, ErrorBody> {
+    Ok(match m {
+        "apt" => {
+            let t = tool(
+                "dpkg-query",
+                &[
+                    "-W",
+                    "-f",
+                    "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n",
+                ],
+                &[],
+            )
+            .await?;
+            // Only installed ones ("ii"); removed-but-configured ("rc") are not.
+            split_rows(
+                &t.lines()
+                    .filter_map(|l| l.strip_prefix("ii \t"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                '\t',
+            )
+        }
+        "dnf" | "yum" | "zypper" => split_rows(
+            &tool(
+                "rpm",
+                &["-qa", "--qf", "%{NAME}\t%{VERSION}-%{RELEASE}\t%{ARCH}\n"],
+                &[],
+            )
+            .await?,
+            '\t',
+        ),
+        "apk" => tool("apk", &["info", "-v"], &[])
+            .await?
+            .lines()
+            .filter_map(|l| {
+                // name-1.2.3-r0: the version starts at the second-last '-'.
+                let mut cut = l.rmatch_indices('-').map(|(i, _)| i);
+                let _ = cut.next()?;
+                let i = cut.next()?;
+                Some(Package {
+                    name: l[..i].into(),
+                    version: l[i + 1..].into(),
+                    detail: String::new(),
+                })
+            })
+            .collect(),
+        "choco" => split_rows(&tool("choco", &["list", "--limit-output"], &[]).await?, '|'),
+        "winget" => tool("winget", &["list", "--disable-interactivity"], &[])
+            .await?
+            .lines()
+            .skip_while(|l| !l.starts_with("---"))
+            .skip(1)
+            .map(|l| Package {
+                name: l.trim().into(),
+                version: String::new(),
+                detail: String::new(),
+            })
+            .collect(),
+        _ => return Err(no_manager()),
+    })
+}
+
+async fn search(m: &str, term: &str) -> Result<Vec<Package>, ErrorBody> {
+    let rows = |t: String, sep: &str| -> Vec<Package> {
+        t.lines()
+            .filter_map(|l| {
+                let (n, d) = l.split_once(sep)?;
+                Some(Package {
+                    name: n.trim().into(),
+                    version: String::new(),
+                    detail: d.trim().into(),
+                })
+            })
+            .collect()
+    };
+    Ok(match m {
+        "apt" => rows(
+            tool("apt-cache", &["search", "--names-only", term], &[]).await?,
+            " - ",
+        ),
+        "dnf" | "yum" => rows(tool(m, &["search", "-q", term], &[]).await?, " : "),
+        "zypper" => rows(
+            tool("zypper", &["--non-interactive", "search", term], &[]).await?,
+            "|",
+        ),
+        "apk" => rows(tool("apk", &["search", "-v", term], &[]).await?, " - "),
+        "choco" => split_rows(
+            &tool("choco", &["search", term, "--limit-output"], &[]).await?,
+            '|',
+        ),
+        "winget" => rows(
+            tool("winget", &["search", term, "--disable-interactivity"], &[]).await?,
+            "  ",
+        ),
+        _ => return Err(no_manager()),
+    })
+}
+
+async fn package_action(cfg: &GuestConfig, a: &PackageAction) -> Result<Done, ErrorBody> {
+    let m = detect_manager().ok_or_else(no_manager)?;
+    for n in &a.names {
+        if n.is_empty() || n.starts_with('-') || n.chars().any(char::is_whitespace) {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("{n:?} is not a package name"),
+            ));
+        }
+        if !allowed(&cfg.package_allow, n) {
+            return Err(err(
+                ErrorCode::Forbidden,
+                format!(
+                    "package {n:?} is not in [guest] package_allow; the guest's admin can add it there"
+                ),
+            ));
+        }
+    }
+    let all = a.names.is_empty();
+    match a.action.as_str() {
+        "install" | "remove" if all => {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("{} needs \"names\"", a.action),
+            ));
+        }
+        "update" if all && !cfg.package_allow.iter().any(|p| p == "*") => {
+            return Err(err(
+                ErrorCode::Forbidden,
+                "updating every package needs \"*\" in [guest] package_allow; or name the packages",
+            ));
+        }
+        "install" | "remove" | "update" => {}
+        other => {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("action {other:?} is not known; use install, remove or update"),
+            ));
+        }
+    }
+    let names: Vec<&str> = a.names.iter().map(String::as_str).collect();
+    let noninteractive = [("DEBIAN_FRONTEND", "noninteractive")];
+    let (prog, mut args): (&str, Vec<&str>) = match (m, a.action.as_str()) {
+        ("apt", "install") => ("apt-get", vec!["install", "-y", "-q"]),
+        ("apt", "remove") => ("apt-get", vec!["remove", "-y", "-q"]),
+        ("apt", "update") if all => ("apt-get", vec!["dist-upgrade", "-y", "-q"]),
+        ("apt", "update") => ("apt-get", vec!["install", "--only-upgrade", "-y", "-q"]),
+        ("dnf" | "yum", "install") => (m, vec!["install", "-y"]),
+        ("dnf" | "yum", "remove") => (m, vec!["remove", "-y"]),
+        ("dnf" | "yum", "update") => (m, vec!["upgrade", "-y"]),
+        ("zypper", "install") => ("zypper", vec!["--non-interactive", "install"]),
+        ("zypper", "remove") => ("zypper", vec!["--non-interactive", "remove"]),
+        ("zypper", "update") => ("zypper", vec!["--non-interactive", "update"]),
+        ("apk", "install") => ("apk", vec!["add"]),
+        ("apk", "remove") => ("apk", vec!["del"]),
+        ("apk", "update") => ("apk", vec!["upgrade"]),
+        ("choco", act) => (
+            "choco",
+            vec![
+                if act == "update" {
+                    "upgrade"
+                } else if act == "remove" {
+                    "uninstall"
+                } else {
+                    "install"
+                },
+                "-y",
+            ],
+        ),
+        ("winget", act) => (
+            "winget",
+            vec![
+                if act == "update" {
+                    "upgrade"
+                } else if act == "remove" {
+                    "uninstall"
+                } else {
+                    "install"
+                },
+                "--silent",
+                "--disable-interactivity",
+            ],
+        ),
+        _ => return Err(no_manager()),
+    };
+    if m == "apt" && a.action != "remove" {
+        tool("apt-get", &["update", "-q"], &noninteractive).await?;
+    }
+    if all && m == "choco" {
+        args.push("all");
+    }
+    if all && m == "winget" {
+        args.push("--all");
+    }
+    args.extend(names);
+    let out = tool(prog, &args, &noninteractive).await?;
+    Ok(Done {
+        message: format!("{prog} {}: done", args.join(" ")),
+        output: tail(&out, 4096),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses() {
+        assert_eq!(hex_addr("0100007F:0016").as_deref(), Some("127.0.0.1:22"));
+        assert_eq!(
+            hex_addr("00000000000000000000000001000000:1F90").as_deref(),
+            Some("[::1]:8080")
+        );
+        assert_eq!(hex_addr("zz"), None);
+    }
+
+    #[test]
+    fn allow_lists_are_patterns() {
+        assert!(allowed(&["nginx*".into()], "nginx-light"));
+        assert!(!allowed(&[], "anything"));
+    }
+}
