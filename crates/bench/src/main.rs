@@ -13,6 +13,8 @@ mod control;
 #[cfg(unix)]
 mod fleet;
 #[cfg(unix)]
+mod http;
+#[cfg(unix)]
 mod monitor;
 #[cfg(unix)]
 mod pipeline;
@@ -61,6 +63,9 @@ enum Bench {
     Fleet(fleet::Args),
     /// Scheduler: N jobs (every 1-60 s) on one daemon: start lateness, CPU %, bytes per job.
     Scheduler(scheduler::Args),
+    /// HTTP: `status` req/s and p50/p99 over keep-alive, `/metrics` CPU per scrape vs
+    /// node_exporter, SSE fan-out of hub events to 100 clients.
+    Http(http::Args),
 }
 
 #[cfg(unix)]
@@ -79,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Pipeline(a) => pipeline::run(a).await,
             Bench::Fleet(a) => fleet::run(a).await,
             Bench::Scheduler(a) => scheduler::run(a).await,
+            Bench::Http(a) => http::run(a).await,
         }
     })
 }
