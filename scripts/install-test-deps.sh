@@ -32,6 +32,8 @@ add prometheus-node-exporter prometheus-node-exporter
 add prometheus promtool
 add chromium chromium
 add chromium-driver chromedriver
+# HTTPS test: a CA and a server certificate made with the openssl CLI.
+add openssl openssl
 
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
