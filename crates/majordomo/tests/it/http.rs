@@ -18,7 +18,7 @@ const OPERATE_TOKEN: &str = "operate-token-0123456789abcdef";
 
 fn config(extra: &str) -> String {
     format!(
-        "[[program]]\nname = \"sleeper\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"exec sleep 1000\"]\n\n\
+        "[[program]]\nname = \"sleeper\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo hello from sleeper; exec sleep 1000\"]\n\n\
          [http]\nlogin_attempts_per_minute = 3\n\
          [[http.tokens]]\nname = \"grafana\"\ntoken = \"{READ_TOKEN}\"\nrole = \"read\"\n\
          [[http.tokens]]\nname = \"ci\"\ntoken = \"{OPERATE_TOKEN}\"\nrole = \"operate\"\n{extra}"
@@ -346,6 +346,19 @@ async fn api_routes_match_their_socket_twins_and_openapi_is_valid() {
     let sock = raw_call(&d.socket, r#"{"cmd":"ps","name":"nope"}"#).unwrap();
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["error"]["code"], sock["error"]["code"]);
+    // A program's output (`logs`): the same tail on both carriers.
+    let sock = crate::common::eventually(Duration::from_secs(15), || {
+        let v = socket_ok(&d, "logs", json!({"name": "sleeper", "lines": 5}));
+        v["text"]
+            .as_str()?
+            .contains("hello from sleeper")
+            .then_some(v)
+    })
+    .expect("the program's output in `logs`");
+    let (s, v) = w.get("/api/v1/logs?name=sleeper&lines=5", t).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v, sock);
+    assert!(v["file"].as_str().unwrap().ends_with("sleeper.log"), "{v}");
     let st = socket_ok(&d, "status", json!({}));
     let (_, v) = w.get("/api/v1/status", t).await;
     assert_eq!(v["pid"], st["pid"]);
@@ -870,7 +883,12 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_journey_in_headless_chromium() {
     let home = Home::new();
-    home.write_config("ui", &config("\n[monitor]\ninterval = \"1s\"\n"));
+    home.write_config(
+        "ui",
+        &config(
+            "\n[monitor]\ninterval = \"1s\"\n\n[[job]]\nname = \"nightly\"\nschedule = \"0 3 * * *\"\ncommand = [\"sh\", \"-c\", \"echo nightly done\"]\n",
+        ),
+    );
     let d = home.start("ui");
     wait_program(&d, "sleeper", "ready");
     let w = Web::of(&home, "ui");
@@ -959,6 +977,39 @@ async fn dashboard_journey_in_headless_chromium() {
         .await;
     assert!(points.as_u64().unwrap_or(0) > 0);
     b.shot("dashboard").await;
+    // The program's output, tailed on the programs page.
+    b.js("document.querySelector('[data-program=\"sleeper\"] button.log').click()")
+        .await;
+    b.wait_js(
+        "return document.getElementById('log-text').textContent.includes('hello from sleeper') || null",
+        "the program's output",
+    )
+    .await;
+    // Jobs: the next run shown; run now, and the outcome arrives live.
+    let next = b
+        .wait_js(
+            "const r = document.querySelector('[data-job=\"nightly\"] td:nth-child(3)'); return r && r.textContent !== '–' ? r.textContent : null",
+            "the job's next run",
+        )
+        .await;
+    assert!(next.as_str().unwrap_or("").contains("03:00"), "{next}");
+    b.js("document.querySelector('[data-job=\"nightly\"] button.run').click()")
+        .await;
+    b.wait_js(
+        "const e = document.querySelector('[data-job=\"nightly\"] .outcome span'); return e && e.dataset.state === 'ok' || null",
+        "the job's run, ok",
+    )
+    .await;
+    b.js("document.querySelector('[data-job=\"nightly\"] button.history').click()")
+        .await;
+    b.wait_js(
+        "return document.getElementById('run-rows').textContent.includes('nightly done') || null",
+        "the run's output in the history",
+    )
+    .await;
+    b.js("document.getElementById('programs').scrollIntoView()")
+        .await;
+    b.shot("jobs-and-log").await;
     // Phone width.
     b.cmd("POST", "/window/rect", json!({"width": 390, "height": 844}))
         .await;
