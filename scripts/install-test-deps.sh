@@ -34,6 +34,8 @@ add prometheus-node-exporter prometheus-node-exporter
 add prometheus promtool
 add chromium chromium
 add chromium-driver chromedriver
+# HTTPS test: a CA and a server certificate made with the openssl CLI.
+add openssl openssl
 
 # The guest agent's VM smoke test (tests/it/guest_vm.rs): the VM harness beside the
 # repository (shared/tools/vm) installs QEMU, a static busybox and friends, and downloads a

@@ -34,6 +34,7 @@ namespace Majordomo.Protocol
             new[] { "job.run", "action", "JobRunAsync" },
             new[] { "lock.acquire", "action", "LockAcquireAsync" },
             new[] { "lock.release", "action", "LockReleaseAsync" },
+            new[] { "logs", "read", "LogsAsync" },
             new[] { "metrics", "read", "MetricsAsync" },
             new[] { "nats.status", "read", "NatsStatusAsync" },
             new[] { "notify.log", "read", "NotifyLogAsync" },
@@ -1145,6 +1146,67 @@ namespace Majordomo.Protocol
             if (Name != null) o["name"] = JsonNode.From(Name);
             if (Acquired != null) o["acquired"] = JsonNode.From(Acquired);
             if (Token != null) o["token"] = JsonNode.From(Token);
+            return o;
+        }
+    }
+
+    /// <summary>The reply of `logs`: the end of a program's output file.</summary>
+    public sealed partial class LogTail
+    {
+        public string Name { get; set; }
+        /// <summary>The output file read (and its previous rotated file `.1` when it holds too few lines).</summary>
+        public string File { get; set; }
+        /// <summary>The last lines, as UTF-8 (invalid bytes replaced).</summary>
+        public string Text { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static LogTail FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new LogTail();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            o.File = JsonConv.ToStr(j["file"]);
+            o.Text = JsonConv.ToStr(j["text"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            if (File != null) o["file"] = JsonNode.From(File);
+            if (Text != null) o["text"] = JsonNode.From(Text);
+            return o;
+        }
+    }
+
+    /// <summary>The arguments of `logs`.</summary>
+    public sealed partial class LogsArgs
+    {
+        /// <summary>The program.</summary>
+        public string Name { get; set; }
+        /// <summary>How many of the last lines (100 when absent; at most 1000).</summary>
+        public long? Lines { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static LogsArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new LogsArgs();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            o.Lines = JsonConv.ToNullableLong(j["lines"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            if (Lines != null) o["lines"] = JsonNode.From(Lines);
             return o;
         }
     }
@@ -3311,6 +3373,13 @@ namespace Majordomo
         {
             var r = await CallAsync("lock.release", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
             return global::Majordomo.Protocol.LockReply.FromJson(r);
+        }
+
+        /// <summary><c>logs</c> (read): The last lines of a program's output (stdout and stderr, as its log file holds them).</summary>
+        public async Task<LogTail> LogsAsync(LogsArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("logs", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.LogTail.FromJson(r);
         }
 
         /// <summary><c>metrics</c> (read): The health monitor's metrics: the last collection's values, or with `since` the history of every matching series.</summary>

@@ -302,6 +302,23 @@ export interface LockReply {
   token: number;
 }
 
+/** The reply of `logs`: the end of a program's output file. */
+export interface LogTail {
+  name: string;
+  /** The output file read (and its previous rotated file `.1` when it holds too few lines). */
+  file: string;
+  /** The last lines, as UTF-8 (invalid bytes replaced). */
+  text: string;
+}
+
+/** The arguments of `logs`. */
+export interface LogsArgs {
+  /** The program. */
+  name: string;
+  /** How many of the last lines (100 when absent; at most 1000). */
+  lines?: number | null;
+}
+
 /** The arguments of `metrics`. */
 export interface MetricsArgs {
   /** A metric name or prefix, e.g. `disk.used_pct` or `cpu.` (default: all). */
@@ -890,6 +907,7 @@ export interface Commands {
   "job.run": { args: JobArgs; reply: JobRunReply };
   "lock.acquire": { args: LockArgs; reply: LockReply };
   "lock.release": { args: LockReleaseArgs; reply: LockReply };
+  "logs": { args: LogsArgs; reply: LogTail };
   "metrics": { args: MetricsArgs; reply: MetricsReply };
   "nats.status": { args: NoArgs; reply: NatsStatus };
   "notify.log": { args: NotifyLogArgs; reply: NotifyLog };
@@ -941,6 +959,7 @@ export const COMMANDS: ReadonlyArray<{ name: CommandName; kind: "read" | "action
   { name: "job.run", kind: "action", method: "jobRun" },
   { name: "lock.acquire", kind: "action", method: "lockAcquire" },
   { name: "lock.release", kind: "action", method: "lockRelease" },
+  { name: "logs", kind: "read", method: "logs" },
   { name: "metrics", kind: "read", method: "metrics" },
   { name: "nats.status", kind: "read", method: "natsStatus" },
   { name: "notify.log", kind: "read", method: "notifyLog" },
@@ -1081,6 +1100,11 @@ export abstract class CommandMethods {
   /** `lock.release` (action): Releases a named lock taken with `lock.acquire`. */
   lockRelease(args: LockReleaseArgs, opts?: CallOptions): Promise<LockReply> {
     return this.call("lock.release", args, opts);
+  }
+
+  /** `logs` (read): The last lines of a program's output (stdout and stderr, as its log file holds them). */
+  logs(args: LogsArgs, opts?: CallOptions): Promise<LogTail> {
+    return this.call("logs", args, opts);
   }
 
   /** `metrics` (read): The health monitor's metrics: the last collection's values, or with `since` the history of every matching series. */

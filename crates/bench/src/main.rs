@@ -15,6 +15,8 @@ mod fleet;
 #[cfg(unix)]
 mod guest;
 #[cfg(unix)]
+mod http;
+#[cfg(unix)]
 mod monitor;
 #[cfg(unix)]
 mod pipeline;
@@ -66,6 +68,9 @@ enum Bench {
     /// VM guest agent: majordomo and qemu-ga each in the harness's VM: ping round trip,
     /// fsinfo/interfaces time, RSS, idle CPU with and without a host.
     Guest(guest::Args),
+    /// HTTP: `status` req/s and p50/p99 over keep-alive, `/metrics` CPU per scrape vs
+    /// node_exporter, SSE fan-out of hub events to 100 clients.
+    Http(http::Args),
 }
 
 #[cfg(unix)]
@@ -85,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Fleet(a) => fleet::run(a).await,
             Bench::Scheduler(a) => scheduler::run(a).await,
             Bench::Guest(a) => guest::run(a).await,
+            Bench::Http(a) => http::run(a).await,
         }
     })
 }

@@ -34,13 +34,13 @@ fn thread_cpu() -> Duration {
 }
 
 /// user+system CPU time of a process (the one `/proc/PID/stat` parser, in platform).
-fn proc_cpu(pid: u32) -> anyhow::Result<Duration> {
+pub(crate) fn proc_cpu(pid: u32) -> anyhow::Result<Duration> {
     let secs =
         majordomo_platform::process::cpu_seconds(pid).context("no CPU time for the daemon")?;
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn proc_rss_kb(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn proc_rss_kb(pid: u32) -> anyhow::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -131,7 +131,7 @@ fn scrape(port: u16) -> anyhow::Result<usize> {
 }
 
 /// CPU per scrape, or `None` (with the reason printed) when node_exporter cannot run here.
-fn node_exporter(scrapes: usize) -> Option<Duration> {
+pub(crate) fn node_exporter(scrapes: usize) -> Option<Duration> {
     let Some(bin) = ensure_node_exporter() else {
         eprintln!("node_exporter is not available: its figure is left out");
         return None;

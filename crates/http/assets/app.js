@@ -82,7 +82,25 @@
       el("td", {},
         el("button", { type: "button", class: "start", onclick: act("start") }, "Start"), " ",
         el("button", { type: "button", class: "stop", onclick: act("stop") }, "Stop"), " ",
-        el("button", { type: "button", class: "restart", onclick: act("restart") }, "Restart")));
+        el("button", { type: "button", class: "restart", onclick: act("restart") }, "Restart"), " ",
+        el("button", { type: "button", class: "log", onclick: () => openLog(p.name) }, "Log")));
+  }
+  // A program's output: the last lines (`logs`), read again every 2 s while shown.
+  let logName = null;
+  async function loadLog() {
+    if (!logName) return;
+    const pre = $("log-text");
+    const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    try {
+      const t = await api("logs", { name: logName, lines: 200 });
+      $("log-file").textContent = t.file;
+      if (pre.textContent !== t.text) { pre.textContent = t.text || "(no output yet)"; if (atEnd) pre.scrollTop = pre.scrollHeight; }
+    } catch (e) { pre.textContent = "logs: " + e.message; }
+  }
+  function openLog(name) {
+    logName = name; $("log-name").textContent = name; $("log-text").textContent = "";
+    $("log-panel").hidden = false; loadLog().then(() => { $("log-text").scrollTop = $("log-text").scrollHeight; });
+    clearInterval(openLog.t); openLog.t = setInterval(loadLog, 2000);
   }
   async function loadPrograms() {
     try {
@@ -164,6 +182,38 @@
     } catch (e) { fill($("pipeline-rows"), [], "pipelines: " + e.message, 8); }
   }
 
+  // Jobs: next run, the last run, run now; a job's history on demand.
+  let jobName = null;
+  const outcome = (r) => r && r.outcome ? pill(r.outcome) : (r ? pill("running") : "–");
+  async function loadJobs() {
+    try {
+      const l = await api("job.ls");
+      fill($("job-rows"), l.jobs.map((j) => {
+        const run = async (ev) => {
+          ev.target.disabled = true;
+          try { const r = await api("job.run", { name: j.name }, true); toast(j.name + ": " + r.result); }
+          catch (e) { toast(e.message); }
+          finally { ev.target.disabled = false; }
+        };
+        return el("tr", { "data-job": j.name }, el("td", {}, j.name), el("td", { class: "detail" }, j.schedule),
+          el("td", {}, j.paused ? "paused" : (j.next || "–")), el("td", {}, j.last ? j.last.started : "–"),
+          el("td", { class: "outcome" }, j.running ? pill("running") : outcome(j.last)),
+          el("td", {}, el("button", { type: "button", class: "run", onclick: run }, "Run now"), " ",
+            el("button", { type: "button", class: "history", onclick: () => openJob(j.name) }, "History")));
+      }), "no [[job]] configured", 6);
+    } catch (e) { fill($("job-rows"), [], "scheduler: " + e.message, 6); }
+    if (jobName) loadRuns();
+  }
+  async function loadRuns() {
+    try {
+      const runs = await api("job.history", { name: jobName, limit: 20 });
+      fill($("run-rows"), runs.map((r) => el("tr", {}, el("td", {}, r.started), el("td", {}, r.trigger), el("td", {}, r.late_ms + " ms"),
+        el("td", {}, r.duration_ms != null ? r.duration_ms + " ms" : "–"), el("td", {}, outcome(r)), el("td", {}, r.exit_code != null ? r.exit_code : "–"),
+        el("td", { class: "out" }, r.output_tail))), "no runs yet", 7);
+    } catch (e) { fill($("run-rows"), [], "job.history: " + e.message, 7); }
+  }
+  function openJob(name) { jobName = name; $("job-name").textContent = name; $("job-panel").hidden = false; loadRuns(); }
+
   // Bus.
   let lastBus = null;
   async function loadBus() {
@@ -214,13 +264,16 @@
       const ol = $("events"); ol.prepend(li);
       while (ol.children.length > 50) ol.lastChild.remove();
     };
-    const kinds = ["daemon.started", "daemon.stopping", "config.reloaded", "config.rejected", "subsystem.state", "program.state", "alert", "notification", "endpoint.up", "endpoint.down", "lagged"];
+    const kinds = ["daemon.started", "daemon.stopping", "config.reloaded", "config.rejected", "subsystem.state", "program.state",
+      "alert.pending", "alert.firing", "alert.resolved", "alert.cancelled", "notify.delivered", "notify.failed", "notify.suppressed",
+      "job.started", "job.finished", "endpoint.up", "endpoint.down", "lagged"];
     for (const k of kinds) {
       es.addEventListener(k, (m) => {
         log(k, m.data);
         let ev = {}; try { ev = JSON.parse(m.data); } catch (_) {}
         if (k === "program.state") programState(ev);
-        else if (k === "alert" || k === "notification") { loadAlerts(); loadStatus(); }
+        else if (k.startsWith("alert.") || k.startsWith("notify.")) { loadAlerts(); loadStatus(); }
+        else if (k.startsWith("job.")) { clearTimeout(loadJobs.t); loadJobs.t = setTimeout(loadJobs, 300); }
         else if (k === "subsystem.state" || k === "config.reloaded") { loadStatus(); }
       });
     }
@@ -232,13 +285,15 @@
     await fetch("/logout", { method: "POST", headers: { "X-Majordomo-Csrf": "1" }, credentials: "same-origin" });
     location.href = "/";
   });
+  $("log-close").addEventListener("click", () => { logName = null; clearInterval(openLog.t); $("log-panel").hidden = true; });
+  $("job-close").addEventListener("click", () => { jobName = null; $("job-panel").hidden = true; });
   $("metric-name").addEventListener("change", drawChart);
   $("metric-range").addEventListener("change", drawChart);
   addEventListener("resize", () => { if (chart) chart.setSize({ width: Math.max(260, $("chart").clientWidth - 10), height: 240 }); });
 
   async function start() {
     live();
-    await Promise.allSettled([loadStatus(), loadPrograms(), loadAlerts(), loadPipelines(), loadBus(), loadFleet()]);
+    await Promise.allSettled([loadStatus(), loadPrograms(), loadAlerts(), loadPipelines(), loadJobs(), loadBus(), loadFleet()]);
     await loadMetricNames();
     await drawChart();
     setInterval(() => { loadStatus(); loadBus(); }, 5000);

@@ -63,6 +63,9 @@ pub struct HttpConfig {
     pub login_attempts_per_minute: u32,
     /// Bearer tokens with roles, besides the login token in `<state>/http/token` (which is admin).
     pub tokens: Vec<TokenConfig>,
+    /// Open connections allowed at once (all listeners, event streams and WebSockets included);
+    /// more are answered 503 (plain HTTP) or closed (TLS) and counted.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -75,6 +78,7 @@ impl Default for HttpConfig {
             tls_key: None,
             login_attempts_per_minute: 10,
             tokens: Vec::new(),
+            max_connections: 512,
         }
     }
 }
@@ -129,6 +133,13 @@ pub fn validate(http: &HttpConfig, problems: &mut Vec<Problem>) {
             "http.login_attempts_per_minute",
             "0 would refuse every login",
             "use a small number like 10",
+        ));
+    }
+    if http.max_connections == 0 {
+        problems.push(Problem::at(
+            "http.max_connections",
+            "0 would refuse every connection",
+            "use a number like 512, or set enabled = false",
         ));
     }
     let mut names = std::collections::BTreeSet::new();

@@ -116,11 +116,13 @@ impl Subsystem for Http {
                     }
                 });
             }
-            // Live changes: tokens and the rate limit.
+            let gate = server::Gate::new(cfg.max_connections);
+            // Live changes: tokens, the rate limit and the connection cap.
             {
                 let mut config = ctx.config.clone();
                 let token = ctx.token.clone();
                 let auth = auth.clone();
+                let gate = gate.clone();
                 ctx.tracker.spawn(async move {
                     loop {
                         tokio::select! {
@@ -129,6 +131,7 @@ impl Subsystem for Http {
                                 if changed.is_err() { return; }
                                 let c = config.borrow_and_update().clone();
                                 auth.configure(&c);
+                                gate.set_max(c.max_connections);
                             }
                         }
                     }
@@ -153,6 +156,7 @@ impl Subsystem for Http {
                 ctx.token.clone(),
                 ctx.tracker.clone(),
                 tls.is_some(),
+                gate.clone(),
             ));
             let service = server::routes(app);
             for l in listeners {
@@ -162,8 +166,9 @@ impl Subsystem for Http {
                 let service = service.clone();
                 let token = ctx.token.clone();
                 let tls = tls.clone();
+                let gate = gate.clone();
                 ctx.tracker.spawn(async move {
-                    server::serve(l, tls, service, token).await;
+                    server::serve(l, tls, gate, service, token).await;
                 });
             }
             // Running, with where (the console link and `majordomo http url` read it).

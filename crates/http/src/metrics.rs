@@ -515,6 +515,20 @@ pub async fn render(app: &App) -> String {
         &[],
         app.ws_clients.load(Ordering::Relaxed) as f64,
     );
+    o.one(
+        "majordomo_http_connections",
+        "gauge",
+        "Open HTTP connections (at most [http] max_connections).",
+        &[],
+        app.gate.open() as f64,
+    );
+    o.one(
+        "majordomo_http_connections_refused_total",
+        "counter",
+        "Connections refused because [http] max_connections were open.",
+        &[],
+        app.gate.refused() as f64,
+    );
     o.text
 }
 

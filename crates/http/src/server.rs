@@ -4,8 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router as AxRouter;
@@ -16,6 +18,7 @@ use axum::routing::{get, post};
 use majordomo_bus::{Router, Session};
 use majordomo_core::{Commands, Hub};
 use majordomo_proto::CommandDoc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,6 +44,8 @@ pub struct App {
     pub requests: AtomicU64,
     pub sse_clients: AtomicU64,
     pub ws_clients: AtomicU64,
+    /// Open and refused connections (`[http] max_connections`).
+    pub gate: Arc<Gate>,
 }
 
 impl App {
@@ -54,6 +59,7 @@ impl App {
         stop: CancellationToken,
         tracker: TaskTracker,
         tls: bool,
+        gate: Arc<Gate>,
     ) -> Self {
         Self {
             commands,
@@ -73,6 +79,7 @@ impl App {
             requests: AtomicU64::new(0),
             sse_clients: AtomicU64::new(0),
             ws_clients: AtomicU64::new(0),
+            gate,
         }
     }
 
@@ -203,26 +210,184 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Ip {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        let e = &parts.extensions;
-        let addr = e
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0)
-            .or_else(|| e.get::<ConnectInfo<TlsPeer>>().map(|c| c.0.0));
+        let addr = parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0.0);
         Ok(Ip(addr
             .map(|a| a.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]))))
     }
 }
 
-/// The peer address of a TLS connection.
+/// The peer address of a connection, from either kind of listener.
 #[derive(Debug, Clone, Copy)]
-pub struct TlsPeer(pub SocketAddr);
+pub struct Peer(pub SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for TlsPeer
-{
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        TlsPeer(*stream.remote_addr())
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// `[http] max_connections`: open connections across every listener, and those refused.
+pub struct Gate {
+    max: AtomicUsize,
+    open: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl Gate {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max: AtomicUsize::new(max),
+            open: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// A live config change.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// A ticket for one more connection, or `None` (counted) when the cap is reached.
+    fn enter(self: &Arc<Self>) -> Option<Ticket> {
+        let max = self.max.load(Ordering::Relaxed);
+        let mut cur = self.open.load(Ordering::Relaxed);
+        loop {
+            if cur >= max {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            match self
+                .open
+                .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(Ticket(self.clone())),
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+/// One admitted connection; dropping it (the connection closed) frees its place.
+struct Ticket(Arc<Gate>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's byte stream with its [`Ticket`].
+pub struct Counted<T> {
+    io: T,
+    _ticket: Ticket,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// What a plain-HTTP connection over the cap is told before it is closed.
+const OVER_CAP: &str = r#"{"error":{"code":"busy","message":"too many connections ([http] max_connections); try again later"}}"#;
+
+/// Answers 503 to a connection over the cap, reads what it sent (so the close is not a reset
+/// that could hide the answer) for a moment, and closes it.
+async fn refuse(mut s: tokio::net::TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{OVER_CAP}",
+            OVER_CAP.len()
+        );
+        if s.write_all(answer.as_bytes()).await.is_ok() && s.shutdown().await.is_ok() {
+            let mut buf = [0u8; 1024];
+            while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+        }
+    })
+    .await;
+}
+
+/// The plain-HTTP listener: accepts under the [`Gate`].
+pub struct PlainListener {
+    l: TcpListener,
+    gate: Arc<Gate>,
+}
+
+impl axum::serve::Listener for PlainListener {
+    type Io = Counted<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.l.accept().await {
+                Ok((s, addr)) => match self.gate.enter() {
+                    Some(t) => {
+                        let _ = s.set_nodelay(true);
+                        return (Counted { io: s, _ticket: t }, addr);
+                    }
+                    None => {
+                        tokio::spawn(refuse(s));
+                    }
+                },
+                // Out of file descriptors and the like: wait a little, as axum does.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.l.local_addr()
     }
 }
 
@@ -432,15 +597,14 @@ impl Tls {
 /// A TLS listener for axum: TCP accepts and handshakes run in their own tasks, so a slow
 /// client never holds up the others.
 pub struct TlsListener {
-    rx: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
+    rx: tokio::sync::mpsc::Receiver<(Counted<TlsStream>, SocketAddr)>,
     local: SocketAddr,
 }
 
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Io = Counted<TlsStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -456,10 +620,17 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-pub async fn serve(l: TcpListener, tls: Option<Tls>, app: AxRouter, stop: CancellationToken) {
+pub async fn serve(
+    l: TcpListener,
+    tls: Option<Tls>,
+    gate: Arc<Gate>,
+    app: AxRouter,
+    stop: CancellationToken,
+) {
     let shutdown = stop.clone().cancelled_owned();
     let Some(tls) = tls else {
-        let svc = app.into_make_service_with_connect_info::<SocketAddr>();
+        let svc = app.into_make_service_with_connect_info::<Peer>();
+        let l = PlainListener { l, gate };
         if let Err(e) = axum::serve(l, svc).with_graceful_shutdown(shutdown).await {
             tracing::warn!(error = %e, "HTTP server ended");
         }
@@ -477,19 +648,30 @@ pub async fn serve(l: TcpListener, tls: Option<Tls>, app: AxRouter, stop: Cancel
                     Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
                 },
             };
+            // Over the cap: closed before the handshake (no plain-text answer is possible).
+            let Some(ticket) = gate.enter() else { continue };
             let Some(acceptor) = tls.get() else { continue };
+            let _ = tcp.set_nodelay(true);
             let tx = tx.clone();
             tokio::spawn(async move {
-                if let Ok(Ok(s)) =
+                if let Ok(Ok(io)) =
                     tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
                 {
-                    let _ = tx.send((s, addr)).await;
+                    let _ = tx
+                        .send((
+                            Counted {
+                                io,
+                                _ticket: ticket,
+                            },
+                            addr,
+                        ))
+                        .await;
                 }
             });
         }
     });
     let listener = TlsListener { rx, local };
-    let svc = app.into_make_service_with_connect_info::<TlsPeer>();
+    let svc = app.into_make_service_with_connect_info::<Peer>();
     if let Err(e) = axum::serve(listener, svc)
         .with_graceful_shutdown(shutdown)
         .await

@@ -244,6 +244,7 @@ async fn main_loop(args: RunArgs, loaded: Loaded<Config>, log: Arc<LogHandle>) -
         pid: std::process::id(),
     });
     daemon.notifier.ready("running");
+    release_startup_code();
     if let Some(every) = daemon.notifier.watchdog_interval() {
         let n = daemon.notifier.clone();
         let token = root.clone();
@@ -501,6 +502,18 @@ impl Daemon {
             self.core.state().last_reload = Some(last);
         }
         self.notifier.ready("running");
+        release_startup_code();
         outcome
     }
+}
+
+/// Start-up (and a reload) runs code the idle daemon never runs again: config parsing,
+/// validation, every subsystem's start. Its pages of the executable stay resident (and count in
+/// RSS) until the kernel needs memory; this hands them back now. See
+/// `majordomo_platform::memory::page_out_own_code`.
+fn release_startup_code() {
+    tokio::task::spawn_blocking(|| match majordomo_platform::memory::page_out_own_code() {
+        Ok(bytes) => tracing::debug!(bytes, "start-up code paged out"),
+        Err(e) => tracing::debug!(error = %e, "start-up code not paged out"),
+    });
 }

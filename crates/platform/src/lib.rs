@@ -11,6 +11,7 @@ pub mod fsops;
 #[cfg(unix)]
 pub mod guest;
 mod limits;
+pub mod memory;
 mod notify;
 pub mod process;
 mod signals;

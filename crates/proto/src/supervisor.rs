@@ -135,6 +135,37 @@ pub struct Signaled {
     pub pid: Option<u32>,
 }
 
+/// The arguments of `logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogsArgs {
+    /// The program.
+    pub name: String,
+    /// How many of the last lines (100 when absent; at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<usize>,
+}
+
+impl LogsArgs {
+    /// The most lines one `logs` answers.
+    pub const MAX_LINES: usize = 1000;
+
+    /// The number of lines asked for, within bounds.
+    pub fn count(&self) -> usize {
+        self.lines.unwrap_or(100).min(Self::MAX_LINES)
+    }
+}
+
+/// The reply of `logs`: the end of a program's output file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogTail {
+    pub name: String,
+    /// The output file read (and its previous rotated file `.1` when it holds too few lines).
+    pub file: String,
+    /// The last lines, as UTF-8 (invalid bytes replaced).
+    pub text: String,
+}
+
 crate::commands! { COMMANDS:
     /// The supervised programs (all of them, or those named): state, pid, uptime, restarts, last exit, CPU, memory.
     PsCmd "ps" (Read) NamesArgs => Programs;
@@ -146,6 +177,8 @@ crate::commands! { COMMANDS:
     RestartCmd "restart" (Action) NamesArgs => Programs;
     /// Sends a signal to a program's main process.
     SignalCmd "signal" (Action) SignalArgs => Signaled;
+    /// The last lines of a program's output (stdout and stderr, as its log file holds them).
+    LogsCmd "logs" (Read) LogsArgs => LogTail;
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The supervisor's socket commands (`ps`, `start`, `stop`, `restart`, `signal`), typed by the
+//! The supervisor's socket commands (`ps`, `start`, `stop`, `restart`, `signal`, `logs`), typed by the
 //! contract in `majordomo_proto::supervisor`. Each finds the programs' tasks in the table and
 //! sends them a [`Cmd`]; the task owns the process and does the work.
 
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use majordomo_core::Ctx;
 use majordomo_proto::supervisor::{
-    NamesArgs, ProgramRow, ProgramState, Programs, PsCmd, RestartCmd, SignalArgs, SignalCmd,
-    Signaled, StartCmd, StopCmd,
+    LogTail, LogsArgs, LogsCmd, NamesArgs, ProgramRow, ProgramState, Programs, PsCmd, RestartCmd,
+    SignalArgs, SignalCmd, Signaled, StartCmd, StopCmd,
 };
 use majordomo_proto::{Cmd as Command, ErrorBody, ErrorCode};
 use tokio::sync::{oneshot, watch};
@@ -187,6 +187,31 @@ pub fn register(ctx: &Ctx<Vec<ProgramConfig>>, table: &Table, env: &Arc<Env>) {
         let t = t.clone();
         async move { signal(&t, a).await }
     });
+    let t = table.clone();
+    ctx.handle::<LogsCmd, _, _>(move |a: LogsArgs| {
+        let t = t.clone();
+        async move { logs(&t, a).await }
+    });
+}
+
+async fn logs(table: &Table, a: LogsArgs) -> Result<LogTail, ErrorBody> {
+    let e = lookup(table, std::slice::from_ref(&a.name))?
+        .pop()
+        .ok_or_else(|| removed(&a.name))?;
+    let file = match e.info.lock() {
+        Ok(i) => i.log_file.clone(),
+        Err(p) => p.into_inner().log_file.clone(),
+    };
+    let n = a.count();
+    let path = std::path::PathBuf::from(&file);
+    let bytes = tokio::task::spawn_blocking(move || crate::output::last_lines(&path, n))
+        .await
+        .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("reading {file}: {e}")))?;
+    Ok(LogTail {
+        name: a.name,
+        file,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    })
 }
 
 async fn signal(table: &Table, a: SignalArgs) -> Result<Signaled, ErrorBody> {

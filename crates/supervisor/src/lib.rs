@@ -12,7 +12,7 @@ pub mod config;
 #[cfg(unix)]
 pub mod guard;
 mod machine;
-mod output;
+pub mod output;
 mod program;
 mod spawn;
 

@@ -181,6 +181,17 @@ LockReleaseArgs = TypedDict("LockReleaseArgs", {"name": str, "token": int})
 
 LockReply = TypedDict("LockReply", {"name": str, "acquired": bool, "token": int})
 
+LogTail = TypedDict("LogTail", {"name": str, "file": str, "text": str})
+"""The reply of `logs`: the end of a program's output file."""
+
+_LogsArgsRequired = TypedDict("_LogsArgsRequired", {"name": str})
+_LogsArgsOptional = TypedDict("_LogsArgsOptional", {"lines": Optional[int]}, total=False)
+
+
+class LogsArgs(_LogsArgsRequired, _LogsArgsOptional):
+    """The arguments of `logs`."""
+
+
 MetricsArgs = TypedDict("MetricsArgs", {"name": Optional[str], "since": Optional[str]}, total=False)
 """The arguments of `metrics`."""
 
@@ -477,6 +488,7 @@ COMMANDS: Dict[str, Dict[str, str]] = {
     "job.run": {"kind": "action", "method": "job_run", "args": "JobArgs"},
     "lock.acquire": {"kind": "action", "method": "lock_acquire", "args": "LockArgs"},
     "lock.release": {"kind": "action", "method": "lock_release", "args": "LockReleaseArgs"},
+    "logs": {"kind": "read", "method": "logs", "args": "LogsArgs"},
     "metrics": {"kind": "read", "method": "metrics", "args": "MetricsArgs"},
     "nats.status": {"kind": "read", "method": "nats_status", "args": "NoArgs"},
     "notify.log": {"kind": "read", "method": "notify_log", "args": "NotifyLogArgs"},
@@ -647,6 +659,13 @@ class AsyncCommands:
         """`lock.release` (action): Releases a named lock taken with `lock.acquire`."""
         args: Dict[str, Any] = {"name": name, "token": token}
         return cast(LockReply, await self.call("lock.release", args, timeout=timeout))
+
+    async def logs(self, name: str, *, lines: Optional[int] = None, timeout: Optional[float] = None) -> LogTail:
+        """`logs` (read): The last lines of a program's output (stdout and stderr, as its log file holds them)."""
+        args: Dict[str, Any] = {"name": name}
+        if lines is not None:
+            args["lines"] = lines
+        return cast(LogTail, await self.call("logs", args, timeout=timeout))
 
     async def metrics(self, *, name: Optional[str] = None, since: Optional[str] = None, timeout: Optional[float] = None) -> MetricsReply:
         """`metrics` (read): The health monitor's metrics: the last collection's values, or with `since` the history of every matching series."""
@@ -958,6 +977,13 @@ class SyncCommands:
         """`lock.release` (action): Releases a named lock taken with `lock.acquire`."""
         args: Dict[str, Any] = {"name": name, "token": token}
         return cast(LockReply, self.call("lock.release", args, timeout=timeout))
+
+    def logs(self, name: str, *, lines: Optional[int] = None, timeout: Optional[float] = None) -> LogTail:
+        """`logs` (read): The last lines of a program's output (stdout and stderr, as its log file holds them)."""
+        args: Dict[str, Any] = {"name": name}
+        if lines is not None:
+            args["lines"] = lines
+        return cast(LogTail, self.call("logs", args, timeout=timeout))
 
     def metrics(self, *, name: Optional[str] = None, since: Optional[str] = None, timeout: Optional[float] = None) -> MetricsReply:
         """`metrics` (read): The health monitor's metrics: the last collection's values, or with `since` the history of every matching series."""

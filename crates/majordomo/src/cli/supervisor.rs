@@ -2,7 +2,7 @@
 //! call of `majordomo_proto::supervisor` (`logs` reads the file `ps` names).
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use majordomo_client::{Client, ClientError, ConnectOptions};
@@ -135,7 +135,7 @@ async fn logs(client: &mut Client, a: &LogsArgs) -> Result<u8, ClientError> {
         )));
     };
     let mut out = std::io::stdout().lock();
-    let tail = last_lines(&path, a.lines);
+    let tail = majordomo_supervisor::output::last_lines(&path, a.lines);
     let _ = out.write_all(&tail);
     let _ = out.flush();
     if !a.follow {
@@ -167,41 +167,6 @@ async fn logs(client: &mut Client, a: &LogsArgs) -> Result<u8, ClientError> {
             }
         }
     }
-}
-
-/// The last `n` lines of the file (reaching into the previous rotated file `.1` if needed).
-pub fn last_lines(path: &Path, n: usize) -> Vec<u8> {
-    if n == 0 {
-        return Vec::new();
-    }
-    let mut data = std::fs::read(path).unwrap_or_default();
-    let count = |d: &[u8]| d.iter().filter(|b| **b == b'\n').count();
-    if count(&data) < n {
-        let mut rotated = PathBuf::from(path);
-        rotated.as_mut_os_string().push(".1");
-        if let Ok(mut older) = std::fs::read(&rotated) {
-            older.extend_from_slice(&data);
-            data = older;
-        }
-    }
-    // Skip a trailing newline, then find the start of the nth line from the end.
-    let end = if data.last() == Some(&b'\n') {
-        data.len() - 1
-    } else {
-        data.len()
-    };
-    let mut seen = 0;
-    let mut start = 0;
-    for i in (0..end).rev() {
-        if data[i] == b'\n' {
-            seen += 1;
-            if seen == n {
-                start = i + 1;
-                break;
-            }
-        }
-    }
-    data.split_off(start)
 }
 
 fn fmt_bytes(b: u64) -> String {
@@ -268,23 +233,5 @@ fn print_table(rows: &[ProgramRow]) {
             rss,
             r.detail.as_deref().unwrap_or("")
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_lines_takes_the_tail_and_reaches_into_the_rotated_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.log");
-        std::fs::write(dir.path().join("x.log.1"), "a\nb\n").unwrap();
-        std::fs::write(&p, "c\nd\n").unwrap();
-        assert_eq!(last_lines(&p, 1), b"d\n");
-        assert_eq!(last_lines(&p, 2), b"c\nd\n");
-        assert_eq!(last_lines(&p, 3), b"b\nc\nd\n");
-        assert_eq!(last_lines(&p, 10), b"a\nb\nc\nd\n");
-        assert_eq!(last_lines(&p, 0), b"");
     }
 }

@@ -18,7 +18,7 @@ const OPERATE_TOKEN: &str = "operate-token-0123456789abcdef";
 
 fn config(extra: &str) -> String {
     format!(
-        "[[program]]\nname = \"sleeper\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"exec sleep 1000\"]\n\n\
+        "[[program]]\nname = \"sleeper\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo hello from sleeper; exec sleep 1000\"]\n\n\
          [http]\nlogin_attempts_per_minute = 3\n\
          [[http.tokens]]\nname = \"grafana\"\ntoken = \"{READ_TOKEN}\"\nrole = \"read\"\n\
          [[http.tokens]]\nname = \"ci\"\ntoken = \"{OPERATE_TOKEN}\"\nrole = \"operate\"\n{extra}"
@@ -346,6 +346,19 @@ async fn api_routes_match_their_socket_twins_and_openapi_is_valid() {
     let sock = raw_call(&d.socket, r#"{"cmd":"ps","name":"nope"}"#).unwrap();
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["error"]["code"], sock["error"]["code"]);
+    // A program's output (`logs`): the same tail on both carriers.
+    let sock = crate::common::eventually(Duration::from_secs(15), || {
+        let v = socket_ok(&d, "logs", json!({"name": "sleeper", "lines": 5}));
+        v["text"]
+            .as_str()?
+            .contains("hello from sleeper")
+            .then_some(v)
+    })
+    .expect("the program's output in `logs`");
+    let (s, v) = w.get("/api/v1/logs?name=sleeper&lines=5", t).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v, sock);
+    assert!(v["file"].as_str().unwrap().ends_with("sleeper.log"), "{v}");
     let st = socket_ok(&d, "status", json!({}));
     let (_, v) = w.get("/api/v1/status", t).await;
     assert_eq!(v["pid"], st["pid"]);
@@ -870,7 +883,12 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_journey_in_headless_chromium() {
     let home = Home::new();
-    home.write_config("ui", &config("\n[monitor]\ninterval = \"1s\"\n"));
+    home.write_config(
+        "ui",
+        &config(
+            "\n[monitor]\ninterval = \"1s\"\n\n[[job]]\nname = \"nightly\"\nschedule = \"0 3 * * *\"\ncommand = [\"sh\", \"-c\", \"echo nightly done\"]\n",
+        ),
+    );
     let d = home.start("ui");
     wait_program(&d, "sleeper", "ready");
     let w = Web::of(&home, "ui");
@@ -959,6 +977,39 @@ async fn dashboard_journey_in_headless_chromium() {
         .await;
     assert!(points.as_u64().unwrap_or(0) > 0);
     b.shot("dashboard").await;
+    // The program's output, tailed on the programs page.
+    b.js("document.querySelector('[data-program=\"sleeper\"] button.log').click()")
+        .await;
+    b.wait_js(
+        "return document.getElementById('log-text').textContent.includes('hello from sleeper') || null",
+        "the program's output",
+    )
+    .await;
+    // Jobs: the next run shown; run now, and the outcome arrives live.
+    let next = b
+        .wait_js(
+            "const r = document.querySelector('[data-job=\"nightly\"] td:nth-child(3)'); return r && r.textContent !== '–' ? r.textContent : null",
+            "the job's next run",
+        )
+        .await;
+    assert!(next.as_str().unwrap_or("").contains("03:00"), "{next}");
+    b.js("document.querySelector('[data-job=\"nightly\"] button.run').click()")
+        .await;
+    b.wait_js(
+        "const e = document.querySelector('[data-job=\"nightly\"] .outcome span'); return e && e.dataset.state === 'ok' || null",
+        "the job's run, ok",
+    )
+    .await;
+    b.js("document.querySelector('[data-job=\"nightly\"] button.history').click()")
+        .await;
+    b.wait_js(
+        "return document.getElementById('run-rows').textContent.includes('nightly done') || null",
+        "the run's output in the history",
+    )
+    .await;
+    b.js("document.getElementById('programs').scrollIntoView()")
+        .await;
+    b.shot("jobs-and-log").await;
     // Phone width.
     b.cmd("POST", "/window/rect", json!({"width": 390, "height": 844}))
         .await;
@@ -969,4 +1020,222 @@ async fn dashboard_journey_in_headless_chromium() {
     assert_eq!(overflow, true, "the page is wider than a phone");
     b.cmd("DELETE", "", json!({})).await;
     eprintln!("screenshots in {}", b.shots.display());
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with the openssl CLI in `dir`
+/// (`NAME-ca.pem`, `NAME-cert.pem`, `NAME-key.pem`); `None` where openssl is missing.
+fn make_cert(dir: &std::path::Path, name: &str) -> Option<()> {
+    let openssl = which("openssl").ok()?;
+    let p = |f: &str| {
+        dir.join(format!("{name}-{f}"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let run = |args: &[&str]| {
+        let o = Command::new(&openssl).args(args).output().expect("openssl");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let subj_ca = format!("/CN=majordomo test CA {name}");
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    let (ca_key, ca, key, csr, cert, ext) = (
+        p("ca-key.pem"),
+        p("ca.pem"),
+        p("key.pem"),
+        p("leaf.csr"),
+        p("cert.pem"),
+        p("ext.cnf"),
+    );
+    a.extend([
+        "-keyout", &ca_key, "-out", &ca, "-days", "2", "-subj", &subj_ca,
+    ]);
+    run(&a);
+    let mut a = vec!["req"];
+    a.extend(ec);
+    a.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"]);
+    run(&a);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+    ]);
+    Some(())
+}
+
+/// A client that trusts only the CA in `ca` (PEM).
+fn tls_client(ca: &std::path::Path) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pem = std::fs::read(ca).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+        .pool_max_idle_per_host(0)
+        .read_timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_ca_signed_certificate_and_reload_on_renewal() {
+    let home = Home::new();
+    if make_cert(home.path(), "one").is_none() || make_cert(home.path(), "two").is_none() {
+        eprintln!("SKIPPED: openssl is not installed (apt-get install openssl)");
+        return;
+    }
+    let f = |n: &str| home.path().join(n);
+    // The daemon reads tls/cert.pem and tls/key.pem; "renewal" replaces them.
+    std::fs::create_dir_all(f("tls")).unwrap();
+    std::fs::copy(f("one-cert.pem"), f("tls/cert.pem")).unwrap();
+    std::fs::copy(f("one-key.pem"), f("tls/key.pem")).unwrap();
+    home.write_config(
+        "tls",
+        &format!(
+            "[http]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n",
+            f("tls/cert.pem"),
+            f("tls/key.pem")
+        ),
+    );
+    let d = home.start("tls");
+    let info = socket_ok(&d, "http.info", json!({}));
+    assert_eq!(info["tls"], true, "{info}");
+    let addr = info["listen"][0].as_str().unwrap().to_string();
+    let w = Web::of(&home, "tls");
+    assert_eq!(w.base, format!("https://{addr}"), "the link says https");
+    let ping = |c: reqwest::Client| {
+        let url = format!("https://{addr}/api/v1/ping");
+        let token = w.token.clone();
+        async move { c.get(url).bearer_auth(token).send().await }
+    };
+    let r = ping(tls_client(&f("one-ca.pem")))
+        .await
+        .expect("HTTPS with the CA");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "\"pong\"");
+    // A client that does not trust the CA is refused by its own check.
+    assert!(ping(tls_client(&f("two-ca.pem"))).await.is_err());
+    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{addr}/api/v1/ping"))
+        .send()
+        .await;
+    assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
+
+    // Renewal: new files (each written whole, then renamed); the next connection gets them.
+    for (from, to) in [
+        ("two-key.pem", "tls/key.pem"),
+        ("two-cert.pem", "tls/cert.pem"),
+    ] {
+        std::fs::copy(f(from), f("tls/new.pem")).unwrap();
+        std::fs::rename(f("tls/new.pem"), f(to)).unwrap();
+    }
+    let r = ping(tls_client(&f("two-ca.pem")))
+        .await
+        .expect("HTTPS with the renewed certificate, no restart");
+    assert_eq!(r.status(), 200);
+    assert!(ping(tls_client(&f("one-ca.pem"))).await.is_err());
+
+    // Listening beyond loopback is accepted with TLS (and refused without: the test above).
+    let remote = home.path().join("remote.toml");
+    std::fs::write(
+        &remote,
+        format!(
+            "[http]\nlisten = [\"0.0.0.0:7373\"]\ntls_cert = {:?}\ntls_key = {:?}\n",
+            f("tls/cert.pem"),
+            f("tls/key.pem")
+        ),
+    )
+    .unwrap();
+    let o = home.cli("tls", &["config", "check", remote.to_str().unwrap()]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+}
+
+/// Sends a GET on `s` and returns the first bytes of the answer.
+fn raw_get(s: &mut std::net::TcpStream, path: &str) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = std::io::Read::read(s, &mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_get_503_and_are_counted() {
+    let home = Home::new();
+    home.write_config(
+        "cap",
+        "[http]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 2\n",
+    );
+    let d = home.start("cap");
+    let info = socket_ok(&d, "http.info", json!({}));
+    let addr = info["listen"][0].as_str().unwrap().to_string();
+    // Two kept-alive connections, each answered once: both places are taken.
+    let mut held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            let a = raw_get(&mut s, "/api/v1/ping");
+            assert!(a.starts_with("HTTP/1.1 401"), "{a}");
+            s
+        })
+        .collect();
+    let mut third = std::net::TcpStream::connect(&addr).unwrap();
+    let a = raw_get(&mut third, "/api/v1/ping");
+    assert!(a.starts_with("HTTP/1.1 503"), "{a}");
+    assert!(
+        a.contains("max_connections") && a.contains("\"busy\""),
+        "{a}"
+    );
+    // One closes: its place is free again (once the server has seen it go).
+    drop(held.pop());
+    let w = Web::of(&home, "cap");
+    let metrics = crate::common::eventually(Duration::from_secs(15), || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            w.token
+        )
+        .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).ok()?;
+        text.starts_with("HTTP/1.1 200").then_some(text)
+    })
+    .expect("a place frees when a connection closes");
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("majordomo_http_connections_refused_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("the refused counter");
+    assert!(refused >= 1.0, "{metrics}");
+    assert!(
+        metrics.contains("majordomo_http_connections 2"),
+        "{metrics}"
+    );
 }
