@@ -24,6 +24,14 @@ namespace Majordomo.Protocol
             new[] { "bus.unregister", "action", "BusUnregisterAsync" },
             new[] { "bus.unsub", "action", "BusUnsubAsync" },
             new[] { "config", "read", "ConfigAsync" },
+            new[] { "discovery.peers", "read", "DiscoveryPeersAsync" },
+            new[] { "guest.kill", "action", "GuestKillAsync" },
+            new[] { "guest.package", "action", "GuestPackageAsync" },
+            new[] { "guest.packages", "read", "GuestPackagesAsync" },
+            new[] { "guest.ports", "read", "GuestPortsAsync" },
+            new[] { "guest.processes", "read", "GuestProcessesAsync" },
+            new[] { "guest.service", "action", "GuestServiceAsync" },
+            new[] { "guest.services", "read", "GuestServicesAsync" },
             new[] { "hello", "read", "HelloAsync" },
             new[] { "http.info", "read", "HttpInfoAsync" },
             new[] { "http.rotate_token", "action", "HttpRotateTokenAsync" },
@@ -36,6 +44,7 @@ namespace Majordomo.Protocol
             new[] { "lock.release", "action", "LockReleaseAsync" },
             new[] { "logs", "read", "LogsAsync" },
             new[] { "metrics", "read", "MetricsAsync" },
+            new[] { "nats.fleet", "read", "NatsFleetAsync" },
             new[] { "nats.status", "read", "NatsStatusAsync" },
             new[] { "notify.log", "read", "NotifyLogAsync" },
             new[] { "notify.send", "action", "NotifySendAsync" },
@@ -689,6 +698,35 @@ namespace Majordomo.Protocol
         }
     }
 
+    /// <summary>What an acting command did.</summary>
+    public sealed partial class Done
+    {
+        /// <summary>One line saying what was done.</summary>
+        public string Message { get; set; }
+        /// <summary>The tool's output (its last 4 KiB), when a tool ran.</summary>
+        public string Output { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static Done FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new Done();
+            o.Raw = j;
+            o.Message = JsonConv.ToStr(j["message"]);
+            o.Output = JsonConv.ToStr(j["output"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Message != null) o["message"] = JsonNode.From(Message);
+            if (Output != null) o["output"] = JsonNode.From(Output);
+            return o;
+        }
+    }
+
     /// <summary>The reply to `bus.register` and `bus.unregister`: the endpoint id.</summary>
     public sealed partial class EndpointReply
     {
@@ -709,6 +747,112 @@ namespace Majordomo.Protocol
         {
             var o = JsonNode.NewObject();
             if (Endpoint != null) o["endpoint"] = JsonNode.From(Endpoint);
+            return o;
+        }
+    }
+
+    /// <summary>`nats.fleet`: the members that answered a fleet ping, sorted by node and instance.</summary>
+    public sealed partial class Fleet
+    {
+        public List<FleetMember> Members { get; set; }
+        /// <summary>Why the list is empty when the bridge could not ask (not connected to NATS).</summary>
+        public string Reason { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static Fleet FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new Fleet();
+            o.Raw = j;
+            o.Members = JsonConv.ToList(j["members"], x => global::Majordomo.Protocol.FleetMember.FromJson(x));
+            o.Reason = JsonConv.ToStr(j["reason"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Members != null) o["members"] = JsonConv.FromList(Members, x => (x == null ? JsonNode.Null : x.ToJson()));
+            if (Reason != null) o["reason"] = JsonNode.From(Reason);
+            return o;
+        }
+    }
+
+    /// <summary>`nats.fleet` arguments.</summary>
+    public sealed partial class FleetArgs
+    {
+        /// <summary>Only members with every one of these roles.</summary>
+        public List<string> Roles { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static FleetArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new FleetArgs();
+            o.Raw = j;
+            o.Roles = JsonConv.ToList(j["roles"], x => JsonConv.ToStr(x));
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Roles != null) o["roles"] = JsonConv.FromList(Roles, x => JsonNode.From(x));
+            return o;
+        }
+    }
+
+    /// <summary>What an instance answers on [`FLEET_PING`]: who it is, for `majordomo fleet ls`.</summary>
+    public sealed partial class FleetMember
+    {
+        public string Node { get; set; }
+        public string Instance { get; set; }
+        public string Version { get; set; }
+        public long UptimeS { get; set; }
+        /// <summary>Ids of the firing alerts.</summary>
+        public List<string> Alerts { get; set; }
+        /// <summary>The commands it allows remotely.</summary>
+        public List<string> Allow { get; set; }
+        /// <summary>The subject that takes its remote control commands (empty when off).</summary>
+        public string CtlSubject { get; set; }
+        /// <summary>Alerts of the health monitor firing now.</summary>
+        public long Firing { get; set; }
+        /// <summary>Labels from `[nats] roles` (e.g. `admin`), usable as fleet filters.</summary>
+        public List<string> Roles { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static FleetMember FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new FleetMember();
+            o.Raw = j;
+            o.Node = JsonConv.ToStr(j["node"]);
+            o.Instance = JsonConv.ToStr(j["instance"]);
+            o.Version = JsonConv.ToStr(j["version"]);
+            o.UptimeS = JsonConv.ToLong(j["uptime_s"]);
+            o.Alerts = JsonConv.ToList(j["alerts"], x => JsonConv.ToStr(x));
+            o.Allow = JsonConv.ToList(j["allow"], x => JsonConv.ToStr(x));
+            o.CtlSubject = JsonConv.ToStr(j["ctl_subject"]);
+            o.Firing = JsonConv.ToLong(j["firing"]);
+            o.Roles = JsonConv.ToList(j["roles"], x => JsonConv.ToStr(x));
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Node != null) o["node"] = JsonNode.From(Node);
+            if (Instance != null) o["instance"] = JsonNode.From(Instance);
+            if (Version != null) o["version"] = JsonNode.From(Version);
+            if (UptimeS != null) o["uptime_s"] = JsonNode.From(UptimeS);
+            if (Alerts != null) o["alerts"] = JsonConv.FromList(Alerts, x => JsonNode.From(x));
+            if (Allow != null) o["allow"] = JsonConv.FromList(Allow, x => JsonNode.From(x));
+            if (CtlSubject != null) o["ctl_subject"] = JsonNode.From(CtlSubject);
+            if (Firing != null) o["firing"] = JsonNode.From(Firing);
+            if (Roles != null) o["roles"] = JsonConv.FromList(Roles, x => JsonNode.From(x));
             return o;
         }
     }
@@ -1066,6 +1210,33 @@ namespace Majordomo.Protocol
         }
     }
 
+    public sealed partial class KillArgs
+    {
+        public long Pid { get; set; }
+        /// <summary>TERM (default), KILL, INT, HUP, ...</summary>
+        public string Signal { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static KillArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new KillArgs();
+            o.Raw = j;
+            o.Pid = JsonConv.ToLong(j["pid"]);
+            o.Signal = JsonConv.ToStr(j["signal"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Pid != null) o["pid"] = JsonNode.From(Pid);
+            if (Signal != null) o["signal"] = JsonNode.From(Signal);
+            return o;
+        }
+    }
+
     public sealed partial class LockArgs
     {
         public string Name { get; set; }
@@ -1405,8 +1576,12 @@ namespace Majordomo.Protocol
         public long Unconfirmed { get; set; }
         /// <summary>Times the connection was (re-)established.</summary>
         public long Connects { get; set; }
+        /// <summary>The durable JetStream consumers imports are read through (`stream` set), if any.</summary>
+        public List<string> Consumers { get; set; }
         /// <summary>Last connection error, if any.</summary>
         public string LastError { get; set; }
+        /// <summary>JetStream redeliveries already delivered locally, skipped (durable import only).</summary>
+        public long Redelivered { get; set; }
         /// <summary>The server it is connected to, or tries to reach (credentials never shown).</summary>
         public string Server { get; set; }
         /// <summary>JetStream stream exports go to (durable mode), if any.</summary>
@@ -1435,7 +1610,9 @@ namespace Majordomo.Protocol
             o.Dropped = JsonConv.ToLong(j["dropped"]);
             o.Unconfirmed = JsonConv.ToLong(j["unconfirmed"]);
             o.Connects = JsonConv.ToLong(j["connects"]);
+            o.Consumers = JsonConv.ToList(j["consumers"], x => JsonConv.ToStr(x));
             o.LastError = JsonConv.ToStr(j["last_error"]);
+            o.Redelivered = JsonConv.ToLong(j["redelivered"]);
             o.Server = JsonConv.ToStr(j["server"]);
             o.Stream = JsonConv.ToStr(j["stream"]);
             return o;
@@ -1460,7 +1637,9 @@ namespace Majordomo.Protocol
             if (Dropped != null) o["dropped"] = JsonNode.From(Dropped);
             if (Unconfirmed != null) o["unconfirmed"] = JsonNode.From(Unconfirmed);
             if (Connects != null) o["connects"] = JsonNode.From(Connects);
+            if (Consumers != null) o["consumers"] = JsonConv.FromList(Consumers, x => JsonNode.From(x));
             if (LastError != null) o["last_error"] = JsonNode.From(LastError);
+            if (Redelivered != null) o["redelivered"] = JsonNode.From(Redelivered);
             if (Server != null) o["server"] = JsonNode.From(Server);
             if (Stream != null) o["stream"] = JsonNode.From(Stream);
             return o;
@@ -1675,12 +1854,255 @@ namespace Majordomo.Protocol
         }
     }
 
+    public sealed partial class OpenPort
+    {
+        /// <summary>tcp, tcp6, udp, udp6.</summary>
+        public string Proto { get; set; }
+        public string Local { get; set; }
+        public string Remote { get; set; }
+        /// <summary>LISTEN, ESTABLISHED, ... (UDP: UNCONN or ESTABLISHED).</summary>
+        public string State { get; set; }
+        public long? Pid { get; set; }
+        public string Process { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static OpenPort FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new OpenPort();
+            o.Raw = j;
+            o.Proto = JsonConv.ToStr(j["proto"]);
+            o.Local = JsonConv.ToStr(j["local"]);
+            o.Remote = JsonConv.ToStr(j["remote"]);
+            o.State = JsonConv.ToStr(j["state"]);
+            o.Pid = JsonConv.ToNullableLong(j["pid"]);
+            o.Process = JsonConv.ToStr(j["process"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Proto != null) o["proto"] = JsonNode.From(Proto);
+            if (Local != null) o["local"] = JsonNode.From(Local);
+            if (Remote != null) o["remote"] = JsonNode.From(Remote);
+            if (State != null) o["state"] = JsonNode.From(State);
+            if (Pid != null) o["pid"] = JsonNode.From(Pid);
+            if (Process != null) o["process"] = JsonNode.From(Process);
+            return o;
+        }
+    }
+
     /// <summary>`delivered`, `failed` or `suppressed`.</summary>
     public static class Outcome
     {
         public const string Delivered = "delivered";
         public const string Failed = "failed";
         public const string Suppressed = "suppressed";
+    }
+
+    public sealed partial class Package
+    {
+        public string Name { get; set; }
+        public string Version { get; set; }
+        /// <summary>The architecture, or the summary for search results (empty when unknown).</summary>
+        public string Detail { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static Package FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new Package();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            o.Version = JsonConv.ToStr(j["version"]);
+            o.Detail = JsonConv.ToStr(j["detail"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            if (Version != null) o["version"] = JsonNode.From(Version);
+            if (Detail != null) o["detail"] = JsonNode.From(Detail);
+            return o;
+        }
+    }
+
+    public sealed partial class PackageAction
+    {
+        /// <summary>install, remove, update.</summary>
+        public string Action { get; set; }
+        public List<string> Names { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static PackageAction FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new PackageAction();
+            o.Raw = j;
+            o.Action = JsonConv.ToStr(j["action"]);
+            o.Names = JsonConv.ToList(j["names"], x => JsonConv.ToStr(x));
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Action != null) o["action"] = JsonNode.From(Action);
+            if (Names != null) o["names"] = JsonConv.FromList(Names, x => JsonNode.From(x));
+            return o;
+        }
+    }
+
+    public sealed partial class PackagesResult
+    {
+        /// <summary>apt, dnf, yum, zypper, apk, winget, choco.</summary>
+        public string Manager { get; set; }
+        public List<Package> Packages { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static PackagesResult FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new PackagesResult();
+            o.Raw = j;
+            o.Manager = JsonConv.ToStr(j["manager"]);
+            o.Packages = JsonConv.ToList(j["packages"], x => global::Majordomo.Protocol.Package.FromJson(x));
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Manager != null) o["manager"] = JsonNode.From(Manager);
+            if (Packages != null) o["packages"] = JsonConv.FromList(Packages, x => (x == null ? JsonNode.Null : x.ToJson()));
+            return o;
+        }
+    }
+
+    public sealed partial class PackagesArgs
+    {
+        /// <summary>Search the available packages instead of listing the installed ones.</summary>
+        public string Search { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static PackagesArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new PackagesArgs();
+            o.Raw = j;
+            o.Search = JsonConv.ToStr(j["search"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Search != null) o["search"] = JsonNode.From(Search);
+            return o;
+        }
+    }
+
+    /// <summary>One instance found on the LAN, from its DNS-SD record.</summary>
+    public sealed partial class Peer
+    {
+        public string Node { get; set; }
+        public string Instance { get; set; }
+        public string Version { get; set; }
+        /// <summary>Its addresses on the LAN.</summary>
+        public List<string> Addresses { get; set; }
+        /// <summary>Its mDNS host name (`&lt;node&gt;.local.`).</summary>
+        public string Host { get; set; }
+        /// <summary>Its HTTP API and dashboard port, when it advertises one.</summary>
+        public long? HttpPort { get; set; }
+        /// <summary>Labels from `[discovery] roles` (e.g. `admin`).</summary>
+        public List<string> Roles { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static Peer FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new Peer();
+            o.Raw = j;
+            o.Node = JsonConv.ToStr(j["node"]);
+            o.Instance = JsonConv.ToStr(j["instance"]);
+            o.Version = JsonConv.ToStr(j["version"]);
+            o.Addresses = JsonConv.ToList(j["addresses"], x => JsonConv.ToStr(x));
+            o.Host = JsonConv.ToStr(j["host"]);
+            o.HttpPort = JsonConv.ToNullableLong(j["http_port"]);
+            o.Roles = JsonConv.ToList(j["roles"], x => JsonConv.ToStr(x));
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Node != null) o["node"] = JsonNode.From(Node);
+            if (Instance != null) o["instance"] = JsonNode.From(Instance);
+            if (Version != null) o["version"] = JsonNode.From(Version);
+            if (Addresses != null) o["addresses"] = JsonConv.FromList(Addresses, x => JsonNode.From(x));
+            if (Host != null) o["host"] = JsonNode.From(Host);
+            if (HttpPort != null) o["http_port"] = JsonNode.From(HttpPort);
+            if (Roles != null) o["roles"] = JsonConv.FromList(Roles, x => JsonNode.From(x));
+            return o;
+        }
+    }
+
+    /// <summary>`discovery.peers`: what this instance sees on the LAN (itself excluded).</summary>
+    public sealed partial class PeersResult
+    {
+        public List<Peer> Peers { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static PeersResult FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new PeersResult();
+            o.Raw = j;
+            o.Peers = JsonConv.ToList(j["peers"], x => global::Majordomo.Protocol.Peer.FromJson(x));
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Peers != null) o["peers"] = JsonConv.FromList(Peers, x => (x == null ? JsonNode.Null : x.ToJson()));
+            return o;
+        }
+    }
+
+    /// <summary>`discovery.peers` arguments.</summary>
+    public sealed partial class PeersArgs
+    {
+        /// <summary>Only peers with every one of these roles.</summary>
+        public List<string> Roles { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static PeersArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new PeersArgs();
+            o.Raw = j;
+            o.Roles = JsonConv.ToList(j["roles"], x => JsonConv.ToStr(x));
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Roles != null) o["roles"] = JsonConv.FromList(Roles, x => JsonNode.From(x));
+            return o;
+        }
     }
 
     /// <summary>One pipeline in `queue.stats`.</summary>
@@ -1829,6 +2251,79 @@ namespace Majordomo.Protocol
             if (Name != null) o["name"] = JsonNode.From(Name);
             if (CpuPct != null) o["cpu_pct"] = JsonNode.From(CpuPct);
             if (RssBytes != null) o["rss_bytes"] = JsonNode.From(RssBytes);
+            return o;
+        }
+    }
+
+    public sealed partial class Process
+    {
+        public long Pid { get; set; }
+        public string Name { get; set; }
+        public string State { get; set; }
+        /// <summary>User + system CPU time, seconds.</summary>
+        public double CpuS { get; set; }
+        public long RssBytes { get; set; }
+        public long Threads { get; set; }
+        public string Cmdline { get; set; }
+        public long? Uid { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static Process FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new Process();
+            o.Raw = j;
+            o.Pid = JsonConv.ToLong(j["pid"]);
+            o.Name = JsonConv.ToStr(j["name"]);
+            o.State = JsonConv.ToStr(j["state"]);
+            o.CpuS = JsonConv.ToDouble(j["cpu_s"]);
+            o.RssBytes = JsonConv.ToLong(j["rss_bytes"]);
+            o.Threads = JsonConv.ToLong(j["threads"]);
+            o.Cmdline = JsonConv.ToStr(j["cmdline"]);
+            o.Uid = JsonConv.ToNullableLong(j["uid"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Pid != null) o["pid"] = JsonNode.From(Pid);
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            if (State != null) o["state"] = JsonNode.From(State);
+            if (CpuS != null) o["cpu_s"] = JsonNode.From(CpuS);
+            if (RssBytes != null) o["rss_bytes"] = JsonNode.From(RssBytes);
+            if (Threads != null) o["threads"] = JsonNode.From(Threads);
+            if (Cmdline != null) o["cmdline"] = JsonNode.From(Cmdline);
+            if (Uid != null) o["uid"] = JsonNode.From(Uid);
+            return o;
+        }
+    }
+
+    public sealed partial class ProcessesArgs
+    {
+        /// <summary>"cpu" (default) or "rss".</summary>
+        public string Sort { get; set; }
+        /// <summary>Keep only the first N after sorting.</summary>
+        public long? Top { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static ProcessesArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new ProcessesArgs();
+            o.Raw = j;
+            o.Sort = JsonConv.ToStr(j["sort"]);
+            o.Top = JsonConv.ToNullableLong(j["top"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Sort != null) o["sort"] = JsonNode.From(Sort);
+            if (Top != null) o["top"] = JsonNode.From(Top);
             return o;
         }
     }
@@ -2765,6 +3260,95 @@ namespace Majordomo.Protocol
         }
     }
 
+    public sealed partial class Service
+    {
+        public string Name { get; set; }
+        public string Description { get; set; }
+        /// <summary>active, inactive, failed, ...</summary>
+        public string Active { get; set; }
+        /// <summary>running, dead, exited, ...</summary>
+        public string Sub { get; set; }
+        /// <summary>enabled, disabled, static, ... (empty when unknown)</summary>
+        public string Enabled { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static Service FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new Service();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            o.Description = JsonConv.ToStr(j["description"]);
+            o.Active = JsonConv.ToStr(j["active"]);
+            o.Sub = JsonConv.ToStr(j["sub"]);
+            o.Enabled = JsonConv.ToStr(j["enabled"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            if (Description != null) o["description"] = JsonNode.From(Description);
+            if (Active != null) o["active"] = JsonNode.From(Active);
+            if (Sub != null) o["sub"] = JsonNode.From(Sub);
+            if (Enabled != null) o["enabled"] = JsonNode.From(Enabled);
+            return o;
+        }
+    }
+
+    public sealed partial class ServiceAction
+    {
+        /// <summary>start, stop, restart, enable, disable.</summary>
+        public string Action { get; set; }
+        public string Name { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static ServiceAction FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new ServiceAction();
+            o.Raw = j;
+            o.Action = JsonConv.ToStr(j["action"]);
+            o.Name = JsonConv.ToStr(j["name"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Action != null) o["action"] = JsonNode.From(Action);
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            return o;
+        }
+    }
+
+    public sealed partial class ServicesArgs
+    {
+        /// <summary>A pattern (`*`, `?`) over service names; none = all.</summary>
+        public string Name { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static ServicesArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new ServicesArgs();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            return o;
+        }
+    }
+
     /// <summary>How bad an alert is. Ordered: `info` &lt; `warning` &lt; `critical`.</summary>
     public static class Severity
     {
@@ -3305,6 +3889,62 @@ namespace Majordomo
             return JsonConv.Node(r);
         }
 
+        /// <summary><c>discovery.peers</c> (read): Instances seen on the LAN (mDNS/DNS-SD), optionally only those with every given role.</summary>
+        public async Task<PeersResult> DiscoveryPeersAsync(PeersArgs args = null, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("discovery.peers", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.PeersResult.FromJson(r);
+        }
+
+        /// <summary><c>guest.kill</c> (action): Sends a signal (default TERM) to a process whose name `[guest] kill_allow` matches.</summary>
+        public async Task<Done> GuestKillAsync(KillArgs args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("guest.kill", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.Done.FromJson(r);
+        }
+
+        /// <summary><c>guest.package</c> (action): install, remove or update packages `[guest] package_allow` matches (update without names: refresh the index and upgrade everything, when the list allows "*").</summary>
+        public async Task<Done> GuestPackageAsync(PackageAction args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("guest.package", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.Done.FromJson(r);
+        }
+
+        /// <summary><c>guest.packages</c> (read): The detected package manager and the installed packages (or, with `search`, the available ones matching it).</summary>
+        public async Task<PackagesResult> GuestPackagesAsync(PackagesArgs args = null, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("guest.packages", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.PackagesResult.FromJson(r);
+        }
+
+        /// <summary><c>guest.ports</c> (read): Open TCP and UDP sockets (listening and connected) with the process holding each.</summary>
+        public async Task<List<OpenPort>> GuestPortsAsync(CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("guest.ports", JsonNode.NewObject(), cancel).ConfigureAwait(false);
+            return JsonConv.ToList(r, x => global::Majordomo.Protocol.OpenPort.FromJson(x));
+        }
+
+        /// <summary><c>guest.processes</c> (read): Processes: pid, name, user id, state, CPU time, memory, command line. `top` keeps the N that used the most CPU time (or memory with `sort: "rss"`).</summary>
+        public async Task<List<Process>> GuestProcessesAsync(ProcessesArgs args = null, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("guest.processes", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return JsonConv.ToList(r, x => global::Majordomo.Protocol.Process.FromJson(x));
+        }
+
+        /// <summary><c>guest.service</c> (action): start, stop, restart, enable or disable a service `[guest] service_allow` matches.</summary>
+        public async Task<Done> GuestServiceAsync(ServiceAction args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("guest.service", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.Done.FromJson(r);
+        }
+
+        /// <summary><c>guest.services</c> (read): Services of the OS service manager (systemd): all, or those whose name matches `name`.</summary>
+        public async Task<List<Service>> GuestServicesAsync(ServicesArgs args = null, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("guest.services", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return JsonConv.ToList(r, x => global::Majordomo.Protocol.Service.FromJson(x));
+        }
+
         /// <summary><c>hello</c> (read): States the client's protocol (and the token, when the instance has one); the reply carries the daemon's.</summary>
         public async Task<Hello> HelloAsync(HelloArgs args = null, CancellationToken cancel = default(CancellationToken))
         {
@@ -3387,6 +4027,13 @@ namespace Majordomo
         {
             var r = await CallAsync("metrics", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
             return global::Majordomo.Protocol.MetricsReply.FromJson(r);
+        }
+
+        /// <summary><c>nats.fleet</c> (read): The instances on this instance's NATS server (a fleet ping over the bridge's connection).</summary>
+        public async Task<Fleet> NatsFleetAsync(FleetArgs args = null, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("nats.fleet", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.Fleet.FromJson(r);
         }
 
         /// <summary><c>nats.status</c> (read): The NATS bridge: connection, subjects, counters.</summary>

@@ -189,9 +189,48 @@ export interface Delivery {
   test?: boolean;
 }
 
+/** What an acting command did. */
+export interface Done {
+  /** One line saying what was done. */
+  message: string;
+  /** The tool's output (its last 4 KiB), when a tool ran. */
+  output?: string;
+}
+
 /** The reply to `bus.register` and `bus.unregister`: the endpoint id. */
 export interface EndpointReply {
   endpoint: string;
+}
+
+/** `nats.fleet`: the members that answered a fleet ping, sorted by node and instance. */
+export interface Fleet {
+  members: FleetMember[];
+  /** Why the list is empty when the bridge could not ask (not connected to NATS). */
+  reason?: string | null;
+}
+
+/** `nats.fleet` arguments. */
+export interface FleetArgs {
+  /** Only members with every one of these roles. */
+  roles?: string[];
+}
+
+/** What an instance answers on [`FLEET_PING`]: who it is, for `majordomo fleet ls`. */
+export interface FleetMember {
+  node: string;
+  instance: string;
+  version: string;
+  uptime_s: number;
+  /** Ids of the firing alerts. */
+  alerts?: string[];
+  /** The commands it allows remotely. */
+  allow?: string[];
+  /** The subject that takes its remote control commands (empty when off). */
+  ctl_subject?: string;
+  /** Alerts of the health monitor firing now. */
+  firing?: number;
+  /** Labels from `[nats] roles` (e.g. `admin`), usable as fleet filters. */
+  roles?: string[];
 }
 
 /** The reply to `hello`. */
@@ -281,6 +320,12 @@ export interface JobRunReply {
 
 export interface KeyArgs {
   key: string;
+}
+
+export interface KillArgs {
+  pid: number;
+  /** TERM (default), KILL, INT, HUP, ... */
+  signal?: string | null;
 }
 
 export interface LockArgs {
@@ -385,8 +430,12 @@ export interface NatsStatus {
   unconfirmed: number;
   /** Times the connection was (re-)established. */
   connects: number;
+  /** The durable JetStream consumers imports are read through (`stream` set), if any. */
+  consumers?: string[];
   /** Last connection error, if any. */
   last_error?: string | null;
+  /** JetStream redeliveries already delivered locally, skipped (durable import only). */
+  redelivered?: number;
   /** The server it is connected to, or tries to reach (credentials never shown). */
   server?: string | null;
   /** JetStream stream exports go to (durable mode), if any. */
@@ -445,8 +494,69 @@ export interface NotifyTestArgs {
   name: string;
 }
 
+export interface OpenPort {
+  /** tcp, tcp6, udp, udp6. */
+  proto: string;
+  local: string;
+  remote: string;
+  /** LISTEN, ESTABLISHED, ... (UDP: UNCONN or ESTABLISHED). */
+  state: string;
+  pid?: number | null;
+  process?: string | null;
+}
+
 /** `delivered`, `failed` or `suppressed`. */
 export type Outcome = "delivered" | "failed" | "suppressed";
+
+export interface Package {
+  name: string;
+  version: string;
+  /** The architecture, or the summary for search results (empty when unknown). */
+  detail?: string;
+}
+
+export interface PackageAction {
+  /** install, remove, update. */
+  action: string;
+  names?: string[];
+}
+
+export interface Packages {
+  /** apt, dnf, yum, zypper, apk, winget, choco. */
+  manager: string;
+  packages: Package[];
+}
+
+export interface PackagesArgs {
+  /** Search the available packages instead of listing the installed ones. */
+  search?: string | null;
+}
+
+/** One instance found on the LAN, from its DNS-SD record. */
+export interface Peer {
+  node: string;
+  instance: string;
+  version: string;
+  /** Its addresses on the LAN. */
+  addresses?: string[];
+  /** Its mDNS host name (`<node>.local.`). */
+  host?: string;
+  /** Its HTTP API and dashboard port, when it advertises one. */
+  http_port?: number | null;
+  /** Labels from `[discovery] roles` (e.g. `admin`). */
+  roles?: string[];
+}
+
+/** `discovery.peers`: what this instance sees on the LAN (itself excluded). */
+export interface Peers {
+  peers: Peer[];
+}
+
+/** `discovery.peers` arguments. */
+export interface PeersArgs {
+  /** Only peers with every one of these roles. */
+  roles?: string[];
+}
 
 /** One pipeline in `queue.stats`. */
 export interface PipelineStats {
@@ -488,6 +598,25 @@ export interface Proc {
   /** CPU use since the previous collection (100 = one core). */
   cpu_pct: number;
   rss_bytes: number;
+}
+
+export interface Process {
+  pid: number;
+  name: string;
+  state: string;
+  /** User + system CPU time, seconds. */
+  cpu_s: number;
+  rss_bytes: number;
+  threads: number;
+  cmdline: string;
+  uid?: number | null;
+}
+
+export interface ProcessesArgs {
+  /** "cpu" (default) or "rss". */
+  sort?: string | null;
+  /** Keep only the first N after sorting. */
+  top?: number | null;
 }
 
 /** One program as `ps` shows it. */
@@ -760,6 +889,28 @@ export interface Series {
   stats?: Stats | null;
 }
 
+export interface Service {
+  name: string;
+  description: string;
+  /** active, inactive, failed, ... */
+  active: string;
+  /** running, dead, exited, ... */
+  sub: string;
+  /** enabled, disabled, static, ... (empty when unknown) */
+  enabled: string;
+}
+
+export interface ServiceAction {
+  /** start, stop, restart, enable, disable. */
+  action: string;
+  name: string;
+}
+
+export interface ServicesArgs {
+  /** A pattern (`*`, `?`) over service names; none = all. */
+  name?: string | null;
+}
+
 /** How bad an alert is. Ordered: `info` < `warning` < `critical`. */
 export type Severity = "info" | "warning" | "critical";
 
@@ -897,6 +1048,14 @@ export interface Commands {
   "bus.unregister": { args: NoArgs; reply: EndpointReply };
   "bus.unsub": { args: Sid; reply: Sid };
   "config": { args: NoArgs; reply: JsonValue };
+  "discovery.peers": { args: PeersArgs; reply: Peers };
+  "guest.kill": { args: KillArgs; reply: Done };
+  "guest.package": { args: PackageAction; reply: Done };
+  "guest.packages": { args: PackagesArgs; reply: Packages };
+  "guest.ports": { args: NoArgs; reply: OpenPort[] };
+  "guest.processes": { args: ProcessesArgs; reply: Process[] };
+  "guest.service": { args: ServiceAction; reply: Done };
+  "guest.services": { args: ServicesArgs; reply: Service[] };
   "hello": { args: HelloArgs; reply: Hello };
   "http.info": { args: NoArgs; reply: HttpInfo };
   "http.rotate_token": { args: NoArgs; reply: Rotated };
@@ -909,6 +1068,7 @@ export interface Commands {
   "lock.release": { args: LockReleaseArgs; reply: LockReply };
   "logs": { args: LogsArgs; reply: LogTail };
   "metrics": { args: MetricsArgs; reply: MetricsReply };
+  "nats.fleet": { args: FleetArgs; reply: Fleet };
   "nats.status": { args: NoArgs; reply: NatsStatus };
   "notify.log": { args: NotifyLogArgs; reply: NotifyLog };
   "notify.send": { args: NotifySendArgs; reply: NotifySendReply };
@@ -949,6 +1109,14 @@ export const COMMANDS: ReadonlyArray<{ name: CommandName; kind: "read" | "action
   { name: "bus.unregister", kind: "action", method: "busUnregister" },
   { name: "bus.unsub", kind: "action", method: "busUnsub" },
   { name: "config", kind: "read", method: "config" },
+  { name: "discovery.peers", kind: "read", method: "discoveryPeers" },
+  { name: "guest.kill", kind: "action", method: "guestKill" },
+  { name: "guest.package", kind: "action", method: "guestPackage" },
+  { name: "guest.packages", kind: "read", method: "guestPackages" },
+  { name: "guest.ports", kind: "read", method: "guestPorts" },
+  { name: "guest.processes", kind: "read", method: "guestProcesses" },
+  { name: "guest.service", kind: "action", method: "guestService" },
+  { name: "guest.services", kind: "read", method: "guestServices" },
   { name: "hello", kind: "read", method: "hello" },
   { name: "http.info", kind: "read", method: "httpInfo" },
   { name: "http.rotate_token", kind: "action", method: "httpRotateToken" },
@@ -961,6 +1129,7 @@ export const COMMANDS: ReadonlyArray<{ name: CommandName; kind: "read" | "action
   { name: "lock.release", kind: "action", method: "lockRelease" },
   { name: "logs", kind: "read", method: "logs" },
   { name: "metrics", kind: "read", method: "metrics" },
+  { name: "nats.fleet", kind: "read", method: "natsFleet" },
   { name: "nats.status", kind: "read", method: "natsStatus" },
   { name: "notify.log", kind: "read", method: "notifyLog" },
   { name: "notify.send", kind: "action", method: "notifySend" },
@@ -1052,6 +1221,46 @@ export abstract class CommandMethods {
     return this.call("config", {}, opts);
   }
 
+  /** `discovery.peers` (read): Instances seen on the LAN (mDNS/DNS-SD), optionally only those with every given role. */
+  discoveryPeers(args: PeersArgs = {}, opts?: CallOptions): Promise<Peers> {
+    return this.call("discovery.peers", args, opts);
+  }
+
+  /** `guest.kill` (action): Sends a signal (default TERM) to a process whose name `[guest] kill_allow` matches. */
+  guestKill(args: KillArgs, opts?: CallOptions): Promise<Done> {
+    return this.call("guest.kill", args, opts);
+  }
+
+  /** `guest.package` (action): install, remove or update packages `[guest] package_allow` matches (update without names: refresh the index and upgrade everything, when the list allows "*"). */
+  guestPackage(args: PackageAction, opts?: CallOptions): Promise<Done> {
+    return this.call("guest.package", args, opts);
+  }
+
+  /** `guest.packages` (read): The detected package manager and the installed packages (or, with `search`, the available ones matching it). */
+  guestPackages(args: PackagesArgs = {}, opts?: CallOptions): Promise<Packages> {
+    return this.call("guest.packages", args, opts);
+  }
+
+  /** `guest.ports` (read): Open TCP and UDP sockets (listening and connected) with the process holding each. */
+  guestPorts(opts?: CallOptions): Promise<OpenPort[]> {
+    return this.call("guest.ports", {}, opts);
+  }
+
+  /** `guest.processes` (read): Processes: pid, name, user id, state, CPU time, memory, command line. `top` keeps the N that used the most CPU time (or memory with `sort: "rss"`). */
+  guestProcesses(args: ProcessesArgs = {}, opts?: CallOptions): Promise<Process[]> {
+    return this.call("guest.processes", args, opts);
+  }
+
+  /** `guest.service` (action): start, stop, restart, enable or disable a service `[guest] service_allow` matches. */
+  guestService(args: ServiceAction, opts?: CallOptions): Promise<Done> {
+    return this.call("guest.service", args, opts);
+  }
+
+  /** `guest.services` (read): Services of the OS service manager (systemd): all, or those whose name matches `name`. */
+  guestServices(args: ServicesArgs = {}, opts?: CallOptions): Promise<Service[]> {
+    return this.call("guest.services", args, opts);
+  }
+
   /** `hello` (read): States the client's protocol (and the token, when the instance has one); the reply carries the daemon's. */
   hello(args: HelloArgs = {}, opts?: CallOptions): Promise<Hello> {
     return this.call("hello", args, opts);
@@ -1110,6 +1319,11 @@ export abstract class CommandMethods {
   /** `metrics` (read): The health monitor's metrics: the last collection's values, or with `since` the history of every matching series. */
   metrics(args: MetricsArgs = {}, opts?: CallOptions): Promise<MetricsReply> {
     return this.call("metrics", args, opts);
+  }
+
+  /** `nats.fleet` (read): The instances on this instance's NATS server (a fleet ping over the bridge's connection). */
+  natsFleet(args: FleetArgs = {}, opts?: CallOptions): Promise<Fleet> {
+    return this.call("nats.fleet", args, opts);
   }
 
   /** `nats.status` (read): The NATS bridge: connection, subjects, counters. */

@@ -106,8 +106,35 @@ class Delivery(_DeliveryRequired, _DeliveryOptional):
     """One notification and what became of it."""
 
 
+_DoneRequired = TypedDict("_DoneRequired", {"message": str})
+_DoneOptional = TypedDict("_DoneOptional", {"output": str}, total=False)
+
+
+class Done(_DoneRequired, _DoneOptional):
+    """What an acting command did."""
+
+
 EndpointReply = TypedDict("EndpointReply", {"endpoint": str})
 """The reply to `bus.register` and `bus.unregister`: the endpoint id."""
+
+_FleetMemberRequired = TypedDict("_FleetMemberRequired", {"node": str, "instance": str, "version": str, "uptime_s": int})
+_FleetMemberOptional = TypedDict("_FleetMemberOptional", {"alerts": List[str], "allow": List[str], "ctl_subject": str, "firing": int, "roles": List[str]}, total=False)
+
+
+class FleetMember(_FleetMemberRequired, _FleetMemberOptional):
+    """What an instance answers on [`FLEET_PING`]: who it is, for `majordomo fleet ls`."""
+
+
+_FleetRequired = TypedDict("_FleetRequired", {"members": List[FleetMember]})
+_FleetOptional = TypedDict("_FleetOptional", {"reason": Optional[str]}, total=False)
+
+
+class Fleet(_FleetRequired, _FleetOptional):
+    """`nats.fleet`: the members that answered a fleet ping, sorted by node and instance."""
+
+
+FleetArgs = TypedDict("FleetArgs", {"roles": List[str]}, total=False)
+"""`nats.fleet` arguments."""
 
 _HelloRequired = TypedDict("_HelloRequired", {"protocol": int, "daemon_version": str, "instance": str, "pid": int, "features": List[str]})
 _HelloOptional = TypedDict("_HelloOptional", {"framing": Optional[str]}, total=False)
@@ -168,6 +195,14 @@ JobRunReply = TypedDict("JobRunReply", {"name": str, "result": str})
 """What `job run` did."""
 
 KeyArgs = TypedDict("KeyArgs", {"key": str})
+
+_KillArgsRequired = TypedDict("_KillArgsRequired", {"pid": int})
+_KillArgsOptional = TypedDict("_KillArgsOptional", {"signal": Optional[str]}, total=False)
+
+
+class KillArgs(_KillArgsRequired, _KillArgsOptional):
+    """KillArgs"""
+
 
 _LockArgsRequired = TypedDict("_LockArgsRequired", {"name": str})
 _LockArgsOptional = TypedDict("_LockArgsOptional", {"wait_ms": Optional[int]}, total=False)
@@ -230,7 +265,7 @@ NamesArgs = TypedDict("NamesArgs", {"name": Optional[str], "names": List[str]}, 
 """Which programs a command is about: `names`, and `name` for one (the two are joined)."""
 
 _NatsStatusRequired = TypedDict("_NatsStatusRequired", {"connected": bool, "node": str, "instance": str, "prefix": str, "ctl_subject": str, "exported": int, "imported": int, "echo_suppressed": int, "requests_out": int, "requests_in": int, "ctl_answered": int, "ctl_refused": int, "buffered": int, "dropped": int, "unconfirmed": int, "connects": int})
-_NatsStatusOptional = TypedDict("_NatsStatusOptional", {"last_error": Optional[str], "server": Optional[str], "stream": Optional[str]}, total=False)
+_NatsStatusOptional = TypedDict("_NatsStatusOptional", {"consumers": List[str], "last_error": Optional[str], "redelivered": int, "server": Optional[str], "stream": Optional[str]}, total=False)
 
 
 class NatsStatus(_NatsStatusRequired, _NatsStatusOptional):
@@ -267,6 +302,48 @@ NotifySendReply = TypedDict("NotifySendReply", {"id": str})
 NotifyTestArgs = TypedDict("NotifyTestArgs", {"name": str})
 """The arguments of `notify.test`."""
 
+_OpenPortRequired = TypedDict("_OpenPortRequired", {"proto": str, "local": str, "remote": str, "state": str})
+_OpenPortOptional = TypedDict("_OpenPortOptional", {"pid": Optional[int], "process": Optional[str]}, total=False)
+
+
+class OpenPort(_OpenPortRequired, _OpenPortOptional):
+    """OpenPort"""
+
+
+_PackageRequired = TypedDict("_PackageRequired", {"name": str, "version": str})
+_PackageOptional = TypedDict("_PackageOptional", {"detail": str}, total=False)
+
+
+class Package(_PackageRequired, _PackageOptional):
+    """Package"""
+
+
+_PackageActionRequired = TypedDict("_PackageActionRequired", {"action": str})
+_PackageActionOptional = TypedDict("_PackageActionOptional", {"names": List[str]}, total=False)
+
+
+class PackageAction(_PackageActionRequired, _PackageActionOptional):
+    """PackageAction"""
+
+
+Packages = TypedDict("Packages", {"manager": str, "packages": List[Package]})
+
+PackagesArgs = TypedDict("PackagesArgs", {"search": Optional[str]}, total=False)
+
+_PeerRequired = TypedDict("_PeerRequired", {"node": str, "instance": str, "version": str})
+_PeerOptional = TypedDict("_PeerOptional", {"addresses": List[str], "host": str, "http_port": Optional[int], "roles": List[str]}, total=False)
+
+
+class Peer(_PeerRequired, _PeerOptional):
+    """One instance found on the LAN, from its DNS-SD record."""
+
+
+Peers = TypedDict("Peers", {"peers": List[Peer]})
+"""`discovery.peers`: what this instance sees on the LAN (itself excluded)."""
+
+PeersArgs = TypedDict("PeersArgs", {"roles": List[str]}, total=False)
+"""`discovery.peers` arguments."""
+
 SinceStart = TypedDict("SinceStart", {"claimed": int, "converted": int, "convert_failed": int, "convert_ms_avg": float, "uploaded": int, "upload_ms_avg": float, "upload_ms_max": int, "retries": int, "dead_letters": int, "rescans": int})
 """A pipeline's counters since the daemon (or the pipeline) started."""
 
@@ -285,6 +362,16 @@ _PortOptional = TypedDict("_PortOptional", {"pid": Optional[int], "process": Opt
 class Port(_PortRequired, _PortOptional):
     """A listening TCP socket or bound UDP socket, and its owner when this user may see it."""
 
+
+_ProcessRequired = TypedDict("_ProcessRequired", {"pid": int, "name": str, "state": str, "cpu_s": float, "rss_bytes": int, "threads": int, "cmdline": str})
+_ProcessOptional = TypedDict("_ProcessOptional", {"uid": Optional[int]}, total=False)
+
+
+class Process(_ProcessRequired, _ProcessOptional):
+    """Process"""
+
+
+ProcessesArgs = TypedDict("ProcessesArgs", {"sort": Optional[str], "top": Optional[int]}, total=False)
 
 ProgramState = Literal["stopped", "waiting", "starting", "running", "ready", "stopping", "exited", "backoff", "failed"]
 """The states of a program. `as_str` is what `ps`, events and `docs/supervisor.md` use."""
@@ -414,6 +501,12 @@ class SendArgs(_SendArgsRequired, _SendArgsOptional):
     """The arguments of `bus.send`."""
 
 
+Service = TypedDict("Service", {"name": str, "description": str, "active": str, "sub": str, "enabled": str})
+
+ServiceAction = TypedDict("ServiceAction", {"action": str, "name": str})
+
+ServicesArgs = TypedDict("ServicesArgs", {"name": Optional[str]}, total=False)
+
 Sid = TypedDict("Sid", {"sid": int})
 """The arguments of `bus.unsub`, and the reply to `bus.sub` and `bus.unsub`."""
 
@@ -478,6 +571,14 @@ COMMANDS: Dict[str, Dict[str, str]] = {
     "bus.unregister": {"kind": "action", "method": "bus_unregister", "args": "NoArgs"},
     "bus.unsub": {"kind": "action", "method": "bus_unsub", "args": "Sid"},
     "config": {"kind": "read", "method": "config", "args": "NoArgs"},
+    "discovery.peers": {"kind": "read", "method": "discovery_peers", "args": "PeersArgs"},
+    "guest.kill": {"kind": "action", "method": "guest_kill", "args": "KillArgs"},
+    "guest.package": {"kind": "action", "method": "guest_package", "args": "PackageAction"},
+    "guest.packages": {"kind": "read", "method": "guest_packages", "args": "PackagesArgs"},
+    "guest.ports": {"kind": "read", "method": "guest_ports", "args": "NoArgs"},
+    "guest.processes": {"kind": "read", "method": "guest_processes", "args": "ProcessesArgs"},
+    "guest.service": {"kind": "action", "method": "guest_service", "args": "ServiceAction"},
+    "guest.services": {"kind": "read", "method": "guest_services", "args": "ServicesArgs"},
     "hello": {"kind": "read", "method": "hello", "args": "HelloArgs"},
     "http.info": {"kind": "read", "method": "http_info", "args": "NoArgs"},
     "http.rotate_token": {"kind": "action", "method": "http_rotate_token", "args": "NoArgs"},
@@ -490,6 +591,7 @@ COMMANDS: Dict[str, Dict[str, str]] = {
     "lock.release": {"kind": "action", "method": "lock_release", "args": "LockReleaseArgs"},
     "logs": {"kind": "read", "method": "logs", "args": "LogsArgs"},
     "metrics": {"kind": "read", "method": "metrics", "args": "MetricsArgs"},
+    "nats.fleet": {"kind": "read", "method": "nats_fleet", "args": "FleetArgs"},
     "nats.status": {"kind": "read", "method": "nats_status", "args": "NoArgs"},
     "notify.log": {"kind": "read", "method": "notify_log", "args": "NotifyLogArgs"},
     "notify.send": {"kind": "action", "method": "notify_send", "args": "NotifySendArgs"},
@@ -598,6 +700,60 @@ class AsyncCommands:
         args: Dict[str, Any] = {}
         return await self.call("config", args, timeout=timeout)
 
+    async def discovery_peers(self, *, roles: Optional[List[str]] = None, timeout: Optional[float] = None) -> Peers:
+        """`discovery.peers` (read): Instances seen on the LAN (mDNS/DNS-SD), optionally only those with every given role."""
+        args: Dict[str, Any] = {}
+        if roles is not None:
+            args["roles"] = roles
+        return cast(Peers, await self.call("discovery.peers", args, timeout=timeout))
+
+    async def guest_kill(self, pid: int, *, signal: Optional[str] = None, timeout: Optional[float] = None) -> Done:
+        """`guest.kill` (action): Sends a signal (default TERM) to a process whose name `[guest] kill_allow` matches."""
+        args: Dict[str, Any] = {"pid": pid}
+        if signal is not None:
+            args["signal"] = signal
+        return cast(Done, await self.call("guest.kill", args, timeout=timeout))
+
+    async def guest_package(self, action: str, *, names: Optional[List[str]] = None, timeout: Optional[float] = None) -> Done:
+        """`guest.package` (action): install, remove or update packages `[guest] package_allow` matches (update without names: refresh the index and upgrade everything, when the list allows "*")."""
+        args: Dict[str, Any] = {"action": action}
+        if names is not None:
+            args["names"] = names
+        return cast(Done, await self.call("guest.package", args, timeout=timeout))
+
+    async def guest_packages(self, *, search: Optional[str] = None, timeout: Optional[float] = None) -> Packages:
+        """`guest.packages` (read): The detected package manager and the installed packages (or, with `search`, the available ones matching it)."""
+        args: Dict[str, Any] = {}
+        if search is not None:
+            args["search"] = search
+        return cast(Packages, await self.call("guest.packages", args, timeout=timeout))
+
+    async def guest_ports(self, *, timeout: Optional[float] = None) -> List[OpenPort]:
+        """`guest.ports` (read): Open TCP and UDP sockets (listening and connected) with the process holding each."""
+        args: Dict[str, Any] = {}
+        return cast("List[OpenPort]", await self.call("guest.ports", args, timeout=timeout))
+
+    async def guest_processes(self, *, sort: Optional[str] = None, top: Optional[int] = None, timeout: Optional[float] = None) -> List[Process]:
+        """`guest.processes` (read): Processes: pid, name, user id, state, CPU time, memory, command line. `top` keeps the N that used the most CPU time (or memory with `sort: "rss"`)."""
+        args: Dict[str, Any] = {}
+        if sort is not None:
+            args["sort"] = sort
+        if top is not None:
+            args["top"] = top
+        return cast("List[Process]", await self.call("guest.processes", args, timeout=timeout))
+
+    async def guest_service(self, action: str, name: str, *, timeout: Optional[float] = None) -> Done:
+        """`guest.service` (action): start, stop, restart, enable or disable a service `[guest] service_allow` matches."""
+        args: Dict[str, Any] = {"action": action, "name": name}
+        return cast(Done, await self.call("guest.service", args, timeout=timeout))
+
+    async def guest_services(self, *, name: Optional[str] = None, timeout: Optional[float] = None) -> List[Service]:
+        """`guest.services` (read): Services of the OS service manager (systemd): all, or those whose name matches `name`."""
+        args: Dict[str, Any] = {}
+        if name is not None:
+            args["name"] = name
+        return cast("List[Service]", await self.call("guest.services", args, timeout=timeout))
+
     async def hello(self, *, client: Optional[str] = None, framing: Optional[str] = None, protocol: Optional[int] = None, token: Optional[str] = None, timeout: Optional[float] = None) -> Hello:
         """`hello` (read): States the client's protocol (and the token, when the instance has one); the reply carries the daemon's."""
         args: Dict[str, Any] = {}
@@ -675,6 +831,13 @@ class AsyncCommands:
         if since is not None:
             args["since"] = since
         return cast(MetricsReply, await self.call("metrics", args, timeout=timeout))
+
+    async def nats_fleet(self, *, roles: Optional[List[str]] = None, timeout: Optional[float] = None) -> Fleet:
+        """`nats.fleet` (read): The instances on this instance's NATS server (a fleet ping over the bridge's connection)."""
+        args: Dict[str, Any] = {}
+        if roles is not None:
+            args["roles"] = roles
+        return cast(Fleet, await self.call("nats.fleet", args, timeout=timeout))
 
     async def nats_status(self, *, timeout: Optional[float] = None) -> NatsStatus:
         """`nats.status` (read): The NATS bridge: connection, subjects, counters."""
@@ -916,6 +1079,60 @@ class SyncCommands:
         args: Dict[str, Any] = {}
         return self.call("config", args, timeout=timeout)
 
+    def discovery_peers(self, *, roles: Optional[List[str]] = None, timeout: Optional[float] = None) -> Peers:
+        """`discovery.peers` (read): Instances seen on the LAN (mDNS/DNS-SD), optionally only those with every given role."""
+        args: Dict[str, Any] = {}
+        if roles is not None:
+            args["roles"] = roles
+        return cast(Peers, self.call("discovery.peers", args, timeout=timeout))
+
+    def guest_kill(self, pid: int, *, signal: Optional[str] = None, timeout: Optional[float] = None) -> Done:
+        """`guest.kill` (action): Sends a signal (default TERM) to a process whose name `[guest] kill_allow` matches."""
+        args: Dict[str, Any] = {"pid": pid}
+        if signal is not None:
+            args["signal"] = signal
+        return cast(Done, self.call("guest.kill", args, timeout=timeout))
+
+    def guest_package(self, action: str, *, names: Optional[List[str]] = None, timeout: Optional[float] = None) -> Done:
+        """`guest.package` (action): install, remove or update packages `[guest] package_allow` matches (update without names: refresh the index and upgrade everything, when the list allows "*")."""
+        args: Dict[str, Any] = {"action": action}
+        if names is not None:
+            args["names"] = names
+        return cast(Done, self.call("guest.package", args, timeout=timeout))
+
+    def guest_packages(self, *, search: Optional[str] = None, timeout: Optional[float] = None) -> Packages:
+        """`guest.packages` (read): The detected package manager and the installed packages (or, with `search`, the available ones matching it)."""
+        args: Dict[str, Any] = {}
+        if search is not None:
+            args["search"] = search
+        return cast(Packages, self.call("guest.packages", args, timeout=timeout))
+
+    def guest_ports(self, *, timeout: Optional[float] = None) -> List[OpenPort]:
+        """`guest.ports` (read): Open TCP and UDP sockets (listening and connected) with the process holding each."""
+        args: Dict[str, Any] = {}
+        return cast("List[OpenPort]", self.call("guest.ports", args, timeout=timeout))
+
+    def guest_processes(self, *, sort: Optional[str] = None, top: Optional[int] = None, timeout: Optional[float] = None) -> List[Process]:
+        """`guest.processes` (read): Processes: pid, name, user id, state, CPU time, memory, command line. `top` keeps the N that used the most CPU time (or memory with `sort: "rss"`)."""
+        args: Dict[str, Any] = {}
+        if sort is not None:
+            args["sort"] = sort
+        if top is not None:
+            args["top"] = top
+        return cast("List[Process]", self.call("guest.processes", args, timeout=timeout))
+
+    def guest_service(self, action: str, name: str, *, timeout: Optional[float] = None) -> Done:
+        """`guest.service` (action): start, stop, restart, enable or disable a service `[guest] service_allow` matches."""
+        args: Dict[str, Any] = {"action": action, "name": name}
+        return cast(Done, self.call("guest.service", args, timeout=timeout))
+
+    def guest_services(self, *, name: Optional[str] = None, timeout: Optional[float] = None) -> List[Service]:
+        """`guest.services` (read): Services of the OS service manager (systemd): all, or those whose name matches `name`."""
+        args: Dict[str, Any] = {}
+        if name is not None:
+            args["name"] = name
+        return cast("List[Service]", self.call("guest.services", args, timeout=timeout))
+
     def hello(self, *, client: Optional[str] = None, framing: Optional[str] = None, protocol: Optional[int] = None, token: Optional[str] = None, timeout: Optional[float] = None) -> Hello:
         """`hello` (read): States the client's protocol (and the token, when the instance has one); the reply carries the daemon's."""
         args: Dict[str, Any] = {}
@@ -993,6 +1210,13 @@ class SyncCommands:
         if since is not None:
             args["since"] = since
         return cast(MetricsReply, self.call("metrics", args, timeout=timeout))
+
+    def nats_fleet(self, *, roles: Optional[List[str]] = None, timeout: Optional[float] = None) -> Fleet:
+        """`nats.fleet` (read): The instances on this instance's NATS server (a fleet ping over the bridge's connection)."""
+        args: Dict[str, Any] = {}
+        if roles is not None:
+            args["roles"] = roles
+        return cast(Fleet, self.call("nats.fleet", args, timeout=timeout))
 
     def nats_status(self, *, timeout: Optional[float] = None) -> NatsStatus:
         """`nats.status` (read): The NATS bridge: connection, subjects, counters."""
