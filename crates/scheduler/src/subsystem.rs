@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use majordomo_bus::{Router, Wakes};
-use majordomo_core::{BoxFuture, Change, Ctx, Subsystem};
+use majordomo_core::{BoxFuture, Change, ConnScope, Ctx, Subsystem};
 use majordomo_proto::scheduler::*;
 use majordomo_proto::{ErrorBody, ErrorCode, Event};
 use tokio::sync::Semaphore;
@@ -90,6 +90,27 @@ struct Shared {
     store: Store,
     held: Mutex<HashMap<u64, NamedLock>>,
     next_token: AtomicU64,
+}
+
+/// Kept in the connection's scope: releases a `lock.acquire` lock when the connection closes.
+struct Release {
+    sh: std::sync::Weak<Shared>,
+    token: u64,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(sh) = self.sh.upgrade() {
+            let l = sh.held.lock().ok().and_then(|mut h| h.remove(&self.token));
+            if let Some(l) = l {
+                tracing::debug!(
+                    lock = l.name(),
+                    token = self.token,
+                    "lock released: its connection closed"
+                );
+            }
+        }
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> ErrorBody {
@@ -781,6 +802,16 @@ fn register(ctx: &Ctx<SchedulerSection>, sh: &Arc<Shared>) {
             };
             let token = sh.next_token.fetch_add(1, Ordering::Relaxed);
             sh.held.lock().map_err(internal)?.insert(token, l);
+            // Released when the connection closes, if the carrier has connections.
+            if let Some(scope) = ConnScope::current() {
+                scope.hold(
+                    format!("lock.{token}"),
+                    Release {
+                        sh: Arc::downgrade(&sh),
+                        token,
+                    },
+                );
+            }
             Ok(LockReply {
                 name: a.name,
                 acquired: true,
@@ -792,21 +823,28 @@ fn register(ctx: &Ctx<SchedulerSection>, sh: &Arc<Shared>) {
     ctx.handle::<LockReleaseCmd, _, _>(move |a: LockReleaseArgs| {
         let sh = s.clone();
         async move {
-            let mut held = sh.held.lock().map_err(internal)?;
-            match held.get(&a.token) {
-                Some(l) if l.name() == a.name => {
-                    held.remove(&a.token);
-                    Ok(LockReply {
-                        name: a.name,
-                        acquired: false,
-                        token: a.token,
-                    })
+            let released = {
+                let mut held = sh.held.lock().map_err(internal)?;
+                match held.get(&a.token) {
+                    Some(l) if l.name() == a.name => held.remove(&a.token),
+                    _ => None,
                 }
-                _ => Err(ErrorBody::new(
+            };
+            if released.is_none() {
+                return Err(ErrorBody::new(
                     ErrorCode::NotFound,
                     format!("lock {:?} is not held with token {}", a.name, a.token),
-                )),
+                ));
             }
+            drop(released);
+            if let Some(scope) = ConnScope::current() {
+                scope.take(&format!("lock.{}", a.token));
+            }
+            Ok(LockReply {
+                name: a.name,
+                acquired: false,
+                token: a.token,
+            })
         }
     });
     let s = sh.clone();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{Home, eventually, stderr, stdout};
+use crate::common::{Home, Line, eventually, stderr, stdout};
 
 fn history(home: &Home, job: &str) -> Vec<Value> {
     let o = home.cli(
@@ -247,6 +247,38 @@ fn lock_excludes_between_processes_without_the_daemon() {
     // The command's exit code is passed through.
     let o = home.cli("default", &["lock", "shared", "--", "sh", "-c", "exit 7"]);
     assert_eq!(o.status.code(), Some(7));
+}
+
+#[test]
+fn a_socket_lock_is_released_when_its_connection_closes() {
+    let home = Home::new();
+    home.write_config("default", "[monitor]\nenabled = false\n");
+    let d = home.start("default");
+    let mut a = Line::connect(&d);
+    let r = a.call(r#"{"cmd":"lock.acquire","name":"shared"}"#);
+    assert_eq!(r["ok"]["acquired"], true, "{r}");
+    let token = r["ok"]["token"].as_u64().expect("a token");
+    // Held: another connection and another process are refused.
+    let mut b = Line::connect(&d);
+    let r = b.call(r#"{"cmd":"lock.acquire","name":"shared","wait_ms":0}"#);
+    assert_eq!(r["ok"]["acquired"], false, "{r}");
+    let o = home.cli(
+        "default",
+        &["lock", "shared", "--wait", "10ms", "--", "true"],
+    );
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    // Released by token, taken again on the same connection.
+    let r = a.call(&format!(
+        r#"{{"cmd":"lock.release","name":"shared","token":{token}}}"#
+    ));
+    assert!(r["ok"].is_object(), "{r}");
+    let r = a.call(r#"{"cmd":"lock.acquire","name":"shared"}"#);
+    assert_eq!(r["ok"]["acquired"], true, "{r}");
+    // The holder goes away without releasing: the waiting client gets it (long before its
+    // 20 s wait ends, which would answer `acquired: false`).
+    drop(a);
+    let r = b.call(r#"{"cmd":"lock.acquire","name":"shared","wait_ms":20000}"#);
+    assert_eq!(r["ok"]["acquired"], true, "{r}");
 }
 
 fn cas_increments(home: &Home, key: &str, n: usize) -> std::process::Child {
