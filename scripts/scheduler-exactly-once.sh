@@ -57,9 +57,10 @@ runs=$(wc -l < "$OUT" 2>/dev/null || echo 0)
 distinct=$(sort -u "$OUT" 2>/dev/null | wc -l)
 doubled=$((runs - distinct))
 rec=$(find "$H" -name once.json | head -1)
-by_check=$(grep -o '"trigger":"backup"' "$rec" | wc -l)
-by_daemon=$(grep -o '"trigger":"catch_up"' "$rec" | wc -l)
-retried=$(grep -o '"trigger":"retry"' "$rec" | wc -l)
+count() { grep -o "\"trigger\":\"$1\"" "$rec" | wc -l || true; }
+by_check=$(count backup)
+by_daemon=$(count catch_up)
+retried=$(count retry)
 echo "{\"iterations\":$ITER,\"runs\":$runs,\"distinct_occurrences\":$distinct,\"run_twice\":$doubled,\"catch_ups_by_check\":$by_check,\"catch_ups_by_daemon\":$by_daemon,\"retries\":$retried,\"secs\":$(( $(date +%s) - started ))}"
 if [ "$doubled" -ne 0 ]; then
   echo "FAIL: $doubled occurrence(s) ran twice:" >&2
