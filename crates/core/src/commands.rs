@@ -172,6 +172,41 @@ mod tests {
         names: Vec<String>,
     }
 
+    struct Flag(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_scope_keeps_values_until_taken_or_dropped() {
+        assert!(ConnScope::current().is_none(), "no scope outside a command");
+        let scope = ConnScope::default();
+        let (a, b) = (Arc::default(), Arc::default());
+        let (fa, fb) = (Flag(Arc::clone(&a)), Flag(Arc::clone(&b)));
+        scope
+            .run(async move {
+                let s = ConnScope::current().expect("the connection's scope");
+                s.hold("a", fa);
+                s.hold("b", fb);
+            })
+            .await;
+        assert_eq!(scope.len(), 2);
+        assert!(scope.take("a"));
+        assert!(
+            a.load(std::sync::atomic::Ordering::SeqCst),
+            "taken: dropped now"
+        );
+        assert!(!scope.take("a"));
+        assert!(!b.load(std::sync::atomic::Ordering::SeqCst));
+        drop(scope);
+        assert!(
+            b.load(std::sync::atomic::Ordering::SeqCst),
+            "the connection closed"
+        );
+    }
+
     #[test]
     fn a_wrong_type_names_the_field() {
         let Value::Object(args) = json!({"names": "api"}) else {
