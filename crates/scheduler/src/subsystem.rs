@@ -480,7 +480,7 @@ async fn sleep_until_ms(at_ms: Option<i64>) {
         return std::future::pending().await;
     };
     loop {
-        let left_us = at_ms.saturating_mul(1000) - Timestamp::now().as_microsecond() as i64;
+        let left_us = at_ms.saturating_mul(1000) - Timestamp::now().as_microsecond();
         if left_us <= 0 {
             return;
         }
