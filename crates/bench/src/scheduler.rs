@@ -72,25 +72,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let window = t0.elapsed();
     let rss = proc_rss_kb(pid)?;
     let to_ms = jiff_now_ms();
-    // Lateness from every run record.
-    let jobs_dir = d.home().join("bench").join("state").join("jobs");
-    let jobs_dir = if jobs_dir.exists() {
-        jobs_dir
-    } else {
-        find_dir(d.home(), "jobs").context("no jobs folder in the daemon's home")?
-    };
+    // Lateness from every job's history, through the socket (`job.history`).
     let mut late = Vec::new();
-    for e in std::fs::read_dir(&jobs_dir)?.flatten() {
-        let Ok(text) = std::fs::read_to_string(e.path()) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
-        for r in v["history"].as_array().into_iter().flatten() {
-            let p = r["planned_ms"].as_i64().unwrap_or(0);
-            if p >= from_ms && p < to_ms && r["trigger"] == "schedule" {
-                late.push(r["late_ms"].as_i64().unwrap_or(0));
+    {
+        use std::io::{BufRead, BufReader, Write};
+        let s = std::os::unix::net::UnixStream::connect(&d.socket)?;
+        let mut w = s.try_clone()?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        for i in 0..args.jobs {
+            writeln!(w, r#"{{"cmd":"job.history","name":"j{i}","limit":1000}}"#)?;
+            line.clear();
+            r.read_line(&mut line)?;
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            for run in v["ok"].as_array().into_iter().flatten() {
+                let p = run["planned_ms"].as_i64().unwrap_or(0);
+                if p >= from_ms && p < to_ms && run["trigger"] == "schedule" {
+                    late.push(run["late_ms"].as_i64().unwrap_or(0));
+                }
             }
         }
     }
@@ -152,19 +151,4 @@ fn jiff_now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn find_dir(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if p.file_name().is_some_and(|n| n == name) {
-                return Some(p);
-            }
-            if let Some(f) = find_dir(&p, name) {
-                return Some(f);
-            }
-        }
-    }
-    None
 }

@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use majordomo_core::{Commands, DaemonHandle, Secret};
+use majordomo_core::{Commands, ConnScope, DaemonHandle, Secret};
 use majordomo_proto::bus::{
     self as wire, BINARY_FRAMING, BinError, BinRef, BusLine, decode_bin_ref,
 };
@@ -139,6 +139,8 @@ struct ConnState {
     authed: bool,
     binary: bool,
     bus: ConnBus,
+    /// What commands keep for the life of the connection (made at its first command).
+    scope: Option<ConnScope>,
 }
 
 /// The answer to one control line.
@@ -207,6 +209,7 @@ impl Session {
             authed: cfg.token.is_none(),
             binary: false,
             bus: ConnBus::new(router.clone(), outbox.clone()),
+            scope: None,
         };
         let max_line = cfg.max_line;
         let mut codec = LineCodec::new(max_line);
@@ -394,7 +397,8 @@ impl Session {
                 let incoming = parse_line(line);
                 let wants_binary = matches!(&incoming, Incoming::Request { cmd: Command::Hello { framing: Some(f), .. }, .. } if f == BINARY_FRAMING);
                 let was_authed = state.authed;
-                let outcome = Box::pin(self.handle(incoming, &mut state.authed)).await;
+                let outcome =
+                    Box::pin(self.handle(incoming, &mut state.authed, &mut state.scope)).await;
                 if state.authed && !was_authed {
                     // Admitted under the token in force now.
                     token_in_force = config.borrow().token.clone();
@@ -431,7 +435,12 @@ impl Session {
         self.commands.dispatch(name, Map::new()).await
     }
 
-    async fn handle(&self, incoming: Incoming, authed: &mut bool) -> Outcome {
+    async fn handle(
+        &self,
+        incoming: Incoming,
+        authed: &mut bool,
+        scope: &mut Option<ConnScope>,
+    ) -> Outcome {
         let forbidden = |id| {
             Outcome::reply(Reply::error(
                 id,
@@ -445,7 +454,8 @@ impl Session {
             Incoming::Invalid { id, error } => Outcome::reply(Reply::error(id, error)),
             Incoming::Ext { id, .. } if !*authed => forbidden(id),
             Incoming::Ext { id, cmd, args } => {
-                Outcome::result(id, self.commands.dispatch(&cmd, args).await)
+                let scope = scope.get_or_insert_with(ConnScope::default);
+                Outcome::result(id, scope.run(self.commands.dispatch(&cmd, args)).await)
             }
             Incoming::Request { id, cmd } => {
                 if let Command::Hello { token, .. } = &cmd {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use majordomo_proto::{Cmd, ErrorBody, ErrorCode};
 use serde_json::{Map, Value};
@@ -96,6 +96,55 @@ impl Commands {
     }
 }
 
+/// What a command handler may keep for as long as the connection it came on stays open: a
+/// carrier that has connections (the socket session) runs each command inside
+/// [`ConnScope::run`], and a handler registers into [`ConnScope::current`] whatever must be
+/// dropped when the connection closes (a held lock, a subscription...). Keys are the
+/// registrant's own (`"lock.7"`); [`ConnScope::take`] drops one early. Carriers without
+/// connections (one HTTP request) give no scope: `current` is `None`.
+#[derive(Clone, Default)]
+pub struct ConnScope(Arc<Mutex<BTreeMap<String, Box<dyn std::any::Any + Send>>>>);
+
+tokio::task_local! {
+    static CONN: ConnScope;
+}
+
+impl ConnScope {
+    /// Runs `f` (a command) with this connection's scope as [`ConnScope::current`].
+    pub async fn run<F: Future>(&self, f: F) -> F::Output {
+        CONN.scope(self.clone(), f).await
+    }
+
+    /// The scope of the connection the running command came on, if its carrier has one.
+    pub fn current() -> Option<ConnScope> {
+        CONN.try_with(Clone::clone).ok()
+    }
+
+    /// Keeps `value` until the connection closes (or [`ConnScope::take`]); replaces a value
+    /// under the same key.
+    pub fn hold(&self, key: impl Into<String>, value: impl std::any::Any + Send) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(key.into(), Box::new(value));
+        }
+    }
+
+    /// Drops the value kept under `key` now; whether there was one.
+    pub fn take(&self, key: &str) -> bool {
+        // Dropped outside the lock: a value's Drop may do anything.
+        let v = self.0.lock().ok().and_then(|mut m| m.remove(key));
+        v.is_some()
+    }
+
+    /// How many values the connection keeps.
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Reads a typed argument object, or answers `bad_request` naming the command and the field.
 pub fn parse_args<T: serde::de::DeserializeOwned>(cmd: &str, args: Args) -> Result<T, ErrorBody> {
     serde_path_to_error::deserialize(Value::Object(args)).map_err(|e| {
@@ -121,6 +170,41 @@ mod tests {
     #[allow(dead_code)]
     struct Names {
         names: Vec<String>,
+    }
+
+    struct Flag(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_scope_keeps_values_until_taken_or_dropped() {
+        assert!(ConnScope::current().is_none(), "no scope outside a command");
+        let scope = ConnScope::default();
+        let (a, b) = (Arc::default(), Arc::default());
+        let (fa, fb) = (Flag(Arc::clone(&a)), Flag(Arc::clone(&b)));
+        scope
+            .run(async move {
+                let s = ConnScope::current().expect("the connection's scope");
+                s.hold("a", fa);
+                s.hold("b", fb);
+            })
+            .await;
+        assert_eq!(scope.len(), 2);
+        assert!(scope.take("a"));
+        assert!(
+            a.load(std::sync::atomic::Ordering::SeqCst),
+            "taken: dropped now"
+        );
+        assert!(!scope.take("a"));
+        assert!(!b.load(std::sync::atomic::Ordering::SeqCst));
+        drop(scope);
+        assert!(
+            b.load(std::sync::atomic::Ordering::SeqCst),
+            "the connection closed"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use majordomo_http::HttpConfig;
 use majordomo_monitor::{CheckConfig, MonitorConfig, MonitorSection, NotifierConfig};
 use majordomo_nats::NatsConfig;
 use majordomo_pipeline::{PipelineConfig, PipelineSection, UploaderConfig};
-use majordomo_scheduler::{JobConfig, SchedulerConfig, SchedulerSection};
+use majordomo_scheduler::{SchedulerConfig, SchedulerSection, SharedJob};
 use majordomo_supervisor::ProgramConfig;
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +57,7 @@ pub struct Config {
     /// `[scheduler]`: daemon-wide settings of the jobs.
     pub scheduler: SchedulerConfig,
     /// `[[job]]`: scheduled jobs.
-    pub job: Vec<JobConfig>,
+    pub job: Vec<SharedJob>,
     /// `[http]`: the REST API, dashboard, metrics and WebSocket.
     pub http: HttpConfig,
     /// `[discovery]`: LAN discovery over mDNS/DNS-SD.

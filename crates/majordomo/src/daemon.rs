@@ -117,6 +117,8 @@ pub fn run_code(args: RunArgs) -> u8 {
                 return exit::USAGE;
             }
         };
+    // What the parse freed goes back to the OS (large configs).
+    majordomo_platform::release_free_heap();
     let log = Arc::new(logging::init(&loaded.config.log.level));
     // Enough file descriptors for [control] max_connections bus clients.
     let _ = majordomo_platform::raise_nofile();
@@ -389,6 +391,7 @@ impl Daemon {
         self.notifier.reloading();
         let result =
             majordomo_core::load::load::<Config>(&self.core.layout.config_file, &self.overrides);
+        majordomo_platform::release_free_heap();
         let (old, generation, digest) = {
             let s = self.core.state();
             (s.config.clone(), s.generation, s.digest)

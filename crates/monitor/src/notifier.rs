@@ -71,7 +71,8 @@ async fn run(ctx: NotifyCtx) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}; check permissions", dir.display()))?;
     let record: notify::SharedRecord =
         Arc::new(Mutex::new(notify::Record::open(dir.join("notify.jsonl"))));
-    let deliverer = notify::Deliverer::new(&notifiers, ctx.daemon.instance().to_string());
+    let deliverer = notify::Deliverer::new(&notifiers, ctx.daemon.instance().to_string())
+        .with_commands(ctx.commands.clone());
     let mut queues = Vec::new();
     for n in notifiers.iter().cloned() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Alert>(64);

@@ -192,6 +192,9 @@ impl Gate {
 pub struct Deliverer {
     pub http: Option<reqwest::Client>,
     pub instance: String,
+    /// For `type = "session"`: the `session.show` command (registered by the scheduler, which
+    /// owns the bus topic the session agents listen on).
+    pub commands: Option<std::sync::Arc<majordomo_core::Commands>>,
 }
 
 impl Deliverer {
@@ -212,14 +215,27 @@ impl Deliverer {
                     None
                 }
             });
-        Self { http, instance }
+        Self {
+            http,
+            instance,
+            commands: None,
+        }
+    }
+
+    /// With the daemon's command registry (for `type = "session"` notifiers).
+    pub fn with_commands(mut self, commands: std::sync::Arc<majordomo_core::Commands>) -> Self {
+        self.commands = Some(commands);
+        self
     }
 
     /// Delivers with retries and exponential backoff; returns the outcome and every attempt.
     pub async fn deliver(&self, n: &NotifierConfig, a: &Alert, test: bool) -> Delivery {
         let mut attempts = Vec::new();
         let tries = match n.kind {
-            NotifierKind::Webhook | NotifierKind::Command | NotifierKind::Desktop => n.retries + 1,
+            NotifierKind::Webhook
+            | NotifierKind::Command
+            | NotifierKind::Desktop
+            | NotifierKind::Session => n.retries + 1,
             NotifierKind::Log => 1,
         };
         let mut ok = false;
@@ -367,6 +383,29 @@ impl Deliverer {
                             .collect();
                         Err(format!("{prog:?} exited with {}: {tail}", out.status))
                     }
+                }
+            }
+            NotifierKind::Session => {
+                let Some(commands) = &self.commands else {
+                    return Err("session notifications need the daemon's commands".into());
+                };
+                let args = serde_json::json!({
+                    "title": a.labels.get("title").cloned().unwrap_or_else(|| title(a)),
+                    "body": a.labels.get("body").cloned().unwrap_or_else(|| a.summary.clone()),
+                    "severity": a.severity,
+                    "instance": self.instance,
+                    "notifier": n.name,
+                });
+                let serde_json::Value::Object(args) = args else {
+                    return Err("internal: arguments are not an object".into());
+                };
+                match tokio::time::timeout(timeout, commands.dispatch("session.show", args)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.message),
+                    Err(_) => Err(format!(
+                        "no session agent took the notification within {}",
+                        n.timeout
+                    )),
                 }
             }
             NotifierKind::Desktop => match tokio::time::timeout(timeout, desktop(a)).await {

@@ -2,6 +2,7 @@
 //! environment the daemon must not pass on. Each behind one function, with `#[cfg] mod imp`.
 
 pub mod cgroup;
+pub mod desktop;
 mod disk;
 #[cfg(windows)]
 pub mod eventlog;
@@ -35,6 +36,17 @@ pub fn host_name() -> String {
     #[cfg(not(unix))]
     {
         std::env::var("COMPUTERNAME").unwrap_or_default()
+    }
+}
+
+/// Gives the heap's free pages back to the OS. glibc keeps what a large parse freed resident
+/// (a config of 10,000 `[[job]]`s leaves about 70 MB behind); the daemon calls this after
+/// loading a config. A no-op where the allocator is not glibc's.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the kernel.
+    unsafe {
+        nix::libc::malloc_trim(0);
     }
 }
 

@@ -38,6 +38,8 @@ pub enum NotifierKind {
     Desktop,
     Webhook,
     Command,
+    /// Through the session agents (`majordomo session-agent`) in the users' desktop sessions.
+    Session,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -225,6 +225,32 @@ pub struct Notice {
     pub at: String,
 }
 
+/// The system topic on which the daemon hands desktop notifications to session agents
+/// (`majordomo session-agent`); clients cannot publish on `$sys.>`.
+pub const SESSION_TOPIC: &str = "$sys.session.notification";
+
+/// A desktop notification for the session agents, from a `type = "session"` notifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionNotification {
+    pub title: String,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default = "info")]
+    pub severity: Severity,
+    /// The instance it comes from (the daemon fills it in when empty).
+    #[serde(default)]
+    pub instance: String,
+    /// The notifier that routed it.
+    #[serde(default)]
+    pub notifier: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionShowReply {
+    /// How many session agents received it.
+    pub delivered: usize,
+}
+
 crate::commands! { COMMANDS:
     /// The jobs: schedule, next run, last result.
     JobLsCmd "job.ls" (Read) crate::NoArgs => JobList;
@@ -253,4 +279,7 @@ crate::commands! { COMMANDS:
     LockReleaseCmd "lock.release" (Action) LockReleaseArgs => LockReply;
     /// Raises a notification through the notifiers (quiet hours, dedup, rate limit apply).
     NotifySendCmd "notify.send" (Action) NotifySendArgs => NotifySendReply;
+    /// Hands a desktop notification to the connected session agents (what `type = "session"`
+    /// notifiers do); `no_responders` when no agent is connected.
+    SessionShowCmd "session.show" (Action) SessionNotification => SessionShowReply;
 }

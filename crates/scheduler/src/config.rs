@@ -1,6 +1,7 @@
 //! `[scheduler]` and `[[job]]`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use majordomo_core::{Dur, Problem};
 use majordomo_proto::monitor::Severity;
@@ -31,7 +32,83 @@ impl Default for SchedulerConfig {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SchedulerSection {
     pub scheduler: SchedulerConfig,
-    pub job: Vec<JobConfig>,
+    pub job: Vec<SharedJob>,
+}
+
+/// One `[[job]]` as the whole config holds it: shared by reference between the config, the
+/// scheduler's section and its timer, so 10,000 jobs are parsed once and kept once.
+#[derive(Clone, PartialEq)]
+pub struct SharedJob(pub Arc<JobConfig>);
+
+impl std::ops::Deref for SharedJob {
+    type Target = JobConfig;
+    fn deref(&self) -> &JobConfig {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SharedJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<JobConfig> for SharedJob {
+    fn from(c: JobConfig) -> Self {
+        SharedJob(Arc::new(c))
+    }
+}
+
+impl Serialize for SharedJob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedJob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        JobConfig::deserialize(d).map(SharedJob::from)
+    }
+}
+
+/// A JSON value kept as its compact text: what a `publish` job sends, serialized once when the
+/// config is read instead of at every run (and a few bytes instead of a map per job).
+#[derive(Clone, PartialEq, Eq)]
+pub struct JsonData(Box<[u8]>);
+
+impl JsonData {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Default for JsonData {
+    fn default() -> Self {
+        JsonData(b"null".to_vec().into_boxed_slice())
+    }
+}
+
+impl std::fmt::Debug for JsonData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl Serialize for JsonData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::from_slice::<serde_json::Value>(&self.0)
+            .unwrap_or(serde_json::Value::Null)
+            .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonData {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        serde_json::to_vec(&v)
+            .map(|b| JsonData(b.into_boxed_slice()))
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// What to do when an occurrence comes while the previous run still runs.
@@ -75,7 +152,7 @@ fn get() -> String {
 pub struct PublishAction {
     pub topic: String,
     #[serde(default)]
-    pub data: serde_json::Value,
+    pub data: JsonData,
 }
 
 /// One `[[job]]`.
@@ -98,7 +175,7 @@ pub struct JobConfig {
     #[serde(default)]
     pub command: Vec<String>,
     #[serde(default)]
-    pub http: Option<HttpAction>,
+    pub http: Option<Box<HttpAction>>,
     #[serde(default)]
     pub publish: Option<PublishAction>,
     #[serde(default)]
@@ -172,7 +249,7 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-pub fn validate(s: &SchedulerConfig, jobs: &[JobConfig], problems: &mut Vec<Problem>) {
+pub fn validate(s: &SchedulerConfig, jobs: &[SharedJob], problems: &mut Vec<Problem>) {
     if s.max_concurrent == 0 {
         problems.push(Problem::at(
             "scheduler.max_concurrent",

@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod history;
 pub mod locks;
 pub mod offline;
 pub mod plan;
@@ -17,5 +18,5 @@ pub mod runner;
 pub mod store;
 mod subsystem;
 
-pub use config::{JobConfig, SchedulerConfig, SchedulerSection, validate};
+pub use config::{JobConfig, SchedulerConfig, SchedulerSection, SharedJob, validate};
 pub use subsystem::Scheduler;

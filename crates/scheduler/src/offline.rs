@@ -80,7 +80,7 @@ pub async fn due_once(
 
 /// `majordomo check` while the daemon is down: every due persistent job, once. Returns one line
 /// per job that ran. Blocks; builds its own runtime.
-pub fn run_due(state_dir: &Path, jobs: &[JobConfig], cap: usize) -> Vec<String> {
+pub fn run_due(state_dir: &Path, jobs: &[crate::config::SharedJob], cap: usize) -> Vec<String> {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

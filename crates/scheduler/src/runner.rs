@@ -126,8 +126,7 @@ async fn action(
                 "a publish job needs the daemon's bus, which is not running".into(),
             ));
         };
-        let data = serde_json::to_vec(&p.data).unwrap_or_else(|_| b"null".to_vec());
-        return publish(&p.topic, &data)
+        return publish(&p.topic, p.data.bytes())
             .map(|()| None)
             .map_err(|e| (RunOutcome::Failed, None, e));
     }

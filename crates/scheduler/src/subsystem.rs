@@ -1,21 +1,31 @@
-//! The `scheduler` subsystem: one timer task per job, runs under the daemon-wide cap, the
-//! socket commands `job.*`, `state.*`, `lock.*` and `notify.send`.
+//! The `scheduler` subsystem: one timer loop over a min-heap of every job's next start; runs
+//! under the daemon-wide cap; the socket commands `job.*`, `state.*`, `lock.*` and
+//! `notify.send`.
+//!
+//! Costs per job are kept small because a daemon may hold 10,000 of them: the config is shared
+//! (`SharedJob`), the timer is one heap entry, a run of a job that is not persistent is a 40-byte
+//! [`Slim`] in memory and one line in the history log, appended in batches. A `publish` job
+//! that is not persistent and takes no lock runs on the timer loop itself (publishing cannot
+//! block): every due run of a burst starts first, their bookkeeping and events follow. Every
+//! other run is a task of its own (command, HTTP, persistent claim, lock).
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use majordomo_bus::{Router, Wakes};
-use majordomo_core::{BoxFuture, Change, Ctx, Subsystem};
+use majordomo_core::{BoxFuture, Change, ConnScope, Ctx, Subsystem};
 use majordomo_proto::scheduler::*;
 use majordomo_proto::{ErrorBody, ErrorCode, Event};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{JobConfig, NotifyOn, Overlap, SchedulerSection};
+use crate::config::{JobConfig, NotifyOn, Overlap, SchedulerSection, SharedJob};
+use crate::history::{self, Extra, Slim};
 use crate::locks::{self, NamedLock};
 use crate::plan::Plan;
 use crate::record::{self, JobRecord};
@@ -54,24 +64,102 @@ impl Subsystem for Scheduler {
     }
 }
 
-struct Job {
-    cfg: Arc<JobConfig>,
+/// One job of the config in force.
+struct JobState {
+    cfg: SharedJob,
     plan: Plan,
-    timer: tokio::task::AbortHandle,
+    rt: Arc<JobRt>,
 }
 
-/// What every run of a job shares, kept across reloads while the job exists.
-#[derive(Default)]
+impl JobState {
+    /// Whether its runs go on the timer loop itself (see the module).
+    fn inline(&self) -> bool {
+        self.cfg.publish.is_some() && !self.cfg.persistent && self.cfg.lock.is_none()
+    }
+}
+
+const NO_NEXT: i64 = i64::MIN;
+
+/// What a job keeps across reloads while it exists.
 struct JobRt {
+    paused: AtomicBool,
+    running: AtomicBool,
+    /// The next occurrence, ms since the epoch ([`NO_NEXT`]: none).
+    next_ms: AtomicI64,
+    mem: Mutex<Mem>,
+    /// Made at the first run that is a task of its own.
+    spawned: OnceLock<Spawned>,
+}
+
+#[derive(Default)]
+struct Mem {
+    /// The last occurrence run by this daemon (schedule, catch-up, retry).
+    last_planned_ms: Option<i64>,
+    /// This daemon's finished runs, newest last: the last `history` for a job that is not
+    /// persistent, the last one for a persistent job (its record file has the rest).
+    runs: VecDeque<Slim>,
+}
+
+struct Spawned {
     slot: Arc<tokio::sync::Mutex<()>>,
     kill: Mutex<CancellationToken>,
-    running: AtomicBool,
-    paused: AtomicBool,
-    next_ms: Mutex<Option<i64>>,
-    last: Mutex<Option<Run>>,
-    /// Jobs that are not persistent: the record, kept here and written in batches (`dirty`).
-    mem: Mutex<Option<JobRecord>>,
-    dirty: AtomicBool,
+}
+
+impl JobRt {
+    fn new(paused: bool) -> Self {
+        Self {
+            paused: AtomicBool::new(paused),
+            running: AtomicBool::new(false),
+            next_ms: AtomicI64::new(NO_NEXT),
+            mem: Mutex::new(Mem::default()),
+            spawned: OnceLock::new(),
+        }
+    }
+
+    fn spawned(&self) -> &Spawned {
+        self.spawned.get_or_init(|| Spawned {
+            slot: Arc::new(tokio::sync::Mutex::new(())),
+            kill: Mutex::new(CancellationToken::new()),
+        })
+    }
+
+    fn last(&self) -> Option<Slim> {
+        self.mem.lock().ok()?.runs.back().cloned()
+    }
+}
+
+impl Mem {
+    fn push(&mut self, s: Slim, cap: usize) {
+        let cap = cap.max(1);
+        if self.runs.capacity() == 0 {
+            self.runs.reserve_exact(cap);
+        }
+        while self.runs.len() >= cap {
+            self.runs.pop_front();
+        }
+        self.runs.push_back(s);
+    }
+}
+
+/// The jobs in force, by index (the timer's heap holds indexes) and by name.
+#[derive(Default)]
+struct Table {
+    jobs: Vec<Arc<JobState>>,
+    /// Indexes sorted by job name.
+    by_name: Vec<u32>,
+}
+
+impl Table {
+    fn index(&self, name: &str) -> Option<usize> {
+        self.by_name
+            .binary_search_by(|i| self.jobs[*i as usize].cfg.name.as_str().cmp(name))
+            .ok()
+            .map(|k| self.by_name[k] as usize)
+    }
+
+    fn get(&self, name: &str) -> Option<&Arc<JobState>> {
+        self.index(name).map(|i| &self.jobs[i])
+    }
 }
 
 struct Shared {
@@ -85,11 +173,46 @@ struct Shared {
     cap: AtomicUsize,
     running: AtomicUsize,
     publish: Publisher,
-    jobs: RwLock<BTreeMap<String, Job>>,
-    rts: RwLock<HashMap<String, Arc<JobRt>>>,
+    table: RwLock<Arc<Table>>,
+    /// Wakes the timer loop when the table changed.
+    changed: Notify,
+    /// Runs of jobs that are not persistent, for the next append to the history log.
+    pending: Mutex<Vec<(SharedJob, Slim)>>,
+    /// Lines in the history log (for its compaction).
+    log_lines: AtomicUsize,
     store: Store,
     held: Mutex<HashMap<u64, NamedLock>>,
     next_token: AtomicU64,
+}
+
+impl Shared {
+    fn table(&self) -> Arc<Table> {
+        self.table
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+/// Kept in the connection's scope: releases a `lock.acquire` lock when the connection closes.
+struct Release {
+    sh: std::sync::Weak<Shared>,
+    token: u64,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(sh) = self.sh.upgrade() {
+            let l = sh.held.lock().ok().and_then(|mut h| h.remove(&self.token));
+            if let Some(l) = l {
+                tracing::debug!(
+                    lock = l.name(),
+                    token = self.token,
+                    "lock released: its connection closed"
+                );
+            }
+        }
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> ErrorBody {
@@ -137,16 +260,30 @@ async fn run(ctx: Ctx<SchedulerSection>, router: Arc<Router>) -> Result<(), Stri
         cap: AtomicUsize::new(section.scheduler.history),
         running: AtomicUsize::new(0),
         publish,
-        jobs: RwLock::new(BTreeMap::new()),
-        rts: RwLock::new(HashMap::new()),
+        table: RwLock::new(Arc::new(Table::default())),
+        changed: Notify::new(),
+        pending: Mutex::new(Vec::new()),
+        log_lines: AtomicUsize::new(0),
         store: Store::new(&dir),
         held: Mutex::new(HashMap::new()),
         next_token: AtomicU64::new(1),
     });
+    let jobs = section.job.len();
+    {
+        // The jobs, with the history the log has of them.
+        let sh = sh.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            reconcile(&sh, &section);
+            load_history(&sh);
+        })
+        .await;
+    }
     register(&ctx, &sh);
+    register_session(&ctx, router.clone());
+    let section = ctx.config.borrow().clone();
     // Start-up: interrupted runs and missed occurrences of persistent jobs, once each.
     for j in section.job.iter().filter(|j| j.persistent) {
-        start_up(&sh, j).await;
+        start_up(&sh, j);
     }
     let flusher = sh.clone();
     ctx.tracker.spawn(async move {
@@ -162,9 +299,9 @@ async fn run(ctx: Ctx<SchedulerSection>, router: Arc<Router>) -> Result<(), Stri
             }
         }
     });
-    reconcile(&sh, &section);
+    ctx.tracker.spawn(timers(sh.clone()));
     ctx.ready();
-    ctx.detail(format!("{} jobs", section.job.len()));
+    ctx.detail(format!("{jobs} jobs"));
     let mut cfg = ctx.config.clone();
     loop {
         tokio::select! {
@@ -177,35 +314,15 @@ async fn run(ctx: Ctx<SchedulerSection>, router: Arc<Router>) -> Result<(), Stri
             }
         }
     }
-    if let Ok(jobs) = sh.jobs.read() {
-        for j in jobs.values() {
-            j.timer.abort();
-        }
-    }
     if let Ok(mut h) = sh.held.lock() {
         h.clear();
     }
     Ok(())
 }
 
-fn rt(sh: &Shared, name: &str) -> Arc<JobRt> {
-    if let Some(r) = sh.rts.read().ok().and_then(|m| m.get(name).cloned()) {
-        return r;
-    }
-    let Ok(mut m) = sh.rts.write() else {
-        return Arc::new(JobRt::default());
-    };
-    m.entry(name.to_string())
-        .or_insert_with(|| {
-            let r = JobRt::default();
-            r.paused.store(is_paused(&sh.dir, name), Ordering::Relaxed);
-            Arc::new(r)
-        })
-        .clone()
-}
-
-/// Applies a (new) section: new and changed jobs get a new timer; running runs are left alone
-/// and the new schedule applies from the next occurrence.
+/// Applies a (new) section: a new table of jobs (an unchanged job keeps its state and its next
+/// start; a changed one keeps its history and pause, and gets the new schedule from now on);
+/// running runs are left alone.
 fn reconcile(sh: &Arc<Shared>, section: &SchedulerSection) {
     sh.cap.store(section.scheduler.history, Ordering::Relaxed);
     let want = section.scheduler.max_concurrent;
@@ -215,118 +332,328 @@ fn reconcile(sh: &Arc<Shared>, section: &SchedulerSection) {
     } else if want < had {
         let _ = sh.sem.forget_permits(had - want);
     }
-    let Ok(mut jobs) = sh.jobs.write() else {
-        return;
-    };
-    jobs.retain(|name, j| {
-        let keep = section.job.iter().any(|c| &c.name == name && *c == *j.cfg);
-        if !keep {
-            j.timer.abort();
-        }
-        keep
-    });
+    let old = sh.table();
+    let mut jobs = Vec::with_capacity(section.job.len());
     for c in &section.job {
-        if jobs.contains_key(&c.name) {
+        let prev = old.get(&c.name);
+        if let Some(p) = prev
+            && p.cfg == *c
+        {
+            jobs.push(p.clone());
             continue;
         }
         let Ok(plan) = c.plan() else { continue };
-        let cfg = Arc::new(c.clone());
-        let timer = tokio::spawn(timer(sh.clone(), cfg.clone(), plan.clone())).abort_handle();
-        jobs.insert(c.name.clone(), Job { cfg, plan, timer });
+        let rt = prev
+            .map(|p| p.rt.clone())
+            .unwrap_or_else(|| Arc::new(JobRt::new(is_paused(&sh.dir, &c.name))));
+        jobs.push(Arc::new(JobState {
+            cfg: c.clone(),
+            plan,
+            rt,
+        }));
     }
-    if let Ok(mut rts) = sh.rts.write() {
-        rts.retain(|name, _| section.job.iter().any(|c| &c.name == name));
+    let mut by_name: Vec<u32> = (0..jobs.len() as u32).collect();
+    by_name.sort_by(|a, b| jobs[*a as usize].cfg.name.cmp(&jobs[*b as usize].cfg.name));
+    let table = Arc::new(Table { jobs, by_name });
+    if let Ok(mut t) = sh.table.write() {
+        *t = table;
+    }
+    sh.changed.notify_one();
+}
+
+/// Fills the jobs' memories from the history log (at start-up).
+fn load_history(sh: &Shared) {
+    let table = sh.table();
+    let cap = sh.cap.load(Ordering::Relaxed);
+    let path = history::log_path(&sh.dir);
+    match history::load(&path, |job, s| {
+        if let Some(j) = table.get(job)
+            && !j.cfg.persistent
+            && let Ok(mut m) = j.rt.mem.lock()
+        {
+            m.push(s, cap);
+        }
+    }) {
+        Ok(n) => sh.log_lines.store(n, Ordering::Relaxed),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot read the job history log")
+        }
     }
 }
 
-/// Sleeps until `t` by the wall clock, re-reading it at least every 30 s (suspend, clock steps).
-async fn sleep_until_wall(t: Timestamp) {
+/// Appends the pending runs to the history log; compacts it when it holds about twice what
+/// the jobs keep (not fsync'd: the history of jobs that are not persistent).
+fn flush(sh: &Shared) {
+    let batch = match sh.pending.lock() {
+        Ok(mut p) if !p.is_empty() => std::mem::take(&mut *p),
+        _ => return,
+    };
+    let path = history::log_path(&sh.dir);
+    let lines: Vec<(&str, &Slim)> = batch.iter().map(|(j, s)| (j.name.as_str(), s)).collect();
+    if let Err(e) = history::append(&path, &lines) {
+        tracing::warn!(file = %path.display(), error = %e, "cannot append to the job history log");
+        return;
+    }
+    let n = sh.log_lines.fetch_add(lines.len(), Ordering::Relaxed) + lines.len();
+    let table = sh.table();
+    let cap = sh.cap.load(Ordering::Relaxed).max(1);
+    let live = table.jobs.iter().filter(|j| !j.cfg.persistent).count() * cap;
+    if n > 2 * live + 1000 {
+        let keep = |job: &str| match table.get(job) {
+            Some(j) if !j.cfg.persistent => cap,
+            _ => 0,
+        };
+        match history::compact(&path, keep) {
+            Ok(kept) => sh.log_lines.store(kept, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot compact the job history log")
+            }
+        }
+    }
+}
+
+/// A start in the timer's heap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    /// When to start (the occurrence plus its jitter), ms.
+    at_ms: i64,
+    planned_ms: i64,
+    idx: u32,
+}
+
+/// Pushes job `idx`'s first occurrence after `after` (and records it as its next).
+fn schedule(heap: &mut BinaryHeap<Reverse<Due>>, table: &Table, idx: usize, after: Timestamp) {
+    let j = &table.jobs[idx];
+    let Some(next) = j.plan.next_after(after) else {
+        j.rt.next_ms.store(NO_NEXT, Ordering::Relaxed);
+        return;
+    };
+    let planned_ms = next.as_millisecond();
+    j.rt.next_ms.store(planned_ms, Ordering::Relaxed);
+    let jitter = j.cfg.jitter.get().as_millis() as u64;
+    let at_ms = if jitter == 0 {
+        planned_ms
+    } else {
+        planned_ms + fastrand::u64(0..jitter) as i64
+    };
+    heap.push(Reverse(Due {
+        at_ms,
+        planned_ms,
+        idx: idx as u32,
+    }));
+}
+
+/// The heap for a new table: an unchanged job keeps its pending start; the others are
+/// scheduled from now.
+fn rebuild(
+    old: &Table,
+    old_heap: BinaryHeap<Reverse<Due>>,
+    new: &Table,
+    now: Timestamp,
+) -> BinaryHeap<Reverse<Due>> {
+    let mut heap = BinaryHeap::with_capacity(new.jobs.len());
+    let mut kept = vec![false; new.jobs.len()];
+    for Reverse(d) in old_heap.into_vec() {
+        let Some(oj) = old.jobs.get(d.idx as usize) else {
+            continue;
+        };
+        if let Some(i) = new.index(&oj.cfg.name)
+            && Arc::ptr_eq(&new.jobs[i], oj)
+            && !kept[i]
+        {
+            kept[i] = true;
+            heap.push(Reverse(Due { idx: i as u32, ..d }));
+        }
+    }
+    for (i, k) in kept.iter().enumerate() {
+        if !k {
+            schedule(&mut heap, new, i, now);
+        }
+    }
+    heap
+}
+
+/// Sleeps until `at_ms` by the wall clock, re-reading it at least every 30 s (suspend, clock
+/// steps); forever when there is nothing to wait for.
+async fn sleep_until_ms(at_ms: Option<i64>) {
+    let Some(at_ms) = at_ms else {
+        return std::future::pending().await;
+    };
     loop {
-        let left = t.as_millisecond() - Timestamp::now().as_millisecond();
-        let left_us = t.as_microsecond() - Timestamp::now().as_microsecond();
+        let left_us = at_ms.saturating_mul(1000) - Timestamp::now().as_microsecond();
         if left_us <= 0 {
             return;
         }
-        let d = if left > 30_000 {
-            Duration::from_secs(30)
-        } else {
-            Duration::from_micros(left_us as u64)
-        };
+        let d = Duration::from_micros(left_us.min(30_000_000) as u64);
         tokio::time::sleep(d).await;
     }
 }
 
-async fn timer(sh: Arc<Shared>, cfg: Arc<JobConfig>, plan: Plan) {
-    let rt = rt(&sh, &cfg.name);
-    let mut after = Timestamp::now();
+/// The one timer of every job.
+async fn timers(sh: Arc<Shared>) {
+    let mut table = Arc::new(Table::default());
+    let mut heap = BinaryHeap::new();
+    // Runs on the loop itself in this burst: started first, recorded after.
+    let mut burst: Vec<(u32, Slim)> = Vec::new();
     loop {
-        let Some(next) = plan.next_after(after) else {
-            if let Ok(mut n) = rt.next_ms.lock() {
-                *n = None;
+        let at = heap.peek().map(|Reverse(d): &Reverse<Due>| d.at_ms);
+        tokio::select! {
+            biased;
+            _ = sh.token.cancelled() => return,
+            _ = sh.changed.notified() => {
+                let new = sh.table();
+                heap = rebuild(&table, std::mem::take(&mut heap), &new, Timestamp::now());
+                table = new;
+                continue;
             }
-            return;
-        };
-        if let Ok(mut n) = rt.next_ms.lock() {
-            *n = Some(next.as_millisecond());
+            _ = sleep_until_ms(at) => {}
         }
-        let jitter = cfg.jitter.get();
-        let start = if jitter.is_zero() {
-            next
-        } else {
-            let ms = fastrand::u64(0..jitter.as_millis().max(1) as u64);
-            next + jiff::SignedDuration::from_millis(ms as i64)
-        };
-        sleep_until_wall(start).await;
         let now = Timestamp::now();
-        after = next.max(now);
-        if rt.paused.load(Ordering::Relaxed) {
-            continue;
+        let now_ms = now.as_millisecond();
+        while let Some(Reverse(d)) = heap.peek().copied()
+            && d.at_ms <= now_ms
+        {
+            heap.pop();
+            let idx = d.idx as usize;
+            let planned = Timestamp::from_millisecond(d.planned_ms).unwrap_or(now);
+            schedule(&mut heap, &table, idx, planned.max(now));
+            let j = &table.jobs[idx];
+            if j.rt.paused.load(Ordering::Relaxed) {
+                continue;
+            }
+            if j.inline() {
+                if let Some(s) = run_inline(&sh, j, d.planned_ms) {
+                    burst.push((d.idx, s));
+                }
+            } else {
+                let (sh2, cfg) = (sh.clone(), j.clone());
+                sh.tracker.spawn(async move {
+                    fire(sh2, cfg, planned, Trigger::Schedule).await;
+                });
+            }
         }
-        let sh2 = sh.clone();
-        let cfg2 = cfg.clone();
-        sh.tracker.spawn(async move {
-            fire(sh2, cfg2, next, Trigger::Schedule).await;
-        });
+        for (idx, s) in burst.drain(..) {
+            finish(&sh, &table.jobs[idx as usize], s);
+        }
     }
 }
 
-/// One occurrence: overlap policy, the daemon-wide cap, the claim, the run.
-async fn fire(
-    sh: Arc<Shared>,
-    cfg: Arc<JobConfig>,
-    planned: Timestamp,
-    trigger: Trigger,
-) -> String {
-    let rt = rt(&sh, &cfg.name);
+/// A run on the timer loop: a `publish` job's message, now.
+fn run_inline(sh: &Shared, j: &JobState, planned_ms: i64) -> Option<Slim> {
+    if let Ok(mut m) = j.rt.mem.lock() {
+        if m.last_planned_ms.is_some_and(|l| l >= planned_ms) {
+            return None;
+        }
+        m.last_planned_ms = Some(planned_ms);
+    }
+    let p = j.cfg.publish.as_ref()?;
+    let t0 = Instant::now();
+    let started_ms = Timestamp::now().as_millisecond();
+    let r = (sh.publish)(&p.topic, p.data.bytes());
+    Some(Slim {
+        planned_ms,
+        late_ms: i32::try_from(started_ms - planned_ms).unwrap_or(i32::MAX),
+        duration_ms: t0.elapsed().as_millis() as u32,
+        exit_code: None,
+        outcome: if r.is_ok() {
+            RunOutcome::Ok
+        } else {
+            RunOutcome::Failed
+        },
+        trigger: Trigger::Schedule,
+        attempt: 1,
+        extra: r.err().map(|e| {
+            Box::new(Extra {
+                error: Some(e),
+                ..Extra::default()
+            })
+        }),
+    })
+}
+
+/// The end of a run: the job's memory, the history log (jobs that are not persistent), the
+/// log line, notifications, the event.
+fn finish(sh: &Shared, j: &JobState, s: Slim) {
+    let cfg = &j.cfg;
+    let cap = if cfg.persistent {
+        1
+    } else {
+        sh.cap.load(Ordering::Relaxed)
+    };
+    if let Ok(mut m) = j.rt.mem.lock() {
+        m.push(s.clone(), cap);
+    }
+    let ok = s.outcome == RunOutcome::Ok;
+    let wants_notice = (ok && cfg.notify_on.contains(&NotifyOn::Success))
+        || (!ok && cfg.notify_on.contains(&NotifyOn::Failure));
+    if ok && j.inline() {
+        tracing::debug!(job = %cfg.name, "job succeeded");
+    } else if ok {
+        tracing::info!(job = %cfg.name, duration_ms = s.duration_ms, "job succeeded");
+    } else {
+        tracing::warn!(job = %cfg.name, outcome = ?s.outcome, error = ?s.extra.as_ref().and_then(|e| e.error.as_deref()), "job failed");
+    }
+    let run = s.to_run(&sh.by);
+    if !cfg.persistent
+        && let Ok(mut p) = sh.pending.lock()
+    {
+        p.push((cfg.clone(), s));
+    }
+    if wants_notice {
+        notice(sh, cfg, if ok { "succeeded" } else { "failed" }, &run);
+    }
+    sh.hub.emit(Event::JobFinished {
+        job: cfg.name.clone(),
+        run,
+    });
+}
+
+/// One occurrence as a task of its own: overlap policy, the daemon-wide cap, the claim, the run.
+async fn fire(sh: Arc<Shared>, j: Arc<JobState>, planned: Timestamp, trigger: Trigger) -> String {
+    let cfg = &j.cfg;
+    let sp = j.rt.spawned();
     let _slot = match cfg.overlap {
-        Overlap::Skip => match rt.slot.clone().try_lock_owned() {
+        Overlap::Skip => match sp.slot.clone().try_lock_owned() {
             Ok(g) => g,
             Err(_) => {
                 tracing::info!(job = %cfg.name, planned = %planned, "skipped: the previous run still runs (overlap = \"skip\")");
                 return "skipped: the previous run still runs (overlap = \"skip\")".into();
             }
         },
-        Overlap::Queue => rt.slot.clone().lock_owned().await,
+        Overlap::Queue => sp.slot.clone().lock_owned().await,
         Overlap::KillPrevious => {
-            if let Ok(k) = rt.kill.lock() {
+            if let Ok(k) = sp.kill.lock() {
                 k.cancel();
             }
-            rt.slot.clone().lock_owned().await
+            sp.slot.clone().lock_owned().await
         }
     };
     let Ok(_permit) = sh.sem.clone().acquire_owned().await else {
         return "the scheduler is stopping".into();
     };
     let kill = sh.token.child_token();
-    if let Ok(mut k) = rt.kill.lock() {
+    if let Ok(mut k) = sp.kill.lock() {
         *k = kill.clone();
     }
     if !cfg.persistent {
-        return run_mem(&sh, &rt, &cfg, planned, trigger, &kill).await;
+        if trigger != Trigger::Manual
+            && let Ok(mut m) = j.rt.mem.lock()
+        {
+            let planned_ms = planned.as_millisecond();
+            if m.last_planned_ms.is_some_and(|l| l >= planned_ms) {
+                return "skipped: this occurrence already ran".into();
+            }
+            m.last_planned_ms = Some(planned_ms);
+        }
+        let run = started(&sh, &j, planned, trigger, 1);
+        let cap = sh.cap.load(Ordering::Relaxed);
+        let done = runner::execute(cfg, &sh.dir, None, run, &kill, Some(&sh.publish), cap).await;
+        ended(&sh, &j, done);
+        return "started".into();
     }
     // Runs of this job in this daemon are serialized by the slot above: a busy job lock is
     // another process (`majordomo check` catching up). Wait for it, then the record decides.
-    let held = loop {
+    let mut held = loop {
         match record::hold(&sh.dir, &cfg.name, cfg.persistent) {
             Ok(Some(h)) => break h,
             Ok(None) => {
@@ -341,20 +668,6 @@ async fn fire(
             }
         }
     };
-    run_held(&sh, &rt, &cfg, held, planned, trigger, 1, &kill).await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_held(
-    sh: &Arc<Shared>,
-    rt: &JobRt,
-    cfg: &JobConfig,
-    mut held: record::Held,
-    planned: Timestamp,
-    trigger: Trigger,
-    attempt: u32,
-    kill: &CancellationToken,
-) -> String {
     let cap = sh.cap.load(Ordering::Relaxed);
     if trigger == Trigger::Schedule
         && held
@@ -365,14 +678,27 @@ async fn run_held(
         return "skipped: this occurrence already ran".into();
     }
     let _ = held.record.take_interrupted(cap);
-    let run = runner::new_run(planned, trigger, &sh.by, attempt);
+    let run = runner::new_run(planned, trigger, &sh.by, 1);
     if let Err(e) = held.start(&run) {
         tracing::error!(job = %cfg.name, error = %e, "cannot record the claim; not running");
         return format!("cannot record the claim: {e}");
     }
-    rt.running.store(true, Ordering::Relaxed);
+    let run = announce(&sh, &j, run);
+    let done = runner::execute(cfg, &sh.dir, Some(held), run, &kill, Some(&sh.publish), cap).await;
+    ended(&sh, &j, done);
+    "started".into()
+}
+
+/// A run that is a task of its own begins: counters, log, `job.started`.
+fn started(sh: &Shared, j: &JobState, planned: Timestamp, trigger: Trigger, attempt: u32) -> Run {
+    announce(sh, j, runner::new_run(planned, trigger, &sh.by, attempt))
+}
+
+fn announce(sh: &Shared, j: &JobState, run: Run) -> Run {
+    let cfg = &j.cfg;
+    j.rt.running.store(true, Ordering::Relaxed);
     sh.running.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(job = %cfg.name, planned = %run.planned, trigger = ?trigger, late_ms = run.late_ms, "job started");
+    tracing::info!(job = %cfg.name, planned = %run.planned, trigger = ?run.trigger, late_ms = run.late_ms, "job started");
     sh.hub.emit(Event::JobStarted {
         job: cfg.name.clone(),
         run: run.clone(),
@@ -380,106 +706,14 @@ async fn run_held(
     if cfg.notify_on.contains(&NotifyOn::Start) {
         notice(sh, cfg, "started", &run);
     }
-    let done = runner::execute(cfg, &sh.dir, Some(held), run, kill, Some(&sh.publish), cap).await;
-    ended(sh, rt, cfg, done);
-    "started".into()
+    run
 }
 
-/// A job that is not persistent: only this daemon runs it (the backup task runs persistent jobs
-/// only), so its record lives in memory and is written in batches by `flush`; no file work on
-/// the hot path.
-async fn run_mem(
-    sh: &Arc<Shared>,
-    rt: &JobRt,
-    cfg: &JobConfig,
-    planned: Timestamp,
-    trigger: Trigger,
-    kill: &CancellationToken,
-) -> String {
-    let cap = sh.cap.load(Ordering::Relaxed);
-    {
-        let Ok(mut mem) = rt.mem.lock() else {
-            return "internal error".into();
-        };
-        let rec = mem.get_or_insert_with(|| JobRecord::load(&sh.dir, &cfg.name));
-        if trigger == Trigger::Schedule
-            && rec
-                .last_planned_ms
-                .is_some_and(|l| l >= planned.as_millisecond())
-        {
-            return "skipped: this occurrence already ran".into();
-        }
-        if trigger != Trigger::Manual {
-            rec.last_planned_ms = Some(planned.as_millisecond());
-        }
-    }
-    let run = runner::new_run(planned, trigger, &sh.by, 1);
-    rt.running.store(true, Ordering::Relaxed);
-    sh.running.fetch_add(1, Ordering::Relaxed);
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        tracing::debug!(job = %cfg.name, planned = %run.planned, late_ms = run.late_ms, "job started");
-    }
-    sh.hub.emit(Event::JobStarted {
-        job: cfg.name.clone(),
-        run: run.clone(),
-    });
-    if cfg.notify_on.contains(&NotifyOn::Start) {
-        notice(sh, cfg, "started", &run);
-    }
-    let done = runner::execute(cfg, &sh.dir, None, run, kill, Some(&sh.publish), cap).await;
-    if let Ok(mut mem) = rt.mem.lock()
-        && let Some(rec) = mem.as_mut()
-    {
-        rec.push(done.clone(), cap);
-        rt.dirty.store(true, Ordering::Relaxed);
-    }
-    ended(sh, rt, cfg, done);
-    "started".into()
-}
-
-/// Writes the in-memory records that changed (not fsync'd: history of non-persistent jobs).
-fn flush(sh: &Shared) {
-    let rts: Vec<(String, Arc<JobRt>)> = match sh.rts.read() {
-        Ok(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        Err(_) => return,
-    };
-    for (name, rt) in rts {
-        if !rt.dirty.swap(false, Ordering::Relaxed) {
-            continue;
-        }
-        let rec = rt.mem.lock().ok().and_then(|m| m.clone());
-        if let Some(rec) = rec
-            && let Err(e) = rec.save(&sh.dir, &name, false)
-        {
-            tracing::warn!(job = %name, error = %e, "cannot write the job's history");
-        }
-    }
-}
-
-/// The end of a run: counters, log, notifications, event.
-fn ended(sh: &Arc<Shared>, rt: &JobRt, cfg: &JobConfig, done: Run) {
-    rt.running.store(false, Ordering::Relaxed);
+/// The end of a run that was a task of its own.
+fn ended(sh: &Shared, j: &JobState, done: Run) {
+    j.rt.running.store(false, Ordering::Relaxed);
     sh.running.fetch_sub(1, Ordering::Relaxed);
-    let ok = done.outcome == Some(RunOutcome::Ok);
-    if ok && !cfg.persistent && cfg.command.is_empty() {
-        tracing::debug!(job = %cfg.name, duration_ms = ?done.duration_ms, "job succeeded");
-    } else if ok {
-        tracing::info!(job = %cfg.name, duration_ms = ?done.duration_ms, "job succeeded");
-    } else {
-        tracing::warn!(job = %cfg.name, outcome = ?done.outcome, error = ?done.error, "job failed");
-    }
-    if (ok && cfg.notify_on.contains(&NotifyOn::Success))
-        || (!ok && cfg.notify_on.contains(&NotifyOn::Failure))
-    {
-        notice(sh, cfg, if ok { "succeeded" } else { "failed" }, &done);
-    }
-    if let Ok(mut l) = rt.last.lock() {
-        *l = Some(done.clone());
-    }
-    sh.hub.emit(Event::JobFinished {
-        job: cfg.name.clone(),
-        run: done,
-    });
+    finish(sh, j, Slim::from_run(&done, &sh.by));
 }
 
 fn notice(sh: &Shared, cfg: &JobConfig, what: &str, run: &Run) {
@@ -508,86 +742,86 @@ fn notice(sh: &Shared, cfg: &JobConfig, what: &str, run: &Run) {
 
 /// At start-up: a run found in progress was interrupted (retried once for persistent jobs);
 /// a persistent job's missed occurrence runs once.
-async fn start_up(sh: &Arc<Shared>, cfg: &JobConfig) {
-    let rt = rt(sh, &cfg.name);
-    let cfg = Arc::new(cfg.clone());
+fn start_up(sh: &Arc<Shared>, cfg: &SharedJob) {
+    let Some(j) = sh.table().get(&cfg.name).cloned() else {
+        return;
+    };
     let sh2 = sh.clone();
-    let publish = sh.publish.clone();
-    let by = sh.by.clone();
-    let cap = sh.cap.load(Ordering::Relaxed);
     let kill = sh.token.child_token();
-    let (c2, k2) = (cfg.clone(), kill.clone());
-    let rt2 = rt.clone();
     sh.tracker.spawn(async move {
-        let _slot = rt2.slot.clone().lock_owned().await;
+        let sp = j.rt.spawned();
+        let _slot = sp.slot.clone().lock_owned().await;
         let _permit = sh2.sem.clone().acquire_owned().await;
         let hub = sh2.hub.clone();
+        let cap = sh2.cap.load(Ordering::Relaxed);
         let ran = crate::offline::due_once(
             &sh2.dir,
-            &c2,
-            &by,
+            &j.cfg,
+            &sh2.by,
             Trigger::CatchUp,
             cap,
-            Some(&publish),
-            &k2,
+            Some(&sh2.publish),
+            &kill,
             &|ev| hub.emit(ev),
         )
         .await;
         if let Some(r) = ran
-            && let Ok(mut l) = rt2.last.lock()
+            && let Ok(mut m) = j.rt.mem.lock()
         {
-            *l = Some(r);
+            m.last_planned_ms = Some(m.last_planned_ms.unwrap_or(i64::MIN).max(r.planned_ms));
+            m.push(Slim::from_run(&r, &sh2.by), 1);
         }
     });
 }
 
-fn row(sh: &Shared, c: &JobConfig, plan: Option<&Plan>) -> JobRow {
-    let rt = rt(sh, &c.name);
-    let paused = rt.paused.load(Ordering::Relaxed);
-    let last = rt
-        .last
-        .lock()
-        .ok()
-        .and_then(|l| l.clone())
-        .or_else(|| JobRecord::load(&sh.dir, &c.name).history.back().cloned());
+fn row(sh: &Shared, j: &JobState) -> JobRow {
+    let c = &j.cfg;
+    let paused = j.rt.paused.load(Ordering::Relaxed);
+    let last = j.rt.last().map(|s| s.to_run(&sh.by)).or_else(|| {
+        c.persistent
+            .then(|| JobRecord::load(&sh.dir, &c.name).history.back().cloned())
+            .flatten()
+    });
     let next = if paused {
         None
     } else {
-        rt.next_ms
-            .lock()
-            .ok()
-            .and_then(|n| *n)
-            .or_else(|| {
-                plan.and_then(|p| p.next_after(Timestamp::now()))
-                    .map(|t| t.as_millisecond())
-            })
-            .and_then(|ms| Timestamp::from_millisecond(ms).ok())
-            .map(rfc3339)
+        match j.rt.next_ms.load(Ordering::Relaxed) {
+            NO_NEXT => j.plan.next_after(Timestamp::now()),
+            ms => Timestamp::from_millisecond(ms).ok(),
+        }
+        .map(rfc3339)
     };
     JobRow {
         name: c.name.clone(),
         schedule: c.describe(),
         paused,
-        running: rt.running.load(Ordering::Relaxed),
+        running: j.rt.running.load(Ordering::Relaxed),
         next,
         last,
         persistent: c.persistent,
     }
 }
 
-fn find(sh: &Shared, name: &str) -> Result<(Arc<JobConfig>, Plan), ErrorBody> {
-    let jobs = sh.jobs.read().map_err(internal)?;
-    jobs.get(name)
-        .map(|j| (j.cfg.clone(), j.plan.clone()))
-        .ok_or_else(|| {
-            ErrorBody::new(
-                ErrorCode::NotFound,
-                format!(
-                    "no job named {name:?}; jobs: {}",
-                    jobs.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            )
-        })
+fn find(sh: &Shared, name: &str) -> Result<Arc<JobState>, ErrorBody> {
+    let table = sh.table();
+    table.get(name).cloned().ok_or_else(|| {
+        let mut names: Vec<&str> = table.jobs.iter().map(|j| j.cfg.name.as_str()).collect();
+        names.sort_unstable();
+        let more = names.len().saturating_sub(20);
+        names.truncate(20);
+        ErrorBody::new(
+            ErrorCode::NotFound,
+            format!(
+                "no job named {name:?}; jobs: {}{}",
+                names.join(", "),
+                if more > 0 {
+                    format!(" and {more} more (`job ls`)")
+                } else {
+                    String::new()
+                }
+            ),
+        )
+    })
 }
 
 fn state_topic(key: &str) -> String {
@@ -621,20 +855,50 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// `session.show`: a desktop notification handed to the session agents, on a system topic
+/// (clients cannot publish there); delivered when at least one agent received it.
+fn register_session(ctx: &Ctx<SchedulerSection>, router: Arc<Router>) {
+    let instance = ctx.daemon.instance().to_string();
+    ctx.handle::<SessionShowCmd, _, _>(move |mut n: SessionNotification| {
+        let router = router.clone();
+        if n.instance.is_empty() {
+            n.instance = instance.clone();
+        }
+        let instance = instance.clone();
+        async move {
+            if n.title.trim().is_empty() {
+                return Err(bad("a notification needs a title"));
+            }
+            let data = serde_json::to_vec(&n).map_err(internal)?;
+            let limits = router.limits();
+            let mut wakes = Wakes::default();
+            let delivered = router.publish(SESSION_TOPIC, None, &data, &limits, &mut wakes);
+            wakes.flush();
+            if delivered == 0 {
+                return Err(ErrorBody::new(
+                    ErrorCode::NoResponders,
+                    format!(
+                        "no session agent is connected to instance {instance:?}: run `majordomo session-agent` in the desktop session (`majordomo service install --session-agent` starts it at each logon)"
+                    ),
+                ));
+            }
+            Ok(SessionShowReply { delivered })
+        }
+    });
+}
+
 fn register(ctx: &Ctx<SchedulerSection>, sh: &Arc<Shared>) {
     let s = sh.clone();
     ctx.handle::<JobLsCmd, _, _>(move |_| {
         let sh = s.clone();
         async move {
-            let jobs: Vec<(Arc<JobConfig>, Plan)> = sh
-                .jobs
-                .read()
-                .map_err(internal)?
-                .values()
-                .map(|j| (j.cfg.clone(), j.plan.clone()))
-                .collect();
+            let table = sh.table();
             Ok(JobList {
-                jobs: jobs.iter().map(|(c, p)| row(&sh, c, Some(p))).collect(),
+                jobs: table
+                    .by_name
+                    .iter()
+                    .map(|i| row(&sh, &table.jobs[*i as usize]))
+                    .collect(),
                 running: sh.running.load(Ordering::Relaxed),
                 max_concurrent: sh.max.load(Ordering::Relaxed),
             })
@@ -644,9 +908,8 @@ fn register(ctx: &Ctx<SchedulerSection>, sh: &Arc<Shared>) {
     ctx.handle::<JobRunCmd, _, _>(move |a: JobArgs| {
         let sh = s.clone();
         async move {
-            let (cfg, _) = find(&sh, &a.name)?;
-            let rt = rt(&sh, &cfg.name);
-            if cfg.overlap == Overlap::Skip && rt.running.load(Ordering::Relaxed) {
+            let j = find(&sh, &a.name)?;
+            if j.cfg.overlap == Overlap::Skip && j.rt.running.load(Ordering::Relaxed) {
                 return Ok(JobRunReply {
                     name: a.name,
                     result: "skipped: it is running (overlap = \"skip\")".into(),
@@ -654,7 +917,7 @@ fn register(ctx: &Ctx<SchedulerSection>, sh: &Arc<Shared>) {
             }
             let sh2 = sh.clone();
             sh.tracker.spawn(async move {
-                fire(sh2, cfg, Timestamp::now(), Trigger::Manual).await;
+                fire(sh2, j, Timestamp::now(), Trigger::Manual).await;
             });
             Ok(JobRunReply {
                 name: a.name,
@@ -666,20 +929,30 @@ fn register(ctx: &Ctx<SchedulerSection>, sh: &Arc<Shared>) {
     ctx.handle::<JobHistoryCmd, _, _>(move |a: JobHistoryArgs| {
         let sh = s.clone();
         async move {
-            let known = find(&sh, &a.name).is_ok();
+            let limit = a.limit.unwrap_or(20);
+            let job = find(&sh, &a.name);
+            if let Ok(j) = &job
+                && !j.cfg.persistent
+            {
+                let m = j.rt.mem.lock().map_err(internal)?;
+                return Ok(m
+                    .runs
+                    .iter()
+                    .rev()
+                    .take(limit)
+                    .map(|s| s.to_run(&sh.by))
+                    .collect::<Vec<Run>>());
+            }
+            // A persistent job (or one no longer configured): its record file.
             let dir = sh.dir.clone();
             let name = a.name.clone();
-            let mem = rt(&sh, &a.name).mem.lock().ok().and_then(|m| m.clone());
-            let rec = match mem {
-                Some(r) => r,
-                None => blocking(move || Ok(JobRecord::load(&dir, &name))).await?,
-            };
-            if !known && rec.history.is_empty() {
-                find(&sh, &a.name)?;
+            let rec = blocking(move || Ok(JobRecord::load(&dir, &name))).await?;
+            if rec.history.is_empty() && rec.running.is_none() {
+                job?;
             }
             let mut runs: Vec<Run> = rec.running.into_iter().collect();
             runs.extend(rec.history.into_iter().rev());
-            runs.truncate(a.limit.unwrap_or(20));
+            runs.truncate(limit);
             Ok(runs)
         }
     });
@@ -688,7 +961,7 @@ fn register(ctx: &Ctx<SchedulerSection>, sh: &Arc<Shared>) {
         let f = move |a: JobArgs| {
             let sh = s.clone();
             async move {
-                let (cfg, plan) = find(&sh, &a.name)?;
+                let j = find(&sh, &a.name)?;
                 let marker = paused_marker(&sh.dir, &a.name);
                 blocking(move || {
                     if pause {
@@ -701,8 +974,8 @@ fn register(ctx: &Ctx<SchedulerSection>, sh: &Arc<Shared>) {
                     }
                 })
                 .await?;
-                rt(&sh, &a.name).paused.store(pause, Ordering::Relaxed);
-                Ok(row(&sh, &cfg, Some(&plan)))
+                j.rt.paused.store(pause, Ordering::Relaxed);
+                Ok(row(&sh, &j))
             }
         };
         if pause {
@@ -781,6 +1054,16 @@ fn register(ctx: &Ctx<SchedulerSection>, sh: &Arc<Shared>) {
             };
             let token = sh.next_token.fetch_add(1, Ordering::Relaxed);
             sh.held.lock().map_err(internal)?.insert(token, l);
+            // Released when the connection closes, if the carrier has connections.
+            if let Some(scope) = ConnScope::current() {
+                scope.hold(
+                    format!("lock.{token}"),
+                    Release {
+                        sh: Arc::downgrade(&sh),
+                        token,
+                    },
+                );
+            }
             Ok(LockReply {
                 name: a.name,
                 acquired: true,
@@ -792,21 +1075,28 @@ fn register(ctx: &Ctx<SchedulerSection>, sh: &Arc<Shared>) {
     ctx.handle::<LockReleaseCmd, _, _>(move |a: LockReleaseArgs| {
         let sh = s.clone();
         async move {
-            let mut held = sh.held.lock().map_err(internal)?;
-            match held.get(&a.token) {
-                Some(l) if l.name() == a.name => {
-                    held.remove(&a.token);
-                    Ok(LockReply {
-                        name: a.name,
-                        acquired: false,
-                        token: a.token,
-                    })
+            let released = {
+                let mut held = sh.held.lock().map_err(internal)?;
+                match held.get(&a.token) {
+                    Some(l) if l.name() == a.name => held.remove(&a.token),
+                    _ => None,
                 }
-                _ => Err(ErrorBody::new(
+            };
+            if released.is_none() {
+                return Err(ErrorBody::new(
                     ErrorCode::NotFound,
                     format!("lock {:?} is not held with token {}", a.name, a.token),
-                )),
+                ));
             }
+            drop(released);
+            if let Some(scope) = ConnScope::current() {
+                scope.take(&format!("lock.{}", a.token));
+            }
+            Ok(LockReply {
+                name: a.name,
+                acquired: false,
+                token: a.token,
+            })
         }
     });
     let s = sh.clone();

@@ -19,6 +19,7 @@ pub mod launchd;
 mod manifest;
 #[cfg(windows)]
 mod scm;
+pub mod session_agent;
 pub mod systemd;
 mod tool;
 
@@ -57,6 +58,8 @@ pub struct InstallRequest {
     pub start: bool,
     /// `--with-backup-timer [EVERY]`: the interval as written (checked by [`parse_every`]).
     pub with_backup_timer: Option<String>,
+    /// `--session-agent`: start `majordomo session-agent` at each logon ([`session_agent`]).
+    pub session_agent: bool,
     /// Write every file under this folder instead of `/`; no service manager is called.
     pub root: Option<PathBuf>,
     /// With `root`: stage this manager's files instead of this system's own.
@@ -521,10 +524,17 @@ fn install(inv: &Invocation, a: &InstallRequest) -> Result<serde_json::Value, Fa
         ),
         _ => Vec::new(),
     };
-    let m = match manager {
+    let mut m = match manager {
         Manager::Systemd => systemd::install(&t, &opts)?,
         Manager::Launchd => launchd::install(&t, &opts)?,
         Manager::Scm => install_scm(&t, &opts)?,
+    };
+    let agent = if a.session_agent {
+        let line = session_agent::install(&t, &mut m)?;
+        m.save(&t)?;
+        Some(line)
+    } else {
+        None
     };
     let mut text = format!(
         "installed {} as {} service '{}' ({})\n",
@@ -541,6 +551,9 @@ fn install(inv: &Invocation, a: &InstallRequest) -> Result<serde_json::Value, Fa
     }
     if let Some(trigger) = &m.trigger {
         text.push_str(&format!("  backup trigger {trigger}\n"));
+    }
+    if let Some(agent) = &agent {
+        text.push_str(&format!("  {agent}\n"));
     }
     if t.root.is_some() {
         text.push_str("  (staged only: no service manager was called)\n");

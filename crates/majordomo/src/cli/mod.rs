@@ -55,6 +55,7 @@ pub mod nats;
 pub mod pipeline;
 pub mod scheduler;
 pub mod service;
+pub mod session_agent;
 pub mod supervisor;
 
 /// One small binary that gives any application its background-service layer.
@@ -163,6 +164,10 @@ pub enum Cmd {
     State(scheduler::StateCmd),
     /// Run a command holding a named cross-process lock (with or without the daemon).
     Lock(scheduler::LockArgs),
+    /// Show this instance's desktop notifications (`type = "session"` notifiers) in the
+    /// user's session, reconnecting when the instance restarts; started at logon by
+    /// `service install --session-agent`.
+    SessionAgent,
     /// The HTTP dashboard: print its link with the login token, or rotate the token.
     #[command(subcommand)]
     Http(http::HttpCmd),
@@ -621,6 +626,7 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         Cmd::Fleet(c) => return nats::run(c, opts, cli.json).await,
         Cmd::Discover(c) => return discover::run(c, cli.json).await,
         Cmd::Job(c) => return scheduler::run(c, opts, cli.json).await,
+        Cmd::SessionAgent => return session_agent::run(opts).await,
         _ => {}
     }
     let mut client = Client::connect(opts).await?;
@@ -715,7 +721,8 @@ async fn client_cmd(cli: &Cli, opts: &ConnectOptions) -> Result<u8, ClientError>
         | Cmd::Discover(_)
         | Cmd::Job(_)
         | Cmd::State(_)
-        | Cmd::Lock(_) => {
+        | Cmd::Lock(_)
+        | Cmd::SessionAgent => {
             return Ok(exit::USAGE);
         }
     }

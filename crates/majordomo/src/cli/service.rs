@@ -44,6 +44,10 @@ pub struct InstallArgs {
     /// instance when it does not answer.
     #[arg(long, value_name = "EVERY", num_args = 0..=1, default_missing_value = "5m")]
     pub with_backup_timer: Option<String>,
+    /// Also start `majordomo session-agent` at each logon (XDG autostart entry, LaunchAgent,
+    /// Task Scheduler logon task), to show the instance's notifications on the desktop.
+    #[arg(long)]
+    pub session_agent: bool,
     /// Write every file under DIR instead of `/` (packaging, tests); no service manager is
     /// called and no rights are needed.
     #[arg(long, value_name = "DIR")]
@@ -93,6 +97,7 @@ impl From<&ServiceCmd> for ServiceCommand {
             ServiceCmd::Install(a) => ServiceCommand::Install(InstallRequest {
                 start: a.start,
                 with_backup_timer: a.with_backup_timer.clone(),
+                session_agent: a.session_agent,
                 root: a.root.clone(),
                 manager: a.manager.map(|m| match m {
                     ManagerArg::Systemd => StagedManager::Systemd,

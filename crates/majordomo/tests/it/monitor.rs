@@ -478,9 +478,9 @@ fn health_monitor_every_program_check_wakes_on_a_state_change() {
 
 /// Starts a private X display, D-Bus session bus and dunst; `None` (with a message) if any of
 /// them is missing or does not start.
-struct Desktop {
+pub(crate) struct Desktop {
     procs: Vec<std::process::Child>,
-    bus: String,
+    pub(crate) bus: String,
 }
 
 impl Drop for Desktop {
@@ -492,7 +492,7 @@ impl Drop for Desktop {
     }
 }
 
-fn desktop(dir: &Path) -> Option<Desktop> {
+pub(crate) fn desktop(dir: &Path) -> Option<Desktop> {
     use std::process::{Command, Stdio};
     for tool in ["dbus-daemon", "dunst", "Xvfb", "dunstctl"] {
         if Command::new("sh")

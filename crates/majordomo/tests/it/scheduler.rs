@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{Home, eventually, stderr, stdout};
+use crate::common::{Home, Line, eventually, stderr, stdout};
 
 fn history(home: &Home, job: &str) -> Vec<Value> {
     let o = home.cli(
@@ -92,6 +92,49 @@ fn a_job_every_second_shows_in_history() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn a_publish_job_publishes_each_second_and_its_history_survives_a_restart() {
+    let home = Home::new();
+    home.write_config(
+        "default",
+        "[monitor]\nenabled = false\n[[job]]\nname = \"beat\"\nevery = \"1s\"\npublish = { topic = \"beat.now\", data = { n = 1 } }\n",
+    );
+    let mut d = home.start("default");
+    let mut sub = Line::connect(&d);
+    let r = sub.call(r#"{"id":1,"cmd":"bus.sub","pattern":"beat.now"}"#);
+    assert!(r["ok"]["sid"].is_number(), "{r}");
+    let m = sub.recv();
+    assert_eq!(m["msg"]["topic"], "beat.now", "{m}");
+    assert_eq!(m["msg"]["data"], serde_json::json!({"n": 1}), "{m}");
+    let runs = eventually(Duration::from_secs(10), || {
+        let h = history(&home, "beat");
+        (h.len() >= 2).then_some(h)
+    })
+    .expect("two runs within 10 s");
+    for r in &runs {
+        assert_eq!(r["outcome"], "ok", "{r:#}");
+        assert_eq!(r["trigger"], "schedule", "{r:#}");
+        assert_eq!(r["planned_ms"].as_i64().unwrap() % 1000, 0, "{r:#}");
+    }
+    // Written in batches (every 2 s) and at shutdown: read back after a restart.
+    drop(sub);
+    let o = home.cli("default", &["shutdown"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    d.wait_exit(Duration::from_secs(10));
+    let _d = home.start("default");
+    let after = history(&home, "beat");
+    let planned: Vec<i64> = after
+        .iter()
+        .map(|r| r["planned_ms"].as_i64().unwrap())
+        .collect();
+    for r in &runs {
+        assert!(
+            planned.contains(&r["planned_ms"].as_i64().unwrap()),
+            "{r:#} missing after the restart: {planned:?}"
+        );
+    }
 }
 
 #[test]
@@ -249,6 +292,38 @@ fn lock_excludes_between_processes_without_the_daemon() {
     assert_eq!(o.status.code(), Some(7));
 }
 
+#[test]
+fn a_socket_lock_is_released_when_its_connection_closes() {
+    let home = Home::new();
+    home.write_config("default", "[monitor]\nenabled = false\n");
+    let d = home.start("default");
+    let mut a = Line::connect(&d);
+    let r = a.call(r#"{"cmd":"lock.acquire","name":"shared"}"#);
+    assert_eq!(r["ok"]["acquired"], true, "{r}");
+    let token = r["ok"]["token"].as_u64().expect("a token");
+    // Held: another connection and another process are refused.
+    let mut b = Line::connect(&d);
+    let r = b.call(r#"{"cmd":"lock.acquire","name":"shared","wait_ms":0}"#);
+    assert_eq!(r["ok"]["acquired"], false, "{r}");
+    let o = home.cli(
+        "default",
+        &["lock", "shared", "--wait", "10ms", "--", "true"],
+    );
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    // Released by token, taken again on the same connection.
+    let r = a.call(&format!(
+        r#"{{"cmd":"lock.release","name":"shared","token":{token}}}"#
+    ));
+    assert!(r["ok"].is_object(), "{r}");
+    let r = a.call(r#"{"cmd":"lock.acquire","name":"shared"}"#);
+    assert_eq!(r["ok"]["acquired"], true, "{r}");
+    // The holder goes away without releasing: the waiting client gets it (long before its
+    // 20 s wait ends, which would answer `acquired: false`).
+    drop(a);
+    let r = b.call(r#"{"cmd":"lock.acquire","name":"shared","wait_ms":20000}"#);
+    assert_eq!(r["ok"]["acquired"], true, "{r}");
+}
+
 fn cas_increments(home: &Home, key: &str, n: usize) -> std::process::Child {
     // A shell loop of read + compare-and-swap, retried when another process won.
     let bin = crate::common::BIN;
@@ -401,4 +476,133 @@ fn notify_send_and_a_failing_job_reach_a_webhook() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn notify_send_reaches_the_desktop_through_the_session_agent() {
+    let home = Home::new();
+    let Some(desk) = crate::monitor::desktop(home.path()) else {
+        return;
+    };
+    home.write_config(
+        "default",
+        "[monitor]\ninterval = \"1s\"\ntop = 0\n\n[[notifier]]\nname = \"session\"\ntype = \"session\"\nretries = 0\n",
+    );
+    // Like a system service, the daemon has no session bus: only the agent reaches dunst.
+    let _d = home.start_with("default", |c| {
+        c.env_remove("DBUS_SESSION_BUS_ADDRESS");
+    });
+    // Without an agent the notifier fails and says what to do.
+    let o = home.cli(
+        "default",
+        &["call", "session.show", r#"{"title":"nobody"}"#],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("session-agent"), "{}", stderr(&o));
+    let log = home.path().join("agent.stderr");
+    let mut agent = home
+        .command("default")
+        .arg("session-agent")
+        .env("DBUS_SESSION_BUS_ADDRESS", &desk.bus)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn the session agent");
+    eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("subscribed"))
+    })
+    .expect("the agent subscribes");
+    let o = home.cli(
+        "default",
+        &[
+            "notify",
+            "send",
+            "--title",
+            "backup finished",
+            "--body",
+            "3 volumes",
+            "--notifier",
+            "session",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // dunst lists a notification in its history once it is closed.
+    let shown = eventually(Duration::from_secs(20), || {
+        let bus = |c: &str| {
+            std::process::Command::new("dunstctl")
+                .arg(c)
+                .env("DBUS_SESSION_BUS_ADDRESS", &desk.bus)
+                .output()
+                .ok()
+        };
+        let _ = bus("close-all");
+        let text = String::from_utf8_lossy(&bus("history")?.stdout).into_owned();
+        text.contains("backup finished").then_some(text)
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let shown = shown.unwrap_or_else(|| {
+        panic!(
+            "dunst never showed it; agent said:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert!(shown.contains("3 volumes"), "{shown}");
+    let counted = eventually(Duration::from_secs(10), || {
+        let o = home.cli("default", &["--json", "notify", "log"]);
+        let v: Value = serde_json::from_str(&stdout(&o)).ok()?;
+        (v["counts"]["session"]["delivered"] == 1).then_some(v)
+    });
+    assert!(counted.is_some(), "the delivery record counts it");
+}
+
+#[test]
+fn service_install_session_agent_writes_an_autostart_entry() {
+    let home = Home::new();
+    let root = home.path().join("root");
+    let user_home = home.path().join("u");
+    let svc = |verb: &str, extra: &[&str]| {
+        let mut c = std::process::Command::new(crate::common::BIN);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MAJORDOMO_") || k.starts_with("XDG_") {
+                c.env_remove(k);
+            }
+        }
+        let o = c
+            .env("HOME", &user_home)
+            .args(["service", verb, "--user", "--instance", "desk", "--root"])
+            .arg(&root)
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run majordomo");
+        assert!(o.status.success(), "{verb}: {}{}", stdout(&o), stderr(&o));
+        o
+    };
+    let o = svc("install", &["--manager", "systemd", "--session-agent"]);
+    assert!(
+        stdout(&o).contains("session agent at logon"),
+        "{}",
+        stdout(&o)
+    );
+    let entry = find(&root, "majordomo-session-agent-desk.desktop").expect("the autostart entry");
+    assert!(
+        entry.to_string_lossy().contains(".config/autostart"),
+        "{}",
+        entry.display()
+    );
+    let text = std::fs::read_to_string(&entry).unwrap();
+    assert!(
+        text.contains("[Desktop Entry]\nType=Application\n"),
+        "{text}"
+    );
+    let exec = text.lines().find(|l| l.starts_with("Exec=")).expect("Exec");
+    assert!(
+        exec.ends_with(" --user --instance desk session-agent"),
+        "{exec}"
+    );
+    svc("uninstall", &[]);
+    assert!(!entry.exists(), "uninstall removes it");
 }
