@@ -58,6 +58,7 @@ namespace Majordomo.Protocol
             new[] { "reload", "action", "ReloadAsync" },
             new[] { "report", "read", "ReportAsync" },
             new[] { "restart", "action", "RestartAsync" },
+            new[] { "session.show", "action", "SessionShowAsync" },
             new[] { "shutdown", "action", "ShutdownAsync" },
             new[] { "signal", "action", "SignalAsync" },
             new[] { "start", "action", "StartAsync" },
@@ -1674,6 +1675,8 @@ namespace Majordomo.Protocol
         public const string Desktop = "desktop";
         public const string Webhook = "webhook";
         public const string Command = "command";
+        /// <summary>Through the session agents (`majordomo session-agent`) in the users' desktop sessions.</summary>
+        public const string Session = "session";
     }
 
     /// <summary>One notifier's totals in `notify.log`.</summary>
@@ -3349,6 +3352,68 @@ namespace Majordomo.Protocol
         }
     }
 
+    /// <summary>A desktop notification for the session agents, from a `type = "session"` notifier.</summary>
+    public sealed partial class SessionNotification
+    {
+        public string Title { get; set; }
+        public string Body { get; set; }
+        /// <summary>The instance it comes from (the daemon fills it in when empty).</summary>
+        public string Instance { get; set; }
+        /// <summary>The notifier that routed it.</summary>
+        public string Notifier { get; set; }
+        public string Severity { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static SessionNotification FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new SessionNotification();
+            o.Raw = j;
+            o.Title = JsonConv.ToStr(j["title"]);
+            o.Body = JsonConv.ToStr(j["body"]);
+            o.Instance = JsonConv.ToStr(j["instance"]);
+            o.Notifier = JsonConv.ToStr(j["notifier"]);
+            o.Severity = JsonConv.ToStr(j["severity"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Title != null) o["title"] = JsonNode.From(Title);
+            if (Body != null) o["body"] = JsonNode.From(Body);
+            if (Instance != null) o["instance"] = JsonNode.From(Instance);
+            if (Notifier != null) o["notifier"] = JsonNode.From(Notifier);
+            if (Severity != null) o["severity"] = JsonNode.From(Severity);
+            return o;
+        }
+    }
+
+    public sealed partial class SessionShowReply
+    {
+        /// <summary>How many session agents received it.</summary>
+        public long Delivered { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static SessionShowReply FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new SessionShowReply();
+            o.Raw = j;
+            o.Delivered = JsonConv.ToLong(j["delivered"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Delivered != null) o["delivered"] = JsonNode.From(Delivered);
+            return o;
+        }
+    }
+
     /// <summary>How bad an alert is. Ordered: `info` &lt; `warning` &lt; `critical`.</summary>
     public static class Severity
     {
@@ -4125,6 +4190,13 @@ namespace Majordomo
         {
             var r = await CallAsync("restart", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
             return global::Majordomo.Protocol.ProgramsResult.FromJson(r);
+        }
+
+        /// <summary><c>session.show</c> (action): Hands a desktop notification to the connected session agents (what `type = "session"` notifiers do); `no_responders` when no agent is connected.</summary>
+        public async Task<SessionShowReply> SessionShowAsync(SessionNotification args, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("session.show", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return global::Majordomo.Protocol.SessionShowReply.FromJson(r);
         }
 
         /// <summary><c>shutdown</c> (action): Drains and stops the daemon; the reply ("stopping") comes before the drain starts.</summary>

@@ -446,7 +446,7 @@ export interface NatsStatus {
 export type NoArgs = Record<string, never>;
 
 /** How a notifier delivers. */
-export type NotifierKind = "log" | "desktop" | "webhook" | "command";
+export type NotifierKind = "log" | "desktop" | "webhook" | "command" | "session";
 
 /** One notifier's totals in `notify.log`. */
 export interface NotifierTotals {
@@ -911,6 +911,22 @@ export interface ServicesArgs {
   name?: string | null;
 }
 
+/** A desktop notification for the session agents, from a `type = "session"` notifier. */
+export interface SessionNotification {
+  title: string;
+  body?: string;
+  /** The instance it comes from (the daemon fills it in when empty). */
+  instance?: string;
+  /** The notifier that routed it. */
+  notifier?: string;
+  severity?: Severity;
+}
+
+export interface SessionShowReply {
+  /** How many session agents received it. */
+  delivered: number;
+}
+
 /** How bad an alert is. Ordered: `info` < `warning` < `critical`. */
 export type Severity = "info" | "warning" | "critical";
 
@@ -1082,6 +1098,7 @@ export interface Commands {
   "reload": { args: NoArgs; reply: ReloadOutcome };
   "report": { args: NoArgs; reply: Report };
   "restart": { args: NamesArgs; reply: Programs };
+  "session.show": { args: SessionNotification; reply: SessionShowReply };
   "shutdown": { args: NoArgs; reply: string };
   "signal": { args: SignalArgs; reply: Signaled };
   "start": { args: NamesArgs; reply: Programs };
@@ -1143,6 +1160,7 @@ export const COMMANDS: ReadonlyArray<{ name: CommandName; kind: "read" | "action
   { name: "reload", kind: "action", method: "reload" },
   { name: "report", kind: "read", method: "report" },
   { name: "restart", kind: "action", method: "restart" },
+  { name: "session.show", kind: "action", method: "sessionShow" },
   { name: "shutdown", kind: "action", method: "shutdown" },
   { name: "signal", kind: "action", method: "signal" },
   { name: "start", kind: "action", method: "start" },
@@ -1389,6 +1407,11 @@ export abstract class CommandMethods {
   /** `restart` (action): Stops and starts programs again. Answers once their states settled. */
   restart(args: NamesArgs = {}, opts?: CallOptions): Promise<Programs> {
     return this.call("restart", args, opts);
+  }
+
+  /** `session.show` (action): Hands a desktop notification to the connected session agents (what `type = "session"` notifiers do); `no_responders` when no agent is connected. */
+  sessionShow(args: SessionNotification, opts?: CallOptions): Promise<SessionShowReply> {
+    return this.call("session.show", args, opts);
   }
 
   /** `shutdown` (action): Drains and stops the daemon; the reply ("stopping") comes before the drain starts. */

@@ -92,7 +92,7 @@ Counts = TypedDict("Counts", {"delivered": int, "failed": int, "suppressed": int
 Delivered = TypedDict("Delivered", {"delivered": bool})
 """The reply to `bus.send` and `bus.reply` (sent only when the request had an `id`)."""
 
-NotifierKind = Literal["log", "desktop", "webhook", "command"]
+NotifierKind = Literal["log", "desktop", "webhook", "command", "session"]
 """How a notifier delivers."""
 
 Outcome = Literal["delivered", "failed", "suppressed"]
@@ -507,6 +507,16 @@ ServiceAction = TypedDict("ServiceAction", {"action": str, "name": str})
 
 ServicesArgs = TypedDict("ServicesArgs", {"name": Optional[str]}, total=False)
 
+_SessionNotificationRequired = TypedDict("_SessionNotificationRequired", {"title": str})
+_SessionNotificationOptional = TypedDict("_SessionNotificationOptional", {"body": str, "instance": str, "notifier": str, "severity": Severity}, total=False)
+
+
+class SessionNotification(_SessionNotificationRequired, _SessionNotificationOptional):
+    """A desktop notification for the session agents, from a `type = "session"` notifier."""
+
+
+SessionShowReply = TypedDict("SessionShowReply", {"delivered": int})
+
 Sid = TypedDict("Sid", {"sid": int})
 """The arguments of `bus.unsub`, and the reply to `bus.sub` and `bus.unsub`."""
 
@@ -605,6 +615,7 @@ COMMANDS: Dict[str, Dict[str, str]] = {
     "reload": {"kind": "action", "method": "reload", "args": "NoArgs"},
     "report": {"kind": "read", "method": "report", "args": "NoArgs"},
     "restart": {"kind": "action", "method": "restart", "args": "NamesArgs"},
+    "session.show": {"kind": "action", "method": "session_show", "args": "SessionNotification"},
     "shutdown": {"kind": "action", "method": "shutdown", "args": "NoArgs"},
     "signal": {"kind": "action", "method": "signal", "args": "SignalArgs"},
     "start": {"kind": "action", "method": "start", "args": "NamesArgs"},
@@ -935,6 +946,19 @@ class AsyncCommands:
         if names is not None:
             args["names"] = names
         return cast(Programs, await self.call("restart", args, timeout=timeout))
+
+    async def session_show(self, title: str, *, body: Optional[str] = None, instance: Optional[str] = None, notifier: Optional[str] = None, severity: Optional[Severity] = None, timeout: Optional[float] = None) -> SessionShowReply:
+        """`session.show` (action): Hands a desktop notification to the connected session agents (what `type = "session"` notifiers do); `no_responders` when no agent is connected."""
+        args: Dict[str, Any] = {"title": title}
+        if body is not None:
+            args["body"] = body
+        if instance is not None:
+            args["instance"] = instance
+        if notifier is not None:
+            args["notifier"] = notifier
+        if severity is not None:
+            args["severity"] = severity
+        return cast(SessionShowReply, await self.call("session.show", args, timeout=timeout))
 
     async def shutdown(self, *, timeout: Optional[float] = None) -> str:
         """`shutdown` (action): Drains and stops the daemon; the reply ("stopping") comes before the drain starts."""
@@ -1314,6 +1338,19 @@ class SyncCommands:
         if names is not None:
             args["names"] = names
         return cast(Programs, self.call("restart", args, timeout=timeout))
+
+    def session_show(self, title: str, *, body: Optional[str] = None, instance: Optional[str] = None, notifier: Optional[str] = None, severity: Optional[Severity] = None, timeout: Optional[float] = None) -> SessionShowReply:
+        """`session.show` (action): Hands a desktop notification to the connected session agents (what `type = "session"` notifiers do); `no_responders` when no agent is connected."""
+        args: Dict[str, Any] = {"title": title}
+        if body is not None:
+            args["body"] = body
+        if instance is not None:
+            args["instance"] = instance
+        if notifier is not None:
+            args["notifier"] = notifier
+        if severity is not None:
+            args["severity"] = severity
+        return cast(SessionShowReply, self.call("session.show", args, timeout=timeout))
 
     def shutdown(self, *, timeout: Optional[float] = None) -> str:
         """`shutdown` (action): Drains and stops the daemon; the reply ("stopping") comes before the drain starts."""
