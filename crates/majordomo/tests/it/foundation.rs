@@ -219,8 +219,11 @@ async fn reload_on_sighup() {
     );
     d.signal(Signal::SIGHUP);
     let mut c = d.client().await;
+    // The generation moves when the new config is in force, before its sections are applied;
+    // `last_reload` is recorded when the apply is over.
     for _ in 0..500 {
-        if c.status().await.unwrap().config_generation == 2 {
+        let s = c.status().await.unwrap();
+        if s.config_generation == 2 && s.last_reload.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
