@@ -1579,6 +1579,8 @@ namespace Majordomo.Protocol
         public long Connects { get; set; }
         /// <summary>The durable JetStream consumers imports are read through (`stream` set), if any.</summary>
         public List<string> Consumers { get; set; }
+        /// <summary>Imported NATS messages lost because the bridge fell behind the server (core NATS: the client's subscription buffer was full; counted per slow-consumer report, so at least this many). JetStream imports are not lost this way: they are redelivered.</summary>
+        public long ImportOverflows { get; set; }
         /// <summary>Last connection error, if any.</summary>
         public string LastError { get; set; }
         /// <summary>JetStream redeliveries already delivered locally, skipped (durable import only).</summary>
@@ -1612,6 +1614,7 @@ namespace Majordomo.Protocol
             o.Unconfirmed = JsonConv.ToLong(j["unconfirmed"]);
             o.Connects = JsonConv.ToLong(j["connects"]);
             o.Consumers = JsonConv.ToList(j["consumers"], x => JsonConv.ToStr(x));
+            o.ImportOverflows = JsonConv.ToLong(j["import_overflows"]);
             o.LastError = JsonConv.ToStr(j["last_error"]);
             o.Redelivered = JsonConv.ToLong(j["redelivered"]);
             o.Server = JsonConv.ToStr(j["server"]);
@@ -1639,6 +1642,7 @@ namespace Majordomo.Protocol
             if (Unconfirmed != null) o["unconfirmed"] = JsonNode.From(Unconfirmed);
             if (Connects != null) o["connects"] = JsonNode.From(Connects);
             if (Consumers != null) o["consumers"] = JsonConv.FromList(Consumers, x => JsonNode.From(x));
+            if (ImportOverflows != null) o["import_overflows"] = JsonNode.From(ImportOverflows);
             if (LastError != null) o["last_error"] = JsonNode.From(LastError);
             if (Redelivered != null) o["redelivered"] = JsonNode.From(Redelivered);
             if (Server != null) o["server"] = JsonNode.From(Server);

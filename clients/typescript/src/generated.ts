@@ -432,6 +432,8 @@ export interface NatsStatus {
   connects: number;
   /** The durable JetStream consumers imports are read through (`stream` set), if any. */
   consumers?: string[];
+  /** Imported NATS messages lost because the bridge fell behind the server (core NATS: the client's subscription buffer was full; counted per slow-consumer report, so at least this many). JetStream imports are not lost this way: they are redelivered. */
+  import_overflows?: number;
   /** Last connection error, if any. */
   last_error?: string | null;
   /** JetStream redeliveries already delivered locally, skipped (durable import only). */

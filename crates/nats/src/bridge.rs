@@ -38,6 +38,7 @@ pub struct Stats {
     pub dropped: AtomicU64,
     pub unconfirmed: AtomicU64,
     pub redelivered: AtomicU64,
+    pub import_overflows: AtomicU64,
     pub connects: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
@@ -534,6 +535,7 @@ fn status_of(base: &NatsStatus, s: &Stats, buffer: &Buffer) -> NatsStatus {
         dropped: g(&s.dropped),
         unconfirmed: g(&s.unconfirmed),
         redelivered: g(&s.redelivered),
+        import_overflows: g(&s.import_overflows),
         connects: g(&s.connects),
         last_error: s.last_error.lock().ok().and_then(|e| e.clone()),
         ..base.clone()
@@ -586,7 +588,16 @@ fn on_event(ev: async_nats::Event, stats: &Stats, hub: &Hub, server: &str) {
             }
         }
         async_nats::Event::SlowConsumer(sid) => {
-            tracing::warn!(sid, "NATS slow consumer: the bridge fell behind an import");
+            // One report per message the client dropped (while its event queue has room).
+            // Logged at the first loss and each doubling, not once per message.
+            let n = stats.import_overflows.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    sid,
+                    lost = n,
+                    "NATS slow consumer: the bridge fell behind an import and lost messages (core NATS; counted as import_overflows)"
+                );
+            }
         }
         other => tracing::debug!("NATS: {other}"),
     }

@@ -73,6 +73,11 @@ pub struct NatsStatus {
     /// Exports handed to a connection that broke before they were confirmed: possibly lost
     /// (core NATS only; JetStream retries them).
     pub unconfirmed: u64,
+    /// Imported NATS messages lost because the bridge fell behind the server (core NATS: the
+    /// client's subscription buffer was full; counted per slow-consumer report, so at least
+    /// this many). JetStream imports are not lost this way: they are redelivered.
+    #[serde(default)]
+    pub import_overflows: u64,
     /// JetStream redeliveries already delivered locally, skipped (durable import only).
     #[serde(default)]
     pub redelivered: u64,

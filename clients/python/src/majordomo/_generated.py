@@ -265,7 +265,7 @@ NamesArgs = TypedDict("NamesArgs", {"name": Optional[str], "names": List[str]}, 
 """Which programs a command is about: `names`, and `name` for one (the two are joined)."""
 
 _NatsStatusRequired = TypedDict("_NatsStatusRequired", {"connected": bool, "node": str, "instance": str, "prefix": str, "ctl_subject": str, "exported": int, "imported": int, "echo_suppressed": int, "requests_out": int, "requests_in": int, "ctl_answered": int, "ctl_refused": int, "buffered": int, "dropped": int, "unconfirmed": int, "connects": int})
-_NatsStatusOptional = TypedDict("_NatsStatusOptional", {"consumers": List[str], "last_error": Optional[str], "redelivered": int, "server": Optional[str], "stream": Optional[str]}, total=False)
+_NatsStatusOptional = TypedDict("_NatsStatusOptional", {"consumers": List[str], "import_overflows": int, "last_error": Optional[str], "redelivered": int, "server": Optional[str], "stream": Optional[str]}, total=False)
 
 
 class NatsStatus(_NatsStatusRequired, _NatsStatusOptional):

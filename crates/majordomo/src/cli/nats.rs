@@ -237,8 +237,8 @@ fn print_status(s: &NatsStatus) {
         s.exported, s.imported, s.requests_out, s.requests_in, s.echo_suppressed
     );
     println!(
-        "  buffered {}  dropped {}  unconfirmed {}  connects {}",
-        s.buffered, s.dropped, s.unconfirmed, s.connects
+        "  buffered {}  dropped {}  unconfirmed {}  import overflows {}  connects {}",
+        s.buffered, s.dropped, s.unconfirmed, s.import_overflows, s.connects
     );
     if let Some(e) = &s.last_error {
         println!("  last error     {e}");
