@@ -628,7 +628,7 @@ async fn report(st: &Arc<State>, cfg: &MonitorSection, instance: String) -> Repo
     Report {
         generated_at: alerts::rfc3339(SystemTime::now()),
         instance,
-        host: notify::hostname(),
+        host: majordomo_platform::host_name(),
         daemon: ReportDaemon {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -297,7 +297,7 @@ impl Deliverer {
         let mut v = serde_json::to_value(a).unwrap_or_default();
         if let Some(m) = v.as_object_mut() {
             m.insert("instance".into(), self.instance.clone().into());
-            m.insert("host".into(), hostname().into());
+            m.insert("host".into(), majordomo_platform::host_name().into());
         }
         v
     }
@@ -428,20 +428,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
-}
-
-pub fn hostname() -> String {
-    #[cfg(unix)]
-    {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default()
-    }
-    #[cfg(not(unix))]
-    {
-        std::env::var("COMPUTERNAME").unwrap_or_default()
-    }
 }
 
 fn title(a: &Alert) -> String {
