@@ -540,9 +540,9 @@ pub enum BinRef<'a> {
     },
 }
 
-/// Reads one frame at the front of `buf` without consuming it: the frame and how many bytes it
-/// took, `None` when it is not complete yet. Total: never panics on any input.
-pub fn decode_bin_ref(buf: &[u8], limit: usize) -> Result<Option<(BinRef<'_>, usize)>, BinError> {
+/// The body of the frame at the front of `buf` (its kind byte first, never empty) and its
+/// length, `None` while it is incomplete. Total: never panics on any input.
+fn frame_at(buf: &[u8], limit: usize) -> Result<Option<(&[u8], usize)>, BinError> {
     let Some(head) = buf.first_chunk::<4>() else {
         return Ok(None);
     };
@@ -554,6 +554,15 @@ pub fn decode_bin_ref(buf: &[u8], limit: usize) -> Result<Option<(BinRef<'_>, us
         return Err(BinError::Malformed("empty frame"));
     }
     let Some(body) = buf.get(4..4 + len) else {
+        return Ok(None);
+    };
+    Ok(Some((body, len)))
+}
+
+/// Reads one frame at the front of `buf` without consuming it: the frame and how many bytes it
+/// took, `None` when it is not complete yet. Total: never panics on any input.
+pub fn decode_bin_ref(buf: &[u8], limit: usize) -> Result<Option<(BinRef<'_>, usize)>, BinError> {
+    let Some((body, len)) = frame_at(buf, limit)? else {
         return Ok(None);
     };
     let (kind, mut body) = (body[0], &body[1..]);
@@ -607,17 +616,7 @@ pub enum BinPeek<'a> {
 
 /// See [`BinPeek`]. Total: never panics on any input.
 pub fn peek_bin(buf: &[u8], limit: usize) -> Result<Option<(BinPeek<'_>, usize)>, BinError> {
-    let Some(head) = buf.first_chunk::<4>() else {
-        return Ok(None);
-    };
-    let len = u32::from_le_bytes(*head) as usize;
-    if len > limit {
-        return Err(BinError::TooLong { len, limit });
-    }
-    if len == 0 {
-        return Err(BinError::Malformed("empty frame"));
-    }
-    let Some(body) = buf.get(4..4 + len) else {
+    let Some((body, len)) = frame_at(buf, limit)? else {
         return Ok(None);
     };
     let peek = match body[0] {
