@@ -43,9 +43,6 @@ pub fn tokens_match(expected: &str, given: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// How often the bus publishes its health (counters, peak, memory) to its status slot.
-const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// The bus subsystem: applies `[bus]` to the shared [`Router`] live, and publishes hub events on
 /// `$sys.<kind>` while `[bus] system_topics` is on. The carriers (the control socket, ...) get
 /// the same router.
@@ -95,14 +92,14 @@ impl Subsystem for Bus {
                 .hub
                 .gauges()
                 .register("bus", move |out| write_gauges(&r, out));
+            // The bus's health in its status slot, which `status` shows under `bus`: computed
+            // when asked, so an idle daemon has no timer for it.
+            let r = router.clone();
+            ctx.publish_live(move || r.health());
             ctx.ready();
-            // The bus's health in its status slot, which `status` shows under `bus`.
-            let mut health = tokio::time::interval(HEALTH_EVERY);
-            health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = ctx.token.cancelled() => return Ok(()),
-                    _ = health.tick() => ctx.publish(&router.health()),
                     changed = config.changed() => {
                         if changed.is_err() {
                             return Ok(());

@@ -211,6 +211,17 @@ impl<C> Ctx<C> {
         self.board.publish(self.name, info);
     }
 
+    /// Publishes this subsystem's status as a function computed each time it is read (by
+    /// `status`, [`StatusBoard::info`]), instead of a value refreshed on a timer: a figure that
+    /// changes all the time costs nothing until someone asks for it.
+    pub fn publish_live<T, F>(&self, f: F)
+    where
+        T: Serialize,
+        F: Fn() -> T + Send + Sync + 'static,
+    {
+        self.board.publish_live(self.name, f);
+    }
+
     /// Registers the typed socket command `K`, owned by this subsystem: removed when it stops.
     pub fn handle<K, F, Fut>(&self, f: F)
     where
@@ -254,7 +265,14 @@ struct Entry {
     state: &'static str,
     detail: Option<String>,
     since: Instant,
-    info: Option<Value>,
+    info: Option<Info>,
+}
+
+/// A subsystem's published status: a value, or a function computed when it is read.
+#[derive(Clone)]
+enum Info {
+    Value(Value),
+    Live(Arc<dyn Fn() -> Option<Value> + Send + Sync>),
 }
 
 impl StatusBoard {
@@ -306,17 +324,34 @@ impl StatusBoard {
         let Ok(value) = serde_json::to_value(info) else {
             return;
         };
+        self.put_info(name, Info::Value(value));
+    }
+
+    fn publish_live<T, F>(&self, name: &'static str, f: F)
+    where
+        T: Serialize,
+        F: Fn() -> T + Send + Sync + 'static,
+    {
+        let live = move || serde_json::to_value(f()).ok();
+        self.put_info(name, Info::Live(Arc::new(live)));
+    }
+
+    fn put_info(&self, name: &'static str, info: Info) {
         if let Ok(mut map) = self.inner.lock()
             && let Some(entry) = map.get_mut(name)
         {
-            entry.info = Some(value);
+            entry.info = Some(info);
         }
     }
 
     /// What `name` published last, read as `T`.
     pub fn info<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
-        let map = self.inner.lock().ok()?;
-        let value = map.get(name)?.info.clone()?;
+        let info = self.inner.lock().ok()?.get(name)?.info.clone()?;
+        // A live one is computed outside the board's lock (it may take its owner's locks).
+        let value = match info {
+            Info::Value(v) => v,
+            Info::Live(f) => f()?,
+        };
         serde_json::from_value(value).ok()
     }
 

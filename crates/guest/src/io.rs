@@ -119,7 +119,16 @@ mod imp {
                         self.reregister()?;
                         return Ok(Event::HostLeft);
                     }
-                    Ok(Ok(n)) => return Ok(Event::Data(n)),
+                    Ok(Ok(n)) => {
+                        // A short read took all there was: wait for the next edge instead of
+                        // a read that would only say EAGAIN (a syscall saved per request;
+                        // a VM exit under emulation). Data that came meanwhile raised a newer
+                        // edge, which this does not clear.
+                        if n < buf.len() {
+                            guard.clear_ready();
+                        }
+                        return Ok(Event::Data(n));
+                    }
                     Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                     Ok(Err(e)) => return Err(e),
                     Err(_would_block) => {
@@ -144,9 +153,10 @@ mod imp {
 
         async fn host_absent(&mut self) {
             match &mut self.sigio {
-                // A safety net of one wake-up a minute in case a signal was lost.
+                // No timer: tokio's listener was registered before the port's first read, so a
+                // SIGIO raised between that read and this wait is still seen here.
                 Some(s) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(60), s.recv()).await;
+                    s.recv().await;
                 }
                 None => tokio::time::sleep(Duration::from_secs(1)).await,
             }
@@ -154,6 +164,16 @@ mod imp {
 
         /// Writes all of `data`, or fails after [`WRITE_TIMEOUT`] (the host went away).
         pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+            // The usual case first: the whole reply in one write, no timer armed.
+            match self.fd.get_ref().write(data) {
+                Ok(n) if n == data.len() => return Ok(()),
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => data = &data[n..],
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
             let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
             while !data.is_empty() {
                 let mut guard = match tokio::time::timeout_at(deadline, self.fd.writable()).await {

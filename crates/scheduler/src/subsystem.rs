@@ -178,6 +178,8 @@ struct Shared {
     changed: Notify,
     /// Runs of jobs that are not persistent, for the next append to the history log.
     pending: Mutex<Vec<(SharedJob, Slim)>>,
+    /// Wakes the history flusher when `pending` gets its first run (no timer while idle).
+    pending_added: Notify,
     /// Lines in the history log (for its compaction).
     log_lines: AtomicUsize,
     store: Store,
@@ -263,6 +265,7 @@ async fn run(ctx: Ctx<SchedulerSection>, router: Arc<Router>) -> Result<(), Stri
         table: RwLock::new(Arc::new(Table::default())),
         changed: Notify::new(),
         pending: Mutex::new(Vec::new()),
+        pending_added: Notify::new(),
         log_lines: AtomicUsize::new(0),
         store: Store::new(&dir),
         held: Mutex::new(HashMap::new()),
@@ -288,9 +291,14 @@ async fn run(ctx: Ctx<SchedulerSection>, router: Arc<Router>) -> Result<(), Stri
     let flusher = sh.clone();
     ctx.tracker.spawn(async move {
         loop {
+            // Idle until a run is pending, then batch for 2 s: an instance without runs has no
+            // timer here.
             let stop = tokio::select! {
                 _ = flusher.token.cancelled() => true,
-                _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+                _ = async {
+                    flusher.pending_added.notified().await;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                } => false,
             };
             let f = flusher.clone();
             let _ = tokio::task::spawn_blocking(move || flush(&f)).await;
@@ -598,6 +606,8 @@ fn finish(sh: &Shared, j: &JobState, s: Slim) {
         && let Ok(mut p) = sh.pending.lock()
     {
         p.push((cfg.clone(), s));
+        // A permit is stored if the flusher is mid-batch: it comes back for this run.
+        sh.pending_added.notify_one();
     }
     if wants_notice {
         notice(sh, cfg, if ok { "succeeded" } else { "failed" }, &run);
