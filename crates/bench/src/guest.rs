@@ -3,8 +3,8 @@
 //! answer, guest-ping round trip p50/p99, guest-get-fsinfo and guest-network-get-interfaces
 //! time, agent RSS (the harness's `agent-mem` console line, smaps_rollup), idle CPU with a
 //! silent host connected and with none (`agent-cpu-total` ticks, 1/100 s). majordomo runs
-//! guest-only (monitor and HTTP off). Bars: round trip ≤ qemu-ga's; idle CPU 0.00 % with no
-//! host; RSS ≤ 2 × qemu-ga's.
+//! in the guest-only mode README documents ([`GUEST_ONLY`]: one thread, monitor and HTTP
+//! off). Bars: round trip ≤ qemu-ga's; idle CPU 0.00 % with no host; RSS ≤ 2 × qemu-ga's.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -29,6 +29,10 @@ pub struct Args {
     #[arg(long)]
     pub smoke: bool,
 }
+
+/// The guest-only mode README documents: the agent, the control socket, the bus; one thread,
+/// no monitor, no HTTP, no config watcher.
+const GUEST_ONLY: &str = "[daemon]\nthreads = 1\nwatch_config = false\n[guest]\n[monitor]\nenabled = false\n[http]\nenabled = false\n";
 
 fn harness() -> anyhow::Result<PathBuf> {
     if let Ok(d) = std::env::var("MAJORDOMO_VM_HARNESS") {
@@ -352,10 +356,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The guest holds the agent in its RAM disk: strip the copy (the figures are the code's).
     let _ = Command::new("strip").arg(&agent).status();
     let config = dir.path().join("guest.toml");
-    std::fs::write(
-        &config,
-        "[guest]\n[monitor]\nenabled = false\n[http]\nenabled = false\n[daemon]\nwatch_config = false\n",
-    )?;
+    std::fs::write(&config, GUEST_ONLY)?;
     let files = format!("{}:/etc/majordomo.toml", config.display());
     let md = tokio::task::block_in_place(|| {
         measure(

@@ -151,6 +151,13 @@ impl Root for Config {
         majordomo_http::validate(&self.http, problems);
         self.discovery.validate(problems);
         self.validate_across(problems);
+        if !(1..=64).contains(&self.daemon.threads) {
+            problems.push(Problem::at(
+                "daemon.threads",
+                format!("{} threads cannot run the daemon", self.daemon.threads),
+                "use 1 (smallest) to 64; the default is 2",
+            ));
+        }
         if self.daemon.grace_period.get().is_zero() {
             problems.push(Problem::at(
                 "daemon.grace_period",
@@ -209,6 +216,10 @@ pub struct DaemonConfig {
     pub watch_config: bool,
     /// Quiet time after the last change to the config file before it is reloaded.
     pub watch_debounce: Dur,
+    /// Threads running the daemon's tasks, read at start: 1 runs everything on one thread
+    /// (with one malloc arena), the smallest footprint, e.g. an instance that only runs the
+    /// guest agent. Blocking work has its own short-lived threads either way.
+    pub threads: usize,
 }
 
 impl Default for DaemonConfig {
@@ -217,6 +228,7 @@ impl Default for DaemonConfig {
             grace_period: Dur::secs(10),
             watch_config: true,
             watch_debounce: Dur::millis(300),
+            threads: 2,
         }
     }
 }

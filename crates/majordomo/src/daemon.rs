@@ -119,6 +119,11 @@ pub fn run_code(args: RunArgs) -> u8 {
         };
     // What the parse freed goes back to the OS (large configs).
     majordomo_platform::release_free_heap();
+    if loaded.config.daemon.threads <= 1 {
+        // One thread, one arena: the smallest daemon (`[daemon] threads`); before the log
+        // writer's thread starts.
+        majordomo_platform::limit_malloc_arenas(1);
+    }
     let log = Arc::new(logging::init(&loaded.config.log.level));
     // Enough file descriptors for [control] max_connections bus clients.
     let _ = majordomo_platform::raise_nofile();
@@ -134,12 +139,15 @@ pub fn run_code(args: RunArgs) -> u8 {
             return exit::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("majordomo")
-        .build()
-    {
+    let threads = loaded.config.daemon.threads;
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = match builder.enable_all().thread_name("majordomo").build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("majordomo: cannot start the async runtime: {e}");

@@ -17,6 +17,10 @@ mod notify;
 pub mod process;
 mod signals;
 #[cfg(windows)]
+pub mod winreg;
+#[cfg(windows)]
+pub mod winscm;
+#[cfg(windows)]
 pub mod winsvc;
 
 pub use disk::disk_space;
@@ -48,6 +52,21 @@ pub fn release_free_heap() {
     unsafe {
         nix::libc::malloc_trim(0);
     }
+}
+
+/// Caps glibc's malloc arenas at `n` (`M_ARENA_MAX`). glibc gives threads arenas of their
+/// own (up to 8 per core), each keeping its own free pages resident; a daemon that runs on one
+/// thread (`[daemon] threads = 1`) needs one. Call it before other threads start. A no-op
+/// where the allocator is not glibc's.
+pub fn limit_malloc_arenas(n: u32) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a tuning parameter of the allocator; before other threads
+    // exist there is no allocation in flight to race with.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, n.clamp(1, i32::MAX as u32) as i32);
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = n;
 }
 
 /// Whether stderr is connected to the systemd journal (JOURNAL_STREAM names its device:inode).
