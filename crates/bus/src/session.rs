@@ -60,12 +60,9 @@ impl Default for SessionConfig {
     }
 }
 
-/// Who is on the other end, as far as the carrier knows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Peer {
-    pub uid: Option<u32>,
-    pub pid: Option<i32>,
-}
+/// Who is on the other end, as far as the carrier knows: core's [`majordomo_core::Who`],
+/// which every command the connection runs sees in its [`ConnScope`].
+pub use majordomo_core::Who as Peer;
 
 /// What every connection of one carrier shares. Cheap to clone.
 #[derive(Clone)]
@@ -141,6 +138,8 @@ struct ConnState {
     bus: ConnBus,
     /// What commands keep for the life of the connection (made at its first command).
     scope: Option<ConnScope>,
+    /// Who connected, for that scope.
+    peer: Peer,
 }
 
 /// The answer to one control line.
@@ -210,6 +209,7 @@ impl Session {
             binary: false,
             bus: ConnBus::new(router.clone(), outbox.clone()),
             scope: None,
+            peer,
         };
         let max_line = cfg.max_line;
         let mut codec = LineCodec::new(max_line);
@@ -397,8 +397,13 @@ impl Session {
                 let incoming = parse_line(line);
                 let wants_binary = matches!(&incoming, Incoming::Request { cmd: Command::Hello { framing: Some(f), .. }, .. } if f == BINARY_FRAMING);
                 let was_authed = state.authed;
-                let outcome =
-                    Box::pin(self.handle(incoming, &mut state.authed, &mut state.scope)).await;
+                let outcome = Box::pin(self.handle(
+                    incoming,
+                    &mut state.authed,
+                    &mut state.scope,
+                    state.peer,
+                ))
+                .await;
                 if state.authed && !was_authed {
                     // Admitted under the token in force now.
                     token_in_force = config.borrow().token.clone();
@@ -440,6 +445,7 @@ impl Session {
         incoming: Incoming,
         authed: &mut bool,
         scope: &mut Option<ConnScope>,
+        peer: Peer,
     ) -> Outcome {
         let forbidden = |id| {
             Outcome::reply(Reply::error(
@@ -454,7 +460,7 @@ impl Session {
             Incoming::Invalid { id, error } => Outcome::reply(Reply::error(id, error)),
             Incoming::Ext { id, .. } if !*authed => forbidden(id),
             Incoming::Ext { id, cmd, args } => {
-                let scope = scope.get_or_insert_with(ConnScope::default);
+                let scope = scope.get_or_insert_with(|| ConnScope::new(peer));
                 Outcome::result(id, scope.run(self.commands.dispatch(&cmd, args)).await)
             }
             Incoming::Request { id, cmd } => {

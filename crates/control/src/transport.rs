@@ -133,10 +133,14 @@ mod imp {
             let (conn, _) = self.inner.accept().await?;
             let peer = match conn.peer_cred() {
                 Ok(c) => Peer {
+                    via: "unix socket",
                     uid: Some(c.uid()),
                     pid: c.pid(),
                 },
-                Err(_) => Peer::default(),
+                Err(_) => Peer {
+                    via: "unix socket",
+                    ..Peer::default()
+                },
             };
             Ok((conn, peer))
         }
@@ -184,7 +188,13 @@ mod imp {
                 .reject_remote_clients(true)
                 .create(self.name.as_os_str())?;
             let conn = std::mem::replace(&mut self.next, fresh);
-            Ok((conn, Peer::default()))
+            Ok((
+                conn,
+                Peer {
+                    via: "named pipe",
+                    ..Peer::default()
+                },
+            ))
         }
     }
 }

@@ -101,15 +101,44 @@ impl Commands {
 /// [`ConnScope::run`], and a handler registers into [`ConnScope::current`] whatever must be
 /// dropped when the connection closes (a held lock, a subscription...). Keys are the
 /// registrant's own (`"lock.7"`); [`ConnScope::take`] drops one early. Carriers without
-/// connections (one HTTP request) give no scope: `current` is `None`.
+/// connections (one HTTP request) give no scope: `current` is `None`. The scope also says who
+/// is on the other end ([`ConnScope::who`]), for audit records.
 #[derive(Clone, Default)]
-pub struct ConnScope(Arc<Mutex<BTreeMap<String, Box<dyn std::any::Any + Send>>>>);
+pub struct ConnScope {
+    held: Arc<Mutex<BTreeMap<String, Box<dyn std::any::Any + Send>>>>,
+    who: Arc<Who>,
+}
+
+/// Who is on the other end of a connection, as far as its carrier knows: the transport
+/// (`"unix socket"`, `"named pipe"`, `"virtio port"`, `"websocket"`, ...; empty when the
+/// carrier did not say) and the peer's uid and pid where the OS tells them (Unix sockets).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Who {
+    pub via: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+}
 
 tokio::task_local! {
     static CONN: ConnScope;
 }
 
 impl ConnScope {
+    /// The scope of a new connection from `who`.
+    pub fn new(who: Who) -> Self {
+        Self {
+            held: Arc::default(),
+            who: Arc::new(who),
+        }
+    }
+
+    /// Who is on the other end of this connection.
+    pub fn who(&self) -> &Who {
+        &self.who
+    }
+
     /// Runs `f` (a command) with this connection's scope as [`ConnScope::current`].
     pub async fn run<F: Future>(&self, f: F) -> F::Output {
         CONN.scope(self.clone(), f).await
@@ -123,7 +152,7 @@ impl ConnScope {
     /// Keeps `value` until the connection closes (or [`ConnScope::take`]); replaces a value
     /// under the same key.
     pub fn hold(&self, key: impl Into<String>, value: impl std::any::Any + Send) {
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.held.lock() {
             m.insert(key.into(), Box::new(value));
         }
     }
@@ -131,13 +160,13 @@ impl ConnScope {
     /// Drops the value kept under `key` now; whether there was one.
     pub fn take(&self, key: &str) -> bool {
         // Dropped outside the lock: a value's Drop may do anything.
-        let v = self.0.lock().ok().and_then(|mut m| m.remove(key));
+        let v = self.held.lock().ok().and_then(|mut m| m.remove(key));
         v.is_some()
     }
 
     /// How many values the connection keeps.
     pub fn len(&self) -> usize {
-        self.0.lock().map(|m| m.len()).unwrap_or(0)
+        self.held.lock().map(|m| m.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -19,7 +19,7 @@ pub mod lock;
 pub mod procs;
 pub mod units;
 
-pub use commands::{Commands, ConnScope};
+pub use commands::{Commands, ConnScope, Who};
 pub use hub::Hub;
 pub use layout::{Layout, Mode, PathsConfig};
 pub use lifecycle::{BoxFuture, Change, Ctx, DaemonHandle, Registry, Request, Subsystem};

@@ -47,10 +47,17 @@ pub struct Agent {
     files: Mutex<HashMap<i64, std::fs::File>>,
     next_handle: Mutex<i64>,
     freeze: Arc<Mutex<Freeze>>,
-    /// The port a request arrived on, for the audit record.
-    pub origin: String,
+    /// The port requests arrive on, for the audit record.
+    pub origin: majordomo_core::Who,
     audit: Arc<crate::audit::Audit>,
 }
+
+/// Who QGA requests come from, for the audit record: the host, through the agent port.
+pub const QGA_ORIGIN: majordomo_core::Who = majordomo_core::Who {
+    via: "virtio port org.qemu.guest_agent.0",
+    uid: None,
+    pid: None,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,7 +66,7 @@ struct SyncArgs {
 }
 
 impl Agent {
-    pub fn new(cfg: GuestConfig, origin: String) -> Self {
+    pub fn new(cfg: GuestConfig, origin: majordomo_core::Who) -> Self {
         let policy = Policy::new(&cfg.allow, &cfg.block).unwrap_or_default();
         let exclude = cfg
             .network_exclude
@@ -1014,7 +1021,7 @@ mod tests {
     use super::*;
 
     fn agent(cfg: GuestConfig) -> Agent {
-        Agent::new(cfg, "test".into())
+        Agent::new(cfg, majordomo_core::Who::default())
     }
 
     async fn ask(a: &Agent, line: &str) -> Value {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use majordomo_core::Who;
 use serde_json::{Value, json};
 
 /// Where audit records go.
@@ -24,21 +25,29 @@ impl Audit {
         }
     }
 
-    /// One record: the command, who asked (`via`: the port or carrier), the arguments as
-    /// shown (already redacted), the result and how long it took.
+    /// One record: the command, who asked (`via`: the port or carrier; the peer's `uid` and
+    /// `pid` where the carrier knows them), the arguments as shown (already redacted), the
+    /// result and how long it took.
     pub fn record(
         &self,
         command: &str,
-        via: &str,
+        who: &Who,
         args: &Value,
         result: Result<(), &str>,
         took: Duration,
     ) {
         let ms = took.as_millis() as u64;
+        let via = if who.via.is_empty() {
+            "instance protocol"
+        } else {
+            who.via
+        };
         tracing::info!(
             target: "majordomo::audit",
             command,
             via,
+            uid = who.uid,
+            pid = who.pid,
             arguments = %args,
             ok = result.is_ok(),
             error = result.err().unwrap_or(""),
@@ -55,6 +64,12 @@ impl Audit {
             "ok": result.is_ok(),
             "ms": ms,
         });
+        if let Some(uid) = who.uid {
+            rec["uid"] = json!(uid);
+        }
+        if let Some(pid) = who.pid {
+            rec["pid"] = json!(pid);
+        }
         if let Err(e) = result {
             rec["error"] = json!(e);
         }

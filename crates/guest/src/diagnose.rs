@@ -10,24 +10,8 @@ use serde::Serialize;
 use crate::control::CONTROL_PORT;
 use crate::port::AGENT_PORT;
 
-/// How bad a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Level {
-    Ok,
-    Warn,
-    Fail,
-}
-
-impl Level {
-    pub fn label(self) -> &'static str {
-        match self {
-            Level::Ok => "OK",
-            Level::Warn => "WARN",
-            Level::Fail => "FAIL",
-        }
-    }
-}
+/// How bad a finding is: the one type of every diagnosis (`doctor`, `doctor --virtio`).
+pub use majordomo_proto::control::Level;
 
 /// One finding, with what to do when it is not OK.
 #[derive(Debug, Clone, Serialize)]

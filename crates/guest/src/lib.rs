@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod apps;
 pub mod audit;
 pub mod config;
 pub mod control;
@@ -82,8 +83,7 @@ impl Subsystem for Guest {
                 ctx.state_dir().join("guest-audit.jsonl"),
             )));
             manage::register(&ctx, &cfg, audit.clone());
-            let agent =
-                Arc::new(Agent::new(cfg.clone(), port::AGENT_PORT.into()).with_audit(audit));
+            let agent = Arc::new(Agent::new(cfg.clone(), agent::QGA_ORIGIN).with_audit(audit));
             if cfg.control_port != Some(false) {
                 let (_tx, rx) =
                     tokio::sync::watch::channel(Arc::new(majordomo_bus::SessionConfig::default()));
@@ -164,7 +164,13 @@ async fn serve_control(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, control: contr
     let mut delay = Duration::from_millis(250);
     loop {
         let Some(path) = control_port(cfg) else {
-            // No such port: the host did not opt in. Look again now and then (hot-plug).
+            // No such port: the host did not opt in. Unset (the default), nothing runs for it
+            // (no timer: a port hot-plugged later is served after a restart); `true` says it
+            // must be there, so look again now and then.
+            if cfg.control_port != Some(true) {
+                ctx.token.cancelled().await;
+                return;
+            }
             if sleep_or_cancel(&ctx.token, Duration::from_secs(60)).await {
                 return;
             }

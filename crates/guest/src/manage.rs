@@ -1,5 +1,5 @@
 //! The management commands (seed 003) as socket commands: processes (list, top, kill), open
-//! ports, services (systemd) and packages (apt, dnf, yum, zypper, apk, winget, choco,
+//! ports, services (systemd, the Windows SCM) and packages (apt, dnf, yum, zypper, apk, winget, choco,
 //! detected). Reads come from `/proc`; actions run the OS's own tool under a time limit and
 //! only on what `[guest] kill_allow` / `service_allow` / `package_allow` match. Every call is
 //! audited.
@@ -18,9 +18,14 @@ use crate::config::GuestConfig;
 
 /// Longest a package or service tool may run before it is killed.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(600);
-/// Where management commands come from, for the audit record: the registry does not tell
-/// handlers which connection asked.
-const VIA: &str = "instance protocol";
+/// Who asked, for the audit record: the connection the command came on (its transport, and
+/// the peer's uid and pid where the OS tells them); a carrier without connections (one HTTP
+/// request) gives none and the record says "instance protocol".
+fn who() -> majordomo_core::Who {
+    majordomo_core::ConnScope::current()
+        .map(|s| *s.who())
+        .unwrap_or_default()
+}
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorBody {
     ErrorBody::new(code, msg)
@@ -40,9 +45,9 @@ pub fn register(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, audit: Arc<Audit>) {
         ctx.handle::<GuestProcessesCmd, _, _>(move |args: ProcessesArgs| {
             let a = a.clone();
             async move {
-                let t = Instant::now();
+                let (t, by) = (Instant::now(), who());
                 let r = processes(&args);
-                a.record("guest.processes", VIA, &json!(args), Ok(()), t.elapsed());
+                a.record("guest.processes", &by, &json!(args), Ok(()), t.elapsed());
                 r
             }
         });
@@ -52,9 +57,9 @@ pub fn register(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, audit: Arc<Audit>) {
         ctx.handle::<GuestKillCmd, _, _>(move |args: KillArgs| {
             let (a, c) = (a.clone(), c.clone());
             async move {
-                let t = Instant::now();
+                let (t, by) = (Instant::now(), who());
                 let r = kill(&c, &args);
-                audit_result(&a, "guest.kill", json!(args), &r, t);
+                audit_result(&a, by, "guest.kill", json!(args), &r, t);
                 r
             }
         });
@@ -64,9 +69,9 @@ pub fn register(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, audit: Arc<Audit>) {
         ctx.handle::<GuestPortsCmd, _, _>(move |_| {
             let a = a.clone();
             async move {
-                let t = Instant::now();
+                let (t, by) = (Instant::now(), who());
                 let r = ports();
-                a.record("guest.ports", VIA, &json!({}), Ok(()), t.elapsed());
+                a.record("guest.ports", &by, &json!({}), Ok(()), t.elapsed());
                 r
             }
         });
@@ -76,9 +81,9 @@ pub fn register(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, audit: Arc<Audit>) {
         ctx.handle::<GuestServicesCmd, _, _>(move |args: ServicesArgs| {
             let a = a.clone();
             async move {
-                let t = Instant::now();
+                let (t, by) = (Instant::now(), who());
                 let r = services(&args).await;
-                audit_result(&a, "guest.services", json!(args), &r, t);
+                audit_result(&a, by, "guest.services", json!(args), &r, t);
                 r
             }
         });
@@ -88,9 +93,9 @@ pub fn register(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, audit: Arc<Audit>) {
         ctx.handle::<GuestServiceCmd, _, _>(move |args: ServiceAction| {
             let (a, c) = (a.clone(), c.clone());
             async move {
-                let t = Instant::now();
+                let (t, by) = (Instant::now(), who());
                 let r = service_action(&c, &args).await;
-                audit_result(&a, "guest.service", json!(args), &r, t);
+                audit_result(&a, by, "guest.service", json!(args), &r, t);
                 r
             }
         });
@@ -100,9 +105,21 @@ pub fn register(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, audit: Arc<Audit>) {
         ctx.handle::<GuestPackagesCmd, _, _>(move |args: PackagesArgs| {
             let a = a.clone();
             async move {
-                let t = Instant::now();
+                let (t, by) = (Instant::now(), who());
                 let r = packages(&args).await;
-                audit_result(&a, "guest.packages", json!(args), &r, t);
+                audit_result(&a, by, "guest.packages", json!(args), &r, t);
+                r
+            }
+        });
+    }
+    {
+        let a = audit.clone();
+        ctx.handle::<GuestAppsCmd, _, _>(move |args: AppsArgs| {
+            let a = a.clone();
+            async move {
+                let (t, by) = (Instant::now(), who());
+                let r = crate::apps::apps(&args).await;
+                audit_result(&a, by, "guest.apps", json!(args), &r, t);
                 r
             }
         });
@@ -112,19 +129,26 @@ pub fn register(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, audit: Arc<Audit>) {
         ctx.handle::<GuestPackageCmd, _, _>(move |args: PackageAction| {
             let (a, c) = (a.clone(), c.clone());
             async move {
-                let t = Instant::now();
+                let (t, by) = (Instant::now(), who());
                 let r = package_action(&c, &args).await;
-                audit_result(&a, "guest.package", json!(args), &r, t);
+                audit_result(&a, by, "guest.package", json!(args), &r, t);
                 r
             }
         });
     }
 }
 
-fn audit_result<T>(a: &Audit, cmd: &str, args: Value, r: &Result<T, ErrorBody>, t: Instant) {
+fn audit_result<T>(
+    a: &Audit,
+    who: majordomo_core::Who,
+    cmd: &str,
+    args: Value,
+    r: &Result<T, ErrorBody>,
+    t: Instant,
+) {
     a.record(
         cmd,
-        VIA,
+        &who,
         &args,
         r.as_ref().map(|_| ()).map_err(|e| e.message.as_str()),
         t.elapsed(),
@@ -343,7 +367,11 @@ fn ports() -> Result<Vec<OpenPort>, ErrorBody> {
 // ------------------------------------------------------------------ tools
 
 /// Runs a tool with a time limit; its output's last 4 KiB. Fails with what to do.
-async fn tool(prog: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, ErrorBody> {
+pub(crate) async fn tool(
+    prog: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<String, ErrorBody> {
     let mut c = tokio::process::Command::new(prog);
     c.args(args)
         .stdin(std::process::Stdio::null())
@@ -397,7 +425,7 @@ fn tail(s: &str, n: usize) -> String {
     s[start..].to_string()
 }
 
-fn on_path(prog: &str) -> bool {
+pub(crate) fn on_path(prog: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| {
         std::env::split_paths(&p).any(|d| {
             d.join(prog).is_file() || (cfg!(windows) && d.join(format!("{prog}.exe")).is_file())
@@ -407,15 +435,8 @@ fn on_path(prog: &str) -> bool {
 
 // ------------------------------------------------------------------ services
 
-async fn services(args: &ServicesArgs) -> Result<Vec<Service>, ErrorBody> {
-    if !on_path("systemctl") || !std::path::Path::new("/run/systemd/system").exists() {
-        return Err(err(
-            ErrorCode::NotFound,
-            "no systemd here (systemctl missing or systemd not running as init); services are managed by systemd only on Linux",
-        ));
-    }
-    let pattern = args
-        .name
+fn name_pattern(args: &ServicesArgs) -> Result<Option<glob::Pattern>, ErrorBody> {
+    args.name
         .as_deref()
         .map(glob::Pattern::new)
         .transpose()
@@ -424,7 +445,210 @@ async fn services(args: &ServicesArgs) -> Result<Vec<Service>, ErrorBody> {
                 ErrorCode::BadRequest,
                 format!("name: {e}; use a service name with * and ? as wildcards"),
             )
-        })?;
+        })
+}
+
+/// The services of the SCM: name, display name, state, start type.
+#[cfg(windows)]
+async fn services(args: &ServicesArgs) -> Result<Vec<Service>, ErrorBody> {
+    let pattern = name_pattern(args)?;
+    let found = tokio::task::spawn_blocking(scm::list)
+        .await
+        .map_err(|e| err(ErrorCode::Internal, format!("listing services: {e}")))??;
+    Ok(found
+        .into_iter()
+        .filter(|s| pattern.as_ref().is_none_or(|p| p.matches(&s.name)))
+        .collect())
+}
+
+/// start, stop, restart, enable (automatic start), disable through the SCM.
+#[cfg(windows)]
+async fn service_action(cfg: &GuestConfig, a: &ServiceAction) -> Result<Done, ErrorBody> {
+    let name = checked_service(cfg, a, &a.name)?.to_string();
+    let action = a.action.clone();
+    let msg = format!("{action} {name}: done");
+    tokio::task::spawn_blocking(move || scm::act(&name, &action))
+        .await
+        .map_err(|e| err(ErrorCode::Internal, format!("service action: {e}")))??;
+    Ok(Done {
+        message: msg,
+        output: String::new(),
+    })
+}
+
+#[cfg(windows)]
+mod scm {
+    use std::time::{Duration, Instant};
+
+    use majordomo_proto::guest::Service;
+    use majordomo_proto::{ErrorBody, ErrorCode};
+    use windows_service::service::{ServiceAccess, ServiceStartType, ServiceState};
+    use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
+
+    fn scm_err(what: &str, e: impl std::fmt::Display) -> ErrorBody {
+        ErrorBody::new(
+            ErrorCode::Internal,
+            format!(
+                "{what}: {e}; majordomo must run as an administrator (or LocalSystem) to manage services"
+            ),
+        )
+    }
+
+    fn state_words(raw: u32) -> (&'static str, &'static str) {
+        match raw {
+            1 => ("inactive", "stopped"),
+            2 => ("activating", "start-pending"),
+            3 => ("deactivating", "stop-pending"),
+            4 => ("active", "running"),
+            5 => ("activating", "continue-pending"),
+            6 => ("deactivating", "pause-pending"),
+            7 => ("inactive", "paused"),
+            _ => ("unknown", "unknown"),
+        }
+    }
+
+    /// Every Win32 service, with its start type as `enabled` (enabled = automatic,
+    /// manual, disabled; the words of systemd where they mean the same).
+    pub fn list() -> Result<Vec<Service>, ErrorBody> {
+        let all = majordomo_platform::winscm::list_services()
+            .map_err(|e| scm_err("cannot list the services", e))?;
+        let mgr = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT).ok();
+        Ok(all
+            .into_iter()
+            .map(|s| {
+                let start = mgr
+                    .as_ref()
+                    .and_then(|m| m.open_service(&s.name, ServiceAccess::QUERY_CONFIG).ok())
+                    .and_then(|svc| svc.query_config().ok())
+                    .map(|c| match c.start_type {
+                        ServiceStartType::AutoStart => "enabled",
+                        ServiceStartType::OnDemand => "manual",
+                        ServiceStartType::Disabled => "disabled",
+                        ServiceStartType::SystemStart | ServiceStartType::BootStart => "static",
+                    })
+                    .unwrap_or("");
+                let (active, sub) = state_words(s.state);
+                Service {
+                    name: s.name,
+                    description: s.display_name,
+                    active: active.into(),
+                    sub: sub.into(),
+                    enabled: start.into(),
+                }
+            })
+            .collect())
+    }
+
+    /// Waits (up to 30 s) until the service reaches `want`.
+    fn wait_for(svc: &windows_service::service::Service, want: ServiceState) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match svc.query_status() {
+                Ok(st) if st.current_state == want => return true,
+                Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    pub fn act(name: &str, action: &str) -> Result<(), ErrorBody> {
+        match action {
+            "enable" => {
+                return majordomo_platform::winscm::set_start_type(name, Some(true))
+                    .map_err(|e| scm_err(&format!("cannot enable {name}"), e));
+            }
+            "disable" => {
+                return majordomo_platform::winscm::set_start_type(name, None)
+                    .map_err(|e| scm_err(&format!("cannot disable {name}"), e));
+            }
+            _ => {}
+        }
+        let mgr = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
+            .map_err(|e| scm_err("cannot connect to the service control manager", e))?;
+        let svc = mgr
+            .open_service(
+                name,
+                ServiceAccess::START | ServiceAccess::STOP | ServiceAccess::QUERY_STATUS,
+            )
+            .map_err(|e| {
+                ErrorBody::new(
+                    ErrorCode::NotFound,
+                    format!("no service {name:?} ({e}); `majordomo guest services` lists them"),
+                )
+            })?;
+        let running = || {
+            svc.query_status()
+                .map(|s| s.current_state != ServiceState::Stopped)
+                .unwrap_or(false)
+        };
+        if matches!(action, "stop" | "restart") && running() {
+            svc.stop()
+                .map_err(|e| scm_err(&format!("cannot stop {name}"), e))?;
+            if !wait_for(&svc, ServiceState::Stopped) {
+                return Err(ErrorBody::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "{name} did not stop within 30 s; look at its state with `majordomo guest services {name}`"
+                    ),
+                ));
+            }
+        }
+        if matches!(action, "start" | "restart") && !running() {
+            svc.start::<&str>(&[])
+                .map_err(|e| scm_err(&format!("cannot start {name}"), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The action and name of `a`, refused unless both are known and `[guest] service_allow`
+/// matches the name.
+fn checked_service<'a>(
+    cfg: &GuestConfig,
+    a: &ServiceAction,
+    raw: &'a str,
+) -> Result<&'a str, ErrorBody> {
+    if !matches!(
+        a.action.as_str(),
+        "start" | "stop" | "restart" | "enable" | "disable"
+    ) {
+        return Err(err(
+            ErrorCode::BadRequest,
+            format!(
+                "action {:?} is not known; use start, stop, restart, enable or disable",
+                a.action
+            ),
+        ));
+    }
+    let name = raw.trim_end_matches(".service");
+    if name.is_empty() || name.starts_with('-') || name.contains(['/', '\\']) {
+        return Err(err(
+            ErrorCode::BadRequest,
+            format!("{raw:?} is not a service name"),
+        ));
+    }
+    if !allowed(&cfg.service_allow, name) {
+        return Err(err(
+            ErrorCode::Forbidden,
+            format!(
+                "service {name:?} is not in [guest] service_allow; the guest's admin can add it there"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// The units of systemd.
+#[cfg(not(windows))]
+async fn services(args: &ServicesArgs) -> Result<Vec<Service>, ErrorBody> {
+    if !on_path("systemctl") || !std::path::Path::new("/run/systemd/system").exists() {
+        return Err(err(
+            ErrorCode::NotFound,
+            "no systemd here (systemctl missing or systemd not running as init); services are managed through systemd on Linux and the SCM on Windows",
+        ));
+    }
+    let pattern = name_pattern(args)?;
     let units = tool(
         "systemctl",
         &[
@@ -484,34 +708,9 @@ async fn services(args: &ServicesArgs) -> Result<Vec<Service>, ErrorBody> {
     Ok(out)
 }
 
+#[cfg(not(windows))]
 async fn service_action(cfg: &GuestConfig, a: &ServiceAction) -> Result<Done, ErrorBody> {
-    if !matches!(
-        a.action.as_str(),
-        "start" | "stop" | "restart" | "enable" | "disable"
-    ) {
-        return Err(err(
-            ErrorCode::BadRequest,
-            format!(
-                "action {:?} is not known; use start, stop, restart, enable or disable",
-                a.action
-            ),
-        ));
-    }
-    let name = a.name.trim_end_matches(".service");
-    if name.is_empty() || name.starts_with('-') || name.contains('/') {
-        return Err(err(
-            ErrorCode::BadRequest,
-            format!("{:?} is not a service name", a.name),
-        ));
-    }
-    if !allowed(&cfg.service_allow, name) {
-        return Err(err(
-            ErrorCode::Forbidden,
-            format!(
-                "service {name:?} is not in [guest] service_allow; the guest's admin can add it there"
-            ),
-        ));
-    }
+    let name = checked_service(cfg, a, &a.name)?;
     let unit = format!("{name}.service");
     let out = tool("systemctl", &[&a.action, "--no-ask-password", &unit], &[]).await?;
     Ok(Done {
@@ -674,6 +873,80 @@ async fn search(m: &str, term: &str) -> Result<Vec<Package>, ErrorBody> {
     })
 }
 
+/// What each package tool runs: (manager, action, program, arguments before the names).
+/// `update-all` is "update" without names, where it differs from "update".
+const VERBS: &[(&str, &str, &str, &[&str])] = &[
+    ("apt", "install", "apt-get", &["install", "-y", "-q"]),
+    ("apt", "remove", "apt-get", &["remove", "-y", "-q"]),
+    (
+        "apt",
+        "update-all",
+        "apt-get",
+        &["dist-upgrade", "-y", "-q"],
+    ),
+    (
+        "apt",
+        "update",
+        "apt-get",
+        &["install", "--only-upgrade", "-y", "-q"],
+    ),
+    ("dnf", "install", "dnf", &["install", "-y"]),
+    ("dnf", "remove", "dnf", &["remove", "-y"]),
+    ("dnf", "update", "dnf", &["upgrade", "-y"]),
+    ("yum", "install", "yum", &["install", "-y"]),
+    ("yum", "remove", "yum", &["remove", "-y"]),
+    ("yum", "update", "yum", &["upgrade", "-y"]),
+    (
+        "zypper",
+        "install",
+        "zypper",
+        &["--non-interactive", "install"],
+    ),
+    (
+        "zypper",
+        "remove",
+        "zypper",
+        &["--non-interactive", "remove"],
+    ),
+    (
+        "zypper",
+        "update",
+        "zypper",
+        &["--non-interactive", "update"],
+    ),
+    ("apk", "install", "apk", &["add"]),
+    ("apk", "remove", "apk", &["del"]),
+    ("apk", "update", "apk", &["upgrade"]),
+    ("choco", "install", "choco", &["install", "-y"]),
+    ("choco", "remove", "choco", &["uninstall", "-y"]),
+    ("choco", "update", "choco", &["upgrade", "-y"]),
+    ("choco", "update-all", "choco", &["upgrade", "-y", "all"]),
+    (
+        "winget",
+        "install",
+        "winget",
+        &["install", "--silent", "--disable-interactivity"],
+    ),
+    (
+        "winget",
+        "remove",
+        "winget",
+        &["uninstall", "--silent", "--disable-interactivity"],
+    ),
+    (
+        "winget",
+        "update",
+        "winget",
+        &["upgrade", "--silent", "--disable-interactivity"],
+    ),
+    (
+        "winget",
+        "update-all",
+        "winget",
+        &["upgrade", "--silent", "--disable-interactivity", "--all"],
+    ),
+];
+
 async fn package_action(cfg: &GuestConfig, a: &PackageAction) -> Result<Done, ErrorBody> {
     let m = detect_manager().ok_or_else(no_manager)?;
     for n in &a.names {
@@ -716,57 +989,21 @@ async fn package_action(cfg: &GuestConfig, a: &PackageAction) -> Result<Done, Er
     }
     let names: Vec<&str> = a.names.iter().map(String::as_str).collect();
     let noninteractive = [("DEBIAN_FRONTEND", "noninteractive")];
-    let (prog, mut args): (&str, Vec<&str>) = match (m, a.action.as_str()) {
-        ("apt", "install") => ("apt-get", vec!["install", "-y", "-q"]),
-        ("apt", "remove") => ("apt-get", vec!["remove", "-y", "-q"]),
-        ("apt", "update") if all => ("apt-get", vec!["dist-upgrade", "-y", "-q"]),
-        ("apt", "update") => ("apt-get", vec!["install", "--only-upgrade", "-y", "-q"]),
-        ("dnf" | "yum", "install") => (m, vec!["install", "-y"]),
-        ("dnf" | "yum", "remove") => (m, vec!["remove", "-y"]),
-        ("dnf" | "yum", "update") => (m, vec!["upgrade", "-y"]),
-        ("zypper", "install") => ("zypper", vec!["--non-interactive", "install"]),
-        ("zypper", "remove") => ("zypper", vec!["--non-interactive", "remove"]),
-        ("zypper", "update") => ("zypper", vec!["--non-interactive", "update"]),
-        ("apk", "install") => ("apk", vec!["add"]),
-        ("apk", "remove") => ("apk", vec!["del"]),
-        ("apk", "update") => ("apk", vec!["upgrade"]),
-        ("choco", act) => (
-            "choco",
-            vec![
-                if act == "update" {
-                    "upgrade"
-                } else if act == "remove" {
-                    "uninstall"
-                } else {
-                    "install"
-                },
-                "-y",
-            ],
-        ),
-        ("winget", act) => (
-            "winget",
-            vec![
-                if act == "update" {
-                    "upgrade"
-                } else if act == "remove" {
-                    "uninstall"
-                } else {
-                    "install"
-                },
-                "--silent",
-                "--disable-interactivity",
-            ],
-        ),
-        _ => return Err(no_manager()),
+    // "update" of everything is a verb of its own where the tool has one.
+    let verb = match a.action.as_str() {
+        "update" if all => "update-all",
+        v => v,
     };
+    let Some(&(_, _, prog, fixed)) = VERBS
+        .iter()
+        .find(|(mm, v, ..)| *mm == m && *v == verb)
+        .or_else(|| VERBS.iter().find(|(mm, v, ..)| *mm == m && *v == a.action))
+    else {
+        return Err(no_manager());
+    };
+    let mut args: Vec<&str> = fixed.to_vec();
     if m == "apt" && a.action != "remove" {
         tool("apt-get", &["update", "-q"], &noninteractive).await?;
-    }
-    if all && m == "choco" {
-        args.push("all");
-    }
-    if all && m == "winget" {
-        args.push("--all");
     }
     args.extend(names);
     let out = tool(prog, &args, &noninteractive).await?;
@@ -788,6 +1025,18 @@ mod tests {
             Some("[::1]:8080")
         );
         assert_eq!(hex_addr("zz"), None);
+    }
+
+    #[test]
+    fn every_package_manager_has_every_verb() {
+        for m in ["apt", "dnf", "yum", "zypper", "apk", "winget", "choco"] {
+            for v in ["install", "remove", "update"] {
+                assert!(
+                    VERBS.iter().any(|(mm, vv, ..)| *mm == m && *vv == v),
+                    "{m} {v}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -164,7 +164,18 @@ async fn carry(app: St, socket: WebSocket) {
     let session = app.session.clone();
     let span = tracing::debug_span!("ws", id);
     app.tracker.spawn(tracing::Instrument::instrument(
-        async move { session.serve(server, id, Peer::default()).await },
+        async move {
+            session
+                .serve(
+                    server,
+                    id,
+                    Peer {
+                        via: "websocket",
+                        ..Peer::default()
+                    },
+                )
+                .await
+        },
         span,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);

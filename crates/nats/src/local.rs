@@ -83,10 +83,18 @@ impl Link {
         let conn = session.router.next_conn_id();
         {
             let session = session.clone();
-            session
-                .tracker
-                .clone()
-                .spawn(async move { session.serve(theirs, conn, Peer::default()).await });
+            session.tracker.clone().spawn(async move {
+                session
+                    .serve(
+                        theirs,
+                        conn,
+                        Peer {
+                            via: "nats",
+                            ..Peer::default()
+                        },
+                    )
+                    .await
+            });
         }
         let (mut rd, mut wr) = tokio::io::split(ours);
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();

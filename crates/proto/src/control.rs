@@ -529,3 +529,24 @@ mod tests {
         }
     }
 }
+
+/// How bad one finding of a diagnosis is (`majordomo doctor`, `doctor --virtio`): the `status`
+/// of each check in their `--json` output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Level {
+    /// The word printed before the finding: `OK`, `WARN`, `FAIL`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Level::Ok => "OK",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        }
+    }
+}

@@ -26,6 +26,9 @@ crate::commands! { COMMANDS:
     /// install, remove or update packages `[guest] package_allow` matches (update without
     /// names: refresh the index and upgrade everything, when the list allows "*").
     GuestPackageCmd "guest.package" (Action) PackageAction => Done;
+    /// Installed applications, as a user sees them: Windows' Uninstall keys (machine, 32-bit
+    /// and user), Linux desktop entries (and flatpak, snap), macOS bundles in /Applications.
+    GuestAppsCmd "guest.apps" (Read) AppsArgs => Vec<App>;
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -142,4 +145,27 @@ pub struct PackageAction {
     pub action: String,
     #[serde(default)]
     pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppsArgs {
+    /// A pattern (`*`, `?`, case-insensitive) over application names; none = all.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct App {
+    pub name: String,
+    /// Empty when the source does not say (desktop entries carry no version).
+    pub version: String,
+    /// Empty when the source does not say.
+    pub publisher: String,
+    /// Where it was found: "registry", "registry-wow64", "registry-user", "desktop",
+    /// "flatpak", "snap", "bundle".
+    pub source: String,
+    /// The source's own id: the Uninstall key, the .desktop file, the flatpak/snap name, the
+    /// bundle path.
+    pub id: String,
 }

@@ -26,23 +26,8 @@ pub struct DoctorInput {
     pub settings: Settings,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Level {
-    Ok,
-    Warn,
-    Fail,
-}
-
-impl Level {
-    fn label(self) -> &'static str {
-        match self {
-            Level::Ok => "OK",
-            Level::Warn => "WARN",
-            Level::Fail => "FAIL",
-        }
-    }
-}
+/// How bad a finding is: the one type of every diagnosis (`doctor`, `doctor --virtio`).
+pub use majordomo_proto::control::Level;
 
 /// One check's verdict.
 #[derive(Debug, Clone, Serialize)]

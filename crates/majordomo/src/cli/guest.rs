@@ -75,7 +75,7 @@ pub enum GuestCmd {
     },
     /// Open TCP and UDP sockets with their processes.
     Ports,
-    /// Services (systemd), optionally only those matching a pattern.
+    /// Services (systemd, the Windows SCM), optionally only those matching a pattern.
     Services { name: Option<String> },
     /// start, stop, restart, enable or disable a service ([guest] service_allow).
     Service { action: String, name: String },
@@ -86,6 +86,8 @@ pub enum GuestCmd {
     },
     /// install, remove or update packages ([guest] package_allow).
     Package { action: String, names: Vec<String> },
+    /// Installed applications (registry, desktop entries, flatpak, snap, bundles).
+    Apps { name: Option<String> },
 }
 
 /// Runs one `guest` verb; prints JSON with `--json`, else a table.
@@ -162,6 +164,22 @@ pub async fn run(
                         p.pid
                             .map(|pid| format!("{} ({pid})", p.process.unwrap_or_default()))
                             .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        GuestCmd::Apps { name } => {
+            let r = c
+                .call_cmd::<GuestAppsCmd>(&AppsArgs { name: name.clone() })
+                .await?;
+            if show(serde_json::to_value(&r).unwrap_or_default()) {
+                for a in r {
+                    outln!(
+                        "{:<40} {:<16} {:<24} {}",
+                        a.name,
+                        a.version,
+                        a.publisher,
+                        a.source
                     );
                 }
             }

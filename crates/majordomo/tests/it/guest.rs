@@ -290,3 +290,74 @@ fn find_audit(dir: &Path) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+/// `guest.apps` lists the desktop entries of the XDG data dirs (first id wins, hidden ones
+/// left out), on a one-thread daemon (`[daemon] threads = 1`, the guest-only footprint); the
+/// audit record says who asked: the Unix socket with this process's uid and pid. The bus's
+/// health, now computed when `status` asks, is there.
+#[test]
+fn installed_apps_and_the_audit_names_the_connection() {
+    let home = Home::new();
+    home.write_config(
+        "a",
+        "[daemon]\nthreads = 1\n[guest]\nenabled = true\n[monitor]\nenabled = false\n[http]\nenabled = false\n",
+    );
+    let (user, system) = (home.path().join("xdg-home"), home.path().join("xdg-sys"));
+    for (dir, file, text) in [
+        (
+            &user,
+            "editor.desktop",
+            "[Desktop Entry]\nType=Application\nName=Editor Deluxe\n",
+        ),
+        (
+            &system,
+            "editor.desktop",
+            "[Desktop Entry]\nType=Application\nName=Shadowed\n",
+        ),
+        (
+            &system,
+            "hidden.desktop",
+            "[Desktop Entry]\nType=Application\nName=Helper\nNoDisplay=true\n",
+        ),
+        (
+            &system,
+            "vendor/viewer.desktop",
+            "[Desktop Entry]\nType=Application\nName=Viewer\n",
+        ),
+    ] {
+        let p = dir.join("applications").join(file);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let d = home.start_with("a", |c| {
+        c.env("XDG_DATA_HOME", &user).env("XDG_DATA_DIRS", &system);
+    });
+    let mut l = crate::common::Line::connect(&d);
+    let r = l.call(r#"{"id":1,"cmd":"guest.apps"}"#);
+    let apps = r["ok"].as_array().unwrap_or_else(|| panic!("{r}"));
+    let desktop: Vec<&str> = apps
+        .iter()
+        .filter(|a| a["source"] == "desktop")
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(desktop, ["Editor Deluxe", "Viewer"], "{r}");
+    let r = l.call(r#"{"id":2,"cmd":"guest.apps","name":"EDITOR*"}"#);
+    assert_eq!(r["ok"].as_array().map(Vec::len), Some(1), "{r}");
+    let r = l.call(r#"{"id":3,"cmd":"status"}"#);
+    assert!(r["ok"]["bus"]["connections"].as_u64() >= Some(1), "{r}");
+
+    let out = home.cli("a", &["guest", "apps", "view*"]);
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+    assert!(crate::common::stdout(&out).contains("Viewer"));
+
+    let audit = crate::common::eventually(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(find_audit(home.path())?).ok()?;
+        (text.lines().count() >= 3).then_some(text)
+    })
+    .expect("audit records");
+    let first: Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
+    assert_eq!(first["command"], "guest.apps", "{audit}");
+    assert_eq!(first["via"], "unix socket", "{audit}");
+    assert_eq!(first["pid"], std::process::id(), "{audit}");
+    assert_eq!(first["uid"], nix::unistd::getuid().as_raw(), "{audit}");
+}
