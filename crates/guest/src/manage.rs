@@ -1027,6 +1027,20 @@ mod tests {
         assert_eq!(hex_addr("zz"), None);
     }
 
+    /// Under Wine too: its SCM lists real services with their start types.
+    #[cfg(windows)]
+    #[test]
+    fn the_scm_lists_services_with_their_start_type() {
+        let all = scm::list().unwrap();
+        assert!(!all.is_empty());
+        assert!(
+            all.iter()
+                .any(|s| ["enabled", "manual", "disabled"].contains(&s.enabled.as_str())),
+            "{all:?}"
+        );
+        assert!(all.iter().all(|s| s.active != "unknown"), "{all:?}");
+    }
+
     #[test]
     fn every_package_manager_has_every_verb() {
         for m in ["apt", "dnf", "yum", "zypper", "apk", "winget", "choco"] {

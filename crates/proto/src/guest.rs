@@ -1,7 +1,8 @@
 //! Wire types of the guest agent's management commands (seed 003): processes, open ports,
-//! services and packages of the machine majordomo runs on, as socket commands (so also on the
-//! guest's control port `org.majordomo.0` and in the CLI, `majordomo guest ...`). What the
-//! acting commands may touch is limited by `[guest]` allow-lists; every call is audited.
+//! services, packages and applications of the machine majordomo runs on, as socket commands
+//! (so also on the guest's control port `org.majordomo.0` and in the CLI, `majordomo guest
+//! ...`). What the acting commands may touch is limited by `[guest]` allow-lists; every call
+//! is audited.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,8 @@ crate::commands! { COMMANDS:
     GuestKillCmd "guest.kill" (Action) KillArgs => Done;
     /// Open TCP and UDP sockets (listening and connected) with the process holding each.
     GuestPortsCmd "guest.ports" (Read) NoArgs => Vec<OpenPort>;
-    /// Services of the OS service manager (systemd): all, or those whose name matches `name`.
+    /// Services of the OS service manager (systemd, the Windows SCM): all, or those whose name
+    /// matches `name`.
     GuestServicesCmd "guest.services" (Read) ServicesArgs => Vec<Service>;
     /// start, stop, restart, enable or disable a service `[guest] service_allow` matches.
     GuestServiceCmd "guest.service" (Action) ServiceAction => Done;
