@@ -48,10 +48,12 @@ pub struct Stats {
 
 /// One message waiting to be exported.
 struct Out {
-    subject: String,
+    /// Shared by the messages of one run of a topic (a reference count, no copy).
+    subject: async_nats::Subject,
     payload: Bytes,
-    /// JetStream message id (duplicate suppression across retries).
-    id: String,
+    /// Sequence number of the JetStream message id `<boot>-<seq>` (duplicate suppression
+    /// across retries), formatted only when published to JetStream.
+    seq: u64,
 }
 
 /// The bounded export buffer: drop-oldest past `cap`, counted.
@@ -66,17 +68,31 @@ pub(crate) struct Buffer {
 
 impl Buffer {
     fn push(&self, subject: String, payload: Bytes) {
-        let id = format!("{}-{}", self.boot, self.seq.fetch_add(1, Ordering::Relaxed));
+        self.push_many(std::iter::once((
+            async_nats::Subject::from(subject),
+            payload,
+        )));
+    }
+
+    /// Appends messages in order under one lock, dropping the oldest past the bound.
+    fn push_many(&self, msgs: impl Iterator<Item = (async_nats::Subject, Bytes)>) {
         if let Ok(mut q) = self.q.lock() {
-            while q.len() >= self.cap {
-                q.pop_front();
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            let mut dropped = 0;
+            for (subject, payload) in msgs {
+                if q.len() >= self.cap {
+                    q.pop_front();
+                    dropped += 1;
+                }
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                q.push_back(Out {
+                    subject,
+                    payload,
+                    seq,
+                });
             }
-            q.push_back(Out {
-                subject,
-                payload,
-                id,
-            });
+            if dropped > 0 {
+                self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+            }
         }
         self.notify.notify_one();
     }
@@ -741,20 +757,38 @@ async fn export_reader(
     request_timeout: Duration,
     token: CancellationToken,
 ) {
+    // The subject of the last topic seen: a run of one topic shares it.
+    let mut last: Option<(String, async_nats::Subject)> = None;
+    let mut plain: Vec<(async_nats::Subject, Bytes)> = Vec::with_capacity(1024);
     loop {
-        let m = tokio::select! {
+        let first = tokio::select! {
             _ = token.cancelled() => return,
             m = msgs.recv() => m,
         };
-        let Some(m) = m else { return };
-        if echo.take(&m.topic, &m.data) {
-            stats.echo_suppressed.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let subject = format!("{prefix}{}", m.topic);
-        match m.reply_to {
-            None => buffer.push(subject, m.data),
-            Some(reply_to) => {
+        let Some(first) = first else { return };
+        // What is already there goes into the buffer as one batch (one lock, one wake-up).
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            if plain.len() < 1024 {
+                next = msgs.try_recv().ok();
+            }
+            if echo.take(&m.topic, &m.data) {
+                stats.echo_suppressed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let subject = match &last {
+                Some((topic, subject)) if *topic == m.topic => subject.clone(),
+                _ => {
+                    let subject = async_nats::Subject::from(format!("{prefix}{}", m.topic));
+                    last = Some((m.topic.clone(), subject.clone()));
+                    subject
+                }
+            };
+            let Some(reply_to) = m.reply_to else {
+                plain.push((subject, m.data));
+                continue;
+            };
+            {
                 stats.requests_out.fetch_add(1, Ordering::Relaxed);
                 let client = client.clone();
                 let link = link.clone();
@@ -781,6 +815,9 @@ async fn export_reader(
                     }
                 });
             }
+        }
+        if !plain.is_empty() {
+            buffer.push_many(plain.drain(..));
         }
     }
 }
@@ -872,7 +909,8 @@ async fn publisher(
                 let mut failed = Vec::new();
                 for o in batch {
                     let mut headers = async_nats::HeaderMap::new();
-                    headers.insert("Nats-Msg-Id", o.id.as_str());
+                    let id = format!("{}-{}", buffer.boot, o.seq);
+                    headers.insert("Nats-Msg-Id", id.as_str());
                     match js
                         .publish_with_headers(o.subject.clone(), headers, o.payload.clone())
                         .await
