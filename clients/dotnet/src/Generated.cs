@@ -756,7 +756,9 @@ namespace Majordomo.Protocol
     public sealed partial class Fleet
     {
         public List<FleetMember> Members { get; set; }
-        /// <summary>Why the list is empty when the bridge could not ask (not connected to NATS).</summary>
+        /// <summary>False when the NATS bridge is off on this instance (`[nats] servers` empty): `members` is then empty and `reason` says how to turn it on.</summary>
+        public bool Enabled { get; set; }
+        /// <summary>Why the list is empty when the bridge could not ask (off, or not connected to NATS).</summary>
         public string Reason { get; set; }
         /// <summary>The object as received (with any member this client does not know).</summary>
         public JsonNode Raw { get; private set; }
@@ -767,6 +769,7 @@ namespace Majordomo.Protocol
             var o = new Fleet();
             o.Raw = j;
             o.Members = JsonConv.ToList(j["members"], x => global::Majordomo.Protocol.FleetMember.FromJson(x));
+            o.Enabled = JsonConv.ToBool(j["enabled"]);
             o.Reason = JsonConv.ToStr(j["reason"]);
             return o;
         }
@@ -775,6 +778,7 @@ namespace Majordomo.Protocol
         {
             var o = JsonNode.NewObject();
             if (Members != null) o["members"] = JsonConv.FromList(Members, x => (x == null ? JsonNode.Null : x.ToJson()));
+            if (Enabled != null) o["enabled"] = JsonNode.From(Enabled);
             if (Reason != null) o["reason"] = JsonNode.From(Reason);
             return o;
         }
@@ -1579,10 +1583,14 @@ namespace Majordomo.Protocol
         public long Connects { get; set; }
         /// <summary>The durable JetStream consumers imports are read through (`stream` set), if any.</summary>
         public List<string> Consumers { get; set; }
-        /// <summary>Imported NATS messages lost because the bridge fell behind the server (core NATS: the client's subscription buffer was full; counted per slow-consumer report, so at least this many). JetStream imports are not lost this way: they are redelivered.</summary>
+        /// <summary>False when the bridge is off on this instance (`[nats] servers` empty): the other members are then empty or zero, and `reason` says how to turn it on.</summary>
+        public bool Enabled { get; set; }
+        /// <summary>Imported NATS messages lost because the bridge fell behind the server (core NATS: the client's subscription buffer, `[nats] import_buffer`, was full). Exact whenever the importer has caught up: messages its NATS connection received minus messages it took. JetStream imports are not lost this way: they are redelivered.</summary>
         public long ImportOverflows { get; set; }
         /// <summary>Last connection error, if any.</summary>
         public string LastError { get; set; }
+        /// <summary>Why the bridge is off, when it is.</summary>
+        public string Reason { get; set; }
         /// <summary>JetStream redeliveries already delivered locally, skipped (durable import only).</summary>
         public long Redelivered { get; set; }
         /// <summary>The server it is connected to, or tries to reach (credentials never shown).</summary>
@@ -1614,8 +1622,10 @@ namespace Majordomo.Protocol
             o.Unconfirmed = JsonConv.ToLong(j["unconfirmed"]);
             o.Connects = JsonConv.ToLong(j["connects"]);
             o.Consumers = JsonConv.ToList(j["consumers"], x => JsonConv.ToStr(x));
+            o.Enabled = JsonConv.ToBool(j["enabled"]);
             o.ImportOverflows = JsonConv.ToLong(j["import_overflows"]);
             o.LastError = JsonConv.ToStr(j["last_error"]);
+            o.Reason = JsonConv.ToStr(j["reason"]);
             o.Redelivered = JsonConv.ToLong(j["redelivered"]);
             o.Server = JsonConv.ToStr(j["server"]);
             o.Stream = JsonConv.ToStr(j["stream"]);
@@ -1642,8 +1652,10 @@ namespace Majordomo.Protocol
             if (Unconfirmed != null) o["unconfirmed"] = JsonNode.From(Unconfirmed);
             if (Connects != null) o["connects"] = JsonNode.From(Connects);
             if (Consumers != null) o["consumers"] = JsonConv.FromList(Consumers, x => JsonNode.From(x));
+            if (Enabled != null) o["enabled"] = JsonNode.From(Enabled);
             if (ImportOverflows != null) o["import_overflows"] = JsonNode.From(ImportOverflows);
             if (LastError != null) o["last_error"] = JsonNode.From(LastError);
+            if (Reason != null) o["reason"] = JsonNode.From(Reason);
             if (Redelivered != null) o["redelivered"] = JsonNode.From(Redelivered);
             if (Server != null) o["server"] = JsonNode.From(Server);
             if (Stream != null) o["stream"] = JsonNode.From(Stream);
@@ -2067,6 +2079,10 @@ namespace Majordomo.Protocol
     public sealed partial class PeersResult
     {
         public List<Peer> Peers { get; set; }
+        /// <summary>False when LAN discovery is off on this instance: `peers` is then empty and `reason` says how to turn it on.</summary>
+        public bool Enabled { get; set; }
+        /// <summary>Why the list is empty when discovery is off.</summary>
+        public string Reason { get; set; }
         /// <summary>The object as received (with any member this client does not know).</summary>
         public JsonNode Raw { get; private set; }
 
@@ -2076,6 +2092,8 @@ namespace Majordomo.Protocol
             var o = new PeersResult();
             o.Raw = j;
             o.Peers = JsonConv.ToList(j["peers"], x => global::Majordomo.Protocol.Peer.FromJson(x));
+            o.Enabled = JsonConv.ToBool(j["enabled"]);
+            o.Reason = JsonConv.ToStr(j["reason"]);
             return o;
         }
 
@@ -2083,6 +2101,8 @@ namespace Majordomo.Protocol
         {
             var o = JsonNode.NewObject();
             if (Peers != null) o["peers"] = JsonConv.FromList(Peers, x => (x == null ? JsonNode.Null : x.ToJson()));
+            if (Enabled != null) o["enabled"] = JsonNode.From(Enabled);
+            if (Reason != null) o["reason"] = JsonNode.From(Reason);
             return o;
         }
     }

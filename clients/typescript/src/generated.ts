@@ -205,7 +205,9 @@ export interface EndpointReply {
 /** `nats.fleet`: the members that answered a fleet ping, sorted by node and instance. */
 export interface Fleet {
   members: FleetMember[];
-  /** Why the list is empty when the bridge could not ask (not connected to NATS). */
+  /** False when the NATS bridge is off on this instance (`[nats] servers` empty): `members` is then empty and `reason` says how to turn it on. */
+  enabled?: boolean;
+  /** Why the list is empty when the bridge could not ask (off, or not connected to NATS). */
   reason?: string | null;
 }
 
@@ -432,10 +434,14 @@ export interface NatsStatus {
   connects: number;
   /** The durable JetStream consumers imports are read through (`stream` set), if any. */
   consumers?: string[];
-  /** Imported NATS messages lost because the bridge fell behind the server (core NATS: the client's subscription buffer was full; counted per slow-consumer report, so at least this many). JetStream imports are not lost this way: they are redelivered. */
+  /** False when the bridge is off on this instance (`[nats] servers` empty): the other members are then empty or zero, and `reason` says how to turn it on. */
+  enabled?: boolean;
+  /** Imported NATS messages lost because the bridge fell behind the server (core NATS: the client's subscription buffer, `[nats] import_buffer`, was full). Exact whenever the importer has caught up: messages its NATS connection received minus messages it took. JetStream imports are not lost this way: they are redelivered. */
   import_overflows?: number;
   /** Last connection error, if any. */
   last_error?: string | null;
+  /** Why the bridge is off, when it is. */
+  reason?: string | null;
   /** JetStream redeliveries already delivered locally, skipped (durable import only). */
   redelivered?: number;
   /** The server it is connected to, or tries to reach (credentials never shown). */
@@ -552,6 +558,10 @@ export interface Peer {
 /** `discovery.peers`: what this instance sees on the LAN (itself excluded). */
 export interface Peers {
   peers: Peer[];
+  /** False when LAN discovery is off on this instance: `peers` is then empty and `reason` says how to turn it on. */
+  enabled?: boolean;
+  /** Why the list is empty when discovery is off. */
+  reason?: string | null;
 }
 
 /** `discovery.peers` arguments. */

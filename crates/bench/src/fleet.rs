@@ -33,7 +33,7 @@ pub struct Args {
 
 fn config(url: &str, node: &str, nats: &str) -> String {
     format!(
-        "[daemon]\nwatch_config = false\n[log]\nfile = false\nlevel = \"warn\"\n[bus]\nqueue_messages = 1000000\nqueue_bytes = \"256MiB\"\n[nats]\nservers = [\"{url}\"]\nnode = \"{node}\"\nprefix = \"x.\"\nbuffer = 1000000\n{nats}\n"
+        "[daemon]\nwatch_config = false\n[log]\nfile = false\nlevel = \"warn\"\n[bus]\nqueue_messages = 1000000\nqueue_bytes = \"256MiB\"\n[nats]\nservers = [\"{url}\"]\nnode = \"{node}\"\nprefix = \"x.\"\nbuffer = 1000000\nimport_buffer = 1000000\n{nats}\n"
     )
 }
 
@@ -57,15 +57,44 @@ async fn connected(d: &Daemon) -> anyhow::Result<()> {
     }
 }
 
-/// The instance's `nats.status`, or `null` when it cannot be read.
-async fn bridge_status(d: &Daemon) -> Value {
+/// The instance's reply to `cmd` (`nats.status`, `bus.ls`), or `null` when it cannot be read.
+async fn ask(d: &Daemon, cmd: &str) -> Value {
     let opts = ConnectOptions::new(&d.socket).wait(Duration::from_secs(5));
     match Client::connect(&opts).await {
-        Ok(mut c) => c
-            .call_named("nats.status", Value::Null)
-            .await
-            .unwrap_or(Value::Null),
+        Ok(mut c) => c.call_named(cmd, Value::Null).await.unwrap_or(Value::Null),
         Err(_) => Value::Null,
+    }
+}
+
+/// Where the messages of a throughput run went: every loss the instances count, and whether
+/// they account for every message sent.
+struct Accounts {
+    /// B's NATS client dropped them (B's bridge behind NATS): `import_overflows`.
+    b_import_overflows: u64,
+    /// A's bus dropped them for A's bridge, or B's bus for B's subscriber (slow consumers).
+    a_bus_dropped: u64,
+    b_bus_dropped: u64,
+    /// A's export buffer dropped or could not confirm them.
+    a_export_lost: u64,
+    b_connects: u64,
+}
+
+impl Accounts {
+    async fn of(a: &Daemon, b: &Daemon) -> Self {
+        let (sa, sb) = (ask(a, "nats.status").await, ask(b, "nats.status").await);
+        let (ba, bb) = (ask(a, "bus.ls").await, ask(b, "bus.ls").await);
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        Self {
+            b_import_overflows: n(&sb["import_overflows"]),
+            a_bus_dropped: n(&ba["counters"]["dropped"]),
+            b_bus_dropped: n(&bb["counters"]["dropped"]),
+            a_export_lost: n(&sa["dropped"]) + n(&sa["unconfirmed"]),
+            b_connects: n(&sb["connects"]),
+        }
+    }
+
+    fn lost(&self) -> u64 {
+        self.b_import_overflows + self.a_bus_dropped + self.b_bus_dropped + self.a_export_lost
     }
 }
 
@@ -139,13 +168,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     pubs.flush().await?;
     let (got, end) = counter.await?;
-    // What B's bridge counted: messages it lost behind the server, and reconnects.
-    let b_status = bridge_status(&b).await;
-    let import_overflows = b_status["import_overflows"].as_u64().unwrap_or(0);
+    // What the instances counted as lost (B's importer has caught up: its count is exact).
+    let acc = Accounts::of(&a, &b).await;
+    let accounted = got + acc.lost() == n;
     if got < n {
         eprintln!(
-            "fleet: instance B got {got} of {n} messages; its bridge counted {import_overflows} import overflows and {} connects (core NATS drops what a slow consumer cannot take)",
-            b_status["connects"]
+            "fleet: instance B got {got} of {n} messages; counted lost: {} by B's NATS client (import_overflows), {} by A's bus, {} by B's bus, {} by A's export buffer; B's bridge connected {} time(s); {}",
+            acc.b_import_overflows,
+            acc.a_bus_dropped,
+            acc.b_bus_dropped,
+            acc.a_export_lost,
+            acc.b_connects,
+            if accounted {
+                "every message is accounted for"
+            } else {
+                "NOT every message is accounted for"
+            }
         );
     }
     let bridged_rate = got as f64 / (end - start).as_secs_f64();
@@ -177,11 +215,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let mut bridged = Vec::with_capacity(args.rtt);
-    for _ in 0..args.rtt {
+    for i in 0..args.rtt {
         let t = Instant::now();
-        let _: Value = requester
+        let r: Result<Value, _> = requester
             .request("bench.rq", &json!("ping"), Duration::from_secs(10))
-            .await?;
+            .await;
+        if let Err(e) = r {
+            // Say where the path broke: each side's bridge and bus as they are now.
+            bail!(
+                "request {i} of {} across the bridge failed: {e}\nA nats.status: {}\nB nats.status: {}\nA bus.ls counters: {}\nB bus.ls counters: {}\nlogs: {} and {}",
+                args.rtt,
+                ask(&a, "nats.status").await,
+                ask(&b, "nats.status").await,
+                ask(&a, "bus.ls").await["counters"],
+                ask(&b, "bus.ls").await["counters"],
+                a.home().join("daemon.stderr").display(),
+                b.home().join("daemon.stderr").display(),
+            );
+        }
         bridged.push(t.elapsed());
     }
     answering.abort();
@@ -225,6 +276,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 format!("{bridged_rate:>12.0}  ({got} of {n} delivered)"),
             ),
             (
+                "lost, counted (B import_overflows)",
+                format!(
+                    "{:>12}  ({}; delivered + counted {} sent)",
+                    acc.lost(),
+                    acc.b_import_overflows,
+                    if accounted { "==" } else { "!=" }
+                ),
+            ),
+            (
                 "publish direct async-nats (msg/s)",
                 format!("{direct_rate:>12.0}"),
             ),
@@ -252,7 +312,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "bench": "fleet",
             "n": n,
             "delivered": got,
-            "b_import_overflows": import_overflows,
+            "sent": n,
+            "b_import_overflows": acc.b_import_overflows,
+            "a_bus_dropped": acc.a_bus_dropped,
+            "b_bus_dropped": acc.b_bus_dropped,
+            "a_export_lost": acc.a_export_lost,
+            "accounted": accounted,
             "bridged_msgs_per_s": bridged_rate.round(),
             "direct_msgs_per_s": direct_rate.round(),
             "throughput_ratio": (bridged_rate / direct_rate * 100.0).round() / 100.0,

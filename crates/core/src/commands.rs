@@ -3,8 +3,10 @@
 //! The control subsystem answers the core commands itself and routes every other `cmd` here.
 //! A subsystem registers its commands when it starts ([`crate::lifecycle::Ctx::handle`]); they
 //! are removed when it stops, so a command never reaches a subsystem that is not running and a
-//! client gets a clear "unknown command" instead. Handlers get the request object (without `id`
-//! and `cmd`) and return the reply's `ok` value or an error body.
+//! client gets a clear "unknown command" instead; a subsystem the config leaves off may register
+//! what its commands answer meanwhile ([`crate::lifecycle::Subsystem::off`]: "off on this
+//! instance"). Handlers get the request object (without `id` and `cmd`) and return the reply's
+//! `ok` value or an error body.
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -62,6 +62,29 @@ pub trait Subsystem: Send + Sync + 'static {
     }
     /// Runs until `ctx.token` is cancelled. An `Err` marks it failed, with that reason.
     fn run(&self, ctx: Ctx<Self::Config>) -> BoxFuture;
+    /// What its commands answer while the config leaves it off ([`Subsystem::enabled`] false):
+    /// registered through `off` so that a client hears "off on this instance, this section turns
+    /// it on" rather than "unknown command". They give way to the real ones when it starts.
+    /// Default: none (its commands are unknown while it is off).
+    fn off(&self, _off: &Off<'_>) {}
+}
+
+/// Where a subsystem that is off registers what its commands answer ([`Subsystem::off`]).
+pub struct Off<'a> {
+    name: &'static str,
+    commands: &'a Commands,
+}
+
+impl Off<'_> {
+    /// Registers the typed command `K`'s answer while the subsystem is off.
+    pub fn handle<K, F, Fut>(&self, f: F)
+    where
+        K: Cmd,
+        F: Fn(K::Args) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<K::Reply, ErrorBody>> + Send + 'static,
+    {
+        self.commands.register_typed::<K, F, Fut>(self.name, f);
+    }
 }
 
 /// What subsystems may ask of the daemon's main loop.
@@ -407,6 +430,8 @@ trait Mounted<R>: Send + Sync {
     /// Publishes `new`'s section; says whether the subsystem runs under it and what changed.
     fn update(&mut self, old: Option<&R>, new: &R) -> (bool, Change);
     fn run(&self, ctx: CtxParts) -> BoxFuture;
+    /// Registers what its commands answer while it is off.
+    fn off(&self, commands: &Commands);
 }
 
 struct CtxParts {
@@ -461,6 +486,13 @@ impl<S: Subsystem, R: 'static> Mounted<R> for Mount<S, R> {
             grace: parts.grace,
         };
         self.sub.run(ctx)
+    }
+
+    fn off(&self, commands: &Commands) {
+        self.sub.off(&Off {
+            name: self.sub.name(),
+            commands,
+        });
     }
 }
 
@@ -559,6 +591,10 @@ impl<R: 'static> Registry<R> {
                 (true, true, Change::Live) => applied.updated.push(name.to_string()),
                 _ => {}
             }
+            if !enabled {
+                // Its commands answer that it is off (replacing any left by its last run).
+                self.mounts[i].off(&self.shared.commands);
+            }
         }
         applied
     }
@@ -571,6 +607,8 @@ impl<R: 'static> Registry<R> {
             return;
         };
         self.shared.board.set(name, "starting", None);
+        // Its off answers (if it was off) give way to what the run registers.
+        self.shared.commands.unregister_owner(name);
         let fut = mount.run(CtxParts {
             shared: self.shared.clone(),
             token: token.clone(),

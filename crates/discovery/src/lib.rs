@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use majordomo_core::lifecycle::{BoxFuture, Ctx, Subsystem};
-use majordomo_proto::discovery::{DiscoveryPeersCmd, Peer, Peers, SERVICE_TYPE};
+use majordomo_core::lifecycle::{BoxFuture, Ctx, Off, Subsystem};
+use majordomo_proto::discovery::{DISCOVERY_OFF, DiscoveryPeersCmd, Peer, Peers, SERVICE_TYPE};
 use mdns_sd::{IfKind, ResolvedService, ServiceDaemon, ServiceEvent, ServiceInfo};
 
 pub use config::{DiscoveryConfig, DiscoverySection};
@@ -39,6 +39,17 @@ impl Subsystem for Discovery {
 
     fn run(&self, ctx: Ctx<DiscoverySection>) -> BoxFuture {
         Box::pin(run(ctx))
+    }
+
+    /// Off: `discovery.peers` answers `enabled: false`, no peers, and how to turn it on.
+    fn off(&self, off: &Off<'_>) {
+        off.handle::<DiscoveryPeersCmd, _, _>(|_| async {
+            Ok(Peers {
+                enabled: false,
+                peers: Vec::new(),
+                reason: Some(DISCOVERY_OFF.to_string()),
+            })
+        });
     }
 }
 
@@ -183,7 +194,12 @@ async fn run(ctx: Ctx<DiscoverySection>) -> Result<(), String> {
                 })
                 .unwrap_or_default();
             list.sort_by(|a, b| (&a.node, &a.instance).cmp(&(&b.node, &b.instance)));
-            async move { Ok(Peers { peers: list }) }
+            async move {
+                Ok(Peers {
+                    peers: list,
+                    ..Default::default()
+                })
+            }
         });
     }
     tracing::info!(

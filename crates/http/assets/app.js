@@ -229,7 +229,8 @@
   }
 
   // Fleet: the instances on this instance's NATS server (nats.fleet) and on the LAN
-  // (discovery.peers). Either subsystem may be off: its command is then unknown.
+  // (discovery.peers). Either subsystem may be off: its command then answers enabled: false
+  // (an older daemon: unknown command).
   const off = (e, what) => /unknown command/.test(e.message) ? what + " is off on this instance" : what + ": " + e.message;
   async function loadFleet() {
     try {
@@ -239,7 +240,7 @@
         el("td", {}, (m.roles || []).join(", ") || "–"),
         el("td", { class: "detail" }, m.firing ? m.firing + " firing: " + (m.alerts || []).join(", ") : "–"))),
         f.reason || "no instance answered", 6);
-      $("fleet-note").textContent = f.members.length + " instance(s) answered a fleet ping";
+      $("fleet-note").textContent = f.enabled === false ? "" : f.members.length + " instance(s) answered a fleet ping";
     } catch (e) { fill($("fleet-rows"), [], off(e, "NATS ([nats] servers)"), 6); $("fleet-note").textContent = ""; }
     try {
       const p = await api("discovery.peers");
@@ -248,7 +249,7 @@
         const link = x.http_port && addr ? el("a", { href: "http://" + addr + ":" + x.http_port + "/" }, addr + ":" + x.http_port) : "–";
         return el("tr", { "data-peer": x.node + "/" + x.instance }, el("td", {}, x.node), el("td", {}, x.instance), el("td", {}, x.version),
           el("td", {}, (x.roles || []).join(", ") || "–"), el("td", { class: "detail" }, (x.addresses || []).join(", ")), el("td", {}, link));
-      }), "no peer seen on the LAN yet", 6);
+      }), p.reason || "no peer seen on the LAN yet", 6);
       $("lan-note").textContent = "";
     } catch (e) { fill($("lan-rows"), [], off(e, "LAN discovery ([discovery] enabled)"), 6); }
   }

@@ -28,6 +28,9 @@ pub const ERROR_HEADER: &str = "Majordomo-Error";
 #[derive(Default)]
 pub struct Stats {
     pub connected: AtomicBool,
+    /// The import connection (when there is one) is connected and its subscriptions are on
+    /// the server (a flush answered since it connected).
+    pub imports_live: AtomicBool,
     pub exported: AtomicU64,
     pub imported: AtomicU64,
     pub echo_suppressed: AtomicU64,
@@ -45,10 +48,12 @@ pub struct Stats {
 
 /// One message waiting to be exported.
 struct Out {
-    subject: String,
+    /// Shared by the messages of one run of a topic (a reference count, no copy).
+    subject: async_nats::Subject,
     payload: Bytes,
-    /// JetStream message id (duplicate suppression across retries).
-    id: String,
+    /// Sequence number of the JetStream message id `<boot>-<seq>` (duplicate suppression
+    /// across retries), formatted only when published to JetStream.
+    seq: u64,
 }
 
 /// The bounded export buffer: drop-oldest past `cap`, counted.
@@ -63,17 +68,31 @@ pub(crate) struct Buffer {
 
 impl Buffer {
     fn push(&self, subject: String, payload: Bytes) {
-        let id = format!("{}-{}", self.boot, self.seq.fetch_add(1, Ordering::Relaxed));
+        self.push_many(std::iter::once((
+            async_nats::Subject::from(subject),
+            payload,
+        )));
+    }
+
+    /// Appends messages in order under one lock, dropping the oldest past the bound.
+    fn push_many(&self, msgs: impl Iterator<Item = (async_nats::Subject, Bytes)>) {
         if let Ok(mut q) = self.q.lock() {
-            while q.len() >= self.cap {
-                q.pop_front();
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            let mut dropped = 0;
+            for (subject, payload) in msgs {
+                if q.len() >= self.cap {
+                    q.pop_front();
+                    dropped += 1;
+                }
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                q.push_back(Out {
+                    subject,
+                    payload,
+                    seq,
+                });
             }
-            q.push_back(Out {
-                subject,
-                payload,
-                id,
-            });
+            if dropped > 0 {
+                self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+            }
         }
         self.notify.notify_one();
     }
@@ -253,6 +272,7 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
         let stats = stats.clone();
         let buffer = buffer.clone();
         let status = NatsStatus {
+            enabled: true,
             server: Some(shown_servers.join(",")),
             node: node.clone(),
             instance: instance.clone(),
@@ -272,10 +292,21 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
         });
     }
 
+    // The bridge's own requests carry replies to this inbox; the importer does not take them
+    // for requests to answer (they would come back when an export is also imported).
+    let own_inbox = format!(
+        "_INBOX.md{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    );
     // The NATS connection: reconnects forever, at most 5 s between attempts.
     let opts = connect_options(&cfg)
         .await?
         .name(format!("majordomo {node}/{instance}"))
+        .custom_inbox_prefix(&own_inbox)
         .no_echo()
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -304,6 +335,49 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
             shown_servers.join(",")
         )
     })?;
+    // With imports, a second connection carries them and the core exports (and nothing else):
+    // its statistics then count exactly what the importer was sent, and `no_echo` on it keeps
+    // this instance's exports from coming back through its own imports.
+    let data_up = Arc::new(Notify::new());
+    let data = if cfg.import.is_empty() {
+        stats.imports_live.store(true, Ordering::Relaxed);
+        client.clone()
+    } else {
+        connect_options(&cfg)
+            .await?
+            .name(format!("majordomo {node}/{instance} imports"))
+            .no_echo()
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(3))
+            .subscription_capacity(cfg.import_buffer.max(1))
+            .reconnect_delay_callback(|attempt| {
+                backoff::full_jitter(
+                    Duration::from_millis(100),
+                    Duration::from_secs(5),
+                    attempt as u32,
+                )
+            })
+            .event_callback({
+                let stats = stats.clone();
+                let server = shown_servers.join(",");
+                let up = data_up.clone();
+                move |ev| {
+                    let stats = stats.clone();
+                    let server = server.clone();
+                    let up = up.clone();
+                    async move { on_data_event(ev, &stats, &server, &up) }
+                }
+            })
+            .connect(servers.as_str())
+            .await
+            .map_err(|e| {
+                format!(
+                    "[nats] servers {}: {e}; check the addresses and credentials",
+                    shown_servers.join(",")
+                )
+            })?
+    };
 
     let identity = crate::remote::Identity {
         node: node.clone(),
@@ -387,7 +461,12 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
         token.clone(),
     ));
     tracker.spawn(publisher(
-        client.clone(),
+        // Durable exports wait for JetStream's acks, which are messages in: not on `data`.
+        if cfg.stream.is_some() {
+            client.clone()
+        } else {
+            data.clone()
+        },
         buffer.clone(),
         stats.clone(),
         (*cfg).clone(),
@@ -397,7 +476,7 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
     if !cfg.import.is_empty() {
         let mut subs = Vec::new();
         for p in &cfg.import {
-            let s = client
+            let s = data
                 .subscribe(p.clone())
                 .await
                 .map_err(|e| format!("[nats] import {p:?}: {e}"))?;
@@ -405,12 +484,16 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
         }
         tracker.spawn(importer(
             futures_util::stream::select_all(subs),
-            link.clone(),
-            client.clone(),
-            echo.clone(),
-            exports.clone(),
-            stats.clone(),
-            cfg.stream.is_some(),
+            Importer {
+                link: link.clone(),
+                client: client.clone(),
+                received: data.statistics(),
+                own_inbox: format!("{own_inbox}."),
+                echo: echo.clone(),
+                exports: exports.clone(),
+                stats: stats.clone(),
+                streamed: cfg.stream.is_some(),
+            },
             token.clone(),
         ));
     }
@@ -460,9 +543,40 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
         )
         .await?;
     }
-    if client.connection_state() == async_nats::connection::State::Connected {
-        // The subscriptions are on the server before the instance reports itself ready.
-        let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    for c in [&client, &data] {
+        if c.connection_state() == async_nats::connection::State::Connected {
+            // The subscriptions are on the server before the instance reports itself ready.
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.flush()).await;
+        }
+    }
+    if !cfg.import.is_empty() {
+        // `connected` in `nats.status` includes the import connection with its subscriptions
+        // on the server: set after a flush each time it (re)connects.
+        let (data, stats, token) = (data.clone(), stats.clone(), token.clone());
+        tracker.spawn(async move {
+            loop {
+                if data.connection_state() == async_nats::connection::State::Connected
+                    && matches!(
+                        tokio::time::timeout(Duration::from_secs(5), data.flush()).await,
+                        Ok(Ok(()))
+                    )
+                {
+                    stats.imports_live.store(true, Ordering::Relaxed);
+                }
+                // A reconnect's event can be lost when the client's event queue is full (it
+                // also carries slow-consumer reports): while not live, look again now and then.
+                let again = if stats.imports_live.load(Ordering::Relaxed) {
+                    Duration::MAX
+                } else {
+                    Duration::from_millis(500)
+                };
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = data_up.notified() => {}
+                    _ = tokio::time::sleep(again) => {}
+                }
+            }
+        });
     }
     tracing::info!(
         servers = %shown_servers.join(","),
@@ -474,7 +588,16 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
         "NATS bridge started"
     );
     ctx.ready();
-    token.cancelled().await;
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => {}
+        _ = link.closed.cancelled() => {
+            // Without it nothing is exported or imported any more: fail, visibly.
+            return Err(
+                "the bridge's connection to the local bus closed; the log says why; a reload that changes [nats], or a restart of the daemon, starts the bridge again".to_string(),
+            );
+        }
+    }
     // Give what is buffered a moment to leave, within the grace period.
     let until = tokio::time::Instant::now() + ctx.grace().min(Duration::from_secs(2));
     while buffer.len() > 0
@@ -483,6 +606,7 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let _ = tokio::time::timeout(Duration::from_secs(1), data.flush()).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
     ctx.commands.unregister_owner("nats");
     Ok(())
@@ -504,16 +628,19 @@ async fn fleet_now(
             .map(|e| format!(": {e}"))
             .unwrap_or_default();
         return Fleet {
+            enabled: true,
             members: Vec::new(),
             reason: Some(format!("not connected to NATS at {server}{why}")),
         };
     }
     match crate::fleet::ls(client, roles, Duration::from_millis(500)).await {
         Ok(members) => Fleet {
+            enabled: true,
             members,
             reason: None,
         },
         Err(e) => Fleet {
+            enabled: true,
             members: Vec::new(),
             reason: Some(format!("fleet ping over NATS at {server}: {e}")),
         },
@@ -523,7 +650,7 @@ async fn fleet_now(
 fn status_of(base: &NatsStatus, s: &Stats, buffer: &Buffer) -> NatsStatus {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     NatsStatus {
-        connected: s.connected.load(Ordering::Relaxed),
+        connected: s.connected.load(Ordering::Relaxed) && s.imports_live.load(Ordering::Relaxed),
         exported: g(&s.exported),
         imported: g(&s.imported),
         echo_suppressed: g(&s.echo_suppressed),
@@ -587,19 +714,33 @@ fn on_event(ev: async_nats::Event, stats: &Stats, hub: &Hub, server: &str) {
                 *l = Some(e.to_string());
             }
         }
-        async_nats::Event::SlowConsumer(sid) => {
-            // One report per message the client dropped (while its event queue has room).
-            // Logged at the first loss and each doubling, not once per message.
-            let n = stats.import_overflows.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(
-                    sid,
-                    lost = n,
-                    "NATS slow consumer: the bridge fell behind an import and lost messages (core NATS; counted as import_overflows)"
-                );
+        other => tracing::debug!("NATS: {other}"),
+    }
+}
+
+/// Events of the import connection (when there is one): its errors are shown like the main
+/// connection's; its slow-consumer reports are not counted here (the importer counts every
+/// dropped import exactly, and these reports go through a queue that drops them when full).
+fn on_data_event(ev: async_nats::Event, stats: &Stats, server: &str, up: &Notify) {
+    match ev {
+        async_nats::Event::Connected => up.notify_one(),
+        async_nats::Event::ServerError(e) => {
+            tracing::warn!(%server, "NATS server error (import connection): {e}");
+            if let Ok(mut l) = stats.last_error.lock() {
+                *l = Some(e.to_string());
             }
         }
-        other => tracing::debug!("NATS: {other}"),
+        async_nats::Event::ClientError(e) => {
+            tracing::warn!(%server, "NATS client error (import connection): {e}");
+            if let Ok(mut l) = stats.last_error.lock() {
+                *l = Some(e.to_string());
+            }
+        }
+        async_nats::Event::Disconnected => {
+            stats.imports_live.store(false, Ordering::Relaxed);
+            tracing::warn!(%server, "lost the NATS import connection; reconnecting");
+        }
+        other => tracing::debug!("NATS (import connection): {other}"),
     }
 }
 
@@ -616,20 +757,38 @@ async fn export_reader(
     request_timeout: Duration,
     token: CancellationToken,
 ) {
+    // The subject of the last topic seen: a run of one topic shares it.
+    let mut last: Option<(String, async_nats::Subject)> = None;
+    let mut plain: Vec<(async_nats::Subject, Bytes)> = Vec::with_capacity(1024);
     loop {
-        let m = tokio::select! {
+        let first = tokio::select! {
             _ = token.cancelled() => return,
             m = msgs.recv() => m,
         };
-        let Some(m) = m else { return };
-        if echo.take(&m.topic, &m.data) {
-            stats.echo_suppressed.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let subject = format!("{prefix}{}", m.topic);
-        match m.reply_to {
-            None => buffer.push(subject, m.data),
-            Some(reply_to) => {
+        let Some(first) = first else { return };
+        // What is already there goes into the buffer as one batch (one lock, one wake-up).
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            if plain.len() < 1024 {
+                next = msgs.try_recv().ok();
+            }
+            if echo.take(&m.topic, &m.data) {
+                stats.echo_suppressed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let subject = match &last {
+                Some((topic, subject)) if *topic == m.topic => subject.clone(),
+                _ => {
+                    let subject = async_nats::Subject::from(format!("{prefix}{}", m.topic));
+                    last = Some((m.topic.clone(), subject.clone()));
+                    subject
+                }
+            };
+            let Some(reply_to) = m.reply_to else {
+                plain.push((subject, m.data));
+                continue;
+            };
+            {
                 stats.requests_out.fetch_add(1, Ordering::Relaxed);
                 let client = client.clone();
                 let link = link.clone();
@@ -656,6 +815,9 @@ async fn export_reader(
                     }
                 });
             }
+        }
+        if !plain.is_empty() {
+            buffer.push_many(plain.drain(..));
         }
     }
 }
@@ -709,7 +871,7 @@ async fn publisher(
         let batch = buffer.take(512);
         match &js {
             None => {
-                let connects = stats.connects.load(Ordering::Relaxed);
+                let connects = client.statistics().connects.load(Ordering::Relaxed);
                 let n = batch.len() as u64;
                 let mut rest = Vec::new();
                 let mut it = batch.into_iter();
@@ -730,7 +892,7 @@ async fn publisher(
                 }
                 let flushed = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
                 if matches!(flushed, Ok(Ok(())))
-                    && stats.connects.load(Ordering::Relaxed) == connects
+                    && client.statistics().connects.load(Ordering::Relaxed) == connects
                 {
                     stats.exported.fetch_add(sent, Ordering::Relaxed);
                 } else {
@@ -747,7 +909,8 @@ async fn publisher(
                 let mut failed = Vec::new();
                 for o in batch {
                     let mut headers = async_nats::HeaderMap::new();
-                    headers.insert("Nats-Msg-Id", o.id.as_str());
+                    let id = format!("{}-{}", buffer.boot, o.seq);
+                    headers.insert("Nats-Msg-Id", id.as_str());
                     match js
                         .publish_with_headers(o.subject.clone(), headers, o.payload.clone())
                         .await
@@ -827,81 +990,206 @@ async fn ensure_stream(
     Ok(())
 }
 
-/// NATS subjects in, local subscribers out; requests answered by a local responder.
-#[allow(clippy::too_many_arguments)]
-async fn importer(
-    mut subs: futures_util::stream::SelectAll<async_nats::Subscriber>,
+/// At most this many imported messages go to the local bus as one batch of publish lines.
+const IMPORT_BATCH: usize = 2048;
+
+/// What the importer needs besides its subscriptions.
+struct Importer {
     link: Link,
+    /// Answers requests (publishes their replies).
     client: async_nats::Client,
+    /// Messages the import connection received (its statistics): with what the importer took,
+    /// the exact count of those its client dropped.
+    received: Arc<async_nats::Statistics>,
+    /// The inbox prefix of the bridge's own requests (they are not imported back).
+    own_inbox: String,
     echo: Arc<Echo>,
     exports: Arc<[String]>,
     stats: Arc<Stats>,
     streamed: bool,
+}
+
+/// NATS subjects in, local subscribers out; requests answered by a local responder.
+///
+/// The subscriptions are drained in batches: one batch becomes one run of `bus.pub` lines on
+/// the bridge's bus connection, followed by a `ping`; the next batch waits for the previous
+/// ping's answer, so at most two batches are in flight and a local bus slower than NATS leaves
+/// the backlog in the client's subscription buffer (`[nats] import_buffer`), where what does
+/// not fit is dropped by the client. Those drops are counted exactly: the import connection
+/// carries nothing but these subscriptions, so each time the importer finds them empty,
+/// messages the connection received minus messages the importer took is the number dropped.
+async fn importer(
+    mut subs: futures_util::stream::SelectAll<async_nats::Subscriber>,
+    imp: Importer,
     token: CancellationToken,
 ) {
+    use futures_util::FutureExt;
+    let mut taken: u64 = 0;
+    let mut lines: Vec<u8> = Vec::with_capacity(256 * 1024);
+    let mut batch: Vec<async_nats::Message> = Vec::with_capacity(IMPORT_BATCH);
+    let mut previous: Option<futures_util::future::BoxFuture<'static, Result<Bytes, ErrorBody>>> =
+        None;
     loop {
-        let m = tokio::select! {
+        let first = tokio::select! {
             _ = token.cancelled() => return,
             m = subs.next() => m,
         };
-        let Some(m) = m else { return };
-        let topic = m.subject.to_string();
-        if topic.starts_with("_INBOX.") || topic.starts_with("$sys.") {
-            continue;
-        }
-        if let Err(e) = wire::check_topic(&topic, false) {
-            tracing::debug!(%topic, "NATS subject not importable: {e}");
-            continue;
-        }
-        // A JetStream publish (an exporter with `stream`) carries a message id and the stream's
-        // ack inbox as its reply subject: it is a plain message, not a request.
-        let reply = if m
-            .headers
-            .as_ref()
-            .is_some_and(|h| h.get("Nats-Msg-Id").is_some())
-        {
-            None
-        } else {
-            m.reply
-        };
-        if streamed && reply.is_none() {
-            // Durable import: plain messages come through the stream's consumer.
-            continue;
-        }
-        let data = as_json(&m.payload);
-        if exports.iter().any(|p| wire::matches(p, &topic)) {
-            echo.note(&topic, &data);
-        }
-        match reply {
-            None => {
-                stats.imported.fetch_add(1, Ordering::Relaxed);
-                link.send(pub_line(&topic, &data));
+        let Some(first) = first else { return };
+        batch.push(first);
+        let mut idle_at = None;
+        while batch.len() < IMPORT_BATCH {
+            // Read before looking: every message counted here was taken, dropped, or is being
+            // handed over right now (then it wakes this task and is counted next time).
+            let received = imp.received.in_messages.load(Ordering::Acquire);
+            match subs.next().now_or_never() {
+                Some(Some(m)) => batch.push(m),
+                Some(None) => break,
+                None => {
+                    idle_at = Some(received);
+                    break;
+                }
             }
-            Some(reply) => {
-                stats.requests_in.fetch_add(1, Ordering::Relaxed);
-                let link = link.clone();
-                let client = client.clone();
-                tokio::spawn(async move {
-                    let mut line =
-                        format!(r#""cmd":"bus.request","topic":{},"data":"#, jstr(&topic))
-                            .into_bytes();
-                    line.extend_from_slice(&data);
-                    match link.call(&line).await {
-                        Ok(answer) => {
-                            let _ = client.publish(reply, answer).await;
-                        }
-                        Err(e) => {
-                            let mut headers = async_nats::HeaderMap::new();
-                            headers.insert(ERROR_HEADER, e.code.as_str());
-                            let body = serde_json::to_vec(&e).unwrap_or_default();
-                            let _ = client
-                                .publish_with_headers(reply, headers, body.into())
-                                .await;
-                        }
+        }
+        taken += batch.len() as u64;
+        lines.clear();
+        let mut plain = 0u64;
+        let mut last_topic: Option<(async_nats::Subject, bool)> = None;
+        let mut prefix_end = 0usize;
+        let mut prefix: Vec<u8> = Vec::new();
+        for m in batch.drain(..) {
+            // A JetStream publish (an exporter with `stream`) carries a message id and the
+            // stream's ack inbox as its reply subject: it is a plain message, not a request.
+            let reply = if m
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get("Nats-Msg-Id").is_some())
+            {
+                None
+            } else {
+                m.reply.clone()
+            };
+            if reply
+                .as_ref()
+                .is_some_and(|r| r.as_str().starts_with(imp.own_inbox.as_str()))
+            {
+                // The bridge's own request, exported on a subject it also imports.
+                continue;
+            }
+            if imp.streamed && reply.is_none() {
+                // Durable import: plain messages come through the stream's consumer.
+                continue;
+            }
+            // Topic checks and the publish line's prefix, once per run of one subject.
+            let echoes = match &last_topic {
+                Some((t, e)) if *t == m.subject => *e,
+                _ => {
+                    let topic = m.subject.as_str();
+                    let ok = !topic.starts_with("_INBOX.")
+                        && !topic.starts_with("$sys.")
+                        && match wire::check_topic(topic, false) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::debug!(%topic, "NATS subject not importable: {e}");
+                                false
+                            }
+                        };
+                    if !ok {
+                        last_topic = None;
+                        continue;
                     }
-                });
+                    prefix.clear();
+                    prefix.extend_from_slice(br#"{"cmd":"bus.pub","topic":"#);
+                    prefix.extend_from_slice(jstr(topic).as_bytes());
+                    prefix.extend_from_slice(br#","data":"#);
+                    prefix_end = prefix.len();
+                    let e = imp.exports.iter().any(|p| wire::matches(p, topic));
+                    last_topic = Some((m.subject.clone(), e));
+                    e
+                }
+            };
+            match reply {
+                None => {
+                    plain += 1;
+                    if !lines.is_empty() {
+                        lines.push(b'\n');
+                    }
+                    lines.extend_from_slice(&prefix[..prefix_end]);
+                    let at = lines.len();
+                    push_json(&mut lines, &m.payload);
+                    if echoes {
+                        imp.echo.note(m.subject.as_str(), &lines[at..]);
+                    }
+                    lines.push(b'}');
+                }
+                Some(reply) => {
+                    let data = as_json(&m.payload);
+                    if echoes {
+                        imp.echo.note(m.subject.as_str(), &data);
+                    }
+                    imp.stats.requests_in.fetch_add(1, Ordering::Relaxed);
+                    let link = imp.link.clone();
+                    let client = imp.client.clone();
+                    let topic = m.subject.to_string();
+                    tokio::spawn(async move {
+                        let mut line =
+                            format!(r#""cmd":"bus.request","topic":{},"data":"#, jstr(&topic))
+                                .into_bytes();
+                        line.extend_from_slice(&data);
+                        match link.call(&line).await {
+                            Ok(answer) => {
+                                let _ = client.publish(reply, answer).await;
+                            }
+                            Err(e) => {
+                                let mut headers = async_nats::HeaderMap::new();
+                                headers.insert(ERROR_HEADER, e.code.as_str());
+                                let body = serde_json::to_vec(&e).unwrap_or_default();
+                                let _ = client
+                                    .publish_with_headers(reply, headers, body.into())
+                                    .await;
+                            }
+                        }
+                    });
+                }
             }
         }
+        if plain > 0 {
+            imp.stats.imported.fetch_add(plain, Ordering::Relaxed);
+            imp.link.send(std::mem::take(&mut lines));
+            lines.reserve(256 * 1024);
+            // At most two batches in flight: wait for the one before this.
+            let this = imp.link.send_call(br#""cmd":"ping""#).boxed();
+            if let Some(before) = previous.replace(this) {
+                let r = tokio::select! {
+                    _ = token.cancelled() => return,
+                    r = before => r,
+                };
+                if r.is_err() {
+                    return;
+                }
+            }
+        }
+        if let Some(received) = idle_at {
+            let lost = received.saturating_sub(taken);
+            let was = imp.stats.import_overflows.swap(lost, Ordering::Relaxed);
+            // Logged when the count reaches a new power of two, not once per message.
+            if lost.leading_zeros() < was.leading_zeros() {
+                tracing::warn!(
+                    lost,
+                    "NATS slow consumer: the bridge fell behind its imports and the NATS client dropped messages (core NATS; counted as import_overflows; [nats] import_buffer holds more)"
+                );
+            }
+        }
+    }
+}
+
+/// Appends `payload` as bus data: JSON text as is, anything else as a JSON string.
+fn push_json(out: &mut Vec<u8>, payload: &[u8]) {
+    if payload.is_empty() {
+        out.extend_from_slice(b"null");
+    } else if serde_json::from_slice::<&RawValue>(payload).is_ok() {
+        out.extend_from_slice(payload);
+    } else {
+        out.extend_from_slice(jstr(&String::from_utf8_lossy(payload)).as_bytes());
     }
 }
 

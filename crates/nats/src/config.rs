@@ -47,6 +47,8 @@ pub struct NatsConfig {
     pub roles: Vec<String>,
     /// Exports held while NATS is unreachable or slower than the bus; past it the oldest are dropped (counted).
     pub buffer: usize,
+    /// Imported messages the bridge's NATS client holds while the local bus takes them (its subscription buffer); past it the client drops them, counted exactly as `import_overflows` (core NATS; JetStream imports are redelivered instead).
+    pub import_buffer: usize,
     /// JetStream stream for durable export (created if missing, over the exported subjects; duplicates suppressed by message id) and durable import (read through a durable consumer per import pattern, named from node and instance).
     pub stream: Option<String>,
     /// Deadline of a request crossing the bridge from the local bus to NATS.
@@ -74,6 +76,7 @@ impl Default for NatsConfig {
             allow: None,
             roles: Vec::new(),
             buffer: 65_536,
+            import_buffer: 65_536,
             stream: None,
             request_timeout: Dur::secs(10),
         }
@@ -221,6 +224,13 @@ impl NatsConfig {
                 "use a positive number; the default is 65536",
             ));
         }
+        if self.import_buffer == 0 {
+            problems.push(Problem::at(
+                "nats.import_buffer",
+                "0 would drop every import",
+                "use a positive number; the default is 65536",
+            ));
+        }
         if let Some(s) = &self.stream
             && (s.is_empty() || s.contains(['.', '*', '>', ' ', '/', '\\']))
         {
@@ -294,6 +304,7 @@ mod tests {
             export: vec!["a..b".into()],
             password: Some(Secret::new("x")),
             buffer: 0,
+            import_buffer: 0,
             allow: Some(vec!["nope".into()]),
             ..Default::default()
         };
@@ -308,6 +319,7 @@ mod tests {
             "nats.export[0]",
             "nats.password",
             "nats.buffer",
+            "nats.import_buffer",
             "nats.allow[0]",
         ] {
             assert!(paths.contains(&want), "{want} missing in {paths:?}");

@@ -24,7 +24,8 @@ pub mod remote;
 use std::sync::Arc;
 
 use majordomo_bus::Router;
-use majordomo_core::lifecycle::{BoxFuture, Ctx, Subsystem};
+use majordomo_core::lifecycle::{BoxFuture, Ctx, Off, Subsystem};
+use majordomo_proto::nats::{Fleet, NATS_OFF, NatsFleetCmd, NatsStatus, NatsStatusCmd};
 
 pub use async_nats;
 pub use config::NatsConfig;
@@ -54,5 +55,23 @@ impl Subsystem for Nats {
     fn run(&self, ctx: Ctx<NatsConfig>) -> BoxFuture {
         let router = self.router.clone();
         Box::pin(bridge::run(router, ctx))
+    }
+
+    /// Off: `nats.status` and `nats.fleet` answer `enabled: false` with how to turn it on.
+    fn off(&self, off: &Off<'_>) {
+        off.handle::<NatsStatusCmd, _, _>(|_| async {
+            Ok(NatsStatus {
+                enabled: false,
+                reason: Some(NATS_OFF.to_string()),
+                ..Default::default()
+            })
+        });
+        off.handle::<NatsFleetCmd, _, _>(|_| async {
+            Ok(Fleet {
+                enabled: false,
+                members: Vec::new(),
+                reason: Some(NATS_OFF.to_string()),
+            })
+        });
     }
 }

@@ -36,6 +36,8 @@ pub struct Link {
     next_id: Arc<AtomicU64>,
     /// Messages the bus dropped for this connection (its outbox's slow-consumer policy).
     pub bus_dropped: Arc<AtomicU64>,
+    /// Cancelled when the session ended (the bridge stopping, or the bus closing it).
+    pub closed: CancellationToken,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +106,7 @@ impl Link {
             pending: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
             bus_dropped: Arc::default(),
+            closed: CancellationToken::new(),
         };
         let tracker = session.tracker.clone();
         let stop2 = stop.clone();
@@ -135,6 +138,7 @@ impl Link {
         });
         let pending = link.pending.clone();
         let dropped = link.bus_dropped.clone();
+        let closed = link.closed.clone();
         tracker.spawn(async move {
             let mut codec = LineCodec::new(64 * 1024 * 1024);
             let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -160,6 +164,7 @@ impl Link {
                 }
             }
             // The session ended: fail whoever still waits.
+            closed.cancel();
             if let Ok(mut p) = pending.lock() {
                 for (_, tx) in p.drain() {
                     let _ = tx.send(Err(ErrorBody::new(
@@ -175,6 +180,16 @@ impl Link {
     /// Sends one request, `rest` being the members after `id` (`"cmd":"bus.sub",...`), and
     /// waits for its reply's `ok` (raw JSON) or `error`.
     pub async fn call(&self, rest: &[u8]) -> Result<Bytes, ErrorBody> {
+        self.send_call(rest).await
+    }
+
+    /// Sends one request now, in order with what was sent before it, and gives the wait for
+    /// its reply (e.g. a `ping` after a batch of publishes: its answer means the session has
+    /// routed them all).
+    pub fn send_call(
+        &self,
+        rest: &[u8],
+    ) -> impl std::future::Future<Output = Result<Bytes, ErrorBody>> + Send + 'static {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut line = format!("{{\"id\":{id},").into_bytes();
         line.extend_from_slice(rest);
@@ -183,15 +198,19 @@ impl Link {
         if let Ok(mut p) = self.pending.lock() {
             p.insert(id, tx);
         }
-        if self.out.send(line).is_err() {
-            return Err(ErrorBody::new(ErrorCode::Internal, "bus connection closed"));
+        let sent = self.out.send(line).is_ok();
+        async move {
+            if !sent {
+                return Err(ErrorBody::new(ErrorCode::Internal, "bus connection closed"));
+            }
+            rx.await.unwrap_or_else(|_| {
+                Err(ErrorBody::new(ErrorCode::Internal, "bus connection closed"))
+            })
         }
-        rx.await
-            .unwrap_or_else(|_| Err(ErrorBody::new(ErrorCode::Internal, "bus connection closed")))
     }
 
     /// Sends a line that expects no reply (a publish without `id`; errors come back id-less and
-    /// are logged).
+    /// are logged). It may hold several lines separated by `\n` (a batch of publishes).
     pub fn send(&self, line: Vec<u8>) {
         let _ = self.out.send(line);
     }

@@ -22,10 +22,30 @@ pub struct PeersArgs {
 }
 
 /// `discovery.peers`: what this instance sees on the LAN (itself excluded).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Peers {
+    /// False when LAN discovery is off on this instance: `peers` is then empty and `reason`
+    /// says how to turn it on.
+    #[serde(default = "yes")]
+    pub enabled: bool,
     pub peers: Vec<Peer>,
+    /// Why the list is empty when discovery is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
+
+impl Default for Peers {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            peers: Vec::new(),
+            reason: None,
+        }
+    }
+}
+
+/// What `discovery.peers` says while `[discovery]` is off.
+pub const DISCOVERY_OFF: &str = "LAN discovery is off on this instance; set [discovery] enabled = true and reload to turn it on";
 
 /// One instance found on the LAN, from its DNS-SD record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -52,4 +72,10 @@ impl Peer {
     pub fn has_roles(&self, roles: &[String]) -> bool {
         roles.iter().all(|r| self.roles.contains(r))
     }
+}
+
+/// Serde's default for `enabled` (a reply from a daemon that predates it is from a running
+/// subsystem).
+fn yes() -> bool {
+    true
 }

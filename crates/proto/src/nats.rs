@@ -31,17 +31,41 @@ pub struct FleetArgs {
 }
 
 /// `nats.fleet`: the members that answered a fleet ping, sorted by node and instance.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Fleet {
+    /// False when the NATS bridge is off on this instance (`[nats] servers` empty): `members`
+    /// is then empty and `reason` says how to turn it on.
+    #[serde(default = "yes")]
+    pub enabled: bool,
     pub members: Vec<FleetMember>,
-    /// Why the list is empty when the bridge could not ask (not connected to NATS).
+    /// Why the list is empty when the bridge could not ask (off, or not connected to NATS).
     #[serde(default)]
     pub reason: Option<String>,
 }
 
+impl Default for Fleet {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            members: Vec::new(),
+            reason: None,
+        }
+    }
+}
+
+/// What `nats.status` and `nats.fleet` say while `[nats]` is off.
+pub const NATS_OFF: &str = "the NATS bridge is off on this instance; list servers in [nats] servers (e.g. servers = [\"nats://127.0.0.1:4222\"]) and reload to turn it on";
+
 /// `nats.status`: the bridge as it is now.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NatsStatus {
+    /// False when the bridge is off on this instance (`[nats] servers` empty): the other
+    /// members are then empty or zero, and `reason` says how to turn it on.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Why the bridge is off, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Whether the bridge holds a connection to a NATS server now.
     pub connected: bool,
     /// The server it is connected to, or tries to reach (credentials never shown).
@@ -74,8 +98,9 @@ pub struct NatsStatus {
     /// (core NATS only; JetStream retries them).
     pub unconfirmed: u64,
     /// Imported NATS messages lost because the bridge fell behind the server (core NATS: the
-    /// client's subscription buffer was full; counted per slow-consumer report, so at least
-    /// this many). JetStream imports are not lost this way: they are redelivered.
+    /// client's subscription buffer, `[nats] import_buffer`, was full). Exact whenever the
+    /// importer has caught up: messages its NATS connection received minus messages it took.
+    /// JetStream imports are not lost this way: they are redelivered.
     #[serde(default)]
     pub import_overflows: u64,
     /// JetStream redeliveries already delivered locally, skipped (durable import only).
@@ -119,4 +144,10 @@ pub struct FleetMember {
 pub struct FleetPing {
     #[serde(default)]
     pub roles: Vec<String>,
+}
+
+/// Serde's default for `enabled` (a reply from a daemon that predates it is from a running
+/// subsystem).
+fn yes() -> bool {
+    true
 }

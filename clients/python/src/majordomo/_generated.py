@@ -126,7 +126,7 @@ class FleetMember(_FleetMemberRequired, _FleetMemberOptional):
 
 
 _FleetRequired = TypedDict("_FleetRequired", {"members": List[FleetMember]})
-_FleetOptional = TypedDict("_FleetOptional", {"reason": Optional[str]}, total=False)
+_FleetOptional = TypedDict("_FleetOptional", {"enabled": bool, "reason": Optional[str]}, total=False)
 
 
 class Fleet(_FleetRequired, _FleetOptional):
@@ -265,7 +265,7 @@ NamesArgs = TypedDict("NamesArgs", {"name": Optional[str], "names": List[str]}, 
 """Which programs a command is about: `names`, and `name` for one (the two are joined)."""
 
 _NatsStatusRequired = TypedDict("_NatsStatusRequired", {"connected": bool, "node": str, "instance": str, "prefix": str, "ctl_subject": str, "exported": int, "imported": int, "echo_suppressed": int, "requests_out": int, "requests_in": int, "ctl_answered": int, "ctl_refused": int, "buffered": int, "dropped": int, "unconfirmed": int, "connects": int})
-_NatsStatusOptional = TypedDict("_NatsStatusOptional", {"consumers": List[str], "import_overflows": int, "last_error": Optional[str], "redelivered": int, "server": Optional[str], "stream": Optional[str]}, total=False)
+_NatsStatusOptional = TypedDict("_NatsStatusOptional", {"consumers": List[str], "enabled": bool, "import_overflows": int, "last_error": Optional[str], "reason": Optional[str], "redelivered": int, "server": Optional[str], "stream": Optional[str]}, total=False)
 
 
 class NatsStatus(_NatsStatusRequired, _NatsStatusOptional):
@@ -338,8 +338,13 @@ class Peer(_PeerRequired, _PeerOptional):
     """One instance found on the LAN, from its DNS-SD record."""
 
 
-Peers = TypedDict("Peers", {"peers": List[Peer]})
-"""`discovery.peers`: what this instance sees on the LAN (itself excluded)."""
+_PeersRequired = TypedDict("_PeersRequired", {"peers": List[Peer]})
+_PeersOptional = TypedDict("_PeersOptional", {"enabled": bool, "reason": Optional[str]}, total=False)
+
+
+class Peers(_PeersRequired, _PeersOptional):
+    """`discovery.peers`: what this instance sees on the LAN (itself excluded)."""
+
 
 PeersArgs = TypedDict("PeersArgs", {"roles": List[str]}, total=False)
 """`discovery.peers` arguments."""

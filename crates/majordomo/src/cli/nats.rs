@@ -208,6 +208,13 @@ pub async fn run(cmd: &FleetCmd, opts: &ConnectOptions, json: bool) -> Result<u8
 }
 
 fn print_status(s: &NatsStatus) {
+    if !s.enabled {
+        println!(
+            "NATS off: {}",
+            s.reason.as_deref().unwrap_or("[nats] servers is empty")
+        );
+        return;
+    }
     println!(
         "NATS {} ({})",
         if s.connected {

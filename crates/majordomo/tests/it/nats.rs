@@ -530,3 +530,113 @@ fn bad_nats_config_is_refused_with_its_field() {
     }
     assert!(!text.contains("hunter2"), "a secret was printed: {text}");
 }
+
+/// With `[nats]` and `[discovery]` off, their commands still answer, over the socket and HTTP:
+/// `enabled: false` and the section that turns them on. A reload that turns the bridge off
+/// brings the same answer back; one that turns it on brings the bridge's own. (No nats-server
+/// needed: a bridge whose server is unreachable runs and retries.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_subsystems_answer_that_they_are_off() {
+    let home = Home::new();
+    home.write_config("a", "");
+    let a = home.start("a");
+    let call = |cmd: &str| {
+        let out = home.cli("a", &["--json", "call", cmd]);
+        assert!(out.status.success(), "{cmd}: {}", stderr(&out));
+        serde_json::from_str::<Value>(stdout(&out).trim()).expect("JSON reply")
+    };
+    for (cmd, section) in [
+        ("nats.status", "[nats] servers"),
+        ("nats.fleet", "[nats] servers"),
+        ("discovery.peers", "[discovery] enabled"),
+    ] {
+        let v = call(cmd);
+        assert_eq!(v["enabled"], false, "{cmd}: {v}");
+        let reason = v["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(section), "{cmd}: {v}");
+    }
+    let fleet = http_get(&home, "a", "/api/v1/nats.fleet").await;
+    assert_eq!(fleet["enabled"], false, "{fleet}");
+    assert_eq!(fleet["members"], json!([]), "{fleet}");
+    let peers = http_get(&home, "a", "/api/v1/discovery.peers").await;
+    assert_eq!(peers["enabled"], false, "{peers}");
+    let out = home.cli("a", &["fleet", "status"]);
+    assert!(out.status.success(), "fleet status: {}", stderr(&out));
+    assert!(stdout(&out).contains("NATS off"), "{}", stdout(&out));
+
+    // On (the server unreachable: the bridge runs and retries), then off again.
+    home.write_config("a", "[nats]\nservers = [\"nats://127.0.0.1:1\"]\n");
+    let out = home.cli("a", &["reload"]);
+    assert!(out.status.success(), "reload: {}", stderr(&out));
+    let s = nats_status(&a).await;
+    assert_eq!(
+        (&s["enabled"], &s["connected"]),
+        (&json!(true), &json!(false)),
+        "{s}"
+    );
+    home.write_config("a", "");
+    let out = home.cli("a", &["reload"]);
+    assert!(out.status.success(), "reload: {}", stderr(&out));
+    let s = nats_status(&a).await;
+    assert_eq!(s["enabled"], false, "{s}");
+}
+
+/// Core NATS loses what the importing bridge cannot hold, and counts it exactly: with
+/// `import_buffer = 1` a flood from `a` overflows `b`'s NATS client (it parses many messages
+/// per socket read), and every message sent is either delivered to `b`'s subscriber or
+/// counted in `b`'s `import_overflows`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_overflows_are_counted_exactly() {
+    let Some(server) = NatsServer::start(false) else {
+        return;
+    };
+    let url = server.url();
+    let home = Home::new();
+    home.write_config(
+        "a",
+        &format!("[nats]\nservers = [\"{url}\"]\nnode = \"n1\"\nexport = [\"ev.>\"]\n"),
+    );
+    home.write_config(
+        "b",
+        &format!(
+            "[nats]\nservers = [\"{url}\"]\nnode = \"n2\"\nimport = [\"majordomo.n1.a.ev.>\"]\nimport_buffer = 1\n"
+        ),
+    );
+    let a = home.start("a");
+    let b = home.start("b");
+    until(&a, "a connected", connected).await;
+    until(&b, "b connected", connected).await;
+    let bb = bus(&b).await;
+    let mut got = bb.subscribe("majordomo.n1.a.ev.>").await.unwrap();
+    let ab = bus(&a).await;
+    const SENT: u64 = 20_000;
+    for i in 0..SENT {
+        ab.publish("ev.x", &json!({ "i": i })).await.unwrap();
+    }
+    ab.flush().await.unwrap();
+    let s = until(&b, "every message delivered or counted as lost", |s| {
+        s["imported"].as_u64().unwrap_or(0) + s["import_overflows"].as_u64().unwrap_or(0) >= SENT
+    })
+    .await;
+    let (imported, lost) = (
+        s["imported"].as_u64().unwrap(),
+        s["import_overflows"].as_u64().unwrap(),
+    );
+    assert_eq!(imported + lost, SENT, "{s}");
+    assert!(
+        lost > 0,
+        "nothing overflowed a 1-message import buffer: {s}"
+    );
+    // What was imported reached the local subscriber, each message once, in order.
+    let mut last = None;
+    for _ in 0..imported {
+        let i = next(&mut got).await.json::<Value>().unwrap()["i"]
+            .as_u64()
+            .unwrap();
+        assert!(last < Some(i), "{i} after {last:?}");
+        last = Some(i);
+    }
+    until(&a, "a exported every message", |s| s["exported"] == SENT).await;
+    eprintln!("{imported} imported, {lost} counted as lost");
+    drop(server);
+}
