@@ -564,13 +564,25 @@ impl<R: 'static> Registry<R> {
         let millis = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         self.grace.store(millis, Ordering::Relaxed);
         let mut applied = Applied::default();
-        for i in 0..self.mounts.len() {
-            let (enabled, change) = self.mounts[i].update(old, new);
-            let change = if force || moved {
-                Change::Restart
-            } else {
-                change
-            };
+        // Every section first, and every subsystem about to start marked `starting` before the
+        // first one runs: a client that the control socket answers meanwhile must not see a
+        // daemon that looks ready while the subsystems after it have not started yet.
+        let plan: Vec<(bool, Change)> = (0..self.mounts.len())
+            .map(|i| {
+                let (enabled, change) = self.mounts[i].update(old, new);
+                let change = if force || moved {
+                    Change::Restart
+                } else {
+                    change
+                };
+                let name = self.mounts[i].name();
+                if enabled && (!self.running.contains_key(name) || change == Change::Restart) {
+                    self.shared.board.set(name, "starting", None);
+                }
+                (enabled, change)
+            })
+            .collect();
+        for (i, (enabled, change)) in plan.into_iter().enumerate() {
             let name = self.mounts[i].name();
             let is_running = self.running.contains_key(name);
             match (is_running, enabled, change) {
