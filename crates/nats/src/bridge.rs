@@ -919,8 +919,14 @@ async fn publisher(
                         Err(_) => failed.push(o),
                     }
                 }
-                for (o, ack) in acks {
-                    match ack.await {
+                // The acks are awaited together: each has its own timeout, so one by one a
+                // server that went away would cost the timeout per message in flight.
+                let acked = futures_util::future::join_all(
+                    acks.into_iter().map(|(o, ack)| async move { (o, ack.await) }),
+                )
+                .await;
+                for (o, ack) in acked {
+                    match ack {
                         Ok(a) if a.duplicate => {
                             // Stored by an earlier attempt whose ack was lost.
                         }
