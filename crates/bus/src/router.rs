@@ -33,12 +33,24 @@ pub(crate) struct Sub {
     pub(crate) outbox: OutboxRef,
 }
 
-#[derive(Default)]
 pub(crate) struct Subs {
     literal: HashMap<Arc<str>, Vec<Arc<Sub>>>,
     wild: Vec<Arc<Sub>>,
     /// Matches by topic, cleared on every subscription change.
     cache: HashMap<Box<str>, Arc<[Arc<Sub>]>>,
+    /// The empty match, shared.
+    none: Arc<[Arc<Sub>]>,
+}
+
+impl Default for Subs {
+    fn default() -> Self {
+        Self {
+            literal: HashMap::new(),
+            wild: Vec::new(),
+            cache: HashMap::new(),
+            none: Arc::new([]),
+        }
+    }
 }
 
 /// Bumped on every subscription change; connections keep their last lookup while it holds.
@@ -46,6 +58,11 @@ pub(crate) static SUBS_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl Subs {
     pub(crate) fn lookup(&mut self, topic: &str) -> Arc<[Arc<Sub>]> {
+        // A topic nobody subscribes to, known without the cache: publishing on many distinct
+        // topics no one listens to neither allocates nor churns the cache.
+        if self.wild.is_empty() && !self.literal.contains_key(topic) {
+            return self.none.clone();
+        }
         if let Some(hit) = self.cache.get(topic) {
             return hit.clone();
         }
@@ -498,12 +515,19 @@ impl Router {
     /// Publishes one hub event on `$sys.<kind>`.
     pub fn publish_system(&self, event: &Event) {
         let topic = format!("$sys.{}", event.kind());
+        // Serialized only when someone listens: most events on a busy daemon have no
+        // subscriber (a scheduler's `job.finished`, hundreds a second).
+        let targets = self.lock().subs.lookup(&topic);
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        if targets.is_empty() {
+            return;
+        }
         let Ok(data) = serde_json::to_vec(event) else {
             return;
         };
         let limits = self.limits();
         let mut wakes = Wakes::default();
-        self.publish(&topic, None, &data, &limits, &mut wakes);
+        self.deliver(&targets, &topic, None, &data, &limits, &mut wakes);
         wakes.flush();
     }
 

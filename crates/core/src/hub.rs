@@ -69,7 +69,11 @@ impl Hub {
             && let Ok(mut j) = self.jobs.lock()
         {
             // Like program states: under the lock of the send.
-            let e = j.entry(job.clone()).or_default();
+            // Looked up before inserting: a job's name is copied once, not at every run.
+            let e = match j.get_mut(job.as_str()) {
+                Some(e) => e,
+                None => j.entry(job.clone()).or_default(),
+            };
             e.last = Some(event.clone());
             if run.outcome == Some(majordomo_proto::scheduler::RunOutcome::Ok) {
                 e.last_ok = Some(event.clone());

@@ -169,6 +169,15 @@ impl Root for Config {
 }
 
 impl Config {
+    /// After a load: what the parse freed goes back to the OS (large configs). The jobs, which
+    /// the parse left scattered among its garbage (a page holding one of them stays resident),
+    /// are first copied together into fresh memory.
+    pub fn release_parse_garbage(&mut self) {
+        majordomo_platform::release_free_heap();
+        majordomo_scheduler::config::rehome(&mut self.job);
+        majordomo_platform::release_free_heap();
+    }
+
     /// References from one section into another.
     fn validate_across(&self, problems: &mut Vec<Problem>) {
         // A "program NAME not running" check must name a declared program.

@@ -1,5 +1,5 @@
 //! The daemon's history of runs of jobs that are not `persistent`: kept in memory as compact
-//! [`Slim`] runs (40 bytes for a run that succeeded without output), appended in batches to one
+//! [`Slim`] runs (32 bytes for a run that succeeded without output), appended in batches to one
 //! shared JSON-lines log, `<state>/jobs/history.jsonl`, and read back at start-up. The log is
 //! compacted (the last `history` runs of each job kept) when it holds about twice what the jobs
 //! keep. Persistent jobs keep theirs in their run record (`record`), which decides who runs.
@@ -22,7 +22,9 @@ pub struct Slim {
     /// How late the start was, in ms after `planned_ms`.
     pub late_ms: i32,
     pub duration_ms: u32,
-    pub exit_code: Option<i32>,
+    /// The exit code when `has_exit` (an `Option<i32>` would make a run 40 bytes, not 32).
+    pub exit: i32,
+    pub has_exit: bool,
     pub outcome: RunOutcome,
     pub trigger: Trigger,
     pub attempt: u8,
@@ -38,6 +40,10 @@ pub struct Extra {
 }
 
 impl Slim {
+    pub fn exit_code(&self) -> Option<i32> {
+        self.has_exit.then_some(self.exit)
+    }
+
     pub fn started_ms(&self) -> i64 {
         self.planned_ms + i64::from(self.late_ms)
     }
@@ -63,7 +69,8 @@ impl Slim {
                 .duration_ms
                 .map(|d| u32::try_from(d).unwrap_or(u32::MAX))
                 .unwrap_or(0),
-            exit_code: r.exit_code,
+            exit: r.exit_code.unwrap_or(0),
+            has_exit: r.exit_code.is_some(),
             outcome: r.outcome.unwrap_or(RunOutcome::Interrupted),
             trigger: r.trigger,
             attempt: u8::try_from(r.attempt).unwrap_or(u8::MAX),
@@ -88,7 +95,7 @@ impl Slim {
             ended: Some(ts(started + i64::from(self.duration_ms))),
             duration_ms: Some(u64::from(self.duration_ms)),
             outcome: Some(self.outcome),
-            exit_code: self.exit_code,
+            exit_code: self.exit_code(),
             output_tail: extra.map(|e| e.output_tail.clone()).unwrap_or_default(),
             trigger: self.trigger,
             by: extra
@@ -141,7 +148,7 @@ pub fn append(path: &Path, runs: &[(&str, &Slim)]) -> io::Result<()> {
             o: s.outcome,
             t: s.trigger,
             a: s.attempt,
-            x: s.exit_code,
+            x: s.exit_code(),
             tail: e
                 .filter(|e| !e.output_tail.is_empty())
                 .map(|e| Cow::Borrowed(e.output_tail.as_str())),
@@ -167,7 +174,8 @@ fn slim(l: &Line<'_>) -> Slim {
         planned_ms: l.p,
         late_ms: l.l,
         duration_ms: l.d,
-        exit_code: l.x,
+        exit: l.x.unwrap_or(0),
+        has_exit: l.x.is_some(),
         outcome: l.o,
         trigger: l.t,
         attempt: l.a,
@@ -246,7 +254,8 @@ mod tests {
             planned_ms,
             late_ms: 2,
             duration_ms: 5,
-            exit_code: Some(0),
+            exit: 0,
+            has_exit: true,
             outcome: RunOutcome::Ok,
             trigger: Trigger::Schedule,
             attempt: 1,
@@ -261,7 +270,7 @@ mod tests {
 
     #[test]
     fn a_slim_run_is_small_and_round_trips() {
-        assert!(std::mem::size_of::<Slim>() <= 40);
+        assert!(std::mem::size_of::<Slim>() <= 32);
         let s = run(1_700_000_000_000, "hi\n");
         let r = s.to_run("daemon pid 1");
         assert_eq!(r.late_ms, 2);

@@ -3,7 +3,7 @@
 //! `notify.send`.
 //!
 //! Costs per job are kept small because a daemon may hold 10,000 of them: the config is shared
-//! (`SharedJob`), the timer is one heap entry, a run of a job that is not persistent is a 40-byte
+//! (`SharedJob`), the timer is one heap entry, a run of a job that is not persistent is a 32-byte
 //! [`Slim`] in memory and one line in the history log, appended in batches. A `publish` job
 //! that is not persistent and takes no lock runs on the timer loop itself (publishing cannot
 //! block): every due run of a burst starts first, their bookkeeping and events follow. Every
@@ -482,7 +482,10 @@ fn rebuild(
 }
 
 /// Sleeps until `at_ms` by the wall clock, re-reading it at least every 30 s (suspend, clock
-/// steps); forever when there is nothing to wait for.
+/// steps); forever when there is nothing to wait for. tokio's timer counts whole milliseconds
+/// and rounds up, which would start every run about a millisecond late: it wakes the loop up
+/// to a millisecond early, and the rest (less than a millisecond, once per distinct start
+/// time) is slept on the worker with the OS's finer timer.
 async fn sleep_until_ms(at_ms: Option<i64>) {
     let Some(at_ms) = at_ms else {
         return std::future::pending().await;
@@ -492,7 +495,11 @@ async fn sleep_until_ms(at_ms: Option<i64>) {
         if left_us <= 0 {
             return;
         }
-        let d = Duration::from_micros(left_us.min(30_000_000) as u64);
+        if left_us <= 1000 {
+            std::thread::sleep(Duration::from_micros(left_us as u64));
+            return;
+        }
+        let d = Duration::from_micros((left_us - 1000).min(30_000_000) as u64);
         tokio::time::sleep(d).await;
     }
 }
@@ -503,6 +510,8 @@ async fn timers(sh: Arc<Shared>) {
     let mut heap = BinaryHeap::new();
     // Runs on the loop itself in this burst: started first, recorded after.
     let mut burst: Vec<(u32, Slim)> = Vec::new();
+    // The starts taken from the heap in this burst, scheduled again once all have started.
+    let mut taken: Vec<Due> = Vec::new();
     loop {
         let at = heap.peek().map(|Reverse(d): &Reverse<Due>| d.at_ms);
         tokio::select! {
@@ -522,9 +531,9 @@ async fn timers(sh: Arc<Shared>) {
             && d.at_ms <= now_ms
         {
             heap.pop();
+            taken.push(d);
             let idx = d.idx as usize;
             let planned = Timestamp::from_millisecond(d.planned_ms).unwrap_or(now);
-            schedule(&mut heap, &table, idx, planned.max(now));
             let j = &table.jobs[idx];
             if j.rt.paused.load(Ordering::Relaxed) {
                 continue;
@@ -539,6 +548,11 @@ async fn timers(sh: Arc<Shared>) {
                     fire(sh2, cfg, planned, Trigger::Schedule).await;
                 });
             }
+        }
+        // Every start of the burst is out: now their next occurrences, then the records.
+        for d in taken.drain(..) {
+            let planned = Timestamp::from_millisecond(d.planned_ms).unwrap_or(now);
+            schedule(&mut heap, &table, d.idx as usize, planned.max(now));
         }
         for (idx, s) in burst.drain(..) {
             finish(&sh, &table.jobs[idx as usize], s);
@@ -562,7 +576,8 @@ fn run_inline(sh: &Shared, j: &JobState, planned_ms: i64) -> Option<Slim> {
         planned_ms,
         late_ms: i32::try_from(started_ms - planned_ms).unwrap_or(i32::MAX),
         duration_ms: t0.elapsed().as_millis() as u32,
-        exit_code: None,
+        exit: 0,
+        has_exit: false,
         outcome: if r.is_ok() {
             RunOutcome::Ok
         } else {
