@@ -528,9 +528,11 @@ impl Outbox {
             }
         }
         drop(io);
-        batch.retain(|c| !c.buf.is_empty() || {
-            held -= c.alloc;
-            false
+        batch.retain(|c| {
+            !c.buf.is_empty() || {
+                held -= c.alloc;
+                false
+            }
         });
         let rest = !batch.is_empty();
         if rest {
@@ -691,7 +693,11 @@ fn consume(batch: &mut VecDeque<Chunk>, mut n: usize) -> usize {
 /// Points `slices` at the first non-empty chunks of `batch`; returns how many.
 fn fill_slices<'a>(batch: &'a VecDeque<Chunk>, slices: &mut [std::io::IoSlice<'a>]) -> usize {
     let mut k = 0;
-    for c in batch.iter().filter(|c| !c.buf.is_empty()).take(slices.len()) {
+    for c in batch
+        .iter()
+        .filter(|c| !c.buf.is_empty())
+        .take(slices.len())
+    {
         slices[k] = std::io::IoSlice::new(&c.buf);
         k += 1;
     }
@@ -756,11 +762,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Drains `outbox` into the write side it was [`Outbox::attach`]ed until the connection closes.
 /// Runs once per connection, beside its reader.
-pub async fn writer(
-    outbox: OutboxRef,
-    stop: CancellationToken,
-    limits_note: impl Fn() -> Limits,
-) {
+pub async fn writer(outbox: OutboxRef, stop: CancellationToken, limits_note: impl Fn() -> Limits) {
     let mut batch: VecDeque<Chunk> = VecDeque::new();
     loop {
         let closing;
@@ -837,8 +839,7 @@ pub async fn writer(
         // The whole batch, a vectored write at a time (one system call for many chunks).
         let hurry = closing || stop.is_cancelled() || outbox.kicked.is_cancelled();
         let res = if hurry {
-            match tokio::time::timeout(LAST_FLUSH, write_batch(&mut batch, &outbox)).await
-            {
+            match tokio::time::timeout(LAST_FLUSH, write_batch(&mut batch, &outbox)).await {
                 Ok(r) => r,
                 Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
             }

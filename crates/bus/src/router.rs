@@ -417,7 +417,10 @@ impl Router {
             let mut runs: Vec<SharedRun> = Vec::new();
             for s in targets.iter() {
                 let binary = s.outbox.is_binary();
-                let at = match runs.iter().position(|r| r.binary == binary && r.sid == s.sid) {
+                let at = match runs
+                    .iter()
+                    .position(|r| r.binary == binary && r.sid == s.sid)
+                {
                     Some(at) => at,
                     None => {
                         runs.push(SharedRun::encode(binary, s.sid, topic, datas));

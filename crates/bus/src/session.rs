@@ -325,7 +325,8 @@ impl Session {
                                     BinError::Malformed(_) => (ErrorCode::BadRequest, ""),
                                 };
                                 run.flush(&mut state.bus, &mut wakes);
-                                let line = refuse(code, format!("{e}{hint}; closing the connection"));
+                                let line =
+                                    refuse(code, format!("{e}{hint}; closing the connection"));
                                 outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
                                 break 'conn;
                             }

@@ -434,43 +434,47 @@ fn json_string(
     let start = i;
     let mut ascii = true;
     loop {
-        let Some(&c) = d.get(i) else {
+        // The next quote or backslash (memchr's vector search); the bytes before it may hold
+        // no control character, and tell whether UTF-8 must be checked.
+        let rest = d.get(i..).unwrap_or_default();
+        let Some(k) = memchr::memchr2(b'"', b'\\', rest) else {
             return Err(NotJson);
         };
-        match c {
-            b'"' => break,
-            b'\\' => match d.get(i + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
-                Some(b'u') => {
-                    let cp = hex4_strict(d, i + 2).ok_or(NotJson)?;
-                    i += 6;
-                    match cp {
-                        0xD800..=0xDBFF => {
-                            let low = if d.get(i) == Some(&b'\\') && d.get(i + 1) == Some(&b'u') {
-                                hex4_strict(d, i + 2)
-                            } else {
-                                None
-                            };
-                            if matches!(low, Some(0xDC00..=0xDFFF)) {
-                                i += 6;
-                            } else {
-                                strict.get_or_insert(LONE_SURROGATE);
-                            }
-                        }
-                        0xDC00..=0xDFFF => {
+        let plain = &rest[..k];
+        if plain.iter().fold(false, |bad, &b| bad | (b < 0x20)) {
+            return Err(NotJson);
+        }
+        ascii = ascii && plain.is_ascii();
+        i += k;
+        if d[i] == b'"' {
+            break;
+        }
+        // A backslash.
+        match d.get(i + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+            Some(b'u') => {
+                let cp = hex4_strict(d, i + 2).ok_or(NotJson)?;
+                i += 6;
+                match cp {
+                    0xD800..=0xDBFF => {
+                        let low = if d.get(i) == Some(&b'\\') && d.get(i + 1) == Some(&b'u') {
+                            hex4_strict(d, i + 2)
+                        } else {
+                            None
+                        };
+                        if matches!(low, Some(0xDC00..=0xDFFF)) {
+                            i += 6;
+                        } else {
                             strict.get_or_insert(LONE_SURROGATE);
                         }
-                        _ => {}
                     }
+                    0xDC00..=0xDFFF => {
+                        strict.get_or_insert(LONE_SURROGATE);
+                    }
+                    _ => {}
                 }
-                _ => return Err(NotJson),
-            },
-            0..=0x1f => return Err(NotJson),
-            0x80.. => {
-                ascii = false;
-                i += 1;
             }
-            _ => i += 1,
+            _ => return Err(NotJson),
         }
     }
     if !ascii && std::str::from_utf8(&d[start..i]).is_err() {
@@ -1179,14 +1183,52 @@ mod tests {
         let deep_bad = format!("{}{}", "[".repeat(129), "]".repeat(128));
         let big = "9".repeat(400);
         let cases: &[&[u8]] = &[
-            b"null", b" true ", b"false", b"nul", b"", b" ", b"0", b"-0", b"01", b"-", b"1.",
-            b".5", b"1e", b"1e+", b"1E-5", b"+1", b"1 2", br#""""#, br#""\u00e9\/""#,
-            br#""\x""#, b"\"\x01\"", b"\"\xc3\xa9\"", b"\"\xff\"", b"[1,]", b"[,1]", b"{}",
-            br#"{"a":1,}"#, br#"{"a" : [ 1 , {"b":null} ] }"#, b"{1:2}", br#"{"a"}"#,
-            b"[1e999999]", br#""\ud800""#, br#""\ud800\u0041""#, br#""\ud83d\ude00""#,
-            br#"["\udc00", 1e999]"#, b"[1e999, x]", br#""\u12G4""#, br#""\u+123""#,
-            deep_ok.as_bytes(), deep.as_bytes(), deep_bad.as_bytes(), big.as_bytes(),
-            br#"{"cmd":"bus.pub"}}"#, b"[1e400", b"1e-999999", br#""abc"#,
+            b"null",
+            b" true ",
+            b"false",
+            b"nul",
+            b"",
+            b" ",
+            b"0",
+            b"-0",
+            b"01",
+            b"-",
+            b"1.",
+            b".5",
+            b"1e",
+            b"1e+",
+            b"1E-5",
+            b"+1",
+            b"1 2",
+            br#""""#,
+            br#""\u00e9\/""#,
+            br#""\x""#,
+            b"\"\x01\"",
+            b"\"\xc3\xa9\"",
+            b"\"\xff\"",
+            b"[1,]",
+            b"[,1]",
+            b"{}",
+            br#"{"a":1,}"#,
+            br#"{"a" : [ 1 , {"b":null} ] }"#,
+            b"{1:2}",
+            br#"{"a"}"#,
+            b"[1e999999]",
+            br#""\ud800""#,
+            br#""\ud800\u0041""#,
+            br#""\ud83d\ude00""#,
+            br#"["\udc00", 1e999]"#,
+            b"[1e999, x]",
+            br#""\u12G4""#,
+            br#""\u+123""#,
+            deep_ok.as_bytes(),
+            deep.as_bytes(),
+            deep_bad.as_bytes(),
+            big.as_bytes(),
+            br#"{"cmd":"bus.pub"}}"#,
+            b"[1e400",
+            b"1e-999999",
+            br#""abc"#,
         ];
         for d in cases {
             assert_eq!(
@@ -1201,14 +1243,35 @@ mod tests {
     /// Pieces whose concatenations are JSON often enough, and wrong in every way otherwise.
     fn json_pieces() -> impl Strategy<Value = Vec<u8>> {
         const PIECES: &[&[u8]] = &[
-            b"{", b"}", b"[", b"]", b",",
-            b":", b" ", b"\n", b"\"a\"",
-            b"\"k\":", b"\"\\ud800\"", b"\"\\udc00\"",
-            b"\"\\ud83d\\ude00\"", b"\"\\n\\u00e9\"",
-            b"\"\\q\"", b"\"\x01\"", b"\"\xc3\xa9\"",
-            b"\"\xe9\"", b"1", b"-0.5e-3", b"01",
-            b"1e999", b"-", b"2.", b"true",
-            b"nul", b"null", b"\"", b"\\",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b",",
+            b":",
+            b" ",
+            b"\n",
+            b"\"a\"",
+            b"\"k\":",
+            b"\"\\ud800\"",
+            b"\"\\udc00\"",
+            b"\"\\ud83d\\ude00\"",
+            b"\"\\n\\u00e9\"",
+            b"\"\\q\"",
+            b"\"\x01\"",
+            b"\"\xc3\xa9\"",
+            b"\"\xe9\"",
+            b"1",
+            b"-0.5e-3",
+            b"01",
+            b"1e999",
+            b"-",
+            b"2.",
+            b"true",
+            b"nul",
+            b"null",
+            b"\"",
+            b"\\",
         ];
         let piece = proptest::sample::select(PIECES);
         proptest::collection::vec(piece, 0..24).prop_map(|v| v.concat())
