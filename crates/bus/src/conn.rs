@@ -214,9 +214,15 @@ impl ConnBus {
         self.may_publish(topic)
     }
 
-    /// Why a published payload is refused: its size, JSON text (unless `parsed` says it was
-    /// read as one JSON value already), what strict parsers reject.
-    pub fn check_pub_data(&self, data: &[u8], parsed: bool) -> Result<(), ErrorBody> {
+    /// Why a published payload is refused: its size, JSON text, what strict parsers reject.
+    /// `checked` is the strict verdict of a reader that already validated the payload in the
+    /// same pass ([`wire::fast_pub_checked`]); `None` validates it here
+    /// ([`wire::validate_json`], one pass).
+    pub fn check_pub_data(
+        &self,
+        data: &[u8],
+        checked: Option<Result<(), &'static str>>,
+    ) -> Result<(), ErrorBody> {
         let max = self.cfg.max_message();
         if data.len() > max {
             return Err(err(
@@ -227,10 +233,17 @@ impl ConnBus {
                 ),
             ));
         }
-        if !parsed && serde_json::from_slice::<&RawValue>(data).is_err() {
-            return Err(err(ErrorCode::BadJson, "published data is not JSON text"));
-        }
-        strict(data)
+        let verdict = match checked {
+            Some(v) => v,
+            None => match wire::validate_json(data) {
+                Ok(()) => Ok(()),
+                Err(wire::JsonFault::NotJson) => {
+                    return Err(err(ErrorCode::BadJson, "published data is not JSON text"));
+                }
+                Err(wire::JsonFault::Strict(e)) => Err(e),
+            },
+        };
+        verdict.map_err(strict_refusal)
     }
 
     /// Delivers a run of checked publishes on one topic ([`ConnBus::check_pub_topic`],
@@ -250,7 +263,7 @@ impl ConnBus {
     pub fn publish_raw(&mut self, topic: &str, data: &[u8], wakes: &mut Wakes) {
         match self
             .check_pub_topic(topic)
-            .and_then(|()| self.check_pub_data(data, false))
+            .and_then(|()| self.check_pub_data(data, None))
         {
             Ok(()) => self.publish_run(topic, &[data], wakes),
             Err(e) => self.refuse(e, wakes),
@@ -802,14 +815,14 @@ impl ConnBus {
 
 /// Refuses `data` that strict JSON parsers reject, so no subscriber ever receives it.
 fn strict(data: &[u8]) -> Result<(), ErrorBody> {
-    wire::check_strict_json(data).map_err(|e| {
-        err(
-            ErrorCode::BadRequest,
-            format!(
-                "data refused: it holds {e}, which strict JSON parsers reject; send standard JSON"
-            ),
-        )
-    })
+    wire::check_strict_json(data).map_err(strict_refusal)
+}
+
+fn strict_refusal(e: &str) -> ErrorBody {
+    err(
+        ErrorCode::BadRequest,
+        format!("data refused: it holds {e}, which strict JSON parsers reject; send standard JSON"),
+    )
 }
 
 fn encode_event(

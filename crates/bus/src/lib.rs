@@ -5,7 +5,8 @@
 //! - [`config`]: `[bus]` ([`BusConfig`]) and its validation.
 //! - [`router`]: the [`Router`], shared by every connection of every carrier.
 //! - [`conn`]: one connection's bus state ([`ConnBus`]), which handles each bus line.
-//! - [`outbox`]: each connection's bounded outbound queue and its writer task.
+//! - [`outbox`]: each connection's bounded outbound queue and its writer (which runs in the
+//!   connection's task, beside its reader).
 //! - [`sys`]: hub events published on `$sys.<kind>` topics.
 //! - [`session`]: the protocol session over any byte stream ([`Session`]): framing, `hello` and
 //!   the token, the seed-001 aliases, bus lines, and every other command through the registry.

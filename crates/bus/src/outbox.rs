@@ -1,14 +1,18 @@
-//! One connection's bounded outbound queue and the writer task that drains it.
+//! One connection's bounded outbound queue and the writer that drains it.
 //!
 //! Everything a connection is sent (replies to its own requests, messages, events, notices) is
 //! appended, already encoded, to a list of chunks (1 KiB for the first, growing with the queue to
-//! 64 KiB, or one frame's size when larger);
+//! 64 KiB, or one frame's size when larger; a fan-out run is one [`SharedRun`] referenced by
+//! every subscriber's queue);
 //! a frame-length list beside it keeps the frame boundaries so that the oldest frames can be
 //! dropped, and a chunk whose frames are all written or dropped is freed at once. Producers never
 //! wait: past the bound the slow-consumer policy applies, `drop-oldest` (counted, and announced to
-//! the consumer with a `notice` frame) or `disconnect`. The writer takes all queued chunks and
-//! writes them one `write_all` each (a batch per wake-up), and producers wake it at most once per
-//! batch (`waiting` flag + [`Wakes`]).
+//! the consumer with a `notice` frame) or `disconnect`. Producers flush each queue they touched
+//! once per batch ([`Wakes`]): while the writer is idle, a small queue is written at once from
+//! the producer's task if the socket takes it without waiting (no hop through another task);
+//! anything else wakes the writer (`waiting` flag), which takes all queued chunks and writes
+//! them with vectored writes, many chunks per system call. The writer runs in the connection's
+//! task, beside its reader.
 //!
 //! The byte bounds count real memory: the chunks' allocations (not just the frames' lengths), the
 //! frame-length list and the batch the writer is still writing. Every outbox also charges that
@@ -21,9 +25,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use majordomo_proto::bus;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -81,8 +85,34 @@ impl Budget {
     }
 }
 
+/// A chunk's bytes: this queue's own (appended to), or a run encoded once and shared with the
+/// other subscribers' queues (fan-out).
+enum ChunkBuf {
+    Own(BytesMut),
+    Shared(Bytes),
+}
+
+impl std::ops::Deref for ChunkBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ChunkBuf::Own(b) => b,
+            ChunkBuf::Shared(b) => b,
+        }
+    }
+}
+
+impl ChunkBuf {
+    fn advance(&mut self, n: usize) {
+        match self {
+            ChunkBuf::Own(b) => b.advance(n),
+            ChunkBuf::Shared(b) => b.advance(n),
+        }
+    }
+}
+
 struct Chunk {
-    buf: BytesMut,
+    buf: ChunkBuf,
     /// Its allocation's size, fixed when it was made (grown only if a frame outgrew it).
     alloc: usize,
 }
@@ -106,6 +136,9 @@ struct State {
     sent_bytes: u64,
     binary: bool,
     waiting: bool,
+    /// What a direct flush left half written: the writer sends it before anything else
+    /// (counted in `inflight`; never dropped, its frames are partly out).
+    handoff: VecDeque<Chunk>,
     /// Set when the connection ends: the writer drains what is queued and stops.
     closing: bool,
 }
@@ -122,31 +155,35 @@ impl State {
     /// Appends one frame built by `encode`; `hint` is about its size.
     fn append(&mut self, hint: usize, encode: impl FnOnce(&mut BytesMut, bool)) {
         let binary = self.binary;
-        let fits = self
-            .chunks
-            .back()
-            .is_some_and(|c| c.buf.capacity() - c.buf.len() >= hint);
+        let fits = self.chunks.back().is_some_and(|c| match &c.buf {
+            ChunkBuf::Own(b) => b.capacity() - b.len() >= hint,
+            ChunkBuf::Shared(_) => false,
+        });
         if !fits {
             // Small while the queue is short (an idle connection holds little), up to CHUNK as
             // it grows.
             let cap = hint.max(self.live.clamp(MIN_CHUNK, CHUNK));
             self.chunks.push_back(Chunk {
-                buf: BytesMut::with_capacity(cap),
+                buf: ChunkBuf::Own(BytesMut::with_capacity(cap)),
                 alloc: cap,
             });
             self.alloc += cap;
         }
-        let Some(last) = self.chunks.back_mut() else {
+        let Some(Chunk {
+            buf: ChunkBuf::Own(buf),
+            alloc,
+        }) = self.chunks.back_mut()
+        else {
             return;
         };
-        let before = last.buf.len();
-        let cap_before = last.buf.capacity();
-        encode(&mut last.buf, binary);
-        let len = last.buf.len() - before;
-        if last.buf.capacity() > cap_before {
+        let before = buf.len();
+        let cap_before = buf.capacity();
+        encode(buf, binary);
+        let len = buf.len() - before;
+        if buf.capacity() > cap_before {
             // The hint was short and the chunk grew: count its new allocation.
-            let grown = last.buf.capacity() - cap_before;
-            last.alloc += grown;
+            let grown = buf.capacity() - cap_before;
+            *alloc += grown;
             self.alloc += grown;
         }
         self.live += len;
@@ -171,15 +208,24 @@ impl State {
 
     fn clear(&mut self) {
         self.chunks = VecDeque::new();
+        self.handoff = VecDeque::new();
         self.lens = VecDeque::new();
         self.live = 0;
         self.alloc = 0;
     }
 }
 
+/// The connection's write side, shared by its writer and [`Wakes::flush`].
+type Io = Box<dyn AsyncWrite + Send + Unpin>;
+
 pub struct Outbox {
     pub conn: u64,
     state: Mutex<State>,
+    /// The connection's write side once [`Outbox::attach`]ed. Locked only for one
+    /// non-blocking write attempt at a time, never across an await.
+    io: Mutex<Option<Io>>,
+    /// `State::binary`, readable without the lock (set under it).
+    binary: std::sync::atomic::AtomicBool,
     notify: Notify,
     budget: Arc<Budget>,
     /// Frames this connection sent, and their bytes (its reader adds once per read batch).
@@ -190,7 +236,7 @@ pub struct Outbox {
     pub kicked: CancellationToken,
 }
 
-/// Outboxes to wake at the end of a read batch.
+/// Outboxes to flush at the end of a read batch.
 #[derive(Default)]
 pub struct Wakes(Vec<std::sync::Arc<Outbox>>);
 
@@ -198,9 +244,15 @@ impl Wakes {
     pub fn add(&mut self, o: &std::sync::Arc<Outbox>) {
         self.0.push(o.clone());
     }
+
+    /// Sends what the batch queued for each outbox whose writer was idle: written right here
+    /// when its socket takes it without waiting (no hop through the writer, no wake-up of
+    /// its task), else handed to its writer.
     pub fn flush(&mut self) {
         for o in self.0.drain(..) {
-            o.notify.notify_one();
+            if o.flush_direct() {
+                o.notify.notify_one();
+            }
         }
     }
 }
@@ -231,6 +283,8 @@ impl Outbox {
         Self {
             conn,
             state: Mutex::new(State::default()),
+            io: Mutex::new(None),
+            binary: std::sync::atomic::AtomicBool::new(false),
             notify: Notify::new(),
             budget,
             msgs_in: AtomicU64::new(0),
@@ -379,19 +433,32 @@ impl Outbox {
     /// Queues a run of messages on one topic for one subscription (one lock for the run);
     /// `true` when the writer must be woken.
     pub fn push_msgs(&self, limits: &Limits, sid: u64, topic: &str, datas: &[&[u8]]) -> bool {
+        self.push_many(limits, true, |s| push_run(s, sid, topic, datas))
+    }
+
+    /// Queues a run of frames encoded once for several subscribers ([`Outbox::encoding`] says
+    /// which): the bytes are shared, not copied. `lens` are the frames' lengths. Each queue
+    /// counts the run's whole size as its own. `true` when the writer must be woken.
+    pub fn push_shared(&self, limits: &Limits, run: &SharedRun, datas: &[&[u8]]) -> bool {
         self.push_many(limits, true, |s| {
-            // What comes before the payload is the same for the whole run: encoded once.
-            let mut prefix = [0u8; bus::MSG_PREFIX_MAX];
-            let prefix = bus::msg_prefix(s.binary, sid, topic, &mut prefix).map(|n| &prefix[..n]);
-            for data in datas {
-                let hint = data.len() + topic.len() + 64;
-                s.append(hint, |b, bin| match prefix {
-                    Some(p) => bus::put_msg_after_prefix(b, bin, p, data),
-                    None if bin => bus::put_msg_bin(b, sid, topic, None, data),
-                    None => bus::put_msg_json(b, sid, topic, None, data),
-                });
+            if s.binary != run.binary {
+                // The framing changed since the run was encoded: this queue's own copy.
+                return push_run(s, run.sid, &run.topic, datas);
             }
+            let (run, lens) = (&run.bytes, &run.lens);
+            s.chunks.push_back(Chunk {
+                buf: ChunkBuf::Shared(run.clone()),
+                alloc: run.len(),
+            });
+            s.alloc += run.len();
+            s.live += run.len();
+            s.lens.extend(lens.iter().copied());
         })
+    }
+
+    /// Whether this connection speaks the binary framing (what a shared run is encoded in).
+    pub fn is_binary(&self) -> bool {
+        self.binary.load(Ordering::Relaxed)
     }
 
     /// Queues a pushed JSON frame (an event) that may be dropped under the policy.
@@ -408,10 +475,82 @@ impl Outbox {
         })
     }
 
+    /// Gives the outbox its connection's write side: [`writer`] drains into it, and
+    /// [`Wakes::flush`] writes into it directly while the writer is idle.
+    pub fn attach<W: AsyncWrite + Send + Unpin + 'static>(&self, w: W) {
+        if let Ok(mut io) = self.io.lock() {
+            *io = Some(Box::new(w));
+        }
+    }
+
+    /// Writes the queue out now, from the caller's task, if the writer is idle and holds
+    /// nothing, the queue is small ([`DIRECT_MAX`]) and the socket takes the bytes without
+    /// waiting. Whatever is left (socket full,
+    /// write side busy, an error) goes to the writer: returns true when it must be woken.
+    fn flush_direct(&self) -> bool {
+        let Ok(mut s) = self.state.lock() else {
+            return true;
+        };
+        if s.inflight != 0
+            || s.chunks.is_empty()
+            || s.live > DIRECT_MAX
+            || s.closing
+            || s.unannounced > 0
+            || !s.handoff.is_empty()
+        {
+            return true;
+        }
+        // Never wait for the write side: the writer (or another flush) has it for a moment.
+        let Ok(mut io) = self.io.try_lock() else {
+            return true;
+        };
+        let Some(w) = io.as_mut() else {
+            return true;
+        };
+        let mut batch = std::mem::take(&mut s.chunks);
+        s.sent += s.lens.len() as u64;
+        s.sent_bytes += s.live as u64;
+        s.lens.clear();
+        s.live = 0;
+        let mut held = s.alloc;
+        s.alloc = 0;
+        // One attempt per system call, no waiting: a waker that does nothing.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            let mut slices = [std::io::IoSlice::new(&[]); MAX_IOV];
+            let k = fill_slices(&batch, &mut slices);
+            if k == 0 {
+                break;
+            }
+            match std::pin::Pin::new(&mut **w).poll_write_vectored(&mut cx, &slices[..k]) {
+                std::task::Poll::Ready(Ok(n)) if n > 0 => held -= consume(&mut batch, n),
+                _ => break,
+            }
+        }
+        drop(io);
+        batch.retain(|c| {
+            !c.buf.is_empty() || {
+                held -= c.alloc;
+                false
+            }
+        });
+        let rest = !batch.is_empty();
+        if rest {
+            s.inflight += held;
+            s.handoff = batch;
+        } else {
+            // Everything went out: the writer never woke and still waits.
+            s.waiting = true;
+        }
+        self.settle(&mut s);
+        rest
+    }
+
     /// Switches to the binary framing for everything queued after this call.
     pub fn set_binary(&self) {
         if let Ok(mut s) = self.state.lock() {
             s.binary = true;
+            self.binary.store(true, Ordering::Relaxed);
         }
     }
 
@@ -476,6 +615,134 @@ impl Drop for Outbox {
 
 pub type OutboxRef = std::sync::Arc<Outbox>;
 
+/// Appends a run of messages on one topic for subscription `sid`, in the queue's framing.
+fn push_run(s: &mut State, sid: u64, topic: &str, datas: &[&[u8]]) {
+    // What comes before the payload is the same for the whole run: encoded once.
+    let mut prefix = [0u8; bus::MSG_PREFIX_MAX];
+    let prefix = bus::msg_prefix(s.binary, sid, topic, &mut prefix).map(|n| &prefix[..n]);
+    for data in datas {
+        let hint = data.len() + topic.len() + 64;
+        s.append(hint, |b, bin| put_msg(b, bin, prefix, sid, topic, data));
+    }
+}
+
+fn put_msg(b: &mut BytesMut, bin: bool, prefix: Option<&[u8]>, sid: u64, topic: &str, data: &[u8]) {
+    match prefix {
+        Some(p) => bus::put_msg_after_prefix(b, bin, p, data),
+        None if bin => bus::put_msg_bin(b, sid, topic, None, data),
+        None => bus::put_msg_json(b, sid, topic, None, data),
+    }
+}
+
+/// A run of messages on one topic encoded once for every subscriber with the same framing and
+/// subscription id (fan-out: each connection numbers its subscriptions from 1), shared by
+/// reference between their queues.
+pub struct SharedRun {
+    pub binary: bool,
+    pub sid: u64,
+    topic: Box<str>,
+    bytes: Bytes,
+    lens: Vec<u32>,
+}
+
+impl SharedRun {
+    pub fn encode(binary: bool, sid: u64, topic: &str, datas: &[&[u8]]) -> Self {
+        let mut prefix = [0u8; bus::MSG_PREFIX_MAX];
+        let prefix = bus::msg_prefix(binary, sid, topic, &mut prefix).map(|n| &prefix[..n]);
+        let size: usize = datas.iter().map(|d| d.len() + topic.len() + 64).sum();
+        let mut b = BytesMut::with_capacity(size);
+        let mut lens = Vec::with_capacity(datas.len());
+        for data in datas {
+            let before = b.len();
+            put_msg(&mut b, binary, prefix, sid, topic, data);
+            lens.push((b.len() - before) as u32);
+        }
+        Self {
+            binary,
+            sid,
+            topic: topic.into(),
+            bytes: b.freeze(),
+            lens,
+        }
+    }
+}
+
+/// Most bytes a flush writes from the producer's task. Small flushes (a reply, a message, a
+/// short run) go out at once, with no hop through the writer's task; bigger ones are left to
+/// the writer, so the producer goes on reading while they are written.
+const DIRECT_MAX: usize = 16 * 1024;
+
+/// Chunks passed to one vectored write.
+const MAX_IOV: usize = 64;
+
+/// Takes the first `n` written bytes off `batch`; returns the allocations freed.
+fn consume(batch: &mut VecDeque<Chunk>, mut n: usize) -> usize {
+    let mut freed = 0;
+    while let Some(front) = batch.front_mut() {
+        if n < front.buf.len() {
+            front.buf.advance(n);
+            break;
+        }
+        n -= front.buf.len();
+        freed += front.alloc;
+        batch.pop_front();
+    }
+    freed
+}
+
+/// Points `slices` at the first non-empty chunks of `batch`; returns how many.
+fn fill_slices<'a>(batch: &'a VecDeque<Chunk>, slices: &mut [std::io::IoSlice<'a>]) -> usize {
+    let mut k = 0;
+    for c in batch
+        .iter()
+        .filter(|c| !c.buf.is_empty())
+        .take(slices.len())
+    {
+        slices[k] = std::io::IoSlice::new(&c.buf);
+        k += 1;
+    }
+    k
+}
+
+/// One vectored write of the first chunks of `batch` into the outbox's write side. The slice
+/// list is built at each poll, so it is not kept in the connection's task between polls.
+async fn write_io(outbox: &Outbox, batch: &VecDeque<Chunk>) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut slices = [std::io::IoSlice::new(&[]); MAX_IOV];
+        let k = fill_slices(batch, &mut slices);
+        if k == 0 {
+            return std::task::Poll::Ready(Ok(0));
+        }
+        let Ok(mut io) = outbox.io.lock() else {
+            return std::task::Poll::Ready(Err(std::io::Error::other("write side poisoned")));
+        };
+        match io.as_mut() {
+            Some(w) => std::pin::Pin::new(&mut **w).poll_write_vectored(cx, &slices[..k]),
+            None => std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    })
+    .await
+}
+
+/// Writes `batch` out, as many chunks per system call as the writer takes; each chunk's memory
+/// goes back once it is written. Cancel-safe: what was written is already taken off `batch`.
+async fn write_batch(batch: &mut VecDeque<Chunk>, outbox: &Outbox) -> std::io::Result<()> {
+    while !batch.is_empty() {
+        let written = write_io(outbox, batch).await?;
+        if written == 0 && batch.iter().any(|c| !c.buf.is_empty()) {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let freed = consume(batch, written);
+        if freed > 0
+            && let Ok(mut s) = outbox.state.lock()
+        {
+            s.inflight = s.inflight.saturating_sub(freed);
+            outbox.settle(&mut s);
+        }
+    }
+    Ok(())
+}
+
 fn put_notice(buf: &mut BytesMut, binary: bool, kind: &str, count: u64, message: &str) {
     let v = serde_json::json!({"notice": {"kind": kind, "count": count, "message": message}});
     let line = serde_json::to_vec(&v).unwrap_or_default();
@@ -493,36 +760,41 @@ const LAST_FLUSH: Duration = Duration::from_millis(300);
 /// How long a stopping writer waits for its reader to finish the request in hand.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// Drains `outbox` into `w` until the connection closes. Spawned once per connection.
-pub async fn writer<W: AsyncWrite + Unpin>(
-    mut w: W,
-    outbox: OutboxRef,
-    stop: CancellationToken,
-    limits_note: impl Fn() -> Limits,
-) {
+/// Drains `outbox` into the write side it was [`Outbox::attach`]ed until the connection closes.
+/// Runs once per connection, beside its reader.
+pub async fn writer(outbox: OutboxRef, stop: CancellationToken, limits_note: impl Fn() -> Limits) {
     let mut batch: VecDeque<Chunk> = VecDeque::new();
     loop {
-        let mut closing = false;
+        let closing;
         {
             let Ok(mut s) = outbox.state.lock() else {
                 break;
             };
+            // What a direct flush left half written goes first (already in `inflight`).
+            std::mem::swap(&mut s.handoff, &mut batch);
+            let handed = batch.len();
             if s.chunks.is_empty() {
-                if s.closing {
-                    break;
+                if batch.is_empty() {
+                    if s.closing {
+                        break;
+                    }
+                    s.waiting = true;
                 }
-                s.waiting = true;
             } else {
-                std::mem::swap(&mut s.chunks, &mut batch);
+                if batch.is_empty() {
+                    std::mem::swap(&mut s.chunks, &mut batch);
+                } else {
+                    batch.extend(s.chunks.drain(..));
+                }
                 s.sent += s.lens.len() as u64;
                 s.sent_bytes += s.live as u64;
                 s.lens.clear();
-                s.inflight = s.alloc;
+                s.inflight += s.alloc;
                 s.live = 0;
                 s.alloc = 0;
-                closing = s.closing;
             }
-            if s.unannounced > 0 && !batch.is_empty() {
+            closing = s.closing;
+            if s.unannounced > 0 && batch.len() > handed {
                 // Announced before the messages that survived the drop.
                 let n = s.unannounced;
                 s.unannounced = 0;
@@ -535,7 +807,14 @@ pub async fn writer<W: AsyncWrite + Unpin>(
                 put_notice(&mut notice, s.binary, "dropped", n, &msg);
                 let alloc = notice.capacity();
                 s.inflight += alloc;
-                batch.push_front(Chunk { buf: notice, alloc });
+                // After a half-written frame, before the messages that survived the drop.
+                batch.insert(
+                    handed,
+                    Chunk {
+                        buf: ChunkBuf::Own(notice),
+                        alloc,
+                    },
+                );
             }
             outbox.settle(&mut s);
         }
@@ -557,31 +836,29 @@ pub async fn writer<W: AsyncWrite + Unpin>(
             }
             continue;
         }
-        let mut failed = false;
-        while let Some(chunk) = batch.pop_front() {
-            let hurry = closing || stop.is_cancelled() || outbox.kicked.is_cancelled();
-            let res = if hurry {
-                match tokio::time::timeout(LAST_FLUSH, w.write_all(&chunk.buf)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-                }
-            } else {
-                tokio::select! {
-                    r = w.write_all(&chunk.buf) => r,
-                    // A half-written batch is lost with the connection either way.
-                    _ = stop.cancelled() => tokio::time::timeout(LAST_FLUSH, w.write_all(&chunk.buf)).await.unwrap_or(Ok(())),
-                    _ = outbox.kicked.cancelled() => tokio::time::timeout(LAST_FLUSH, w.write_all(&chunk.buf)).await.unwrap_or(Ok(())),
-                }
-            };
-            // Written (or lost): its memory goes back at once.
-            if let Ok(mut s) = outbox.state.lock() {
-                s.inflight = s.inflight.saturating_sub(chunk.alloc);
-                outbox.settle(&mut s);
+        // The whole batch, a vectored write at a time (one system call for many chunks).
+        let hurry = closing || stop.is_cancelled() || outbox.kicked.is_cancelled();
+        let res = if hurry {
+            match tokio::time::timeout(LAST_FLUSH, write_batch(&mut batch, &outbox)).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
             }
-            drop(chunk);
-            if res.is_err() {
-                failed = true;
-                break;
+        } else {
+            tokio::select! {
+                r = write_batch(&mut batch, &outbox) => r,
+                // A half-written batch is lost with the connection either way.
+                _ = stop.cancelled() => tokio::time::timeout(LAST_FLUSH, write_batch(&mut batch, &outbox)).await.unwrap_or(Ok(())),
+                _ = outbox.kicked.cancelled() => tokio::time::timeout(LAST_FLUSH, write_batch(&mut batch, &outbox)).await.unwrap_or(Ok(())),
+            }
+        };
+        let failed = res.is_err();
+        if !batch.is_empty() {
+            // Lost (failure or timeout): its memory goes back at once.
+            let lost: usize = batch.iter().map(|c| c.alloc).sum();
+            batch.clear();
+            if let Ok(mut s) = outbox.state.lock() {
+                s.inflight = s.inflight.saturating_sub(lost);
+                outbox.settle(&mut s);
             }
         }
         if failed {
@@ -596,7 +873,18 @@ pub async fn writer<W: AsyncWrite + Unpin>(
         }
     }
     batch.clear();
-    let _ = tokio::time::timeout(LAST_FLUSH, w.shutdown()).await;
+    let shutdown = std::future::poll_fn(|cx| match outbox.io.lock() {
+        Ok(mut io) => match io.as_mut() {
+            Some(w) => std::pin::Pin::new(&mut **w).poll_shutdown(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        },
+        Err(_) => std::task::Poll::Ready(Ok(())),
+    });
+    let _ = tokio::time::timeout(LAST_FLUSH, shutdown).await;
+    // The write side goes with the connection (the outbox may outlive it a moment).
+    if let Ok(mut io) = outbox.io.lock() {
+        *io = None;
+    }
     if let Ok(mut s) = outbox.state.lock() {
         s.clear();
         s.inflight = 0;
@@ -636,6 +924,65 @@ mod tests {
         assert_eq!(budget.overflows(), 0);
         drop(o);
         assert_eq!(budget.used(), 0);
+    }
+
+    /// A flush that the socket only partly takes hands the rest to the writer, which sends it
+    /// first, in order; a fan-out run is shared between queues and arrives whole at each.
+    #[tokio::test]
+    async fn direct_flush_hands_the_rest_to_the_writer_in_order() {
+        use tokio::io::AsyncReadExt;
+        let l = limits(1 << 20, 1 << 30);
+        let (mut peers, mut outboxes, mut writers) = (Vec::new(), Vec::new(), Vec::new());
+        for conn in 0..2 {
+            // A pipe that takes 100 bytes before it is full.
+            let (ours, theirs) = tokio::io::duplex(100);
+            let o: OutboxRef = Arc::new(Outbox::new(conn));
+            o.attach(ours);
+            let stop = CancellationToken::new();
+            writers.push(tokio::spawn(writer(o.clone(), stop, move || l)));
+            peers.push(theirs);
+            outboxes.push(o);
+        }
+        // Let the writers park.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let datas: Vec<Vec<u8>> = (0..200).map(|i| format!("{i}").into_bytes()).collect();
+        let datas: Vec<&[u8]> = datas.iter().map(|d| &d[..]).collect();
+        let run = SharedRun::encode(false, 1, "t", &datas);
+        let mut wakes = Wakes::default();
+        for o in &outboxes {
+            if o.push_shared(&l, &run, &datas) {
+                wakes.add(o);
+            }
+        }
+        o_push_reply(&outboxes[0], &l, &mut wakes);
+        wakes.flush();
+        for (o, peer) in outboxes.iter().zip(peers.iter_mut()) {
+            let mut expect = BytesMut::new();
+            for d in &datas {
+                bus::put_msg_json(&mut expect, 1, "t", None, d);
+            }
+            if o.conn == 0 {
+                expect.extend_from_slice(b"{\"ok\":true}\n");
+            }
+            let mut got = vec![0u8; expect.len()];
+            tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got))
+                .await
+                .expect("everything arrives")
+                .unwrap();
+            assert_eq!(got, &expect[..]);
+            assert_eq!(o.depth().sent, datas.len() as u64 + u64::from(o.conn == 0));
+        }
+        for o in &outboxes {
+            o.close();
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+    }
+
+    fn o_push_reply(o: &OutboxRef, l: &Limits, wakes: &mut Wakes) {
+        o.push_line(l, b"{\"ok\":true}", wakes, o);
     }
 
     #[test]

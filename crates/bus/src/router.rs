@@ -3,8 +3,9 @@
 //!
 //! A connection's reader calls it for each bus line it reads; the router encodes what must be
 //! sent straight into the target connections' [`Outbox`]es (each bounded, each drained by its
-//! own writer task), and the reader wakes those writers once per read batch. So a slow consumer
-//! only ever fills its own queue, and a publisher never waits for anyone.
+//! connection's writer), and the reader flushes those queues once per read batch (a small one
+//! written at once when the socket takes it without waiting, else by the writer). So a slow
+//! consumer only ever fills its own queue, and a publisher never waits for anyone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
@@ -19,7 +20,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::config::{BusConfig, covers};
-use crate::outbox::{Budget, Limits, Outbox, OutboxRef, Wakes};
+use crate::outbox::{Budget, Limits, Outbox, OutboxRef, SharedRun, Wakes};
 use crate::wire;
 
 /// Prefix of reply subjects: `_INBOX.<token>`, the token 16 hex digits that cannot be guessed.
@@ -421,9 +422,31 @@ impl Router {
                 .map(|d| self.deliver(&targets, topic, None, d, limits, wakes))
                 .sum();
         }
-        for s in targets.iter() {
-            if s.outbox.push_msgs(limits, s.sid, topic, datas) {
-                wakes.add(&s.outbox);
+        if targets.len() == 1 {
+            for s in targets.iter() {
+                if s.outbox.push_msgs(limits, s.sid, topic, datas) {
+                    wakes.add(&s.outbox);
+                }
+            }
+        } else {
+            // Fan-out: the run is encoded once per framing and subscription id, and each
+            // queue takes a reference to it.
+            let mut runs: Vec<SharedRun> = Vec::new();
+            for s in targets.iter() {
+                let binary = s.outbox.is_binary();
+                let at = match runs
+                    .iter()
+                    .position(|r| r.binary == binary && r.sid == s.sid)
+                {
+                    Some(at) => at,
+                    None => {
+                        runs.push(SharedRun::encode(binary, s.sid, topic, datas));
+                        runs.len() - 1
+                    }
+                };
+                if s.outbox.push_shared(limits, &runs[at], datas) {
+                    wakes.add(&s.outbox);
+                }
             }
         }
         let n = targets.len() * datas.len();

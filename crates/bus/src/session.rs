@@ -16,7 +16,9 @@
 //! A malformed line gets an error reply and the connection stays usable; an over-long line gets
 //! an error and the connection is closed; a client that sends nothing, or half a line, holds
 //! only its own buffer. Replies and bus traffic go through the connection's [`Outbox`], written
-//! by its own task, and writers are woken once per read batch.
+//! by its writer, which runs beside the reader in the connection's one task; writers are woken
+//! once per read batch. An idle connection holds no read buffer (light traffic is read into a
+//! small array in the task) and no queue chunk.
 
 use std::sync::Arc;
 
@@ -35,7 +37,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::conn::ConnBus;
 use crate::outbox::{self, OutboxRef, Wakes};
@@ -78,11 +79,15 @@ pub struct Session {
     pub config: watch::Receiver<Arc<SessionConfig>>,
     /// Cancelled when the carrier stops: every connection ends.
     pub token: CancellationToken,
-    /// Where each connection's writer task is spawned, so a shutdown waits for it.
+    /// The carrier's tasks, which a shutdown waits for. A connection is one task (its reader
+    /// and its writer side by side), spawned by the carrier.
     pub tracker: TaskTracker,
 }
 
 const MIN_READ: usize = 512;
+/// The read size of a connection with nothing pending and light traffic (a request line fits):
+/// read into an array in the connection's task, so an idle connection holds no read buffer.
+const IDLE_READ: usize = 128;
 const MAX_READ: usize = 256 * 1024;
 
 /// The publishes of one read batch on one topic, delivered together when the topic changes,
@@ -103,7 +108,7 @@ impl<'a> Run<'a> {
         bus: &mut ConnBus,
         topic: &'a str,
         data: &'a [u8],
-        parsed: bool,
+        checked: Option<Result<(), &'static str>>,
         wakes: &mut Wakes,
     ) {
         if !self.checked || self.topic != topic {
@@ -115,7 +120,7 @@ impl<'a> Run<'a> {
         if let Some(e) = &self.refused {
             return bus.refuse(e.clone(), wakes);
         }
-        match bus.check_pub_data(data, parsed) {
+        match bus.check_pub_data(data, checked) {
             Ok(()) => self.datas.push(data),
             Err(e) => {
                 self.flush(bus, wakes);
@@ -187,253 +192,275 @@ impl Session {
         let (mut rd, wr) = tokio::io::split(stream);
         let outbox: OutboxRef = self.router.new_outbox(conn);
         let router = self.router.clone();
-        {
+        // One task per connection: its reader (below) and its writer run side by side in it.
+        outbox.attach(wr);
+        let writer = {
             let router = router.clone();
-            let stop = self.token.clone();
-            let o = outbox.clone();
-            let span = tracing::Span::current();
-            self.tracker.spawn(
-                async move { outbox::writer(wr, o, stop, move || router.limits()).await }
-                    .instrument(span),
-            );
-        }
-        router.add_conn(outbox.clone(), peer.pid, peer.uid);
-        let mut config = self.config.clone();
-        let cfg = config.borrow_and_update().clone();
-        // The token this connection was admitted under: a reload that changes it closes the
-        // connection if it was admitted, so the old token stops working at once.
-        let mut token_in_force = cfg.token.clone();
-        let mut config_open = true;
-        let mut state = ConnState {
-            authed: cfg.token.is_none(),
-            binary: false,
-            bus: ConnBus::new(router.clone(), outbox.clone()),
-            scope: None,
-            peer,
+            outbox::writer(outbox.clone(), self.token.clone(), move || router.limits())
         };
-        let max_line = cfg.max_line;
-        let mut codec = LineCodec::new(max_line);
-        let mut buf = BytesMut::new();
-        let mut want = MIN_READ;
-        let mut wakes = Wakes::default();
-        let mut eof = false;
-        // A connection that never completes a first line (a request, or a frame after the
-        // binary hello) within `[bus] first_line_timeout` is closed: it holds a slot and a
-        // buffer for nothing.
-        let first_line_timeout = router.config().first_line_timeout;
-        let first_line_by = tokio::time::Instant::now() + first_line_timeout.get();
-        let mut got_first = false;
-        'conn: while !eof {
-            if buf.capacity() - buf.len() < want / 2 {
-                buf.reserve(want);
-            }
-            let spare_before = buf.capacity() - buf.len();
-            let deadline = state.bus.next_deadline();
-            let read = tokio::select! {
-                _ = self.token.cancelled() => break,
-                _ = outbox.kicked.cancelled() => break,
-                _ = tokio::time::sleep_until(first_line_by), if !got_first => {
-                    let line = refuse(
-                        ErrorCode::BadRequest,
-                        format!(
-                            "no complete request within {first_line_timeout} of connecting ([bus] first_line_timeout); closing the connection"
-                        ),
-                    );
-                    outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
-                    break;
+        let reader = async {
+            router.add_conn(outbox.clone(), peer.pid, peer.uid);
+            let mut config = self.config.clone();
+            let cfg = config.borrow_and_update().clone();
+            // The token this connection was admitted under: a reload that changes it closes the
+            // connection if it was admitted, so the old token stops working at once.
+            let mut token_in_force = cfg.token.clone();
+            let mut config_open = true;
+            let mut state = ConnState {
+                authed: cfg.token.is_none(),
+                binary: false,
+                bus: ConnBus::new(router.clone(), outbox.clone()),
+                scope: None,
+                peer,
+            };
+            let max_line = cfg.max_line;
+            let mut codec = LineCodec::new(max_line);
+            let mut buf = BytesMut::new();
+            let mut want = MIN_READ;
+            let mut wakes = Wakes::default();
+            let mut eof = false;
+            // A connection that never completes a first line (a request, or a frame after the
+            // binary hello) within `[bus] first_line_timeout` is closed: it holds a slot and a
+            // buffer for nothing.
+            let first_line_timeout = router.config().first_line_timeout;
+            let first_line_by = tokio::time::Instant::now() + first_line_timeout.get();
+            let mut got_first = false;
+            // While traffic is light and no partial frame is pending, reads go to a small array
+            // in this task instead of the heap: an idle connection holds no read buffer.
+            let mut small = [0u8; IDLE_READ];
+            'conn: while !eof {
+                let idle = buf.is_empty() && want == MIN_READ;
+                if !idle && buf.capacity() - buf.len() < want / 2 {
+                    buf.reserve(want);
                 }
-                changed = config.changed(), if config_open => {
-                    if changed.is_err() {
-                        config_open = false;
+                let spare_before = if idle {
+                    IDLE_READ
+                } else {
+                    buf.capacity() - buf.len()
+                };
+                // One timer for both: the first-line deadline and the next request's or parked
+                // event's.
+                let deadline = match (got_first, state.bus.next_deadline()) {
+                    (true, d) => d,
+                    (false, Some(d)) => Some(d.min(first_line_by)),
+                    (false, None) => Some(first_line_by),
+                };
+                let read = tokio::select! {
+                    _ = self.token.cancelled() => break,
+                    _ = outbox.kicked.cancelled() => break,
+                    changed = config.changed(), if config_open => {
+                        if changed.is_err() {
+                            config_open = false;
+                            continue;
+                        }
+                        let token = config.borrow_and_update().token.clone();
+                        if token != token_in_force {
+                            token_in_force = token;
+                            if token_in_force.is_none() {
+                                state.authed = true;
+                            } else if state.authed {
+                                outbox.kick(
+                                    "token_changed",
+                                    "[control] token changed; reconnect with the new token",
+                                );
+                                break;
+                            }
+                        }
                         continue;
                     }
-                    let token = config.borrow_and_update().token.clone();
-                    if token != token_in_force {
-                        token_in_force = token;
-                        if token_in_force.is_none() {
-                            state.authed = true;
-                        } else if state.authed {
-                            outbox.kick(
-                                "token_changed",
-                                "[control] token changed; reconnect with the new token",
-                            );
-                            break;
-                        }
-                    }
-                    continue;
-                }
-                _ = sleep_until_opt(deadline) => {
-                    state.bus.expire_due(&mut wakes);
-                    wakes.flush();
-                    continue;
-                }
-                r = rd.read_buf(&mut buf) => r,
-            };
-            let mut read_bytes = 0u64;
-            let mut frames = 0u64;
-            match read {
-                Ok(0) => eof = true,
-                Ok(n) => {
-                    read_bytes = n as u64;
-                    // Grow the read size under load, shrink it back when traffic is light.
-                    if n >= spare_before && want < MAX_READ {
-                        want *= 2;
-                    } else if n < want / 4 && want > MIN_READ {
-                        want /= 2;
-                    }
-                }
-                Err(_) => break,
-            }
-            // Every complete frame of this read, read in place, then one wake-up per touched
-            // connection. Consecutive publishes on one topic go out as one run.
-            state.bus.refresh();
-            let mut pos = 0;
-            let mut run = Run::default();
-            loop {
-                let avail = &buf[pos..];
-                let frame = if state.binary {
-                    match decode_bin_ref(avail, max_line.saturating_add(16)) {
-                        Ok(Some((f, used))) => {
-                            pos += used;
-                            f
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let (code, hint) = match e {
-                                BinError::TooLong { .. } => {
-                                    (ErrorCode::TooLarge, " ([control] max_line)")
-                                }
-                                BinError::Malformed(_) => (ErrorCode::BadRequest, ""),
-                            };
-                            run.flush(&mut state.bus, &mut wakes);
-                            let line = refuse(code, format!("{e}{hint}; closing the connection"));
-                            outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
-                            break 'conn;
-                        }
-                    }
-                } else {
-                    match codec.next_line(avail, eof) {
-                        Ok((Some(range), used)) => {
-                            pos += used;
-                            BinRef::Json(&avail[range])
-                        }
-                        Ok((None, used)) => {
-                            pos += used;
-                            break;
-                        }
-                        Err(FrameError::TooLong { limit }) => {
-                            run.flush(&mut state.bus, &mut wakes);
+                    _ = sleep_until_opt(deadline) => {
+                        if !got_first && tokio::time::Instant::now() >= first_line_by {
                             let line = refuse(
-                                ErrorCode::TooLarge,
+                                ErrorCode::BadRequest,
                                 format!(
-                                    "line longer than {limit} bytes ([control] max_line); closing the connection"
+                                    "no complete request within {first_line_timeout} of connecting ([bus] first_line_timeout); closing the connection"
                                 ),
                             );
                             outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
-                            break 'conn;
+                            break;
                         }
-                        Err(FrameError::Io(_)) => break 'conn,
+                        state.bus.expire_due(&mut wakes);
+                        wakes.flush();
+                        continue;
                     }
+                    r = read_some(&mut rd, idle, &mut small, &mut buf) => r,
                 };
-                got_first = true;
-                frames += 1;
-                let line = match frame {
-                    BinRef::Json(l) => match wire::fast_pub(l) {
-                        Some((topic, data)) if state.authed => {
-                            run.add(&mut state.bus, topic, data, true, &mut wakes);
+                let mut read_bytes = 0u64;
+                let mut frames = 0u64;
+                let mut got = 0;
+                match read {
+                    Ok(0) => eof = true,
+                    Ok(n) => {
+                        got = n;
+                        read_bytes = n as u64;
+                        // Grow the read size under load, shrink it back when traffic is light.
+                        if n >= spare_before && want < MAX_READ {
+                            want *= 2;
+                        } else if n < want / 4 && want > MIN_READ {
+                            want /= 2;
+                        }
+                    }
+                    Err(_) => break,
+                }
+                // Every complete frame of this read, read in place, then one wake-up per touched
+                // connection. Consecutive publishes on one topic go out as one run.
+                state.bus.refresh();
+                let mut pos = 0;
+                let mut run = Run::default();
+                let data: &[u8] = if idle { &small[..got] } else { &buf[..] };
+                loop {
+                    let avail = &data[pos..];
+                    let frame = if state.binary {
+                        match decode_bin_ref(avail, max_line.saturating_add(16)) {
+                            Ok(Some((f, used))) => {
+                                pos += used;
+                                f
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                let (code, hint) = match e {
+                                    BinError::TooLong { .. } => {
+                                        (ErrorCode::TooLarge, " ([control] max_line)")
+                                    }
+                                    BinError::Malformed(_) => (ErrorCode::BadRequest, ""),
+                                };
+                                run.flush(&mut state.bus, &mut wakes);
+                                let line =
+                                    refuse(code, format!("{e}{hint}; closing the connection"));
+                                outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
+                                break 'conn;
+                            }
+                        }
+                    } else {
+                        match codec.next_line(avail, eof) {
+                            Ok((Some(range), used)) => {
+                                pos += used;
+                                BinRef::Json(&avail[range])
+                            }
+                            Ok((None, used)) => {
+                                pos += used;
+                                break;
+                            }
+                            Err(FrameError::TooLong { limit }) => {
+                                run.flush(&mut state.bus, &mut wakes);
+                                let line = refuse(
+                                    ErrorCode::TooLarge,
+                                    format!(
+                                        "line longer than {limit} bytes ([control] max_line); closing the connection"
+                                    ),
+                                );
+                                outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
+                                break 'conn;
+                            }
+                            Err(FrameError::Io(_)) => break 'conn,
+                        }
+                    };
+                    got_first = true;
+                    frames += 1;
+                    let line = match frame {
+                        BinRef::Json(l) => match wire::fast_pub_checked(l) {
+                            Some((topic, data, verdict)) if state.authed => {
+                                run.add(&mut state.bus, topic, data, Some(verdict), &mut wakes);
+                                continue;
+                            }
+                            _ => l,
+                        },
+                        BinRef::Pub { topic, data } => {
+                            if state.authed {
+                                run.add(&mut state.bus, topic, data, None, &mut wakes);
+                            } else {
+                                outbox.push_line(
+                                    &state.bus.limits,
+                                    &forbidden_line(None),
+                                    &mut wakes,
+                                    &outbox,
+                                );
+                            }
                             continue;
                         }
-                        _ => l,
-                    },
-                    BinRef::Pub { topic, data } => {
+                        BinRef::Msg { .. } => {
+                            run.flush(&mut state.bus, &mut wakes);
+                            let line = refuse(
+                                ErrorCode::BadRequest,
+                                "clients may not send message frames (kind 3)".into(),
+                            );
+                            outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
+                            continue;
+                        }
+                    };
+                    // Anything else is answered after the publishes before it went out.
+                    run.flush(&mut state.bus, &mut wakes);
+                    if let Some(bl) = BusLine::parse(line) {
                         if state.authed {
-                            run.add(&mut state.bus, topic, data, false, &mut wakes);
+                            state.bus.handle(&bl, &mut wakes);
                         } else {
+                            let id = bl.id.map(|i| i.get().as_bytes().to_vec());
                             outbox.push_line(
                                 &state.bus.limits,
-                                &forbidden_line(None),
+                                &forbidden_line(id.as_deref()),
                                 &mut wakes,
                                 &outbox,
                             );
                         }
                         continue;
                     }
-                    BinRef::Msg { .. } => {
-                        run.flush(&mut state.bus, &mut wakes);
-                        let line = refuse(
-                            ErrorCode::BadRequest,
-                            "clients may not send message frames (kind 3)".into(),
-                        );
-                        outbox.push_line(&state.bus.limits, &line, &mut wakes, &outbox);
+                    if let Some(reply) = bad_bus_line(line) {
+                        let reply = if state.authed {
+                            reply
+                        } else {
+                            forbidden_line(None)
+                        };
+                        outbox.push_line(&state.bus.limits, &reply, &mut wakes, &outbox);
                         continue;
                     }
-                };
-                // Anything else is answered after the publishes before it went out.
-                run.flush(&mut state.bus, &mut wakes);
-                if let Some(bl) = BusLine::parse(line) {
-                    if state.authed {
-                        state.bus.handle(&bl, &mut wakes);
-                    } else {
-                        let id = bl.id.map(|i| i.get().as_bytes().to_vec());
-                        outbox.push_line(
-                            &state.bus.limits,
-                            &forbidden_line(id.as_deref()),
-                            &mut wakes,
-                            &outbox,
-                        );
+                    // A control line: answer it in order, after what is queued before it.
+                    let incoming = parse_line(line);
+                    let wants_binary = matches!(&incoming, Incoming::Request { cmd: Command::Hello { framing: Some(f), .. }, .. } if f == BINARY_FRAMING);
+                    let was_authed = state.authed;
+                    let outcome = Box::pin(self.handle(
+                        incoming,
+                        &mut state.authed,
+                        &mut state.scope,
+                        state.peer,
+                    ))
+                    .await;
+                    if state.authed && !was_authed {
+                        // Admitted under the token in force now.
+                        token_in_force = config.borrow().token.clone();
                     }
-                    continue;
+                    outbox.push_line(&state.bus.limits, &outcome.reply, &mut wakes, &outbox);
+                    if wants_binary && state.authed && outcome.ok {
+                        outbox.set_binary();
+                        state.binary = true;
+                    }
+                    if let Some(reason) = outcome.shutdown {
+                        // The reply goes out before the drain starts.
+                        wakes.flush();
+                        Box::pin(self.daemon.shutdown(reason)).await;
+                    }
                 }
-                if let Some(reply) = bad_bus_line(line) {
-                    let reply = if state.authed {
-                        reply
-                    } else {
-                        forbidden_line(None)
-                    };
-                    outbox.push_line(&state.bus.limits, &reply, &mut wakes, &outbox);
-                    continue;
+                run.flush(&mut state.bus, &mut wakes);
+                drop(run);
+                if idle {
+                    // A partial frame waits in the heap buffer for the rest.
+                    buf.extend_from_slice(&small[pos.min(got)..got]);
+                } else {
+                    buf.advance(pos);
                 }
-                // A control line: answer it in order, after what is queued before it.
-                let incoming = parse_line(line);
-                let wants_binary = matches!(&incoming, Incoming::Request { cmd: Command::Hello { framing: Some(f), .. }, .. } if f == BINARY_FRAMING);
-                let was_authed = state.authed;
-                let outcome = Box::pin(self.handle(
-                    incoming,
-                    &mut state.authed,
-                    &mut state.scope,
-                    state.peer,
-                ))
-                .await;
-                if state.authed && !was_authed {
-                    // Admitted under the token in force now.
-                    token_in_force = config.borrow().token.clone();
+                wakes.flush();
+                if read_bytes > 0 {
+                    router.activity(&outbox, frames, read_bytes);
                 }
-                outbox.push_line(&state.bus.limits, &outcome.reply, &mut wakes, &outbox);
-                if wants_binary && state.authed && outcome.ok {
-                    outbox.set_binary();
-                    state.binary = true;
-                }
-                if let Some(reason) = outcome.shutdown {
-                    // The reply goes out before the drain starts.
-                    wakes.flush();
-                    self.daemon.shutdown(reason).await;
+                if buf.is_empty() && (want == MIN_READ || buf.capacity() > 4 * want) {
+                    // Idle again: hold no buffer (or no big one after a burst).
+                    buf = BytesMut::new();
                 }
             }
-            run.flush(&mut state.bus, &mut wakes);
-            drop(run);
-            buf.advance(pos);
             wakes.flush();
-            if read_bytes > 0 {
-                router.activity(&outbox, frames, read_bytes);
-            }
-            if buf.is_empty() && buf.capacity() > 4 * want {
-                // Idle again after a burst: hold no big buffer per connection.
-                buf = BytesMut::new();
-            }
-        }
-        wakes.flush();
-        router.remove_conn(conn);
-        outbox.close();
+            router.remove_conn(conn);
+            outbox.close();
+        };
+        tokio::join!(reader, writer);
     }
 
     async fn dispatch(&self, name: &str) -> Result<Value, ErrorBody> {
@@ -596,6 +623,20 @@ impl Session {
 
 fn refuse(code: ErrorCode, msg: String) -> Vec<u8> {
     Reply::error(None, ErrorBody::new(code, msg)).to_line()
+}
+
+/// One read: into `small` for an idle connection, else into `buf`.
+async fn read_some<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    idle: bool,
+    small: &mut [u8],
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if idle {
+        rd.read(small).await
+    } else {
+        rd.read_buf(buf).await
+    }
 }
 
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {

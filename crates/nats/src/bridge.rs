@@ -922,7 +922,8 @@ async fn publisher(
                 // The acks are awaited together: each has its own timeout, so one by one a
                 // server that went away would cost the timeout per message in flight.
                 let acked = futures_util::future::join_all(
-                    acks.into_iter().map(|(o, ack)| async move { (o, ack.await) }),
+                    acks.into_iter()
+                        .map(|(o, ack)| async move { (o, ack.await) }),
                 )
                 .await;
                 for (o, ack) in acked {

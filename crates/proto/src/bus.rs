@@ -107,6 +107,13 @@ impl<'a> BusLine<'a> {
 /// and the raw data, already checked to be one JSON value. `None` for any other line, which
 /// then takes [`BusLine::parse`]; both read this shape alike.
 pub fn fast_pub(line: &[u8]) -> Option<(&str, &[u8])> {
+    fast_pub_checked(line).map(|(t, d, _)| (t, d))
+}
+
+/// [`fast_pub`], with the data's strict-JSON verdict from the same pass
+/// ([`validate_json`]'s [`JsonFault::Strict`] as `Err`), so the data is read once.
+#[allow(clippy::type_complexity)]
+pub fn fast_pub_checked(line: &[u8]) -> Option<(&str, &[u8], Result<(), &'static str>)> {
     const HEAD: &[u8] = br#"{"cmd":"bus.pub","topic":""#;
     const MID: &[u8] = br#"","data":"#;
     let rest = line.strip_prefix(HEAD)?;
@@ -119,8 +126,12 @@ pub fn fast_pub(line: &[u8]) -> Option<(&str, &[u8])> {
     let data = rest.strip_prefix(MID)?.strip_suffix(b"}")?.trim_ascii();
     let topic = std::str::from_utf8(topic).ok()?;
     // One whole JSON value and nothing else (structure, strings and UTF-8 checked).
-    serde_json::from_slice::<&RawValue>(data).ok()?;
-    Some((topic, data))
+    let verdict = match validate_json(data) {
+        Ok(()) => Ok(()),
+        Err(JsonFault::Strict(e)) => Err(e),
+        Err(JsonFault::NotJson) => return None,
+    };
+    Some((topic, data, verdict))
 }
 
 /// Why a topic or pattern is refused.
@@ -228,7 +239,7 @@ pub fn check_strict_json(data: &[u8]) -> Result<(), &'static str> {
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_DATA_DEPTH {
-                    return Err("arrays and objects nested deeper than 128 levels");
+                    return Err(TOO_DEEP);
                 }
                 i += 1;
             }
@@ -254,7 +265,7 @@ pub fn check_strict_json(data: &[u8]) -> Result<(), &'static str> {
                         .and_then(|s| s.parse::<f64>().ok())
                         .is_some_and(f64::is_finite);
                     if !finite {
-                        return Err("a number out of the range of a 64-bit float (e.g. 1e999999)");
+                        return Err(OUT_OF_RANGE);
                     }
                 }
             }
@@ -263,6 +274,273 @@ pub fn check_strict_json(data: &[u8]) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+/// Why [`validate_json`] refuses a payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonFault {
+    /// Not one JSON value (structure, string, escape, number syntax or UTF-8).
+    NotJson,
+    /// Well-formed, but holding what [`check_strict_json`] refuses (the reason).
+    Strict(&'static str),
+}
+
+/// Checks a payload in one pass, with no allocation: one JSON value and nothing else
+/// (whitespace around it allowed), as `serde_json` reads it (structure, escapes, number
+/// syntax, no raw control characters in strings, UTF-8), and then what
+/// [`check_strict_json`] refuses (numbers a 64-bit float cannot hold, lone surrogate escapes,
+/// nesting deeper than [`MAX_DATA_DEPTH`]). Its verdict is the same as
+/// `serde_json::from_slice::<&RawValue>` followed by [`check_strict_json`], the not-JSON
+/// verdict first; a property test holds it to that.
+pub fn validate_json(d: &[u8]) -> Result<(), JsonFault> {
+    use JsonFault::NotJson;
+    let n = d.len();
+    let mut i = 0;
+    // Bit `k`: level `k` is an object (else an array).
+    let mut objects: u128 = 0;
+    let mut depth = 0usize;
+    // The first strict fault, by position (structure is still checked after it).
+    let mut strict: Option<&'static str> = None;
+    'value: loop {
+        i = skip_ws(d, i);
+        let Some(&c) = d.get(i) else {
+            return Err(NotJson);
+        };
+        match c {
+            b'{' | b'[' => {
+                if depth == MAX_DATA_DEPTH {
+                    // Deeper than strict parsers go: rare, so the structure is left to serde.
+                    return Err(match serde_json::from_slice::<&RawValue>(d) {
+                        Err(_) => NotJson,
+                        Ok(_) => JsonFault::Strict(strict.unwrap_or(TOO_DEEP)),
+                    });
+                }
+                let object = c == b'{';
+                if object {
+                    objects |= 1 << depth;
+                } else {
+                    objects &= !(1 << depth);
+                }
+                depth += 1;
+                i = skip_ws(d, i + 1);
+                match d.get(i) {
+                    Some(b'}') if object => {
+                        i += 1;
+                        depth -= 1;
+                    }
+                    Some(b']') if !object => {
+                        i += 1;
+                        depth -= 1;
+                    }
+                    _ => {
+                        if object {
+                            i = json_key(d, i, &mut strict)?;
+                        }
+                        continue 'value;
+                    }
+                }
+            }
+            b'"' => i = json_string(d, i + 1, &mut strict)?,
+            b'-' | b'0'..=b'9' => i = json_number(d, i, &mut strict)?,
+            b't' => i = json_literal(d, i, b"true")?,
+            b'f' => i = json_literal(d, i, b"false")?,
+            b'n' => i = json_literal(d, i, b"null")?,
+            _ => return Err(NotJson),
+        }
+        // After a value: the end, or a separator or closer of the enclosing level.
+        loop {
+            i = skip_ws(d, i);
+            if depth == 0 {
+                return match (i == n, strict) {
+                    (false, _) => Err(NotJson),
+                    (true, Some(e)) => Err(JsonFault::Strict(e)),
+                    (true, None) => Ok(()),
+                };
+            }
+            let object = (objects >> (depth - 1)) & 1 == 1;
+            match d.get(i) {
+                Some(b',') => {
+                    if object {
+                        i = json_key(d, i + 1, &mut strict)?;
+                    } else {
+                        i += 1;
+                    }
+                    continue 'value;
+                }
+                Some(b'}') if object => {
+                    i += 1;
+                    depth -= 1;
+                }
+                Some(b']') if !object => {
+                    i += 1;
+                    depth -= 1;
+                }
+                _ => return Err(NotJson),
+            }
+        }
+    }
+}
+
+const TOO_DEEP: &str = "arrays and objects nested deeper than 128 levels";
+
+#[inline]
+fn skip_ws(d: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\t' | b'\r') = d.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// An object key and its colon, from `i` (whitespace first); returns where its value starts.
+fn json_key(d: &[u8], i: usize, strict: &mut Option<&'static str>) -> Result<usize, JsonFault> {
+    let i = skip_ws(d, i);
+    if d.get(i) != Some(&b'"') {
+        return Err(JsonFault::NotJson);
+    }
+    let i = skip_ws(d, json_string(d, i + 1, strict)?);
+    if d.get(i) != Some(&b':') {
+        return Err(JsonFault::NotJson);
+    }
+    Ok(i + 1)
+}
+
+fn json_literal(d: &[u8], i: usize, word: &[u8]) -> Result<usize, JsonFault> {
+    match d.get(i..i + word.len()) {
+        Some(w) if w == word => Ok(i + word.len()),
+        _ => Err(JsonFault::NotJson),
+    }
+}
+
+/// Four hex digits at `at`, strictly (no sign, no fewer digits).
+fn hex4_strict(d: &[u8], at: usize) -> Option<u32> {
+    let h = d.get(at..at + 4)?;
+    h.iter().try_fold(0u32, |acc, b| {
+        let v = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | u32::from(v))
+    })
+}
+
+/// A string's body from `i` (after its opening quote); returns the index after its closing quote.
+fn json_string(
+    d: &[u8],
+    mut i: usize,
+    strict: &mut Option<&'static str>,
+) -> Result<usize, JsonFault> {
+    use JsonFault::NotJson;
+    let start = i;
+    let mut ascii = true;
+    loop {
+        // The next quote or backslash (memchr's vector search); the bytes before it may hold
+        // no control character, and tell whether UTF-8 must be checked.
+        let rest = d.get(i..).unwrap_or_default();
+        let Some(k) = memchr::memchr2(b'"', b'\\', rest) else {
+            return Err(NotJson);
+        };
+        let plain = &rest[..k];
+        if plain.iter().fold(false, |bad, &b| bad | (b < 0x20)) {
+            return Err(NotJson);
+        }
+        ascii = ascii && plain.is_ascii();
+        i += k;
+        if d[i] == b'"' {
+            break;
+        }
+        // A backslash.
+        match d.get(i + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+            Some(b'u') => {
+                let cp = hex4_strict(d, i + 2).ok_or(NotJson)?;
+                i += 6;
+                match cp {
+                    0xD800..=0xDBFF => {
+                        let low = if d.get(i) == Some(&b'\\') && d.get(i + 1) == Some(&b'u') {
+                            hex4_strict(d, i + 2)
+                        } else {
+                            None
+                        };
+                        if matches!(low, Some(0xDC00..=0xDFFF)) {
+                            i += 6;
+                        } else {
+                            strict.get_or_insert(LONE_SURROGATE);
+                        }
+                    }
+                    0xDC00..=0xDFFF => {
+                        strict.get_or_insert(LONE_SURROGATE);
+                    }
+                    _ => {}
+                }
+            }
+            _ => return Err(NotJson),
+        }
+    }
+    if !ascii && std::str::from_utf8(&d[start..i]).is_err() {
+        return Err(NotJson);
+    }
+    Ok(i + 1)
+}
+
+/// A number from `i`; returns the index after it. One a 64-bit float cannot hold is a strict
+/// fault (integers under 300 characters always fit; anything else is converted, as
+/// [`check_strict_json`] does).
+fn json_number(
+    d: &[u8],
+    mut i: usize,
+    strict: &mut Option<&'static str>,
+) -> Result<usize, JsonFault> {
+    use JsonFault::NotJson;
+    let start = i;
+    let digits = |i: &mut usize| {
+        let from = *i;
+        while let Some(b'0'..=b'9') = d.get(*i) {
+            *i += 1;
+        }
+        *i > from
+    };
+    if d.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match d.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            digits(&mut i);
+        }
+        _ => return Err(NotJson),
+    }
+    let mut integer = true;
+    if d.get(i) == Some(&b'.') {
+        i += 1;
+        integer = false;
+        if !digits(&mut i) {
+            return Err(NotJson);
+        }
+    }
+    if let Some(b'e' | b'E') = d.get(i) {
+        i += 1;
+        integer = false;
+        if let Some(b'+' | b'-') = d.get(i) {
+            i += 1;
+        }
+        if !digits(&mut i) {
+            return Err(NotJson);
+        }
+    }
+    if (!integer || i - start > 300) && strict.is_none() {
+        let finite = std::str::from_utf8(&d[start..i])
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .is_some_and(f64::is_finite);
+        if !finite {
+            *strict = Some(OUT_OF_RANGE);
+        }
+    }
+    Ok(i)
+}
+
+const OUT_OF_RANGE: &str = "a number out of the range of a 64-bit float (e.g. 1e999999)";
 
 const LONE_SURROGATE: &str =
     "a lone UTF-16 surrogate escape in a string (\\ud800-\\udfff without its pair)";
@@ -890,7 +1168,136 @@ mod tests {
         ]
     }
 
+    /// What [`validate_json`] must say: serde_json's reading, then the strict check.
+    fn json_reference(d: &[u8]) -> Result<(), JsonFault> {
+        if serde_json::from_slice::<&RawValue>(d).is_err() {
+            return Err(JsonFault::NotJson);
+        }
+        check_strict_json(d).map_err(JsonFault::Strict)
+    }
+
+    #[test]
+    fn validate_json_reads_like_serde_and_the_strict_check() {
+        let deep_ok = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        let deep_bad = format!("{}{}", "[".repeat(129), "]".repeat(128));
+        let big = "9".repeat(400);
+        let cases: &[&[u8]] = &[
+            b"null",
+            b" true ",
+            b"false",
+            b"nul",
+            b"",
+            b" ",
+            b"0",
+            b"-0",
+            b"01",
+            b"-",
+            b"1.",
+            b".5",
+            b"1e",
+            b"1e+",
+            b"1E-5",
+            b"+1",
+            b"1 2",
+            br#""""#,
+            br#""\u00e9\/""#,
+            br#""\x""#,
+            b"\"\x01\"",
+            b"\"\xc3\xa9\"",
+            b"\"\xff\"",
+            b"[1,]",
+            b"[,1]",
+            b"{}",
+            br#"{"a":1,}"#,
+            br#"{"a" : [ 1 , {"b":null} ] }"#,
+            b"{1:2}",
+            br#"{"a"}"#,
+            b"[1e999999]",
+            br#""\ud800""#,
+            br#""\ud800\u0041""#,
+            br#""\ud83d\ude00""#,
+            br#"["\udc00", 1e999]"#,
+            b"[1e999, x]",
+            br#""\u12G4""#,
+            br#""\u+123""#,
+            deep_ok.as_bytes(),
+            deep.as_bytes(),
+            deep_bad.as_bytes(),
+            big.as_bytes(),
+            br#"{"cmd":"bus.pub"}}"#,
+            b"[1e400",
+            b"1e-999999",
+            br#""abc"#,
+        ];
+        for d in cases {
+            assert_eq!(
+                validate_json(d),
+                json_reference(d),
+                "{}",
+                String::from_utf8_lossy(d)
+            );
+        }
+    }
+
+    /// Pieces whose concatenations are JSON often enough, and wrong in every way otherwise.
+    fn json_pieces() -> impl Strategy<Value = Vec<u8>> {
+        const PIECES: &[&[u8]] = &[
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b",",
+            b":",
+            b" ",
+            b"\n",
+            b"\"a\"",
+            b"\"k\":",
+            b"\"\\ud800\"",
+            b"\"\\udc00\"",
+            b"\"\\ud83d\\ude00\"",
+            b"\"\\n\\u00e9\"",
+            b"\"\\q\"",
+            b"\"\x01\"",
+            b"\"\xc3\xa9\"",
+            b"\"\xe9\"",
+            b"1",
+            b"-0.5e-3",
+            b"01",
+            b"1e999",
+            b"-",
+            b"2.",
+            b"true",
+            b"nul",
+            b"null",
+            b"\"",
+            b"\\",
+        ];
+        let piece = proptest::sample::select(PIECES);
+        proptest::collection::vec(piece, 0..24).prop_map(|v| v.concat())
+    }
+
     proptest! {
+        /// The one-pass payload check says what serde_json and the strict check say together.
+        #[test]
+        fn validate_json_agrees_with_serde_and_the_strict_check(d in json_pieces()) {
+            prop_assert_eq!(validate_json(&d), json_reference(&d), "{}", String::from_utf8_lossy(&d));
+        }
+
+        #[test]
+        fn validate_json_agrees_on_any_bytes(d in proptest::collection::vec(any::<u8>(), 0..48)) {
+            prop_assert_eq!(validate_json(&d), json_reference(&d));
+        }
+
+        /// Valid documents of any shape (serde_json's own output, pretty or not) pass.
+        #[test]
+        fn validate_json_accepts_what_serde_writes(d in json_pieces(), pretty in any::<bool>()) {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&d) {
+                let text = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) };
+                let text = text.unwrap();
+                prop_assert_eq!(validate_json(&text), json_reference(&text));
+            }
+        }
         /// Frames survive encode → decode, however the byte stream is cut.
         #[test]
         fn binary_round_trip(frames in proptest::collection::vec(arb_frame(), 0..20), cut in 1usize..64) {
