@@ -25,6 +25,7 @@ namespace Majordomo.Protocol
             new[] { "bus.unsub", "action", "BusUnsubAsync" },
             new[] { "config", "read", "ConfigAsync" },
             new[] { "discovery.peers", "read", "DiscoveryPeersAsync" },
+            new[] { "guest.apps", "read", "GuestAppsAsync" },
             new[] { "guest.kill", "action", "GuestKillAsync" },
             new[] { "guest.package", "action", "GuestPackageAsync" },
             new[] { "guest.packages", "read", "GuestPackagesAsync" },
@@ -234,6 +235,69 @@ namespace Majordomo.Protocol
             var o = JsonNode.NewObject();
             if (Active != null) o["active"] = JsonConv.FromList(Active, x => (x == null ? JsonNode.Null : x.ToJson()));
             if (Recent != null) o["recent"] = JsonConv.FromList(Recent, x => (x == null ? JsonNode.Null : x.ToJson()));
+            return o;
+        }
+    }
+
+    public sealed partial class App
+    {
+        public string Name { get; set; }
+        /// <summary>Empty when the source does not say (desktop entries carry no version).</summary>
+        public string Version { get; set; }
+        /// <summary>Empty when the source does not say.</summary>
+        public string Publisher { get; set; }
+        /// <summary>Where it was found: "registry", "registry-wow64", "registry-user", "desktop", "flatpak", "snap", "bundle".</summary>
+        public string Source { get; set; }
+        /// <summary>The source's own id: the Uninstall key, the .desktop file, the flatpak/snap name, the bundle path.</summary>
+        public string Id { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static App FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new App();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            o.Version = JsonConv.ToStr(j["version"]);
+            o.Publisher = JsonConv.ToStr(j["publisher"]);
+            o.Source = JsonConv.ToStr(j["source"]);
+            o.Id = JsonConv.ToStr(j["id"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
+            if (Version != null) o["version"] = JsonNode.From(Version);
+            if (Publisher != null) o["publisher"] = JsonNode.From(Publisher);
+            if (Source != null) o["source"] = JsonNode.From(Source);
+            if (Id != null) o["id"] = JsonNode.From(Id);
+            return o;
+        }
+    }
+
+    public sealed partial class AppsArgs
+    {
+        /// <summary>A pattern (`*`, `?`, case-insensitive) over application names; none = all.</summary>
+        public string Name { get; set; }
+        /// <summary>The object as received (with any member this client does not know).</summary>
+        public JsonNode Raw { get; private set; }
+
+        public static AppsArgs FromJson(JsonNode j)
+        {
+            if (j == null || j.IsNull) return null;
+            var o = new AppsArgs();
+            o.Raw = j;
+            o.Name = JsonConv.ToStr(j["name"]);
+            return o;
+        }
+
+        public JsonNode ToJson()
+        {
+            var o = JsonNode.NewObject();
+            if (Name != null) o["name"] = JsonNode.From(Name);
             return o;
         }
     }
@@ -3985,6 +4049,13 @@ namespace Majordomo
             return global::Majordomo.Protocol.PeersResult.FromJson(r);
         }
 
+        /// <summary><c>guest.apps</c> (read): Installed applications, as a user sees them: Windows' Uninstall keys (machine, 32-bit and user), Linux desktop entries (and flatpak, snap), macOS bundles in /Applications.</summary>
+        public async Task<List<App>> GuestAppsAsync(AppsArgs args = null, CancellationToken cancel = default(CancellationToken))
+        {
+            var r = await CallAsync("guest.apps", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);
+            return JsonConv.ToList(r, x => global::Majordomo.Protocol.App.FromJson(x));
+        }
+
         /// <summary><c>guest.kill</c> (action): Sends a signal (default TERM) to a process whose name `[guest] kill_allow` matches.</summary>
         public async Task<Done> GuestKillAsync(KillArgs args, CancellationToken cancel = default(CancellationToken))
         {
@@ -4027,7 +4098,7 @@ namespace Majordomo
             return global::Majordomo.Protocol.Done.FromJson(r);
         }
 
-        /// <summary><c>guest.services</c> (read): Services of the OS service manager (systemd): all, or those whose name matches `name`.</summary>
+        /// <summary><c>guest.services</c> (read): Services of the OS service manager (systemd, the Windows SCM): all, or those whose name matches `name`.</summary>
         public async Task<List<Service>> GuestServicesAsync(ServicesArgs args = null, CancellationToken cancel = default(CancellationToken))
         {
             var r = await CallAsync("guest.services", args == null ? JsonNode.NewObject() : args.ToJson(), cancel).ConfigureAwait(false);

@@ -55,6 +55,23 @@ export interface AlertsReply {
   recent: Alert[];
 }
 
+export interface App {
+  name: string;
+  /** Empty when the source does not say (desktop entries carry no version). */
+  version: string;
+  /** Empty when the source does not say. */
+  publisher: string;
+  /** Where it was found: "registry", "registry-wow64", "registry-user", "desktop", "flatpak", "snap", "bundle". */
+  source: string;
+  /** The source's own id: the Uninstall key, the .desktop file, the flatpak/snap name, the bundle path. */
+  id: string;
+}
+
+export interface AppsArgs {
+  /** A pattern (`*`, `?`, case-insensitive) over application names; none = all. */
+  name?: string | null;
+}
+
 /** One try to deliver. */
 export interface Attempt {
   at: string;
@@ -1077,6 +1094,7 @@ export interface Commands {
   "bus.unsub": { args: Sid; reply: Sid };
   "config": { args: NoArgs; reply: JsonValue };
   "discovery.peers": { args: PeersArgs; reply: Peers };
+  "guest.apps": { args: AppsArgs; reply: App[] };
   "guest.kill": { args: KillArgs; reply: Done };
   "guest.package": { args: PackageAction; reply: Done };
   "guest.packages": { args: PackagesArgs; reply: Packages };
@@ -1139,6 +1157,7 @@ export const COMMANDS: ReadonlyArray<{ name: CommandName; kind: "read" | "action
   { name: "bus.unsub", kind: "action", method: "busUnsub" },
   { name: "config", kind: "read", method: "config" },
   { name: "discovery.peers", kind: "read", method: "discoveryPeers" },
+  { name: "guest.apps", kind: "read", method: "guestApps" },
   { name: "guest.kill", kind: "action", method: "guestKill" },
   { name: "guest.package", kind: "action", method: "guestPackage" },
   { name: "guest.packages", kind: "read", method: "guestPackages" },
@@ -1256,6 +1275,11 @@ export abstract class CommandMethods {
     return this.call("discovery.peers", args, opts);
   }
 
+  /** `guest.apps` (read): Installed applications, as a user sees them: Windows' Uninstall keys (machine, 32-bit and user), Linux desktop entries (and flatpak, snap), macOS bundles in /Applications. */
+  guestApps(args: AppsArgs = {}, opts?: CallOptions): Promise<App[]> {
+    return this.call("guest.apps", args, opts);
+  }
+
   /** `guest.kill` (action): Sends a signal (default TERM) to a process whose name `[guest] kill_allow` matches. */
   guestKill(args: KillArgs, opts?: CallOptions): Promise<Done> {
     return this.call("guest.kill", args, opts);
@@ -1286,7 +1310,7 @@ export abstract class CommandMethods {
     return this.call("guest.service", args, opts);
   }
 
-  /** `guest.services` (read): Services of the OS service manager (systemd): all, or those whose name matches `name`. */
+  /** `guest.services` (read): Services of the OS service manager (systemd, the Windows SCM): all, or those whose name matches `name`. */
   guestServices(args: ServicesArgs = {}, opts?: CallOptions): Promise<Service[]> {
     return this.call("guest.services", args, opts);
   }

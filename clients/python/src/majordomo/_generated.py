@@ -30,6 +30,10 @@ class AlertSummary(_AlertSummaryRequired, _AlertSummaryOptional):
 AlertsReply = TypedDict("AlertsReply", {"active": List[Alert], "recent": List[Alert]})
 """The reply to `alerts`."""
 
+App = TypedDict("App", {"name": str, "version": str, "publisher": str, "source": str, "id": str})
+
+AppsArgs = TypedDict("AppsArgs", {"name": Optional[str]}, total=False)
+
 _AttemptRequired = TypedDict("_AttemptRequired", {"at": str, "ok": bool, "ms": int})
 _AttemptOptional = TypedDict("_AttemptOptional", {"error": Optional[str]}, total=False)
 
@@ -587,6 +591,7 @@ COMMANDS: Dict[str, Dict[str, str]] = {
     "bus.unsub": {"kind": "action", "method": "bus_unsub", "args": "Sid"},
     "config": {"kind": "read", "method": "config", "args": "NoArgs"},
     "discovery.peers": {"kind": "read", "method": "discovery_peers", "args": "PeersArgs"},
+    "guest.apps": {"kind": "read", "method": "guest_apps", "args": "AppsArgs"},
     "guest.kill": {"kind": "action", "method": "guest_kill", "args": "KillArgs"},
     "guest.package": {"kind": "action", "method": "guest_package", "args": "PackageAction"},
     "guest.packages": {"kind": "read", "method": "guest_packages", "args": "PackagesArgs"},
@@ -723,6 +728,13 @@ class AsyncCommands:
             args["roles"] = roles
         return cast(Peers, await self.call("discovery.peers", args, timeout=timeout))
 
+    async def guest_apps(self, *, name: Optional[str] = None, timeout: Optional[float] = None) -> List[App]:
+        """`guest.apps` (read): Installed applications, as a user sees them: Windows' Uninstall keys (machine, 32-bit and user), Linux desktop entries (and flatpak, snap), macOS bundles in /Applications."""
+        args: Dict[str, Any] = {}
+        if name is not None:
+            args["name"] = name
+        return cast("List[App]", await self.call("guest.apps", args, timeout=timeout))
+
     async def guest_kill(self, pid: int, *, signal: Optional[str] = None, timeout: Optional[float] = None) -> Done:
         """`guest.kill` (action): Sends a signal (default TERM) to a process whose name `[guest] kill_allow` matches."""
         args: Dict[str, Any] = {"pid": pid}
@@ -764,7 +776,7 @@ class AsyncCommands:
         return cast(Done, await self.call("guest.service", args, timeout=timeout))
 
     async def guest_services(self, *, name: Optional[str] = None, timeout: Optional[float] = None) -> List[Service]:
-        """`guest.services` (read): Services of the OS service manager (systemd): all, or those whose name matches `name`."""
+        """`guest.services` (read): Services of the OS service manager (systemd, the Windows SCM): all, or those whose name matches `name`."""
         args: Dict[str, Any] = {}
         if name is not None:
             args["name"] = name
@@ -1115,6 +1127,13 @@ class SyncCommands:
             args["roles"] = roles
         return cast(Peers, self.call("discovery.peers", args, timeout=timeout))
 
+    def guest_apps(self, *, name: Optional[str] = None, timeout: Optional[float] = None) -> List[App]:
+        """`guest.apps` (read): Installed applications, as a user sees them: Windows' Uninstall keys (machine, 32-bit and user), Linux desktop entries (and flatpak, snap), macOS bundles in /Applications."""
+        args: Dict[str, Any] = {}
+        if name is not None:
+            args["name"] = name
+        return cast("List[App]", self.call("guest.apps", args, timeout=timeout))
+
     def guest_kill(self, pid: int, *, signal: Optional[str] = None, timeout: Optional[float] = None) -> Done:
         """`guest.kill` (action): Sends a signal (default TERM) to a process whose name `[guest] kill_allow` matches."""
         args: Dict[str, Any] = {"pid": pid}
@@ -1156,7 +1175,7 @@ class SyncCommands:
         return cast(Done, self.call("guest.service", args, timeout=timeout))
 
     def guest_services(self, *, name: Optional[str] = None, timeout: Optional[float] = None) -> List[Service]:
-        """`guest.services` (read): Services of the OS service manager (systemd): all, or those whose name matches `name`."""
+        """`guest.services` (read): Services of the OS service manager (systemd, the Windows SCM): all, or those whose name matches `name`."""
         args: Dict[str, Any] = {}
         if name is not None:
             args["name"] = name
