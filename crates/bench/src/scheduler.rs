@@ -1,7 +1,9 @@
 //! `majordomo-bench scheduler`: N jobs (`every` between 1 s and 60 s, publishing a bus message)
 //! on one daemon for a while: lateness of job starts against their planned time (as each run
 //! record has it), daemon CPU %, and resident memory per job (against the same daemon with no
-//! jobs, measured in the same run).
+//! jobs, measured in the same run). Beside it, this machine's floor in the same window: how late
+//! a plain thread's sleep to each next 100 ms boundary wakes (a VM's timer wake-ups alone can be
+//! late by milliseconds; the scheduler cannot start a run earlier than the OS wakes it).
 
 use std::time::{Duration, Instant};
 
@@ -67,6 +69,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let from_ms = jiff_now_ms();
     let cpu0 = proc_cpu(pid)?;
     let t0 = Instant::now();
+    let floor = std::thread::spawn({
+        let until = t0 + Duration::from_secs(args.secs);
+        move || os_sleep_lateness_us(until)
+    });
     tokio::time::sleep(Duration::from_secs(args.secs)).await;
     let cpu = proc_cpu(pid)?.saturating_sub(cpu0);
     let window = t0.elapsed();
@@ -95,6 +101,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     drop(d);
     late.sort_unstable();
+    let mut os = floor.join().unwrap_or_default();
+    os.sort_unstable();
+    let os_ms = |p: f64| pct(&os, p) as f64 / 1000.0;
+    let (os50, os99, osmax) = (
+        os_ms(50.0),
+        os_ms(99.0),
+        os.last().copied().unwrap_or(0) as f64 / 1000.0,
+    );
     let cpu_pct = cpu.as_secs_f64() / window.as_secs_f64() * 100.0;
     let bytes_per_job = (rss.saturating_sub(base_rss) * 1024) as f64 / args.jobs.max(1) as f64;
     let (p50, p99, max) = (
@@ -115,6 +129,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (
                 "lateness p50 / p99 / max",
                 format!("{p50} / {p99} / {max} ms  (bar: p99 <= 5 ms)"),
+            ),
+            (
+                "this machine's floor: a plain sleep's lateness p50 / p99 / max",
+                format!(
+                    "{os50:.2} / {os99:.2} / {osmax:.2} ms  ({} wake-ups)",
+                    os.len()
+                ),
             ),
             ("daemon CPU", format!("{cpu_pct:.2} %  (bar: <= 0.5 %)")),
             (
@@ -137,6 +158,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "lateness_p50_ms": p50,
             "lateness_p99_ms": p99,
             "lateness_max_ms": max,
+            "os_sleep_p50_ms": os50,
+            "os_sleep_p99_ms": os99,
+            "os_sleep_max_ms": osmax,
             "cpu_pct": cpu_pct,
             "rss_kb": rss,
             "base_rss_kb": base_rss,
@@ -144,6 +168,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// How late (µs) a plain thread wakes from a sleep to each next 100 ms boundary of the wall
+/// clock, until `until`.
+fn os_sleep_lateness_us(until: Instant) -> Vec<i64> {
+    let now_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0)
+    };
+    let mut late = Vec::new();
+    while Instant::now() < until {
+        let next = (now_us() / 100_000 + 1) * 100_000;
+        std::thread::sleep(Duration::from_micros((next - now_us()).max(0) as u64));
+        late.push((now_us() - next).max(0));
+    }
+    late
 }
 
 fn jiff_now_ms() -> i64 {
