@@ -189,6 +189,22 @@ pub(crate) fn as_json(payload: &[u8]) -> Bytes {
 }
 
 /// Connection options from `[nats]`.
+/// What both of the bridge's connections share: no echo of its own publishes, and reconnecting
+/// forever (also at start-up), at most 5 s between attempts.
+fn reconnecting(o: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+    o.no_echo()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(3))
+        .reconnect_delay_callback(|attempt| {
+            backoff::full_jitter(
+                Duration::from_millis(100),
+                Duration::from_secs(5),
+                attempt as u32,
+            )
+        })
+}
+
 pub async fn connect_options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions, String> {
     let mut o = match &cfg.creds_file {
         Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
@@ -302,22 +318,9 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
             .map(|d| d.as_nanos())
             .unwrap_or_default()
     );
-    // The NATS connection: reconnects forever, at most 5 s between attempts.
-    let opts = connect_options(&cfg)
-        .await?
+    let opts = reconnecting(connect_options(&cfg).await?)
         .name(format!("majordomo {node}/{instance}"))
         .custom_inbox_prefix(&own_inbox)
-        .no_echo()
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(3))
-        .reconnect_delay_callback(|attempt| {
-            backoff::full_jitter(
-                Duration::from_millis(100),
-                Duration::from_secs(5),
-                attempt as u32,
-            )
-        })
         .event_callback({
             let stats = stats.clone();
             let hub = ctx.hub.clone();
@@ -343,21 +346,9 @@ pub async fn run(router: Arc<Router>, ctx: Ctx<NatsConfig>) -> Result<(), String
         stats.imports_live.store(true, Ordering::Relaxed);
         client.clone()
     } else {
-        connect_options(&cfg)
-            .await?
+        reconnecting(connect_options(&cfg).await?)
             .name(format!("majordomo {node}/{instance} imports"))
-            .no_echo()
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connection_timeout(Duration::from_secs(3))
             .subscription_capacity(cfg.import_buffer.max(1))
-            .reconnect_delay_callback(|attempt| {
-                backoff::full_jitter(
-                    Duration::from_millis(100),
-                    Duration::from_secs(5),
-                    attempt as u32,
-                )
-            })
             .event_callback({
                 let stats = stats.clone();
                 let server = shown_servers.join(",");
