@@ -85,7 +85,13 @@ impl Commands {
                     .iter()
                     .map(|s| s.to_string())
                     .collect();
-                known.extend(self.names());
+                // Some core commands are also registered (for carriers that route every
+                // command through the registry): each name once.
+                for n in self.names() {
+                    if !known.contains(&n) {
+                        known.push(n);
+                    }
+                }
                 Err(ErrorBody::new(
                     ErrorCode::UnknownCommand,
                     format!(

@@ -25,7 +25,7 @@ pub mod sys;
 use std::sync::Arc;
 use std::time::Duration;
 
-use majordomo_core::lifecycle::{BoxFuture, Ctx, Subsystem};
+use majordomo_core::lifecycle::{BoxFuture, Ctx, Off, Subsystem};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{GuestConfig, validate};
@@ -73,6 +73,11 @@ impl Subsystem for Guest {
         // agent); elsewhere one stat() and nothing runs.
         c.enabled
             .unwrap_or_else(|| agent_port(c).is_some() || control_port(c).is_some())
+    }
+
+    /// Off: the management commands say that `[guest]` is off here and how to turn it on.
+    fn off(&self, off: &Off<'_>) {
+        manage::register_off(off);
     }
 
     fn run(&self, ctx: Ctx<GuestConfig>) -> BoxFuture {

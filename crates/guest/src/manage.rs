@@ -38,6 +38,27 @@ fn allowed(list: &[String], name: &str) -> bool {
 }
 
 /// Registers every management command on `ctx`.
+/// What the management commands answer while `[guest]` is off on this instance (no agent or
+/// control port here, or `enabled = false`): why, and how to turn them on.
+pub const GUEST_OFF: &str = "the guest agent is off on this instance (no virtio port org.qemu.guest_agent.0 or org.majordomo.0 here, or [guest] enabled = false); set [guest] enabled = true and reload to use the guest.* commands without a host";
+
+/// Registers, while `[guest]` is off, an answer for every management command saying so.
+pub fn register_off(off: &majordomo_core::lifecycle::Off<'_>) {
+    fn refuse<K: majordomo_proto::Cmd>(off: &majordomo_core::lifecycle::Off<'_>) {
+        off.handle::<K, _, _>(|_| async {
+            Err(ErrorBody::new(ErrorCode::UnknownCommand, GUEST_OFF))
+        });
+    }
+    refuse::<GuestProcessesCmd>(off);
+    refuse::<GuestKillCmd>(off);
+    refuse::<GuestPortsCmd>(off);
+    refuse::<GuestServicesCmd>(off);
+    refuse::<GuestServiceCmd>(off);
+    refuse::<GuestPackagesCmd>(off);
+    refuse::<GuestAppsCmd>(off);
+    refuse::<GuestPackageCmd>(off);
+}
+
 pub fn register(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, audit: Arc<Audit>) {
     let cfg = Arc::new(cfg.clone());
     {

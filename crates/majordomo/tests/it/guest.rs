@@ -361,3 +361,40 @@ fn installed_apps_and_the_audit_names_the_connection() {
     assert_eq!(first["pid"], std::process::id(), "{audit}");
     assert_eq!(first["uid"], nix::unistd::getuid().as_raw(), "{audit}");
 }
+
+#[test]
+fn management_commands_say_when_the_guest_agent_is_off_and_work_once_it_is_on() {
+    let home = Home::new();
+    let off = "[guest]\nenabled = false\n[monitor]\nenabled = false\n[http]\nenabled = false\n";
+    home.write_config("a", off);
+    let d = home.start("a");
+    // Socket and CLI: why, and what turns it on (not a bare "unknown command").
+    let r = crate::common::raw_call(&d.socket, r#"{"id":1,"cmd":"guest.processes"}"#).unwrap();
+    assert_eq!(r["error"]["code"], "unknown_command", "{r}");
+    let msg = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("guest agent is off") && msg.contains("[guest] enabled = true"),
+        "{r}"
+    );
+    let o = home.cli("a", &["guest", "apps"]);
+    assert!(!o.status.success());
+    assert!(
+        crate::common::stderr(&o).contains("guest agent is off"),
+        "{}",
+        crate::common::stderr(&o)
+    );
+    // Turned on by a reload: the real commands replace the answers.
+    home.write_config(
+        "a",
+        &off.replace("enabled = false\n[monitor]", "enabled = true\n[monitor]"),
+    );
+    let o = home.cli("a", &["reload"]);
+    assert!(o.status.success(), "{}", crate::common::stderr(&o));
+    let o = home.cli("a", &["--json", "guest", "ports"]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        crate::common::stdout(&o),
+        crate::common::stderr(&o)
+    );
+}
