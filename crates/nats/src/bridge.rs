@@ -919,9 +919,8 @@ async fn publisher(
                 .await;
                 for (o, ack) in acked {
                     match ack {
-                        Ok(a) if a.duplicate => {
-                            // Stored by an earlier attempt whose ack was lost.
-                        }
+                        // Stored now, or by an earlier attempt whose ack was lost (a
+                        // duplicate: that attempt went back to the buffer uncounted).
                         Ok(_) => {
                             stats.exported.fetch_add(1, Ordering::Relaxed);
                         }
