@@ -322,21 +322,14 @@ pub fn validate_json(d: &[u8]) -> Result<(), JsonFault> {
                 }
                 depth += 1;
                 i = skip_ws(d, i + 1);
-                match d.get(i) {
-                    Some(b'}') if object => {
-                        i += 1;
-                        depth -= 1;
+                if d.get(i) == Some(&closer(object)) {
+                    i += 1;
+                    depth -= 1;
+                } else {
+                    if object {
+                        i = json_key(d, i, &mut strict)?;
                     }
-                    Some(b']') if !object => {
-                        i += 1;
-                        depth -= 1;
-                    }
-                    _ => {
-                        if object {
-                            i = json_key(d, i, &mut strict)?;
-                        }
-                        continue 'value;
-                    }
+                    continue 'value;
                 }
             }
             b'"' => i = json_string(d, i + 1, &mut strict)?,
@@ -366,11 +359,7 @@ pub fn validate_json(d: &[u8]) -> Result<(), JsonFault> {
                     }
                     continue 'value;
                 }
-                Some(b'}') if object => {
-                    i += 1;
-                    depth -= 1;
-                }
-                Some(b']') if !object => {
+                Some(&c) if c == closer(object) => {
                     i += 1;
                     depth -= 1;
                 }
@@ -378,6 +367,12 @@ pub fn validate_json(d: &[u8]) -> Result<(), JsonFault> {
             }
         }
     }
+}
+
+/// The byte that closes an object (`true`) or an array.
+#[inline]
+fn closer(object: bool) -> u8 {
+    if object { b'}' } else { b']' }
 }
 
 const TOO_DEEP: &str = "arrays and objects nested deeper than 128 levels";
