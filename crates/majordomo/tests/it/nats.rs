@@ -353,6 +353,27 @@ async fn symmetric_bridges_do_not_echo_or_loop() {
 }
 
 /// Publishes `n` messages `{"i":start..}` on `topic`, a few at a time.
+/// Instance `a` (node n1) exporting `ev.>` and `b` (node n2) importing it back as
+/// `majordomo.n1.a.ev.>`, each `[nats]` section with its extra lines; both connected.
+async fn exporter_and_importer(url: &str, a_extra: &str, b_extra: &str) -> (Home, Daemon, Daemon) {
+    let home = Home::new();
+    home.write_config(
+        "a",
+        &format!("[nats]\nservers = [\"{url}\"]\nnode = \"n1\"\nexport = [\"ev.>\"]\n{a_extra}"),
+    );
+    home.write_config(
+        "b",
+        &format!(
+            "[nats]\nservers = [\"{url}\"]\nnode = \"n2\"\nimport = [\"majordomo.n1.a.ev.>\"]\n{b_extra}"
+        ),
+    );
+    let a = home.start("a");
+    let b = home.start("b");
+    until(&a, "a connected", connected).await;
+    until(&b, "b connected", connected).await;
+    (home, a, b)
+}
+
 async fn publish_range(bus: &Bus, topic: &str, range: std::ops::Range<u64>) {
     for i in range {
         bus.publish(topic, &json!({ "i": i })).await.unwrap();
@@ -369,23 +390,7 @@ async fn nats_restart_without_jetstream_counts_the_loss() {
         return;
     };
     let url = server.url();
-    let home = Home::new();
-    home.write_config(
-        "a",
-        &format!(
-            "[nats]\nservers = [\"{url}\"]\nnode = \"n1\"\nexport = [\"ev.>\"]\nbuffer = 20\n"
-        ),
-    );
-    home.write_config(
-        "b",
-        &format!(
-            "[nats]\nservers = [\"{url}\"]\nnode = \"n2\"\nimport = [\"majordomo.n1.a.ev.>\"]\n"
-        ),
-    );
-    let a = home.start("a");
-    let b = home.start("b");
-    until(&a, "a connected", connected).await;
-    until(&b, "b connected", connected).await;
+    let (home, a, b) = exporter_and_importer(&url, "buffer = 20\n", "").await;
     let ab = bus(&a).await;
     let bb = bus(&b).await;
     let mut got = bb.subscribe("majordomo.n1.a.ev.>").await.unwrap();
@@ -443,23 +448,7 @@ async fn nats_restart_with_jetstream_loses_nothing() {
         return;
     };
     let url = server.url();
-    let home = Home::new();
-    home.write_config(
-        "a",
-        &format!(
-            "[nats]\nservers = [\"{url}\"]\nnode = \"n1\"\nexport = [\"ev.>\"]\nstream = \"EV\"\n"
-        ),
-    );
-    home.write_config(
-        "b",
-        &format!(
-            "[nats]\nservers = [\"{url}\"]\nnode = \"n2\"\nimport = [\"majordomo.n1.a.ev.>\"]\nstream = \"EV\"\n"
-        ),
-    );
-    let a = home.start("a");
-    let b = home.start("b");
-    until(&a, "a connected", connected).await;
-    until(&b, "b connected", connected).await;
+    let (_home, a, b) = exporter_and_importer(&url, "stream = \"EV\"\n", "stream = \"EV\"\n").await;
     let bb = bus(&b).await;
     let mut got = bb.subscribe("majordomo.n1.a.ev.>").await.unwrap();
     let ab = bus(&a).await;
@@ -591,21 +580,7 @@ async fn import_overflows_are_counted_exactly() {
         return;
     };
     let url = server.url();
-    let home = Home::new();
-    home.write_config(
-        "a",
-        &format!("[nats]\nservers = [\"{url}\"]\nnode = \"n1\"\nexport = [\"ev.>\"]\n"),
-    );
-    home.write_config(
-        "b",
-        &format!(
-            "[nats]\nservers = [\"{url}\"]\nnode = \"n2\"\nimport = [\"majordomo.n1.a.ev.>\"]\nimport_buffer = 1\n"
-        ),
-    );
-    let a = home.start("a");
-    let b = home.start("b");
-    until(&a, "a connected", connected).await;
-    until(&b, "b connected", connected).await;
+    let (_home, a, b) = exporter_and_importer(&url, "", "import_buffer = 1\n").await;
     let bb = bus(&b).await;
     let mut got = bb.subscribe("majordomo.n1.a.ev.>").await.unwrap();
     let ab = bus(&a).await;
