@@ -232,7 +232,8 @@ pub struct Outbox {
     msgs_in: AtomicU64,
     bytes_in: AtomicU64,
     /// Cancelled when the connection must end now (slow consumer disconnected, taken over,
-    /// write failure); the reader watches it.
+    /// write failure), and when its carrier stops: a child of the carrier's token, so the
+    /// connection's task waits on this one token for both.
     pub kicked: CancellationToken,
 }
 
@@ -274,11 +275,12 @@ pub struct Depth {
 impl Outbox {
     /// An outbox with a budget of its own (tests, carriers without a router).
     pub fn new(conn: u64) -> Self {
-        Self::with_budget(conn, Arc::new(Budget::default()))
+        Self::with_budget(conn, Arc::new(Budget::default()), &CancellationToken::new())
     }
 
-    /// An outbox charging its memory to `budget`, shared with the router's other outboxes.
-    pub fn with_budget(conn: u64, budget: Arc<Budget>) -> Self {
+    /// An outbox charging its memory to `budget`, shared with the router's other outboxes,
+    /// kicked when `stop` (its carrier's token) is cancelled.
+    pub fn with_budget(conn: u64, budget: Arc<Budget>, stop: &CancellationToken) -> Self {
         budget.outboxes.fetch_add(1, Ordering::Relaxed);
         Self {
             conn,
@@ -289,7 +291,7 @@ impl Outbox {
             budget,
             msgs_in: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
-            kicked: CancellationToken::new(),
+            kicked: stop.child_token(),
         }
     }
 
@@ -761,7 +763,9 @@ const LAST_FLUSH: Duration = Duration::from_millis(300);
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Drains `outbox` into the write side it was [`Outbox::attach`]ed until the connection closes.
-/// Runs once per connection, beside its reader.
+/// Runs once per connection, beside its reader. `stop` is the carrier's token the outbox was
+/// made under ([`Outbox::with_budget`]): its cancellation also kicks the outbox, which is the
+/// one token the writer waits on.
 pub async fn writer(outbox: OutboxRef, stop: CancellationToken, limits_note: impl Fn() -> Limits) {
     let mut batch: VecDeque<Chunk> = VecDeque::new();
     loop {
@@ -828,10 +832,13 @@ pub async fn writer(outbox: OutboxRef, stop: CancellationToken, limits_note: imp
                 {
                     break;
                 }
+            } else if outbox.kicked.is_cancelled() {
+                // Kicked: the reader closes the outbox as soon as it sees it.
+                outbox.notify.notified().await;
             } else {
                 tokio::select! {
                     _ = outbox.notify.notified() => {}
-                    _ = stop.cancelled() => {}
+                    _ = outbox.kicked.cancelled() => {}
                 }
             }
             continue;
@@ -846,8 +853,7 @@ pub async fn writer(outbox: OutboxRef, stop: CancellationToken, limits_note: imp
         } else {
             tokio::select! {
                 r = write_batch(&mut batch, &outbox) => r,
-                // A half-written batch is lost with the connection either way.
-                _ = stop.cancelled() => tokio::time::timeout(LAST_FLUSH, write_batch(&mut batch, &outbox)).await.unwrap_or(Ok(())),
+                // Stopping or kicked: a half-written batch is lost with the connection either way.
                 _ = outbox.kicked.cancelled() => tokio::time::timeout(LAST_FLUSH, write_batch(&mut batch, &outbox)).await.unwrap_or(Ok(())),
             }
         };
@@ -909,7 +915,7 @@ mod tests {
     #[test]
     fn queues_count_real_memory_and_free_it_when_dropping() {
         let budget = Arc::new(Budget::default());
-        let o = Outbox::with_budget(1, budget.clone());
+        let o = Outbox::with_budget(1, budget.clone(), &CancellationToken::new());
         let l = limits(1 << 20, 1 << 30);
         let data = vec![b'1'; 1000];
         for _ in 0..10_000 {
@@ -998,8 +1004,8 @@ mod tests {
     fn the_daemon_wide_cap_trims_the_connections_above_their_share() {
         let budget = Arc::new(Budget::default());
         let l = limits(8 << 20, 2 << 20);
-        let a = Outbox::with_budget(1, budget.clone());
-        let b = Outbox::with_budget(2, budget.clone());
+        let a = Outbox::with_budget(1, budget.clone(), &CancellationToken::new());
+        let b = Outbox::with_budget(2, budget.clone(), &CancellationToken::new());
         let data = vec![b'1'; 4000];
         for _ in 0..2_000 {
             a.push_msg(&l, 1, "t", None, &data);

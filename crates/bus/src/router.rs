@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use tokio_util::sync::CancellationToken;
+
 use majordomo_core::Hub;
 use majordomo_proto::bus::{BusConn, BusCounters, BusEndpoint, BusList, BusSubscription};
 use majordomo_proto::{ErrorBody, ErrorCode, Event};
@@ -211,9 +213,10 @@ impl Router {
         }
     }
 
-    /// A new connection's outbox, charging its memory to this router's daemon-wide budget.
-    pub fn new_outbox(&self, conn: u64) -> OutboxRef {
-        Arc::new(Outbox::with_budget(conn, self.budget.clone()))
+    /// A new connection's outbox, charging its memory to this router's daemon-wide budget and
+    /// kicked when `stop` (its carrier's token) is cancelled.
+    pub fn new_outbox(&self, conn: u64, stop: &CancellationToken) -> OutboxRef {
+        Arc::new(Outbox::with_budget(conn, self.budget.clone(), stop))
     }
 
     /// A connection sent `frames` frames of `bytes` bytes in all (once per read batch).

@@ -184,13 +184,18 @@ impl Outcome {
 
 impl Session {
     /// Serves one connection until the peer leaves, the connection is kicked, or
-    /// [`Session::token`] is cancelled. `conn` is its id ([`Router::next_conn_id`]).
-    pub async fn serve<S>(&self, stream: S, conn: u64, peer: Peer)
+    /// [`Session::token`] is cancelled. `conn` is its id ([`Router::next_conn_id`]); `guard`
+    /// is dropped when the connection ends (the carrier's count of open connections). Takes
+    /// the session by value so that the future is the connection's whole task: nothing is
+    /// stored twice in it.
+    pub async fn serve<S, G>(self, stream: S, conn: u64, peer: Peer, guard: G)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        G: Send + 'static,
     {
+        let _guard = guard;
         let (mut rd, wr) = tokio::io::split(stream);
-        let outbox: OutboxRef = self.router.new_outbox(conn);
+        let outbox: OutboxRef = self.router.new_outbox(conn, &self.token);
         let router = self.router.clone();
         // One task per connection: its reader (below) and its writer run side by side in it.
         outbox.attach(wr);
@@ -246,7 +251,7 @@ impl Session {
                     (false, None) => Some(first_line_by),
                 };
                 let read = tokio::select! {
-                    _ = self.token.cancelled() => break,
+                    // Kicked, or the carrier stopping (a parent of this token).
                     _ = outbox.kicked.cancelled() => break,
                     changed = config.changed(), if config_open => {
                         if changed.is_err() {
@@ -757,8 +762,7 @@ mod tests {
             };
             let (client, server) = tokio::io::duplex(1 << 16);
             let id = session.router.next_conn_id();
-            let done =
-                tokio::spawn(async move { session.serve(server, id, Peer::default()).await });
+            let done = tokio::spawn(session.serve(server, id, Peer::default(), ()));
             let (rd, wr) = tokio::io::split(client);
             Self {
                 lines: BufReader::new(rd).lines(),

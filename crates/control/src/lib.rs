@@ -131,14 +131,22 @@ impl Subsystem for Control {
                     }
                 };
                 let id = router.next_conn_id();
-                let cfg = ctx.config.borrow().clone();
-                let session = session.clone();
-                let open = open.clone();
+                let count = open.fetch_add(1, Ordering::Relaxed) + 1;
+                let slot = Slot(open.clone());
                 let span = tracing::debug_span!("conn", id, uid = peer.uid, pid = peer.pid);
-                ctx.tracker.spawn(
-                    async move { serve(conn, id, peer, &cfg.control, session, open).await }
-                        .instrument(span),
-                );
+                // The session's future is the connection's whole task (nothing around it holds
+                // a second copy of the stream or the session).
+                let cfg = ctx.config.borrow().clone();
+                match refusal(count, &peer, &cfg.control) {
+                    None => ctx
+                        .tracker
+                        .spawn(session.clone().serve(conn, id, peer, slot).instrument(span)),
+                    Some(line) => ctx.tracker.spawn(async move {
+                        let _slot = slot;
+                        let mut conn = conn;
+                        let _ = conn.write_all(&line).await;
+                    }),
+                };
             }
             // Forget the record unless a newer listener wrote its own meanwhile.
             if std::fs::read(&record).is_ok_and(|r| r == recorded) {
@@ -157,17 +165,9 @@ impl Drop for Slot {
     }
 }
 
-/// Admits one connection (count, peer credentials) and runs the session on it.
-async fn serve(
-    mut conn: transport::Conn,
-    id: u64,
-    peer: Peer,
-    cfg: &ControlConfig,
-    session: Session,
-    open: Arc<AtomicUsize>,
-) {
-    let count = open.fetch_add(1, Ordering::Relaxed) + 1;
-    let _slot = Slot(open);
+/// Why a connection is not admitted (too many open, or a user that may not connect), as the
+/// line to send it before closing; `None` admits it. `count` includes this connection.
+fn refusal(count: usize, peer: &Peer, cfg: &ControlConfig) -> Option<Vec<u8>> {
     let refuse = |code, msg: String| {
         let mut line = Reply::error(None, ErrorBody::new(code, msg)).to_line();
         line.push(b'\n');
@@ -176,35 +176,31 @@ async fn serve(
     // Beyond max_connections, a few reserved connections for the daemon's own user and root
     // (as databases keep for the superuser): a flood by others never locks the owner out.
     let reserved =
-        count <= cfg.max_connections.saturating_add(RESERVED_FOR_OWNER) && is_owner(&peer);
+        count <= cfg.max_connections.saturating_add(RESERVED_FOR_OWNER) && is_owner(peer);
     if count > cfg.max_connections && !reserved {
-        let line = refuse(
+        return Some(refuse(
             ErrorCode::Busy,
             format!(
                 "too many connections ({} allowed by [control] max_connections); try again later",
                 cfg.max_connections
             ),
-        );
-        let _ = conn.write_all(&line).await;
-        return;
+        ));
     }
-    if !peer_allowed(&peer, cfg) {
+    if !peer_allowed(peer, cfg) {
         tracing::warn!(
             uid = peer.uid,
             pid = peer.pid,
             "connection refused: user not allowed"
         );
-        let line = refuse(
+        return Some(refuse(
             ErrorCode::Forbidden,
             format!(
                 "uid {} may not use this instance; add it to [control] allowed_users",
                 peer.uid.map(|u| u.to_string()).unwrap_or_default()
             ),
-        );
-        let _ = conn.write_all(&line).await;
-        return;
+        ));
     }
-    session.serve(conn, id, peer).await;
+    None
 }
 
 /// Connections beyond `max_connections` kept for the daemon's own user and root.

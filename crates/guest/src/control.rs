@@ -135,17 +135,15 @@ impl Control {
         let stop = self.session.token.child_token();
         let mut s = self.session.clone();
         s.token = stop.clone();
-        self.session.tracker.spawn(async move {
-            s.serve(
-                server,
-                id,
-                Peer {
-                    via: "virtio port org.majordomo.0",
-                    ..Peer::default()
-                },
-            )
-            .await
-        });
+        self.session.tracker.spawn(s.serve(
+            server,
+            id,
+            Peer {
+                via: "virtio port org.majordomo.0",
+                ..Peer::default()
+            },
+            (),
+        ));
         let (from_session, to_session) = tokio::io::split(client);
         tracing::info!(conn = id, "a host connected to the guest control port");
         Live {

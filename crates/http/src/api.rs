@@ -184,19 +184,15 @@ async fn via_session(
     line.push(b'\n');
     let (client, server) = tokio::io::duplex(64 * 1024);
     let id = app.router.next_conn_id();
-    let session = app.session.clone();
-    app.tracker.spawn(async move {
-        session
-            .serve(
-                server,
-                id,
-                Peer {
-                    via: "http",
-                    ..Peer::default()
-                },
-            )
-            .await
-    });
+    app.tracker.spawn(app.session.clone().serve(
+        server,
+        id,
+        Peer {
+            via: "http",
+            ..Peer::default()
+        },
+        (),
+    ));
     let (rd, mut wr) = tokio::io::split(client);
     wr.write_all(&line).await.map_err(internal)?;
     let mut reply = String::new();

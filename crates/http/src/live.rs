@@ -161,21 +161,17 @@ async fn carry(app: St, socket: WebSocket) {
     app.ws_clients.fetch_add(1, Ordering::Relaxed);
     let (client, server) = tokio::io::duplex(256 * 1024);
     let id = app.router.next_conn_id();
-    let session = app.session.clone();
     let span = tracing::debug_span!("ws", id);
     app.tracker.spawn(tracing::Instrument::instrument(
-        async move {
-            session
-                .serve(
-                    server,
-                    id,
-                    Peer {
-                        via: "websocket",
-                        ..Peer::default()
-                    },
-                )
-                .await
-        },
+        app.session.clone().serve(
+            server,
+            id,
+            Peer {
+                via: "websocket",
+                ..Peer::default()
+            },
+            (),
+        ),
         span,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);

@@ -83,21 +83,15 @@ impl Link {
     ) -> (Link, mpsc::UnboundedReceiver<Msg>) {
         let (ours, theirs) = tokio::io::duplex(256 * 1024);
         let conn = session.router.next_conn_id();
-        {
-            let session = session.clone();
-            session.tracker.clone().spawn(async move {
-                session
-                    .serve(
-                        theirs,
-                        conn,
-                        Peer {
-                            via: "nats",
-                            ..Peer::default()
-                        },
-                    )
-                    .await
-            });
-        }
+        session.tracker.spawn(session.clone().serve(
+            theirs,
+            conn,
+            Peer {
+                via: "nats",
+                ..Peer::default()
+            },
+            (),
+        ));
         let (mut rd, mut wr) = tokio::io::split(ours);
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let (msg_tx, msg_rx) = mpsc::unbounded_channel();
