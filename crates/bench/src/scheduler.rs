@@ -1,9 +1,12 @@
 //! `majordomo-bench scheduler`: N jobs (`every` between 1 s and 60 s, publishing a bus message)
 //! on one daemon for a while: lateness of job starts against their planned time (as each run
 //! record has it), daemon CPU %, and resident memory per job (against the same daemon with no
-//! jobs, measured in the same run). Beside it, this machine's floor in the same window: how late
-//! a plain thread's sleep to each next 100 ms boundary wakes (a VM's timer wake-ups alone can be
-//! late by milliseconds; the scheduler cannot start a run earlier than the OS wakes it).
+//! jobs, measured in the same run). The lateness is split by planned instant: how late its first
+//! start was (the timer's wake-up) and how much later its last (the burst of starts due at that
+//! instant, up to thousands when many periods divide it). Beside it, this machine's floor in the
+//! same window: how late a plain thread's sleep to each next 100 ms boundary wakes (a VM's timer
+//! wake-ups alone can be late by milliseconds; the scheduler cannot start a run earlier than the
+//! OS wakes it).
 
 use std::time::{Duration, Instant};
 
@@ -80,6 +83,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let to_ms = jiff_now_ms();
     // Lateness from every job's history, through the socket (`job.history`).
     let mut late = Vec::new();
+    // Per planned instant: the lateness of its first start (when the timer woke) and of its last
+    // (after the burst of starts due at that instant).
+    let mut instants: std::collections::BTreeMap<i64, (i64, i64, usize)> = Default::default();
     {
         use std::io::{BufRead, BufReader, Write};
         let s = std::os::unix::net::UnixStream::connect(&d.socket)?;
@@ -94,7 +100,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             for run in v["ok"].as_array().into_iter().flatten() {
                 let p = run["planned_ms"].as_i64().unwrap_or(0);
                 if p >= from_ms && p < to_ms && run["trigger"] == "schedule" {
-                    late.push(run["late_ms"].as_i64().unwrap_or(0));
+                    let l = run["late_ms"].as_i64().unwrap_or(0);
+                    late.push(l);
+                    let e = instants.entry(p).or_insert((l, l, 0));
+                    *e = (e.0.min(l), e.1.max(l), e.2 + 1);
                 }
             }
         }
@@ -109,6 +118,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         os_ms(99.0),
         os.last().copied().unwrap_or(0) as f64 / 1000.0,
     );
+    let mut first: Vec<i64> = instants.values().map(|v| v.0).collect();
+    let mut spread: Vec<i64> = instants.values().map(|v| v.1 - v.0).collect();
+    first.sort_unstable();
+    spread.sort_unstable();
+    let biggest = instants.values().map(|v| v.2).max().unwrap_or(0);
     let cpu_pct = cpu.as_secs_f64() / window.as_secs_f64() * 100.0;
     let bytes_per_job = (rss.saturating_sub(base_rss) * 1024) as f64 / args.jobs.max(1) as f64;
     let (p50, p99, max) = (
@@ -129,6 +143,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (
                 "lateness p50 / p99 / max",
                 format!("{p50} / {p99} / {max} ms  (bar: p99 <= 5 ms)"),
+            ),
+            (
+                "first start of each instant: lateness p50 / p99 (the wake-up)",
+                format!("{} / {} ms", pct(&first, 50.0), pct(&first, 99.0)),
+            ),
+            (
+                "last minus first start of each instant: p99 / max (the burst)",
+                format!(
+                    "{} / {} ms  (the largest instant: {biggest} starts)",
+                    pct(&spread, 99.0),
+                    spread.last().copied().unwrap_or(0)
+                ),
             ),
             (
                 "this machine's floor: a plain sleep's lateness p50 / p99 / max",
@@ -158,6 +184,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "lateness_p50_ms": p50,
             "lateness_p99_ms": p99,
             "lateness_max_ms": max,
+            "wake_p50_ms": pct(&first, 50.0),
+            "wake_p99_ms": pct(&first, 99.0),
+            "burst_spread_p99_ms": pct(&spread, 99.0),
+            "burst_spread_max_ms": spread.last().copied().unwrap_or(0),
             "os_sleep_p50_ms": os50,
             "os_sleep_p99_ms": os99,
             "os_sleep_max_ms": osmax,
