@@ -188,6 +188,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "wake_p99_ms": pct(&first, 99.0),
             "burst_spread_p99_ms": pct(&spread, 99.0),
             "burst_spread_max_ms": spread.last().copied().unwrap_or(0),
+            "largest_instant_starts": biggest,
             "os_sleep_p50_ms": os50,
             "os_sleep_p99_ms": os99,
             "os_sleep_max_ms": osmax,
