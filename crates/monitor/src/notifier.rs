@@ -1,5 +1,6 @@
 //! The `notify` subsystem: one task per `[[notifier]]`, fed from the hub's alert and notice events, and
-//! the `notify.log` and `notify.test` commands.
+//! the `notify.log`, `notify.test` and `notify.send` commands. With no notifier the subsystem is
+//! off and the commands are unknown: a program's notification fails instead of going nowhere.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use majordomo_core::{BoxFuture, Ctx, Subsystem};
 use majordomo_proto::monitor::{
     NotifierTotals, NotifyLog, NotifyLogArgs, NotifyLogCmd, NotifyTestArgs, NotifyTestCmd,
 };
+use majordomo_proto::scheduler::{Notice, NotifySendArgs, NotifySendCmd, NotifySendReply};
 use majordomo_proto::{ErrorBody, ErrorCode};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -215,6 +217,41 @@ fn register_commands(
                 counts,
                 deliveries: r.recent(a.notifier.as_deref(), a.limit.unwrap_or(20)),
             })
+        }
+    });
+    let (hub, names): (_, Vec<String>) = (
+        ctx.hub.clone(),
+        notifiers.iter().map(|n| n.name.clone()).collect(),
+    );
+    ctx.handle::<NotifySendCmd, _, _>(move |a: NotifySendArgs| {
+        let (hub, names) = (hub.clone(), names.clone());
+        async move {
+            if a.title.trim().is_empty() {
+                return Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    "a notification needs a title (--title)",
+                ));
+            }
+            if let Some(n) = &a.notifier
+                && !names.contains(n)
+            {
+                return Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    format!("no notifier named {n:?}; configured: {}", names.join(", ")),
+                ));
+            }
+            let id = format!("notify:{}", a.title);
+            tracing::info!(title = %a.title, severity = a.severity.as_str(), "notification raised");
+            hub.emit(Event::Notice(Notice {
+                id: id.clone(),
+                source: "program".into(),
+                title: a.title,
+                body: a.body,
+                severity: a.severity,
+                notifier: a.notifier,
+                at: rfc3339(SystemTime::now()),
+            }));
+            Ok(NotifySendReply { id })
         }
     });
     let ctx2 = ctx.clone();

@@ -1,6 +1,7 @@
 //! The scheduler: `[[job]]` (cron, `every`, `at`, in the job's time zone), run exactly once per
 //! occurrence by the daemon or by the OS backup task (`majordomo check`), the shared state
-//! store and the named cross-process locks programs use, and notifications raised by programs.
+//! store and the named cross-process locks programs use. Its jobs' notifications go to the hub
+//! as notices, which the monitor's notifiers deliver.
 //!
 //! `plan` is the pure scheduling core (property-tested, injected clock). `locks` and `store`
 //! work without the daemon: the CLI uses them directly. `record` is the durable run record that,

@@ -1,6 +1,5 @@
 //! The `scheduler` subsystem: one timer loop over a min-heap of every job's next start; runs
-//! under the daemon-wide cap; the socket commands `job.*`, `state.*`, `lock.*` and
-//! `notify.send`.
+//! under the daemon-wide cap; the socket commands `job.*`, `state.*` and `lock.*`.
 //!
 //! Costs per job are kept small because a daemon may hold 10,000 of them: the config is shared
 //! (`SharedJob`), the timer is one heap entry, a run of a job that is not persistent is a 32-byte
@@ -1122,27 +1121,6 @@ fn register(ctx: &Ctx<SchedulerSection>, sh: &Arc<Shared>) {
                 acquired: false,
                 token: a.token,
             })
-        }
-    });
-    let s = sh.clone();
-    ctx.handle::<NotifySendCmd, _, _>(move |a: NotifySendArgs| {
-        let sh = s.clone();
-        async move {
-            if a.title.trim().is_empty() {
-                return Err(bad("a notification needs a title (--title)"));
-            }
-            let id = format!("notify:{}", a.title);
-            tracing::info!(title = %a.title, severity = a.severity.as_str(), "notification raised");
-            sh.hub.emit(Event::Notice(Notice {
-                id: id.clone(),
-                source: "program".into(),
-                title: a.title,
-                body: a.body,
-                severity: a.severity,
-                notifier: a.notifier,
-                at: rfc3339(Timestamp::now()),
-            }));
-            Ok(NotifySendReply { id })
         }
     });
 }

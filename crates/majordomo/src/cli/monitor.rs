@@ -81,7 +81,10 @@ pub async fn run(cmd: &MonitorCmd, conn: &ConnectOptions, json: bool) -> Result<
 }
 
 /// Calls a monitor command, turning "unknown command" into what is actually off.
-async fn call<K: Cmd>(client: &mut Client, args: &K::Args) -> Result<K::Reply, ClientError> {
+pub(super) async fn call<K: Cmd>(
+    client: &mut Client,
+    args: &K::Args,
+) -> Result<K::Reply, ClientError> {
     client.call_cmd::<K>(args).await.map_err(|e| match e {
         ClientError::Remote(body) if body.code == ErrorCode::UnknownCommand => {
             let msg = if K::NAME.starts_with("notify.") {

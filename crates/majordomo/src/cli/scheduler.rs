@@ -232,7 +232,8 @@ pub async fn notify_send(
             ))
         })?;
     let mut client = Client::connect(opts).await?;
-    let r = call::<NotifySendCmd>(
+    // The notifiers answer it (the monitor's command: "no [[notifier]]" when there is none).
+    let r = super::monitor::call::<NotifySendCmd>(
         &mut client,
         &majordomo_proto::scheduler::NotifySendArgs {
             title: a.title.clone(),

@@ -476,6 +476,33 @@ fn notify_send_and_a_failing_job_reach_a_webhook() {
         "{}",
         stderr(&o)
     );
+    // So is a notifier the instance does not have, naming the ones it has.
+    let o = home.cli(
+        "default",
+        &["notify", "send", "--title", "x", "--notifier", "pager"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no notifier named \"pager\"; configured: hook"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// With no `[[notifier]]` nothing would deliver a notification: sending one fails and says
+/// what to add, instead of answering "sent".
+#[test]
+fn notify_send_without_a_notifier_fails_and_says_so() {
+    let home = Home::new();
+    home.write_config("default", "[monitor]\nenabled = false\n");
+    let _d = home.start("default");
+    let o = home.cli("default", &["notify", "send", "--title", "hello"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("this instance has no [[notifier]]"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
