@@ -174,7 +174,7 @@ impl ConnBus {
     }
 
     fn may_publish(&self, topic: &str) -> Result<(), ErrorBody> {
-        if topic.starts_with("$sys.") || topic.starts_with(INBOX) {
+        if wire::is_reserved(topic) {
             return Err(err(
                 ErrorCode::Forbidden,
                 format!(

@@ -26,7 +26,7 @@ use crate::outbox::{Budget, Limits, Outbox, OutboxRef, SharedRun, Wakes};
 use crate::wire;
 
 /// Prefix of reply subjects: `_INBOX.<token>`, the token 16 hex digits that cannot be guessed.
-pub(crate) const INBOX: &str = "_INBOX.";
+pub(crate) const INBOX: &str = wire::INBOX_PREFIX;
 
 pub(crate) struct Sub {
     pub(crate) conn: u64,

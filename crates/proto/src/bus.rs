@@ -134,6 +134,16 @@ pub fn fast_pub_checked(line: &[u8]) -> Option<(&str, &[u8], Result<(), &'static
     Some((topic, data, verdict))
 }
 
+/// Prefix of the daemon's system events (`$sys.<kind>`): only the daemon publishes there.
+pub const SYS_PREFIX: &str = "$sys.";
+/// Prefix of reply subjects (`_INBOX.<token>`): answered with `bus.reply`, never published.
+pub const INBOX_PREFIX: &str = "_INBOX.";
+
+/// Whether `topic` is the daemon's own: its system events or request replies.
+pub fn is_reserved(topic: &str) -> bool {
+    topic.starts_with(SYS_PREFIX) || topic.starts_with(INBOX_PREFIX)
+}
+
 /// Why a topic or pattern is refused.
 pub fn check_topic(topic: &str, wildcards: bool) -> Result<(), String> {
     if topic.is_empty() {

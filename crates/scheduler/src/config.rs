@@ -293,7 +293,11 @@ pub fn validate(s: &SchedulerConfig, jobs: &[SharedJob], problems: &mut Vec<Prob
                 "e.g. schedule = \"0 3 * * *\", every = \"5m\" or at = \"2026-12-24T18:00\"",
             ));
         } else if let Err(e) = j.plan() {
-            let field = if j.schedule.is_some() {
+            let field = if let Some(tz) = &j.timezone
+                && jiff::tz::TimeZone::get(tz).is_err()
+            {
+                "timezone"
+            } else if j.schedule.is_some() {
                 "schedule"
             } else if j.every.is_some() {
                 "every"
@@ -325,6 +329,23 @@ pub fn validate(s: &SchedulerConfig, jobs: &[SharedJob], problems: &mut Vec<Prob
                 format!("{:?} is not an http(s) URL", h.url),
                 "write it as http://host:port/path",
             ));
+        }
+        if let Some(p) = &j.publish {
+            let why = match majordomo_proto::bus::check_topic(&p.topic, false) {
+                Err(e) => Some(format!("topic {:?} {e}", p.topic)),
+                Ok(()) if majordomo_proto::bus::is_reserved(&p.topic) => Some(format!(
+                    "topic {:?} is reserved for the daemon (`$sys.>`) or for replies (`_INBOX.>`)",
+                    p.topic
+                )),
+                Ok(()) => None,
+            };
+            if let Some(why) = why {
+                problems.push(Problem::at(
+                    at("publish.topic"),
+                    why,
+                    "publish on a topic of your own, e.g. topic = \"app.rotated\"",
+                ));
+            }
         }
         if let Some(l) = &j.lock
             && !valid_name(l)

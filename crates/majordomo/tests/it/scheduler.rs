@@ -633,3 +633,35 @@ fn service_install_session_agent_writes_an_autostart_entry() {
     svc("uninstall", &[]);
     assert!(!entry.exists(), "uninstall removes it");
 }
+
+/// `config check` reports every broken job with its line: a schedule out of range, a time
+/// zone that does not exist, a publish topic with a wildcard, one reserved for the daemon.
+#[test]
+fn config_check_reports_each_broken_job_with_its_line() {
+    let home = Home::new();
+    let file = home.path().join("jobs.toml");
+    std::fs::write(
+        &file,
+        "[[job]]\nname = \"a\"\nschedule = \"61 * * * *\"\ncommand = [\"true\"]\n\n\
+         [[job]]\nname = \"b\"\nevery = \"1m\"\ntimezone = \"Mars/Olympus\"\ncommand = [\"true\"]\n\n\
+         [[job]]\nname = \"c\"\nevery = \"1m\"\npublish = { topic = \"app.*\", data = 1 }\n\n\
+         [[job]]\nname = \"d\"\nevery = \"1m\"\npublish = { topic = \"$sys.job.finished\", data = 1 }\n",
+    )
+    .unwrap();
+    let out = home.cli("default", &["config", "check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64), "{}", stdout(&out));
+    let err = stderr(&out);
+    let f = file.display().to_string();
+    for (line, what) in [
+        (3, "job[0].schedule"),
+        (9, "job[1].timezone: unknown time zone \"Mars/Olympus\""),
+        (15, "contains a wildcard"),
+        (20, "reserved for the daemon"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("{f}:{line}:")) && l.contains(what)),
+            "line {line}, {what}: {err}"
+        );
+    }
+}
