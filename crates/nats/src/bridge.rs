@@ -1081,8 +1081,7 @@ async fn importer(
                 Some((t, e)) if *t == m.subject => *e,
                 _ => {
                     let topic = m.subject.as_str();
-                    let ok = !topic.starts_with("_INBOX.")
-                        && !topic.starts_with("$sys.")
+                    let ok = !wire::is_reserved(topic)
                         && match wire::check_topic(topic, false) {
                             Ok(()) => true,
                             Err(e) => {

@@ -173,7 +173,7 @@ impl NatsConfig {
                         format!("subject pattern {p:?} {e}"),
                         "write dot-separated tokens, `*` for one token, a final `>` for the rest, e.g. \"orders.>\"",
                     ));
-                } else if p.starts_with("_INBOX.") || p.starts_with("$sys.") {
+                } else if wire::is_reserved(p) {
                     problems.push(Problem::at(
                         format!("nats.{field}[{i}]"),
                         format!("{p:?} is reserved (replies and system events cross on their own)"),
