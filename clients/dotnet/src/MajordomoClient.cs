@@ -60,7 +60,6 @@ namespace Majordomo
 
         private Stream _stream;
         private int _gen;
-        private Task _readTask;
         private volatile bool _connected;
         private volatile bool _closed;
         private TaskCompletionSource<bool> _connectedTcs = NewTcs<bool>();
@@ -138,7 +137,8 @@ namespace Majordomo
                 _wbuf = new MemoryStream();
                 _flushing = false;
             }
-            _readTask = Task.Run(() => ReadLoop(stream, gen));
+            // The loop catches its own errors and ends with the stream; nobody awaits it.
+            _ = Task.Run(() => ReadLoop(stream, gen));
             var limit = TimeSpan.FromMilliseconds(Math.Min(_o.CallTimeout.TotalMilliseconds, 10000));
             try
             {

@@ -274,7 +274,7 @@ namespace Majordomo.Tests
                 using (var client = await Connect(d))
                 {
                     var sub = await server.SubscribeAsync("price.get");
-                    var serve = Task.Run(async () =>
+                    _ = Task.Run(async () =>
                     {
                         var e = sub.GetAsyncEnumerator();
                         while (await e.MoveNextAsync()) await e.Current.RespondAsync(new { sku = e.Current.Data.AsString, price = 3 });

@@ -451,14 +451,15 @@ export class Client extends CommandMethods {
     return s.write(line);
   }
 
-  private callNow(cmd: string, args: Record<string, unknown> | undefined, timeoutMs: number): Promise<unknown> {
+  /** `reportMs` is the caller's whole timeout, named in the error; `timeoutMs` is what is left of it. */
+  private callNow(cmd: string, args: Record<string, unknown> | undefined, timeoutMs: number, reportMs = timeoutMs): Promise<unknown> {
     const id = this.nextId++;
     const line = JSON.stringify({ id, cmd, ...(args ?? {}) }) + "\n";
     return new Promise((resolveP, rejectP) => {
       const p: Pending = { resolve: resolveP, reject: rejectP, cmd };
       p.timer = setTimeout(() => {
         this.pending.delete(id);
-        rejectP(new CallTimeoutError(cmd, timeoutMs));
+        rejectP(new CallTimeoutError(cmd, reportMs));
       }, timeoutMs);
       this.pending.set(id, p);
       try {
@@ -496,7 +497,7 @@ export class Client extends CommandMethods {
     const t = opts?.timeoutMs ?? this.callTimeoutMs;
     const start = Date.now();
     await this.waitConnected(cmd, t);
-    return this.callNow(cmd, args as Record<string, unknown>, Math.max(1, t - (Date.now() - start)));
+    return this.callNow(cmd, args as Record<string, unknown>, Math.max(1, t - (Date.now() - start)), t);
   }
 
   // -- the bus --------------------------------------------------------------------------------
