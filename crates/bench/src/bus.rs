@@ -666,6 +666,19 @@ pub(crate) async fn nats_1to1(n: u64) -> anyhow::Result<f64> {
     let pub_client = opts().connect(&url).await?;
     let mut sub = sub_client.subscribe("bench.nats").await?;
     sub_client.flush().await?;
+    // `flush` does not wait for the server to have read the subscription: publish a probe
+    // until one arrives, so that no message of the run is published before there is interest.
+    let data = bytes::Bytes::from(payload());
+    loop {
+        pub_client.publish("bench.nats", data.clone()).await?;
+        pub_client.flush().await?;
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("nats-server never delivered a probe message to the subscriber");
+        }
+    }
     let seen = Arc::new(AtomicU64::new(0));
     let counter = tokio::spawn({
         let seen = seen.clone();
@@ -686,7 +699,6 @@ pub(crate) async fn nats_1to1(n: u64) -> anyhow::Result<f64> {
             last
         }
     });
-    let data = bytes::Bytes::from(payload());
     let start = Instant::now();
     for _ in 0..n {
         pub_client.publish("bench.nats", data.clone()).await?;

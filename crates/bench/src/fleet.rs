@@ -251,6 +251,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     });
+    // `flush` sends the subscription but does not wait for the server to have read it: until
+    // it has, a request on the other connection finds no responders.
+    let t0 = Instant::now();
+    while let Err(e) = qc.request("direct.rq", "\"ping\"".into()).await {
+        if t0.elapsed() > Duration::from_secs(10) {
+            return Err(e).context("the direct NATS responder never answered within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut direct = Vec::with_capacity(args.rtt);
     for _ in 0..args.rtt {
         let t = Instant::now();
