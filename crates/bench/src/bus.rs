@@ -70,6 +70,18 @@ pub struct Args {
     /// A short run for CI: every part and every peer, with small counts (overrides the counts).
     #[arg(long)]
     pub smoke: bool,
+    /// Only these parts (comma-separated), for profiling one of them or quick A/B pairs:
+    /// `rtt` (the three round trips), `lines` (1→1 JSON-line clients), `sdk` (the three SDK 1→1
+    /// runs), `fanout` (both fan-out runs), `nats`, `dbus`, `conns` (idle connections). What was
+    /// skipped shows as `null` in the JSON line.
+    #[arg(long, value_delimiter = ',', value_parser = ["rtt", "lines", "sdk", "fanout", "nats", "dbus", "conns"])]
+    pub only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
 }
 
 /// A 64-byte JSON payload (a string of 62 characters and its quotes).
@@ -94,31 +106,43 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let socket = daemon.socket.clone();
 
     // Latency.
-    let raw = tokio::task::spawn_blocking({
-        let n = args.rtt;
-        move || raw_pingpong(n)
-    })
-    .await??;
-    let bus_raw = tokio::task::spawn_blocking({
-        let (n, s) = (args.rtt, socket.clone());
-        move || bus_rtt_lines(&s, n)
-    })
-    .await??;
-    let bus_sdk = bus_rtt_sdk(&socket, args.rtt).await?;
+    let (mut raw, mut bus_raw, mut bus_sdk) = (Vec::new(), Vec::new(), Vec::new());
+    if args.runs("rtt") {
+        raw = tokio::task::spawn_blocking({
+            let n = args.rtt;
+            move || raw_pingpong(n)
+        })
+        .await??;
+        bus_raw = tokio::task::spawn_blocking({
+            let (n, s) = (args.rtt, socket.clone());
+            move || bus_rtt_lines(&s, n)
+        })
+        .await??;
+        bus_sdk = bus_rtt_sdk(&socket, args.rtt).await?;
+    }
 
-    // Throughput.
-    let json_1to1 = tokio::task::spawn_blocking({
-        let (n, s) = (args.n, socket.clone());
-        move || pub_json_lines(&s, n)
-    })
-    .await??;
-    let sdk_1to1 = pub_sdk(&socket, args.n, 1, true, 1).await?;
-    let sdk_batch_1to1 = pub_sdk(&socket, args.n, 1, true, BATCH).await?;
-    let sdk_json_1to1 = pub_sdk(&socket, args.n / 2, 1, false, 1).await?;
-    let fanout_n = args.n / args.fanout.max(1) as u64;
-    let fanout = pub_sdk(&socket, fanout_n, args.fanout, true, 1).await?;
-    let fanout_batch = pub_sdk(&socket, fanout_n, args.fanout, true, BATCH).await?;
-    let nats = if args.no_nats {
+    // Throughput (NaN: not run).
+    let mut json_1to1 = f64::NAN;
+    if args.runs("lines") {
+        json_1to1 = tokio::task::spawn_blocking({
+            let (n, s) = (args.n, socket.clone());
+            move || pub_json_lines(&s, n)
+        })
+        .await??;
+    }
+    let (mut sdk_1to1, mut sdk_batch_1to1, mut sdk_json_1to1) = (f64::NAN, f64::NAN, f64::NAN);
+    if args.runs("sdk") {
+        sdk_1to1 = pub_sdk(&socket, args.n, 1, true, 1).await?;
+        sdk_batch_1to1 = pub_sdk(&socket, args.n, 1, true, BATCH).await?;
+        sdk_json_1to1 = pub_sdk(&socket, args.n / 2, 1, false, 1).await?;
+    }
+    let (mut fanout, mut fanout_batch) = (f64::NAN, f64::NAN);
+    if args.runs("fanout") {
+        let fanout_n = args.n / args.fanout.max(1) as u64;
+        fanout = pub_sdk(&socket, fanout_n, args.fanout, true, 1).await?;
+        fanout_batch = pub_sdk(&socket, fanout_n, args.fanout, true, BATCH).await?;
+    }
+    let nats = if args.no_nats || !args.runs("nats") {
         None
     } else {
         match nats_1to1(args.n).await {
@@ -133,7 +157,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     // The D-Bus peers, one after the other, each on its own private bus.
     let mut dbus_peers: Vec<(dbus::Kind, Option<dbus::Figures>)> = Vec::new();
     for kind in [dbus::Kind::Broker, dbus::Kind::Daemon] {
-        if args.no_dbus {
+        if args.no_dbus || !args.runs("dbus") {
             break;
         }
         let figures = match dbus::measure(kind, args.rtt, args.dbus_n).await {
@@ -149,13 +173,18 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     // Memory per idle connection, on a fresh daemon (the one above holds the allocator's
     // memory from the throughput runs, which new connections would reuse unseen).
     drop(daemon);
-    let fresh = Daemon::start(CONFIG)?;
-    let (per_conn, answered) = tokio::task::spawn_blocking({
-        let (n, s, pid) = (args.conns, fresh.socket.clone(), fresh.pid());
-        move || idle_connections(&s, n, pid)
-    })
-    .await??;
+    let (mut per_conn, mut answered) = (f64::NAN, 0);
+    if args.runs("conns") {
+        let fresh = Daemon::start(CONFIG)?;
+        (per_conn, answered) = tokio::task::spawn_blocking({
+            let (n, s, pid) = (args.conns, fresh.socket.clone(), fresh.pid());
+            move || idle_connections(&s, n, pid)
+        })
+        .await??;
+    }
 
+    // Round trips in µs (NaN: not run).
+    let rtt_us = |d: Duration| if args.runs("rtt") { us(d) } else { f64::NAN };
     let (raw50, raw99) = (percentile(&raw, 50.0), percentile(&raw, 99.0));
     let (b50, b99) = (percentile(&bus_raw, 50.0), percentile(&bus_raw, 99.0));
     let (s50, s99) = (percentile(&bus_sdk, 50.0), percentile(&bus_sdk, 99.0));
@@ -179,15 +208,15 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let mut latency = vec![
         (
             "raw UDS ping-pong p50 / p99 (baseline)".to_string(),
-            format!("{:.1} / {:.1} µs", us(raw50), us(raw99)),
+            format!("{:.1} / {:.1} µs", rtt_us(raw50), rtt_us(raw99)),
         ),
         (
             "bus request/reply p50 / p99 (line clients)".to_string(),
-            format!("{:.1} / {:.1} µs", us(b50), us(b99)),
+            format!("{:.1} / {:.1} µs", rtt_us(b50), rtt_us(b99)),
         ),
         (
             "bus request/reply p50 / p99 (SDK)".to_string(),
-            format!("{:.1} / {:.1} µs", us(s50), us(s99)),
+            format!("{:.1} / {:.1} µs", rtt_us(s50), rtt_us(s99)),
         ),
     ];
     for (name, p50, p99, _) in &peers {
@@ -198,12 +227,12 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     }
     latency.push((
         "ratio p50 (line clients / baseline)".to_string(),
-        format!("{:.2} × (bar ≤ 1.6 ×)", us(b50) / us(raw50)),
+        format!("{:.2} × (bar ≤ 1.6 ×)", rtt_us(b50) / rtt_us(raw50)),
     ));
     if let Some((_, p50, _, _)) = broker {
         latency.push((
             "ratio p50 (line clients / dbus-broker)".to_string(),
-            format!("{:.2} × (bar ≤ 0.8 ×)", us(b50) / p50),
+            format!("{:.2} × (bar ≤ 0.8 ×)", rtt_us(b50) / p50),
         ));
     }
     let latency: Vec<(&str, String)> = latency
@@ -270,12 +299,12 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         "{}",
         json!({
             "bench": "bus",
-            "raw_uds_rtt_p50_us": us(raw50),
-            "raw_uds_rtt_p99_us": us(raw99),
-            "bus_rtt_p50_us": us(b50),
-            "bus_rtt_p99_us": us(b99),
-            "bus_sdk_rtt_p50_us": us(s50),
-            "bus_sdk_rtt_p99_us": us(s99),
+            "raw_uds_rtt_p50_us": rtt_us(raw50),
+            "raw_uds_rtt_p99_us": rtt_us(raw99),
+            "bus_rtt_p50_us": rtt_us(b50),
+            "bus_rtt_p99_us": rtt_us(b99),
+            "bus_sdk_rtt_p50_us": rtt_us(s50),
+            "bus_sdk_rtt_p99_us": rtt_us(s99),
             "pub_1to1_msgs_per_s": sdk_1to1,
             "pub_1to1_sdk_batch_msgs_per_s": sdk_batch_1to1,
             "pub_1to1_sdk_json_msgs_per_s": sdk_json_1to1,
@@ -285,9 +314,9 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             "dbus_broker_1to1_msgs_per_s": broker.map(|p| p.3),
             "dbus_daemon_rtt_p50_us": daemon.map(|p| p.1),
             "dbus_daemon_1to1_msgs_per_s": daemon.map(|p| p.3),
-            "ratio_rtt_vs_raw_uds": us(b50) / us(raw50),
-            "ratio_rtt_vs_dbus_broker": ratio(us(b50), broker.map(|p| p.1)),
-            "ratio_rtt_vs_dbus_daemon": ratio(us(b50), daemon.map(|p| p.1)),
+            "ratio_rtt_vs_raw_uds": rtt_us(b50) / rtt_us(raw50),
+            "ratio_rtt_vs_dbus_broker": ratio(rtt_us(b50), broker.map(|p| p.1)),
+            "ratio_rtt_vs_dbus_daemon": ratio(rtt_us(b50), daemon.map(|p| p.1)),
             "ratio_1to1_vs_nats": ratio(sdk_1to1, nats),
             "ratio_1to1_json_lines_vs_nats": ratio(json_1to1, nats),
             "ratio_1to1_vs_dbus_broker": ratio(sdk_1to1, broker.map(|p| p.3)),
