@@ -586,6 +586,43 @@ async fn bus_binary_framing_interoperates_with_json_lines() {
     assert_eq!(next(&mut ev).await.name, "ev");
 }
 
+/// A call is written by the calling task when nothing is queued (no hop through the writer);
+/// behind queued publishes it must still go out after them, in both framings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_calls_keep_their_place_behind_queued_publishes() {
+    let home = Home::new();
+    let d = home.start("default");
+    for binary in [false, true] {
+        let sub = if binary {
+            bus_binary(&d).await
+        } else {
+            bus(&d).await
+        };
+        let mut s = sub.subscribe("order").await.unwrap();
+        let p = if binary {
+            bus_binary(&d).await
+        } else {
+            bus(&d).await
+        };
+        const N: u64 = 20_000;
+        let pad = "z".repeat(200);
+        for round in 0..3u64 {
+            for i in 0..N {
+                p.publish("order", &json!({"i": i, "pad": pad}))
+                    .await
+                    .unwrap();
+            }
+            // Acknowledged publishes are calls: each is answered after the daemon read every
+            // publish before it, so it arrives last, after all of this round's messages.
+            assert_eq!(p.publish_acked("order", &json!({"i": N})).await.unwrap(), 1);
+            for i in 0..=N {
+                let got = next(&mut s).await.json::<Value>().unwrap()["i"].as_u64();
+                assert_eq!(got, Some(i), "round {round}, binary {binary}");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bus_thousand_concurrent_connections() {
     let home = Home::new();
