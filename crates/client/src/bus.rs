@@ -5,9 +5,7 @@
 //! replies to the call that waits for them, messages to their [`Subscription`], events to
 //! [`Bus::events`], notices (dropped messages, take-over) to [`Bus::notices`]. Writes from any
 //! task are appended to one buffer that a writer task drains in batches, so publishing in a loop
-//! costs one system call per batch, not per message. A request or a reply, which someone waits
-//! for, is written by the calling task itself when nothing is queued before it (no hop through
-//! the writer task). With [`BusOptions::binary`] the connection
+//! costs one system call per batch, not per message. With [`BusOptions::binary`] the connection
 //! switches to the length-prefixed binary framing after `hello` (publish and delivery frames
 //! without JSON envelopes; `data` stays JSON text).
 //!
@@ -41,6 +39,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::{Client, ClientError, ConnectOptions};
@@ -110,10 +109,7 @@ struct Shared {
     subs: Mutex<HashMap<u64, mpsc::Sender<Batch>>>,
     events: mpsc::UnboundedSender<BusEvent>,
     notices: mpsc::UnboundedSender<Notice>,
-    out: Mutex<Out>,
-    /// The connection. The reader and the writer wait for readiness on it; a call writes to it
-    /// directly when the writer holds nothing ([`Out::busy`]).
-    io: crate::Stream,
+    out: Mutex<BytesMut>,
     wake_writer: Notify,
     drained: Notify,
     closed: AtomicBool,
@@ -122,17 +118,6 @@ struct Shared {
 
 /// Above this many unwritten bytes, writers wait for the writer task (back-pressure).
 const HIGH_WATER: usize = 1 << 20;
-
-/// What is queued for the socket.
-#[derive(Default)]
-struct Out {
-    buf: BytesMut,
-    /// The writer task has bytes to write: it was woken for `buf`, or is writing what it took
-    /// from it. Set by whoever leaves bytes for it, cleared by the writer (both under the lock)
-    /// once it finds `buf` empty. While it is clear, nothing is queued or being written, so a
-    /// frame written to the socket directly keeps its place in the order.
-    busy: bool,
-}
 
 /// A bus connection. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Bus {
@@ -179,6 +164,7 @@ impl Bus {
             }
         }
         let parts = client.framed.into_parts();
+        let (rd, wr) = tokio::io::split(parts.io);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (no_tx, no_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -186,15 +172,14 @@ impl Bus {
             subs: Mutex::default(),
             events: ev_tx,
             notices: no_tx,
-            out: Mutex::default(),
-            io: parts.io,
+            out: Mutex::new(BytesMut::new()),
             wake_writer: Notify::new(),
             drained: Notify::new(),
             closed: AtomicBool::new(false),
             binary: bus_opts.binary,
         });
-        let reader = tokio::spawn(read_loop(parts.read_buf, shared.clone(), opts.max_line));
-        let writer = tokio::spawn(write_loop(shared.clone()));
+        let reader = tokio::spawn(read_loop(rd, parts.read_buf, shared.clone(), opts.max_line));
+        let writer = tokio::spawn(write_loop(wr, shared.clone()));
         Ok(Self {
             shared,
             next_id: AtomicU64::new(client.next_id + 1),
@@ -207,24 +192,18 @@ impl Bus {
         })
     }
 
-    /// Appends one frame for the writer, waiting while too much is unwritten. With `direct`
-    /// (someone waits for the answer), the frame is written to the socket here when nothing is
-    /// queued before it and the socket takes it at once.
-    async fn enqueue(
-        &self,
-        direct: bool,
-        encode: impl FnOnce(&mut BytesMut, bool),
-    ) -> Result<(), ClientError> {
+    /// Appends one frame for the writer, waiting while too much is unwritten.
+    async fn enqueue(&self, encode: impl FnOnce(&mut BytesMut, bool)) -> Result<(), ClientError> {
         let mut encode = Some(encode);
         // Fast path: one lock, no waiter registration.
-        if self.try_enqueue(direct, &mut encode)? {
+        if self.try_enqueue(&mut encode)? {
             return Ok(());
         }
         loop {
             let drained = self.shared.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            if self.try_enqueue(direct, &mut encode)? {
+            if self.try_enqueue(&mut encode)? {
                 return Ok(());
             }
             drained.await;
@@ -233,7 +212,6 @@ impl Bus {
 
     fn try_enqueue(
         &self,
-        direct: bool,
         encode: &mut Option<impl FnOnce(&mut BytesMut, bool)>,
     ) -> Result<bool, ClientError> {
         if self.shared.closed.load(Ordering::Acquire) {
@@ -244,39 +222,22 @@ impl Bus {
             .out
             .lock()
             .map_err(|_| ClientError::Protocol("bus writer poisoned".into()))?;
-        if out.buf.len() >= HIGH_WATER {
+        if out.len() >= HIGH_WATER {
             return Ok(false);
         }
+        let was_empty = out.is_empty();
         if let Some(f) = encode.take() {
-            f(&mut out.buf, self.shared.binary);
+            f(&mut out, self.shared.binary);
         }
-        if out.busy {
-            // The writer has it (and anything queued goes out in order after what it holds).
-            return Ok(true);
-        }
-        if direct {
-            // Nothing queued or being written: no need to wake the writer for this frame. One
-            // non-blocking attempt; what the socket does not take goes to the writer.
-            while !out.buf.is_empty() {
-                match self.shared.io.try_write(&out.buf) {
-                    Ok(n) if n > 0 => out.buf.advance(n),
-                    _ => break,
-                }
-            }
-            if out.buf.is_empty() {
-                out.buf.clear();
-                return Ok(true);
-            }
-        }
-        out.busy = true;
         drop(out);
-        self.shared.wake_writer.notify_one();
+        if was_empty {
+            self.shared.wake_writer.notify_one();
+        }
         Ok(true)
     }
 
-    /// Queues a JSON command (`direct`: see [`Bus::enqueue`]).
-    async fn send_json(&self, line: &[u8], direct: bool) -> Result<(), ClientError> {
-        self.enqueue(direct, |b, bin| {
+    async fn send_json(&self, line: &[u8]) -> Result<(), ClientError> {
+        self.enqueue(|b, bin| {
             if bin {
                 wire::put_json_bin(b, line);
             } else {
@@ -307,7 +268,7 @@ impl Bus {
         if let Ok(mut p) = self.shared.pending.lock() {
             p.insert(id, tx);
         }
-        self.send_json(&line, true).await?;
+        self.send_json(&line).await?;
         let r = tokio::time::timeout(timeout, rx).await;
         if let Ok(mut p) = self.shared.pending.lock() {
             p.remove(&id);
@@ -396,7 +357,7 @@ impl Bus {
 
     /// Publishes JSON text as it is (no serialization on this side).
     pub async fn publish_json(&self, topic: &str, json_text: &[u8]) -> Result<(), ClientError> {
-        self.enqueue(false, |b, bin| put_pub(b, bin, topic, json_text))
+        self.enqueue(|b, bin| put_pub(b, bin, topic, json_text))
             .await
     }
 
@@ -408,7 +369,7 @@ impl Bus {
         topic: &str,
         json_texts: &[D],
     ) -> Result<(), ClientError> {
-        self.enqueue(false, |b, bin| {
+        self.enqueue(|b, bin| {
             for d in json_texts {
                 put_pub(b, bin, topic, d.as_ref());
             }
@@ -514,7 +475,7 @@ impl Bus {
     ) -> Result<(), ClientError> {
         let line = serde_json::to_vec(&json!({ "cmd": "bus.reply", "to": reply_to, "data": data }))
             .map_err(|e| ClientError::Protocol(format!("data not serializable: {e}")))?;
-        self.send_json(&line, true).await
+        self.send_json(&line).await
     }
 
     /// The events sent to this endpoint. Once: later calls return `None`.
@@ -538,13 +499,7 @@ impl Bus {
             if self.shared.closed.load(Ordering::Acquire) {
                 return Err(ClientError::Closed);
             }
-            if self
-                .shared
-                .out
-                .lock()
-                .map(|o| o.buf.is_empty())
-                .unwrap_or(true)
-            {
+            if self.shared.out.lock().map(|o| o.is_empty()).unwrap_or(true) {
                 return Ok(());
             }
             drained.await;
@@ -725,16 +680,14 @@ fn put_pub(b: &mut BytesMut, binary: bool, topic: &str, json_text: &[u8]) {
     }
 }
 
-async fn write_loop(shared: Arc<Shared>) {
+async fn write_loop(mut w: tokio::io::WriteHalf<crate::Stream>, shared: Arc<Shared>) {
     let mut spare = BytesMut::new();
-    'run: loop {
+    loop {
         {
             let Ok(mut out) = shared.out.lock() else {
                 break;
             };
-            std::mem::swap(&mut out.buf, &mut spare);
-            // Found nothing: callers may write directly again until they leave something here.
-            out.busy = !spare.is_empty();
+            std::mem::swap(&mut *out, &mut spare);
         }
         shared.drained.notify_waiters();
         if spare.is_empty() {
@@ -744,16 +697,8 @@ async fn write_loop(shared: Arc<Shared>) {
             shared.wake_writer.notified().await;
             continue;
         }
-        while !spare.is_empty() {
-            if shared.io.writable().await.is_err() {
-                break 'run;
-            }
-            match shared.io.try_write(&spare) {
-                Ok(0) => break 'run,
-                Ok(n) => spare.advance(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => break 'run,
-            }
+        if w.write_all(&spare).await.is_err() {
+            break;
         }
         spare.clear();
         if spare.capacity() > 4 * HIGH_WATER {
@@ -762,6 +707,7 @@ async fn write_loop(shared: Arc<Shared>) {
     }
     shared.closed.store(true, Ordering::Release);
     shared.drained.notify_waiters();
+    let _ = w.shutdown().await;
 }
 
 #[derive(Deserialize)]
@@ -791,7 +737,12 @@ struct PushedMsg<'a> {
     data: &'a RawValue,
 }
 
-async fn read_loop(mut buf: BytesMut, shared: Arc<Shared>, max_line: usize) {
+async fn read_loop(
+    mut r: tokio::io::ReadHalf<crate::Stream>,
+    mut buf: BytesMut,
+    shared: Arc<Shared>,
+    max_line: usize,
+) {
     let mut codec = LineCodec::new(max_line);
     let mut senders = Senders::default();
     'outer: loop {
@@ -837,16 +788,9 @@ async fn read_loop(mut buf: BytesMut, shared: Arc<Shared>, max_line: usize) {
             buf.advance(pos);
         }
         buf.reserve(64 * 1024);
-        loop {
-            if shared.io.readable().await.is_err() {
-                break 'outer;
-            }
-            match shared.io.try_read_buf(&mut buf) {
-                Ok(0) => break 'outer,
-                Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => break 'outer,
-            }
+        match r.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
         }
     }
     shared.closed.store(true, Ordering::Release);

@@ -586,8 +586,8 @@ async fn bus_binary_framing_interoperates_with_json_lines() {
     assert_eq!(next(&mut ev).await.name, "ev");
 }
 
-/// A call is written by the calling task when nothing is queued (no hop through the writer);
-/// behind queued publishes it must still go out after them, in both framings.
+/// A call made behind queued publishes goes out after them, in both framings: whatever path
+/// the SDK writes a call by, it keeps its place in the connection's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bus_calls_keep_their_place_behind_queued_publishes() {
     let home = Home::new();
