@@ -164,19 +164,32 @@ async fn serve_port(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, agent: Arc<Agent>
     }
 }
 
+/// How long after start an absent control port is looked for again (the boot race above).
+const CONTROL_PORT_GRACE: Duration = Duration::from_secs(60);
+
 /// Serves the control port (`org.majordomo.0`) while it exists, reopening it like the agent port.
 async fn serve_control(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, control: control::Control) {
     let mut delay = Duration::from_millis(250);
+    let started = tokio::time::Instant::now();
     loop {
         let Some(path) = control_port(cfg) else {
-            // No such port: the host did not opt in. Unset (the default), nothing runs for it
-            // (no timer: a port hot-plugged later is served after a restart); `true` says it
-            // must be there, so look again now and then.
-            if cfg.control_port != Some(true) {
+            // No such port. At boot the agent can start before the port has its name (the
+            // host names it in a message after the device appears, then udev makes the link),
+            // so look again with the backoff for CONTROL_PORT_GRACE. After that the host did
+            // not opt in: unset (the default), nothing runs for it (no timer: a port
+            // hot-plugged later is served after a restart); `true` says it must be there, so
+            // look again now and then.
+            let wait = if started.elapsed() < CONTROL_PORT_GRACE {
+                let d = delay;
+                delay = (delay * 2).min(Duration::from_secs(8));
+                d
+            } else if cfg.control_port == Some(true) {
+                Duration::from_secs(60)
+            } else {
                 ctx.token.cancelled().await;
                 return;
-            }
-            if sleep_or_cancel(&ctx.token, Duration::from_secs(60)).await {
+            };
+            if sleep_or_cancel(&ctx.token, wait).await {
                 return;
             }
             continue;
