@@ -106,42 +106,51 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let socket = daemon.socket.clone();
 
     // Latency.
-    let (mut raw, mut bus_raw, mut bus_sdk) = (Vec::new(), Vec::new(), Vec::new());
-    if args.runs("rtt") {
-        raw = tokio::task::spawn_blocking({
+    let (raw, bus_raw, bus_sdk) = if args.runs("rtt") {
+        let raw = tokio::task::spawn_blocking({
             let n = args.rtt;
             move || raw_pingpong(n)
         })
         .await??;
-        bus_raw = tokio::task::spawn_blocking({
+        let bus_raw = tokio::task::spawn_blocking({
             let (n, s) = (args.rtt, socket.clone());
             move || bus_rtt_lines(&s, n)
         })
         .await??;
-        bus_sdk = bus_rtt_sdk(&socket, args.rtt).await?;
-    }
+        (raw, bus_raw, bus_rtt_sdk(&socket, args.rtt).await?)
+    } else {
+        Default::default()
+    };
 
     // Throughput (NaN: not run).
-    let mut json_1to1 = f64::NAN;
-    if args.runs("lines") {
-        json_1to1 = tokio::task::spawn_blocking({
+    const SKIPPED: f64 = f64::NAN;
+    let json_1to1 = if args.runs("lines") {
+        tokio::task::spawn_blocking({
             let (n, s) = (args.n, socket.clone());
             move || pub_json_lines(&s, n)
         })
-        .await??;
-    }
-    let (mut sdk_1to1, mut sdk_batch_1to1, mut sdk_json_1to1) = (f64::NAN, f64::NAN, f64::NAN);
-    if args.runs("sdk") {
-        sdk_1to1 = pub_sdk(&socket, args.n, 1, true, 1).await?;
-        sdk_batch_1to1 = pub_sdk(&socket, args.n, 1, true, BATCH).await?;
-        sdk_json_1to1 = pub_sdk(&socket, args.n / 2, 1, false, 1).await?;
-    }
-    let (mut fanout, mut fanout_batch) = (f64::NAN, f64::NAN);
-    if args.runs("fanout") {
-        let fanout_n = args.n / args.fanout.max(1) as u64;
-        fanout = pub_sdk(&socket, fanout_n, args.fanout, true, 1).await?;
-        fanout_batch = pub_sdk(&socket, fanout_n, args.fanout, true, BATCH).await?;
-    }
+        .await??
+    } else {
+        SKIPPED
+    };
+    let (sdk_1to1, sdk_batch_1to1, sdk_json_1to1) = if args.runs("sdk") {
+        (
+            pub_sdk(&socket, args.n, 1, true, 1).await?,
+            pub_sdk(&socket, args.n, 1, true, BATCH).await?,
+            pub_sdk(&socket, args.n / 2, 1, false, 1).await?,
+        )
+    } else {
+        (SKIPPED, SKIPPED, SKIPPED)
+    };
+    let fanout_n = args.n / args.fanout.max(1) as u64;
+    let (fanout, fanout_batch) = if args.runs("fanout") {
+        (
+            pub_sdk(&socket, fanout_n, args.fanout, true, 1).await?,
+            pub_sdk(&socket, fanout_n, args.fanout, true, BATCH).await?,
+        )
+    } else {
+        (SKIPPED, SKIPPED)
+    };
     let nats = if args.no_nats || !args.runs("nats") {
         None
     } else {
@@ -173,18 +182,19 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     // Memory per idle connection, on a fresh daemon (the one above holds the allocator's
     // memory from the throughput runs, which new connections would reuse unseen).
     drop(daemon);
-    let (mut per_conn, mut answered) = (f64::NAN, 0);
-    if args.runs("conns") {
+    let (per_conn, answered) = if args.runs("conns") {
         let fresh = Daemon::start(CONFIG)?;
-        (per_conn, answered) = tokio::task::spawn_blocking({
+        tokio::task::spawn_blocking({
             let (n, s, pid) = (args.conns, fresh.socket.clone(), fresh.pid());
             move || idle_connections(&s, n, pid)
         })
-        .await??;
-    }
+        .await??
+    } else {
+        (SKIPPED, 0)
+    };
 
     // Round trips in µs (NaN: not run).
-    let rtt_us = |d: Duration| if args.runs("rtt") { us(d) } else { f64::NAN };
+    let rtt_us = |d: Duration| if args.runs("rtt") { us(d) } else { SKIPPED };
     let (raw50, raw99) = (percentile(&raw, 50.0), percentile(&raw, 99.0));
     let (b50, b99) = (percentile(&bus_raw, 50.0), percentile(&bus_raw, 99.0));
     let (s50, s99) = (percentile(&bus_sdk, 50.0), percentile(&bus_sdk, 99.0));

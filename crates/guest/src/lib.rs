@@ -164,7 +164,8 @@ async fn serve_port(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, agent: Arc<Agent>
     }
 }
 
-/// How long after start an absent control port is looked for again (the boot race above).
+/// How long after start an absent control port is looked for again (the boot race in
+/// [`serve_control`]).
 const CONTROL_PORT_GRACE: Duration = Duration::from_secs(60);
 
 /// Serves the control port (`org.majordomo.0`) while it exists, reopening it like the agent port.
