@@ -5,6 +5,9 @@
 //! - **raw UDS ping-pong (baseline)**: two OS threads of this process, blocking std sockets,
 //!   one connected `UnixStream` pair, newline-terminated JSON lines of the same size as the bus
 //!   request (`{"id":N,"cmd":"bus.request",...}`), echoed back. No async runtime on either side.
+//! - **raw UDS relay (the floor of a broker)**: the baseline's echo behind a third blocking
+//!   thread that forwards each line and its answer: four socket hops, as on the bus, and no
+//!   routing. No broker's round trip can be shorter on the same machine.
 //! - **bus round trip**: requester → daemon → responder → daemon → requester, measured with the
 //!   same kind of clients as the baseline (two blocking threads speaking JSON lines on their own
 //!   connections), so the ratio isolates what the daemon adds: the responder finds `reply_to`
@@ -106,18 +109,16 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let socket = daemon.socket.clone();
 
     // Latency.
-    let (raw, bus_raw, bus_sdk) = if args.runs("rtt") {
-        let raw = tokio::task::spawn_blocking({
-            let n = args.rtt;
-            move || raw_pingpong(n)
-        })
-        .await??;
+    let (raw, relay, bus_raw, bus_sdk) = if args.runs("rtt") {
+        let n = args.rtt;
+        let raw = tokio::task::spawn_blocking(move || raw_pingpong(n)).await??;
+        let relay = tokio::task::spawn_blocking(move || raw_relay_pingpong(n)).await??;
         let bus_raw = tokio::task::spawn_blocking({
             let (n, s) = (args.rtt, socket.clone());
             move || bus_rtt_lines(&s, n)
         })
         .await??;
-        (raw, bus_raw, bus_rtt_sdk(&socket, args.rtt).await?)
+        (raw, relay, bus_raw, bus_rtt_sdk(&socket, args.rtt).await?)
     } else {
         Default::default()
     };
@@ -196,6 +197,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     // Round trips in µs (NaN: not run).
     let rtt_us = |d: Duration| if args.runs("rtt") { us(d) } else { SKIPPED };
     let (raw50, raw99) = (percentile(&raw, 50.0), percentile(&raw, 99.0));
+    let (relay50, relay99) = (percentile(&relay, 50.0), percentile(&relay, 99.0));
     let (b50, b99) = (percentile(&bus_raw, 50.0), percentile(&bus_raw, 99.0));
     let (s50, s99) = (percentile(&bus_sdk, 50.0), percentile(&bus_sdk, 99.0));
     let rate = |r: f64| format!("{:.0} msg/s", r);
@@ -221,6 +223,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             format!("{:.1} / {:.1} µs", rtt_us(raw50), rtt_us(raw99)),
         ),
         (
+            "raw UDS through a relay thread p50 / p99 (4 hops)".to_string(),
+            format!("{:.1} / {:.1} µs", rtt_us(relay50), rtt_us(relay99)),
+        ),
+        (
             "bus request/reply p50 / p99 (line clients)".to_string(),
             format!("{:.1} / {:.1} µs", rtt_us(b50), rtt_us(b99)),
         ),
@@ -238,6 +244,14 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     latency.push((
         "ratio p50 (line clients / baseline)".to_string(),
         format!("{:.2} × (bar ≤ 1.6 ×)", rtt_us(b50) / rtt_us(raw50)),
+    ));
+    latency.push((
+        "ratio p50 (relay / baseline: the floor of a broker)".to_string(),
+        format!("{:.2} ×", rtt_us(relay50) / rtt_us(raw50)),
+    ));
+    latency.push((
+        "ratio p50 (line clients / relay)".to_string(),
+        format!("{:.2} ×", rtt_us(b50) / rtt_us(relay50)),
     ));
     if let Some((_, p50, _, _)) = broker {
         latency.push((
@@ -311,6 +325,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             "bench": "bus",
             "raw_uds_rtt_p50_us": rtt_us(raw50),
             "raw_uds_rtt_p99_us": rtt_us(raw99),
+            "raw_uds_relay_rtt_p50_us": rtt_us(relay50),
+            "raw_uds_relay_rtt_p99_us": rtt_us(relay99),
             "bus_rtt_p50_us": rtt_us(b50),
             "bus_rtt_p99_us": rtt_us(b99),
             "bus_sdk_rtt_p50_us": rtt_us(s50),
@@ -325,6 +341,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             "dbus_daemon_rtt_p50_us": daemon.map(|p| p.1),
             "dbus_daemon_1to1_msgs_per_s": daemon.map(|p| p.3),
             "ratio_rtt_vs_raw_uds": rtt_us(b50) / rtt_us(raw50),
+            "ratio_rtt_vs_raw_relay": rtt_us(b50) / rtt_us(relay50),
+            "ratio_raw_relay_vs_raw_uds": rtt_us(relay50) / rtt_us(raw50),
             "ratio_rtt_vs_dbus_broker": ratio(rtt_us(b50), broker.map(|p| p.1)),
             "ratio_rtt_vs_dbus_daemon": ratio(rtt_us(b50), daemon.map(|p| p.1)),
             "ratio_1to1_vs_nats": ratio(sdk_1to1, nats),
@@ -365,15 +383,11 @@ fn call(r: &mut BufReader<UnixStream>, w: &mut UnixStream, line: &str) -> anyhow
     Ok(out)
 }
 
-/// The baseline: a JSON-line echo between two blocking threads over a Unix socket pair.
-fn raw_pingpong(n: usize) -> anyhow::Result<Vec<Duration>> {
-    let (a, b) = UnixStream::pair()?;
-    let echo = std::thread::spawn(move || {
-        let mut w = match b.try_clone() {
-            Ok(w) => w,
-            Err(_) => return,
-        };
-        let mut r = BufReader::new(b);
+/// A thread that echoes each line it reads on `s` back on `s`, until `s` closes.
+fn echo_thread(s: UnixStream) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Ok(mut w) = s.try_clone() else { return };
+        let mut r = BufReader::new(s);
         let mut line = String::new();
         while r.read_line(&mut line).unwrap_or(0) > 0 {
             if w.write_all(line.as_bytes()).is_err() {
@@ -381,7 +395,33 @@ fn raw_pingpong(n: usize) -> anyhow::Result<Vec<Duration>> {
             }
             line.clear();
         }
-    });
+    })
+}
+
+/// A thread that carries each line read on `front` to `back`, then the answer read on `back`
+/// to `front`: a broker that does nothing but forward, for strict request/answer traffic.
+fn relay_thread(front: UnixStream, back: UnixStream) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let (Ok(mut fw), Ok(mut bw)) = (front.try_clone(), back.try_clone()) else {
+            return;
+        };
+        let (mut fr, mut br) = (BufReader::new(front), BufReader::new(back));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if fr.read_line(&mut line).unwrap_or(0) == 0 || bw.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+            line.clear();
+            if br.read_line(&mut line).unwrap_or(0) == 0 || fw.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// Round trips of bus-request-sized JSON lines written on `a` and answered on it.
+fn pingpong_samples(a: UnixStream, n: usize) -> anyhow::Result<Vec<Duration>> {
     let mut w = a.try_clone()?;
     let mut r = BufReader::new(a);
     let data = String::from_utf8(payload())?;
@@ -399,10 +439,29 @@ fn raw_pingpong(n: usize) -> anyhow::Result<Vec<Duration>> {
             samples.push(t.elapsed());
         }
     }
-    drop(w);
-    drop(r);
-    let _ = echo.join();
     samples.sort_unstable();
+    Ok(samples)
+}
+
+/// The baseline: a JSON-line echo between two blocking threads over a Unix socket pair.
+fn raw_pingpong(n: usize) -> anyhow::Result<Vec<Duration>> {
+    let (a, b) = UnixStream::pair()?;
+    let echo = echo_thread(b);
+    let samples = pingpong_samples(a, n)?;
+    let _ = echo.join();
+    Ok(samples)
+}
+
+/// The floor of any broker's round trip: the baseline's echo behind a relay thread, so four
+/// socket hops (requester → relay → echo → relay → requester) as on the bus, with no routing.
+fn raw_relay_pingpong(n: usize) -> anyhow::Result<Vec<Duration>> {
+    let (a, front) = UnixStream::pair()?;
+    let (back, b) = UnixStream::pair()?;
+    let echo = echo_thread(b);
+    let relay = relay_thread(front, back);
+    let samples = pingpong_samples(a, n)?;
+    let _ = relay.join();
+    let _ = echo.join();
     Ok(samples)
 }
 
