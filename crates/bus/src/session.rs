@@ -25,7 +25,7 @@ use std::sync::Arc;
 use bytes::{Buf, BytesMut};
 use majordomo_core::{Commands, ConnScope, DaemonHandle, Secret};
 use majordomo_proto::bus::{
-    self as wire, BINARY_FRAMING, BinError, BinRef, BusLine, decode_bin_ref,
+    self as wire, BINARY_FRAMING, BinError, BinRef, BusLine, decode_bin_ref_after,
 };
 use majordomo_proto::pipeline::QueueStats;
 use majordomo_proto::{
@@ -313,10 +313,12 @@ impl Session {
                 let mut pos = 0;
                 let mut run = Run::default();
                 let data: &[u8] = if idle { &small[..got] } else { &buf[..] };
+                // The topic of the publish before, so that a run's topic is checked once.
+                let mut last_topic = "";
                 loop {
                     let avail = &data[pos..];
                     let frame = if state.binary {
-                        match decode_bin_ref(avail, max_line.saturating_add(16)) {
+                        match decode_bin_ref_after(avail, max_line.saturating_add(16), last_topic) {
                             Ok(Some((f, used))) => {
                                 pos += used;
                                 f
@@ -371,6 +373,7 @@ impl Session {
                             _ => l,
                         },
                         BinRef::Pub { topic, data } => {
+                            last_topic = topic;
                             if state.authed {
                                 run.add(&mut state.bus, topic, data, None, &mut wakes);
                             } else {

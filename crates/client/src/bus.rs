@@ -604,15 +604,28 @@ impl Batch {
 
     /// Its messages, borrowed.
     pub fn iter(&self) -> impl Iterator<Item = MessageRef<'_>> + '_ {
+        // The topic before is handed on, so that a run on one topic is checked as UTF-8 once.
         self.frames[self.next..]
             .iter()
-            .filter_map(|off| self.at(*off))
+            .scan("", |last, off| {
+                let m = self.at(*off, last);
+                if let Some(MessageRef {
+                    topic: Cow::Borrowed(t),
+                    ..
+                }) = &m
+                {
+                    *last = t;
+                }
+                Some(m)
+            })
+            .flatten()
     }
 
-    fn at(&self, off: u32) -> Option<MessageRef<'_>> {
+    /// The message at `off`; `last_topic`: the topic of the message before, or "".
+    fn at<'a>(&'a self, off: u32, last_topic: &'a str) -> Option<MessageRef<'a>> {
         let b = self.chunk.get(off as usize..)?;
         if self.binary {
-            match wire::decode_bin_ref(b, usize::MAX) {
+            match wire::decode_bin_ref_after(b, usize::MAX, last_topic) {
                 Ok(Some((
                     BinRef::Msg {
                         sid,
@@ -654,7 +667,7 @@ impl Batch {
     fn next_owned(&mut self) -> Option<Message> {
         while let Some(off) = self.frames.get(self.next).copied() {
             self.next += 1;
-            if let Some(m) = self.at(off) {
+            if let Some(m) = self.at(off, "") {
                 return Some(Message {
                     sid: m.sid,
                     topic: m.topic.into_owned(),
