@@ -141,6 +141,11 @@ struct State {
     handoff: VecDeque<Chunk>,
     /// Set when the connection ends: the writer drains what is queued and stops.
     closing: bool,
+    /// A full-size chunk the writer has written, kept for the next full-size chunk while a
+    /// backlog lasts (a queue that keeps growing at the back and draining at the front would
+    /// otherwise give memory back to the allocator and fault it in again, 64 KiB at a time).
+    /// Dropped when the writer runs out of work, so an idle connection holds none.
+    spare: Option<BytesMut>,
 }
 
 impl State {
@@ -150,6 +155,27 @@ impl State {
             + self.chunks.len() * CHUNK_OVERHEAD
             + self.lens.capacity() * std::mem::size_of::<u32>()
             + self.inflight
+            + if self.spare.is_some() { CHUNK } else { 0 }
+    }
+
+    /// A new chunk of `cap` bytes: the spare when it is that size, else a new allocation.
+    fn new_chunk(&mut self, cap: usize) -> BytesMut {
+        match self.spare.take() {
+            Some(mut b) if cap == CHUNK => {
+                b.clear();
+                // Written through, so its whole allocation is free again: taken back in place.
+                b.reserve(CHUNK);
+                b
+            }
+            _ => BytesMut::with_capacity(cap),
+        }
+    }
+
+    /// Keeps `b`, a full-size chunk written through, as the spare when there is none.
+    fn recycle(&mut self, b: BytesMut) {
+        if self.spare.is_none() && !self.closing {
+            self.spare = Some(b);
+        }
     }
 
     /// Appends one frame built by `encode`; `hint` is about its size.
@@ -163,8 +189,9 @@ impl State {
             // Small while the queue is short (an idle connection holds little), up to CHUNK as
             // it grows.
             let cap = hint.max(self.live.clamp(MIN_CHUNK, CHUNK));
+            let buf = self.new_chunk(cap);
             self.chunks.push_back(Chunk {
-                buf: ChunkBuf::Own(BytesMut::with_capacity(cap)),
+                buf: ChunkBuf::Own(buf),
                 alloc: cap,
             });
             self.alloc += cap;
@@ -207,6 +234,7 @@ impl State {
     }
 
     fn clear(&mut self) {
+        self.spare = None;
         self.chunks = VecDeque::new();
         self.handoff = VecDeque::new();
         self.lens = VecDeque::new();
@@ -525,7 +553,7 @@ impl Outbox {
                 break;
             }
             match std::pin::Pin::new(&mut **w).poll_write_vectored(&mut cx, &slices[..k]) {
-                std::task::Poll::Ready(Ok(n)) if n > 0 => held -= consume(&mut batch, n),
+                std::task::Poll::Ready(Ok(n)) if n > 0 => held -= consume(&mut batch, n).0,
                 _ => break,
             }
         }
@@ -677,9 +705,11 @@ const DIRECT_MAX: usize = 16 * 1024;
 /// Chunks passed to one vectored write.
 const MAX_IOV: usize = 64;
 
-/// Takes the first `n` written bytes off `batch`; returns the allocations freed.
-fn consume(batch: &mut VecDeque<Chunk>, mut n: usize) -> usize {
+/// Takes the first `n` written bytes off `batch`; returns the allocations freed, and the last
+/// full-size chunk of this queue's own among them for [`State::recycle`].
+fn consume(batch: &mut VecDeque<Chunk>, mut n: usize) -> (usize, Option<BytesMut>) {
     let mut freed = 0;
+    let mut reusable = None;
     while let Some(front) = batch.front_mut() {
         if n < front.buf.len() {
             front.buf.advance(n);
@@ -687,9 +717,15 @@ fn consume(batch: &mut VecDeque<Chunk>, mut n: usize) -> usize {
         }
         n -= front.buf.len();
         freed += front.alloc;
-        batch.pop_front();
+        if let Some(Chunk {
+            buf: ChunkBuf::Own(b),
+            alloc: CHUNK,
+        }) = batch.pop_front()
+        {
+            reusable = Some(b);
+        }
     }
-    freed
+    (freed, reusable)
 }
 
 /// Points `slices` at the first non-empty chunks of `batch`; returns how many.
@@ -734,11 +770,14 @@ async fn write_batch(batch: &mut VecDeque<Chunk>, outbox: &Outbox) -> std::io::R
         if written == 0 && batch.iter().any(|c| !c.buf.is_empty()) {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        let freed = consume(batch, written);
+        let (freed, reusable) = consume(batch, written);
         if freed > 0
             && let Ok(mut s) = outbox.state.lock()
         {
             s.inflight = s.inflight.saturating_sub(freed);
+            if let Some(b) = reusable {
+                s.recycle(b);
+            }
             outbox.settle(&mut s);
         }
     }
@@ -783,6 +822,8 @@ pub async fn writer(outbox: OutboxRef, stop: CancellationToken, limits_note: imp
                         break;
                     }
                     s.waiting = true;
+                    // Out of work: an idle connection keeps no spare chunk.
+                    s.spare = None;
                 }
             } else {
                 if batch.is_empty() {
@@ -985,6 +1026,77 @@ mod tests {
         for w in writers {
             w.await.unwrap();
         }
+    }
+
+    /// While a backlog lasts, a full-size chunk the writer has written through is kept (and
+    /// counted) for the next full-size chunk; once the writer runs out of work the connection
+    /// holds none, and the budget is back to zero when it ends.
+    #[tokio::test]
+    async fn a_backlog_reuses_a_written_chunk_and_an_idle_queue_keeps_none() {
+        use tokio::io::AsyncReadExt;
+        let budget = Arc::new(Budget::default());
+        let l = limits(64 << 20, 1 << 30);
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let o: OutboxRef = Arc::new(Outbox::with_budget(
+            1,
+            budget.clone(),
+            &CancellationToken::new(),
+        ));
+        o.attach(ours);
+        let w = tokio::spawn(writer(o.clone(), CancellationToken::new(), move || l));
+        let data = vec![b'1'; 1000];
+        let mut frame = BytesMut::new();
+        bus::put_msg_json(&mut frame, 1, "t", None, &data);
+        let spare = |o: &OutboxRef| o.state.lock().unwrap().spare.is_some();
+        let push = |o: &OutboxRef| {
+            for _ in 0..1000 {
+                o.push_msg(&l, 1, "t", None, &data);
+            }
+            o.notify.notify_one();
+        };
+        push(&o);
+        // The writer takes the queue and gets through its first full-size chunks.
+        let mut got = vec![0u8; 300 * frame.len()];
+        tokio::time::timeout(Duration::from_secs(5), theirs.read_exact(&mut got))
+            .await
+            .expect("the first frames arrive")
+            .unwrap();
+        assert!(
+            spare(&o),
+            "a written full-size chunk is kept while the backlog lasts"
+        );
+        assert_eq!(budget.used(), o.depth().memory_bytes);
+        assert!(o.depth().memory_bytes >= CHUNK);
+        // The next full-size chunk is that one.
+        push(&o);
+        assert!(!spare(&o));
+        // Everything arrives, in order; then the writer is idle and keeps nothing spare.
+        let mut rest = vec![0u8; 1700 * frame.len()];
+        tokio::time::timeout(Duration::from_secs(5), theirs.read_exact(&mut rest))
+            .await
+            .expect("everything arrives")
+            .unwrap();
+        assert!(
+            got.chunks(frame.len())
+                .chain(rest.chunks(frame.len()))
+                .all(|f| f == &frame[..])
+        );
+        let idle = async {
+            while spare(&o) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), idle)
+            .await
+            .expect("an idle queue holds no spare chunk");
+        // Nothing queued, nothing in flight: what is left is the frame-length list's capacity.
+        let d = o.depth();
+        assert!(d.queued_bytes == 0 && d.memory_bytes < CHUNK, "{d:?}");
+        assert_eq!(budget.used(), d.memory_bytes);
+        o.close();
+        w.await.unwrap();
+        drop(o);
+        assert_eq!(budget.used(), 0);
     }
 
     fn o_push_reply(o: &OutboxRef, l: &Limits, wakes: &mut Wakes) {
