@@ -5,7 +5,8 @@
 //! 64 KiB, or one frame's size when larger; a fan-out run is one [`SharedRun`] referenced by
 //! every subscriber's queue);
 //! a frame-length list beside it keeps the frame boundaries so that the oldest frames can be
-//! dropped, and a chunk whose frames are all written or dropped is freed at once. Producers never
+//! dropped, and a chunk whose frames are all written or dropped is freed at once (but for one
+//! full-size chunk kept for the next while a backlog lasts, counted like the rest). Producers never
 //! wait: past the bound the slow-consumer policy applies, `drop-oldest` (counted, and announced to
 //! the consumer with a `notice` frame) or `disconnect`. Producers flush each queue they touched
 //! once per batch ([`Wakes`]): while the writer is idle, a small queue is written at once from
