@@ -1055,13 +1055,18 @@ mod tests {
             }
             o.notify.notify_one();
         };
+        // The frames of the next `n` messages, as the peer reads them.
+        let mut read = async |n: usize| {
+            let mut got = vec![0u8; n * frame.len()];
+            tokio::time::timeout(Duration::from_secs(5), theirs.read_exact(&mut got))
+                .await
+                .expect("the frames arrive")
+                .unwrap();
+            got
+        };
         push(&o);
         // The writer takes the queue and gets through its first full-size chunks.
-        let mut got = vec![0u8; 300 * frame.len()];
-        tokio::time::timeout(Duration::from_secs(5), theirs.read_exact(&mut got))
-            .await
-            .expect("the first frames arrive")
-            .unwrap();
+        let got = read(300).await;
         assert!(
             spare(&o),
             "a written full-size chunk is kept while the backlog lasts"
@@ -1072,11 +1077,7 @@ mod tests {
         push(&o);
         assert!(!spare(&o));
         // Everything arrives, in order; then the writer is idle and keeps nothing spare.
-        let mut rest = vec![0u8; 1700 * frame.len()];
-        tokio::time::timeout(Duration::from_secs(5), theirs.read_exact(&mut rest))
-            .await
-            .expect("everything arrives")
-            .unwrap();
+        let rest = read(1700).await;
         assert!(
             got.chunks(frame.len())
                 .chain(rest.chunks(frame.len()))
