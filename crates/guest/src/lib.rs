@@ -167,6 +167,8 @@ async fn serve_port(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, agent: Arc<Agent>
 /// How long after start an absent control port is looked for again (the boot race in
 /// [`serve_control`]).
 const CONTROL_PORT_GRACE: Duration = Duration::from_secs(60);
+/// How often an absent control port is looked for during [`CONTROL_PORT_GRACE`].
+const CONTROL_PORT_POLL: Duration = Duration::from_millis(250);
 
 /// Serves the control port (`org.majordomo.0`) while it exists, reopening it like the agent port.
 async fn serve_control(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, control: control::Control) {
@@ -176,14 +178,13 @@ async fn serve_control(ctx: &Ctx<GuestConfig>, cfg: &GuestConfig, control: contr
         let Some(path) = control_port(cfg) else {
             // No such port. At boot the agent can start before the port has its name (the
             // host names it in a message after the device appears, then udev makes the link),
-            // so look again with the backoff for CONTROL_PORT_GRACE. After that the host did
+            // so look again every CONTROL_PORT_POLL for CONTROL_PORT_GRACE (a stat each: the
+            // port is served within a moment of its link appearing). After that the host did
             // not opt in: unset (the default), nothing runs for it (no timer: a port
             // hot-plugged later is served after a restart); `true` says it must be there, so
             // look again now and then.
             let wait = if started.elapsed() < CONTROL_PORT_GRACE {
-                let d = delay;
-                delay = (delay * 2).min(Duration::from_secs(8));
-                d
+                CONTROL_PORT_POLL
             } else if cfg.control_port == Some(true) {
                 Duration::from_secs(60)
             } else {

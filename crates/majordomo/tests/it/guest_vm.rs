@@ -394,20 +394,36 @@ enabled = false
     assert_eq!(e["error"]["class"], "CommandNotFound", "{e}");
 
     // `majordomo --diagnose` (doctor --virtio) inside the guest: driver, both ports, held by
-    // the running agent.
-    let r = q.ret_args(
-        "guest-exec",
-        json!({"path": "/agent", "arg": ["--json", "--diagnose"], "capture-output": true}),
-    );
-    let st = q.wait_exec(r["pid"].as_i64().unwrap());
-    assert_eq!(st["exitcode"], 0, "{st}");
-    let out = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        st["out-data"].as_str().unwrap_or(""),
-    )
-    .unwrap();
-    let doc: Value = serde_json::from_slice(&out)
-        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)));
+    // the running agent. At boot the control port can get its name after the agent started,
+    // which then finds it within 250 ms: a few seconds are allowed for that.
+    let diagnose = |q: &mut Qga| {
+        let r = q.ret_args(
+            "guest-exec",
+            json!({"path": "/agent", "arg": ["--json", "--diagnose"], "capture-output": true}),
+        );
+        let st = q.wait_exec(r["pid"].as_i64().unwrap());
+        assert_eq!(st["exitcode"], 0, "{st}");
+        let out = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            st["out-data"].as_str().unwrap_or(""),
+        )
+        .unwrap();
+        serde_json::from_slice::<Value>(&out)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)))
+    };
+    let held = |doc: &Value| {
+        doc["checks"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with("org.")))
+                .all(|c| c["detail"].as_str().is_some_and(|d| d.contains("held by")))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut doc = diagnose(&mut q);
+    while !held(&doc) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        doc = diagnose(&mut q);
+    }
     let find = |n: &str| {
         doc["checks"]
             .as_array()
