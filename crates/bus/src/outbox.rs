@@ -159,17 +159,18 @@ impl State {
             + if self.spare.is_some() { CHUNK } else { 0 }
     }
 
-    /// A new chunk of `cap` bytes: the spare when it is that size, else a new allocation.
+    /// A new chunk of `cap` bytes: the spare when it is that size (a smaller chunk leaves the
+    /// spare for the next full-size one), else a new allocation.
     fn new_chunk(&mut self, cap: usize) -> BytesMut {
-        match self.spare.take() {
-            Some(mut b) if cap == CHUNK => {
-                b.clear();
-                // Written through, so its whole allocation is free again: taken back in place.
-                b.reserve(CHUNK);
-                b
-            }
-            _ => BytesMut::with_capacity(cap),
+        if cap == CHUNK
+            && let Some(mut b) = self.spare.take()
+        {
+            b.clear();
+            // Written through, so its whole allocation is free again: taken back in place.
+            b.reserve(CHUNK);
+            return b;
         }
+        BytesMut::with_capacity(cap)
     }
 
     /// Keeps `b`, a full-size chunk written through, as the spare when there is none.
@@ -1073,11 +1074,13 @@ mod tests {
         );
         assert_eq!(budget.used(), o.depth().memory_bytes);
         assert!(o.depth().memory_bytes >= CHUNK);
-        // The next full-size chunk is that one.
+        // A short queue's small chunk leaves it; the next full-size chunk is that one.
+        o.push_msg(&l, 1, "t", None, &data);
+        assert!(spare(&o), "a small chunk leaves the spare alone");
         push(&o);
         assert!(!spare(&o));
         // Everything arrives, in order; then the writer is idle and keeps nothing spare.
-        let rest = read(1700).await;
+        let rest = read(1701).await;
         assert!(
             got.chunks(frame.len())
                 .chain(rest.chunks(frame.len()))
